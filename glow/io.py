@@ -1,0 +1,134 @@
+"""Safe checkpoint reading and Glow loading (ours and the reference/thesis state dicts).
+
+Checkpoints are only ever read with ``torch.load(weights_only=True)``: a file that needs
+arbitrary pickled objects (i.e. carries code) is refused without being run.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .model import Glow
+
+CHECKPOINT_FORMAT = "flowdisentangle-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file and the fix."""
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (train one with train.py, or "
+                              "pass the right path)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint (re-save or re-download it)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused, the file carries code (pickled objects beyond tensors and "
+                "plain containers); it was not run. Re-save only its state dict if you trust "
+                "its origin") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); it may be truncated or "
+                              "not a PyTorch file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({msg}); "
+                              "re-save or re-download it") from None
+
+
+def is_ours(obj: Any) -> bool:
+    """True for a self-describing checkpoint written by this project."""
+    return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def strip_prefix(state: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
+    """Drop DataParallel/DDP's ``module.`` prefix when every key has it."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def infer_glow_config(state: Mapping[str, Tensor]) -> dict:
+    """Architecture of a Glow state dict (reference key layout) from its tensor shapes."""
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    if not blocks:
+        raise KeyError("no 'blocks.*' keys")
+    n_block = max(blocks) + 1
+    n_flow = len({int(k.split(".")[3]) for k in state if k.startswith("blocks.0.flows.")})
+    c4 = state["blocks.0.flows.0.actnorm.loc"].shape[1]
+    out = state["blocks.0.flows.0.coupling.net.4.conv.weight"].shape[0]
+    hidden = state["blocks.0.flows.0.coupling.net.0.weight"].shape[0]
+    return dict(
+        in_channel=c4 // 4, n_flow=n_flow, n_block=n_block, affine=out == c4, hidden=hidden,
+        conv_lu="blocks.0.flows.0.invconv.w_p" in state,
+        conv_lu_last=f"blocks.{n_block - 1}.flows.0.invconv.w_p" in state,
+    )
+
+
+def _state_from(obj: Any) -> Mapping[str, Tensor] | None:
+    if isinstance(obj, Mapping):
+        if any(isinstance(k, str) and k.split(".", 2)[-1].startswith(("blocks.", "flows."))
+               or str(k).startswith(("blocks.", "module.blocks.")) for k in obj):
+            return obj
+        for key in ("state_dict", "model", "glow", "weights"):
+            if key in obj and isinstance(obj[key], Mapping):
+                return _state_from(obj[key])
+    return None
+
+
+def load_glow(path: str | Path, n_flow: int | None = None, n_block: int | None = None,
+              affine: bool | None = None, conv_lu: bool | None = None,
+              hidden: int | None = None, img_size: int | None = None,
+              map_location: str | torch.device = "cpu") -> Glow:
+    """Load a Glow in eval mode from our checkpoint or a reference-layout state dict.
+
+    Our self-describing checkpoints need no architecture arguments. A bare state dict (e.g. the
+    thesis's ``glow_checkpoint.pt``, rosinality/glow-pytorch layout, with or without
+    DataParallel's ``module.`` prefix) has its architecture inferred from the tensor shapes; the
+    arguments given are checked against it, and a mismatch is a one-line error.
+    """
+    obj = safe_load(path, map_location)
+    if is_ours(obj):
+        if obj.get("model") != "glow":
+            raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, not a Glow one")
+        cfg = dict(obj["config"]["model"]) if "model" in obj["config"] else dict(obj["config"])
+        model = Glow(**{k: cfg[k] for k in ("in_channel", "n_flow", "n_block", "affine",
+                                            "conv_lu", "hidden", "img_size") if k in cfg})
+        state = obj["weights"]
+    else:
+        state = _state_from(obj)
+        if state is None:
+            raise CheckpointError(f"{path}: neither a project checkpoint nor a Glow state dict")
+        state = strip_prefix(state)
+        try:
+            cfg = infer_glow_config(state)
+        except (KeyError, IndexError) as exc:
+            raise CheckpointError(f"{path}: not a Glow state dict (missing {exc})") from None
+        given = dict(n_flow=n_flow, n_block=n_block, affine=affine, conv_lu=conv_lu,
+                     hidden=hidden)
+        bad = [f"{k}={v} (file has {cfg[k]})" for k, v in given.items()
+               if v is not None and v != cfg[k]]
+        if bad:
+            raise CheckpointError(f"{path}: architecture mismatch: {', '.join(bad)}")
+        model = Glow(img_size=img_size or 64, **cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the Glow "
+                              f"({str(exc).splitlines()[0]})") from None
+    if img_size is not None:
+        model.img_size = img_size
+    return model.eval()

@@ -1,0 +1,312 @@
+"""Invertible layers of Glow (Kingma & Dhariwal, 2018).
+
+Every bijective layer follows one contract, direction data -> latent:
+
+    forward(x, cond=None) -> (y, logdet)   # logdet: log|det dy/dx|, shape [B]
+    reverse(y, cond=None) -> x
+
+Attribute and buffer names follow the widely used rosinality/glow-pytorch layout, so a state
+dict of that code (the thesis's ``glow_checkpoint.pt``) loads without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _per_sample(value: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a scalar log-det to shape [B] (dtype and device of ``x``)."""
+    return value.to(x.dtype).expand(x.shape[0])
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine normalisation ``y = scale * (x + loc)``.
+
+    Data-dependent initialisation is an explicit step: :meth:`initialize` on a first batch sets
+    ``loc = -mean`` and ``scale = 1 / (std + 1e-6)`` per channel and marks the ``initialized``
+    buffer. ``forward`` never initialises behind the caller's back.
+    """
+
+    def __init__(self, in_channel: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1, in_channel, 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, in_channel, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set loc/scale from ``x`` [B, C, H, W] so the output has zero mean, unit std."""
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        mean = flat.mean(1).view(1, -1, 1, 1)
+        std = flat.std(1).view(1, -1, 1, 1)
+        self.loc.copy_(-mean)
+        self.scale.copy_(1 / (std + 1e-6))
+        self.initialized.fill_(1)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h, w = x.shape[2], x.shape[3]
+        logdet = h * w * torch.log(torch.abs(self.scale)).sum()
+        return self.scale * (x + self.loc), _per_sample(logdet, x)
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        return y / self.scale - self.loc
+
+
+def _use_cache(module: nn.Module, param: Tensor) -> bool:
+    """Cached weights are safe outside training mode when no gradient can reach them."""
+    return not module.training and not (torch.is_grad_enabled() and param.requires_grad)
+
+
+class InvConv2d(nn.Module):
+    """Invertible 1x1 convolution with an unconstrained weight (initialised orthogonal).
+
+    Outside training (and when no gradient is needed) ``log|det W|`` and ``W^-1`` are computed
+    once and cached, keyed on the weight's version counter.
+    """
+
+    def __init__(self, in_channel: int) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(in_channel, in_channel))
+        self.weight = nn.Parameter(q.unsqueeze(2).unsqueeze(3))
+        self._cache: tuple | None = None
+
+    def _compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        w = self.weight
+        w64 = w.squeeze(3).squeeze(2).double()
+        logabsdet = torch.linalg.slogdet(w64)[1].to(w.dtype)
+        inv = torch.linalg.inv(w64).to(w.dtype)[:, :, None, None]
+        return w, logabsdet, inv
+
+    def _matrices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W [C,C,1,1], log|det W|, W^-1 [C,C,1,1])."""
+        if not _use_cache(self, self.weight):
+            return self._compute()
+        key = (self.weight._version, self.weight.device, self.weight.dtype)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, *self._compute())
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        w, logabsdet, _ = self._matrices()
+        return F.conv2d(x, w), _per_sample(x.shape[2] * x.shape[3] * logabsdet, x)
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        return F.conv2d(y, self._matrices()[2])
+
+
+class InvConv2dLU(nn.Module):
+    """Invertible 1x1 convolution in LU form: ``W = P L (U + diag(sign(s) * exp(log|s|)))``.
+
+    ``P``, the masks and ``sign(s)`` are buffers; ``L``, ``U`` and ``log|s|`` are learned, so
+    ``log|det W| = sum(log|s|)`` costs nothing. Outside training mode the weight and its inverse
+    are computed once and cached (keyed on the parameters' version counters, so an optimiser
+    step, ``load_state_dict`` or any in-place edit invalidates them); ``train()`` drops them.
+    """
+
+    def __init__(self, in_channel: int) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(in_channel, in_channel))
+        p, lower, upper = torch.linalg.lu(q)
+        s = torch.diagonal(upper).clone()
+        u_mask = torch.triu(torch.ones(in_channel, in_channel), 1)
+        self.register_buffer("w_p", p)
+        self.register_buffer("u_mask", u_mask)
+        self.register_buffer("l_mask", u_mask.T.contiguous())
+        self.register_buffer("s_sign", torch.sign(s))
+        self.register_buffer("l_eye", torch.eye(in_channel))
+        self.w_l = nn.Parameter(lower)
+        self.w_s = nn.Parameter(torch.log(torch.abs(s)))
+        self.w_u = nn.Parameter(torch.triu(upper, 1))
+        self._cache: tuple | None = None
+
+    def calc_weight(self) -> Tensor:
+        """The [C, C] weight matrix from its LU factors (differentiable)."""
+        lower = self.w_l * self.l_mask + self.l_eye
+        upper = self.w_u * self.u_mask + torch.diag(self.s_sign * torch.exp(self.w_s))
+        return self.w_p @ lower @ upper
+
+    def _compute(self) -> tuple[Tensor, Tensor]:
+        w = self.calc_weight()
+        inv = torch.linalg.inv(w.double()).to(w.dtype)
+        return w[:, :, None, None], inv[:, :, None, None]
+
+    def _matrices(self) -> tuple[Tensor, Tensor]:
+        """(W, W^-1) as [C, C, 1, 1]; cached when no gradient can reach them."""
+        if not _use_cache(self, self.w_l):
+            return self._compute()
+        key = (self.w_l._version, self.w_s._version, self.w_u._version,
+               self.w_p._version, self.w_l.device, self.w_l.dtype)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, *self._compute())
+        return self._cache[1], self._cache[2]
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if _use_cache(self, self.w_l):
+            w = self._matrices()[0]
+        else:
+            w = self.calc_weight()[:, :, None, None]
+        logdet = x.shape[2] * x.shape[3] * self.w_s.sum()
+        return F.conv2d(x, w), _per_sample(logdet, x)
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        return F.conv2d(y, self._matrices()[1])
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution padded with the value 1, zero-initialised, output ``* exp(3 * scale)``.
+
+    The constant-1 padding is applied without materialising a padded copy of the input:
+    ``conv(pad1(x)) = conv(pad0(x)) + conv(border_of_ones, W summed over input channels)``.
+    """
+
+    def __init__(self, in_channel: int, out_channel: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channel, out_channel, 3, padding=0)
+        self.conv.weight.data.zero_()
+        self.conv.bias.data.zero_()
+        self.scale = nn.Parameter(torch.zeros(1, out_channel, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.conv.weight, self.conv.bias
+        h, w = x.shape[2], x.shape[3]
+        border = torch.ones(1, 1, h + 2, w + 2, dtype=x.dtype, device=x.device)
+        border[:, :, 1:-1, 1:-1] = 0
+        correction = F.conv2d(border, weight.sum(1, keepdim=True))
+        out = F.conv2d(x, weight, bias, padding=1) + correction
+        return out * torch.exp(self.scale * 3)
+
+
+def coupling_net(in_channel: int, out_channel: int, hidden: int = 512) -> nn.Sequential:
+    """The Glow conditioner: conv3x3 -> ReLU -> conv1x1 -> ReLU -> ZeroConv2d."""
+    net = nn.Sequential(
+        nn.Conv2d(in_channel, hidden, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(inplace=True),
+        ZeroConv2d(hidden, out_channel),
+    )
+    for i in (0, 2):
+        net[i].weight.data.normal_(0, 0.05)
+        net[i].bias.data.zero_()
+    return net
+
+
+class Coupling(nn.Module):
+    """Additive or affine coupling: the first half of the channels conditions the second.
+
+    additive: ``y_b = x_b + t(x_a)``; affine: ``y_b = (x_b + t) * sigmoid(log_s + 2)`` with
+    ``(log_s, t) = net(x_a)``. The conditioner is injected (``net``); when a ``cond`` tensor is
+    given it is concatenated to ``x_a`` along channels, so the net must expect
+    ``C/2 + cond_channels`` inputs.
+    """
+
+    def __init__(self, in_channel: int, affine: bool = False, hidden: int = 512,
+                 net: nn.Module | None = None, cond_channel: int = 0) -> None:
+        super().__init__()
+        self.affine = affine
+        out = in_channel if affine else in_channel // 2
+        self.net = net if net is not None else coupling_net(
+            in_channel // 2 + cond_channel, out, hidden)
+
+    def _params(self, x_a: Tensor, cond: Tensor | None) -> Tensor:
+        return self.net(x_a if cond is None else torch.cat([x_a, cond], 1))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x.chunk(2, 1)
+        h = self._params(x_a, cond)
+        if self.affine:
+            log_s, t = h.chunk(2, 1)
+            s = torch.sigmoid(log_s + 2)
+            y_b = (x_b + t) * s
+            logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)
+        else:
+            y_b = x_b + h
+            logdet = x.new_zeros(x.shape[0])
+        return torch.cat([x_a, y_b], 1), logdet
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        y_a, y_b = y.chunk(2, 1)
+        h = self._params(y_a, cond)
+        if self.affine:
+            log_s, t = h.chunk(2, 1)
+            x_b = y_b / torch.sigmoid(log_s + 2) - t
+        else:
+            x_b = y_b - h
+        return torch.cat([y_a, x_b], 1)
+
+
+# Backwards-friendly name used by the reference layout.
+AffineCoupling = Coupling
+
+
+class Flow(nn.Module):
+    """One step of flow: ActNorm -> invertible 1x1 conv -> coupling."""
+
+    def __init__(self, in_channel: int, affine: bool = False, conv_lu: bool = True,
+                 hidden: int = 512, coupling: nn.Module | None = None) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(in_channel)
+        self.invconv = InvConv2dLU(in_channel) if conv_lu else InvConv2d(in_channel)
+        self.coupling = coupling if coupling is not None else Coupling(
+            in_channel, affine=affine, hidden=hidden)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out, logdet = self.actnorm(x)
+        out, det1 = self.invconv(out)
+        out, det2 = self.coupling(out, cond)
+        return out, logdet + det1 + det2
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        x = self.coupling.reverse(y, cond)
+        x = self.invconv.reverse(x)
+        return self.actnorm.reverse(x)
+
+
+def squeeze2d(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, 4C, H/2, W/2] (space to depth, reference channel order)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * 4, h // 2, w // 2)
+
+
+def unsqueeze2d(x: Tensor) -> Tensor:
+    """Inverse of :func:`squeeze2d`."""
+    b, c, h, w = x.shape
+    x = x.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c // 4, h * 2, w * 2)
+
+
+class Squeeze(nn.Module):
+    """Space-to-depth as a layer with the common contract (volume preserving)."""
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return squeeze2d(x), x.new_zeros(x.shape[0])
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        return unsqueeze2d(y)
+
+
+def gaussian_log_p(x: Tensor, mean: Tensor, log_sd: Tensor) -> Tensor:
+    """Elementwise log N(x; mean, exp(log_sd)^2)."""
+    return -0.5 * LOG_2PI - log_sd - 0.5 * (x - mean) ** 2 * torch.exp(-2 * log_sd)
+
+
+def gaussian_sample(eps: Tensor, mean: Tensor, log_sd: Tensor) -> Tensor:
+    """Map standard-normal ``eps`` through N(mean, exp(log_sd)^2)."""
+    return mean + torch.exp(log_sd) * eps

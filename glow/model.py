@@ -1,0 +1,196 @@
+"""Multi-scale Glow: blocks of (squeeze, K flows, split with a learned prior)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import (
+    ActNorm,
+    Flow,
+    ZeroConv2d,
+    gaussian_log_p,
+    gaussian_sample,
+    squeeze2d,
+    unsqueeze2d,
+)
+
+
+class Block(nn.Module):
+    """Squeeze, ``n_flow`` flows, then split half the channels off under a learned prior.
+
+    With ``split=True`` the prior of the split half is a Gaussian whose mean and log-sd come
+    from the kept half (``ZeroConv2d(2C, 4C)``); the last block (``split=False``) keeps all
+    channels and takes its prior from a zero input (``ZeroConv2d(4C, 8C)``).
+    """
+
+    def __init__(self, in_channel: int, n_flow: int, split: bool = True, affine: bool = False,
+                 conv_lu: bool = True, hidden: int = 512) -> None:
+        super().__init__()
+        squeeze_dim = in_channel * 4
+        self.flows = nn.ModuleList(
+            Flow(squeeze_dim, affine=affine, conv_lu=conv_lu, hidden=hidden) for _ in range(n_flow)
+        )
+        self.split = split
+        if split:
+            self.prior = ZeroConv2d(in_channel * 2, in_channel * 4)
+        else:
+            self.prior = ZeroConv2d(in_channel * 4, in_channel * 8)
+
+    def prior_params(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_sd) of this block's latent, given the kept half (or the top latent)."""
+        src = kept if self.split else torch.zeros_like(kept)
+        mean, log_sd = self.prior(src).chunk(2, 1)
+        return mean, log_sd
+
+    def flow_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Squeeze and run the flows: [B,C,H,W] -> ([B,4C,H/2,W/2], logdet [B])."""
+        out = squeeze2d(x)
+        logdet = x.new_zeros(x.shape[0])
+        for flow in self.flows:
+            out, det = flow(out)
+            logdet = logdet + det
+        return out, logdet
+
+    def flow_reverse(self, y: Tensor) -> Tensor:
+        for flow in reversed(self.flows):
+            y = flow.reverse(y)
+        return unsqueeze2d(y)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x [B,C,H,W] -> (kept, logdet [B], log_p [B], z_new)."""
+        out, logdet = self.flow_forward(x)
+        if self.split:
+            out, z_new = out.chunk(2, 1)
+            mean, log_sd = self.prior_params(out)
+        else:
+            z_new = out
+            mean, log_sd = self.prior_params(out)
+        log_p = gaussian_log_p(z_new, mean, log_sd).flatten(1).sum(1)
+        return out, logdet, log_p, z_new
+
+    def reverse(self, kept: Tensor | None, z: Tensor | None, reconstruct: bool = True,
+                temperature: float = 1.0) -> Tensor:
+        """Invert the block.
+
+        ``reconstruct=True``: ``z`` is this level's latent, used as is (``None`` samples it
+        from the prior at ``temperature``). ``reconstruct=False``: ``z`` is standard-normal
+        noise mapped through the prior, ``mean + exp(log_sd) * z`` (the reference's sampling).
+        For the top block ``kept`` is ignored.
+        """
+        if self.split:
+            mean, log_sd = self.prior_params(kept)
+        else:
+            ref = z if z is not None else kept
+            mean, log_sd = self.prior_params(ref)
+        if z is None:
+            z = gaussian_sample(temperature * torch.randn_like(mean), mean, log_sd)
+        elif not reconstruct:
+            z = gaussian_sample(z, mean, log_sd)
+        y = torch.cat([kept, z], 1) if self.split else z
+        return self.flow_reverse(y)
+
+
+class Glow(nn.Module):
+    """Multi-scale Glow over images in [-0.5, 0.5].
+
+    ``model(x)`` returns ``(log_p [B], logdet [B], z_list)`` where ``z_list[i]`` is the latent
+    split off by block ``i`` (the last entry is the top latent); for 3x64x64 and 4 blocks:
+    6x32x32, 12x16x16, 24x8x8, 96x4x4. The total log-likelihood of a dequantised x is
+    ``log_p + logdet - D * log(n_bins)``.
+    """
+
+    def __init__(self, in_channel: int = 3, n_flow: int = 32, n_block: int = 4,
+                 affine: bool = False, conv_lu: bool = True, hidden: int = 512,
+                 img_size: int = 64, conv_lu_last: bool | None = None) -> None:
+        super().__init__()
+        self.in_channel, self.n_flow, self.n_block = in_channel, n_flow, n_block
+        self.affine, self.conv_lu, self.hidden, self.img_size = affine, conv_lu, hidden, img_size
+        # The reference code always builds its last block with LU; ``conv_lu_last`` mirrors that
+        # when loading its checkpoints trained with --no_lu.
+        last_lu = conv_lu if conv_lu_last is None else conv_lu_last
+        self.blocks = nn.ModuleList()
+        c = in_channel
+        for _ in range(n_block - 1):
+            self.blocks.append(Block(c, n_flow, True, affine, conv_lu, hidden))
+            c *= 2
+        self.blocks.append(Block(c, n_flow, False, affine, last_lu, hidden))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        log_p = x.new_zeros(x.shape[0])
+        logdet = x.new_zeros(x.shape[0])
+        z_list: list[Tensor] = []
+        out = x
+        for block in self.blocks:
+            out, det, lp, z = block(out)
+            z_list.append(z)
+            logdet = logdet + det
+            log_p = log_p + lp
+        return log_p, logdet, z_list
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Latents only (the ``z_list`` of :meth:`forward`)."""
+        return self.forward(x)[2]
+
+    def reverse(self, z_list: Sequence[Tensor | None], reconstruct: bool = True,
+                temperature: float = 1.0) -> Tensor:
+        """Latents -> image.
+
+        ``reconstruct=True`` inverts exactly; an entry that is ``None`` is sampled from its
+        (learned, conditional) prior at ``temperature``. ``reconstruct=False`` reads every entry
+        as standard-normal noise and maps it through its prior (scale the noise by a
+        temperature yourself), as the reference implementation does.
+        """
+        if len(z_list) != len(self.blocks):
+            raise ValueError(f"expected {len(self.blocks)} latents, got {len(z_list)}")
+        out: Tensor | None = None
+        for i, block in enumerate(reversed(self.blocks)):
+            z = z_list[-(i + 1)]
+            out = block.reverse(out, z, reconstruct=reconstruct, temperature=temperature)
+        return out
+
+    def z_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
+        """Shapes (C, H, W) of the latents for a square input of ``img_size``."""
+        size = self.img_size if img_size is None else img_size
+        c, shapes = self.in_channel, []
+        for _ in range(self.n_block - 1):
+            size //= 2
+            c *= 2
+            shapes.append((c, size, size))
+        size //= 2
+        shapes.append((c * 4, size, size))
+        return shapes
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 0.7, img_size: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples [n, C, H, W] at ``temperature`` (noise scaled, then mapped by priors)."""
+        p = next(self.parameters())
+        z = [temperature * torch.randn((n, *s), generator=generator, device=p.device, dtype=p.dtype)
+             if generator is None or generator.device == p.device else
+             (temperature * torch.randn((n, *s), generator=generator)).to(p.device, p.dtype)
+             for s in self.z_shapes(img_size)]
+        return self.reverse(z, reconstruct=False)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent ActNorm initialisation from a batch ``x`` (explicit, once)."""
+        out = x
+        for block in self.blocks:
+            h = squeeze2d(out)
+            for flow in block.flows:
+                flow.actnorm.initialize(h)
+                h, _ = flow(h)
+            out = h.chunk(2, 1)[0] if block.split else h
+
+    @property
+    def initialized(self) -> bool:
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    def config(self) -> dict:
+        """Constructor arguments (for self-describing checkpoints)."""
+        return dict(in_channel=self.in_channel, n_flow=self.n_flow, n_block=self.n_block,
+                    affine=self.affine, conv_lu=self.conv_lu, hidden=self.hidden,
+                    img_size=self.img_size)

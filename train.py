@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Train a model (Glow, AD-flow, MI-flow) on a folder of frames.
+
+Examples:
+  python train.py --model glow -n faces64 DATA_DIR
+  python train.py --model glow -n tiny DATA_DIR --img_size 32 --n_flow 8 --n_block 3 --iter 2000
+  python train.py --model ad-flow -n ad DATA_DIR --glow checkpoint/faces64/last.pt
+  torchrun --nproc_per_node 2 train.py --model glow -n ddp DATA_DIR     # DistributedDataParallel
+  python train.py --model glow -n faces64 DATA_DIR --resume            # continue a run
+
+Use `python train.py --model NAME --help` to list that model's flags.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from training.allocator import maybe_use_jemalloc
+
+if __name__ == "__main__":
+    maybe_use_jemalloc()
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def build_parser(model: str) -> argparse.ArgumentParser:
+    from training import registry
+    from training.config import TrainConfig, add_dataclass_args
+
+    recipe = registry.get(model)
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", metavar="DATA_DIR",
+                        help="folder of training images (searched recursively; an LRW-style "
+                             "DATA/train/WORD/WORD_ID_FF.jpg tree works)")
+    parser.add_argument("--model", default=model, choices=registry.names(),
+                        help=f"which model to train (default: glow; now: {model})")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the resolved configuration and exit")
+    add_dataclass_args(parser, TrainConfig, "training", defaults=recipe.TRAIN_DEFAULTS)
+    add_dataclass_args(parser, recipe.Config, f"model: {model}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="glow")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        from training import registry
+
+        recipe = registry.get(known.model)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args = build_parser(known.model).parse_args(argv)
+
+    from glow.io import CheckpointError
+    from training.config import TrainConfig, from_args
+    from training.loop import TrainingStopped, train
+
+    tcfg = from_args(TrainConfig, args)
+    try:
+        mcfg = from_args(recipe.Config, args)
+        if args.dry_run:
+            print(json.dumps({"model": known.model, "data_dir": args.data_dir,
+                              "train": dataclasses.asdict(tcfg),
+                              "model_config": dataclasses.asdict(mcfg)}, indent=2))
+            return 0
+        data_dir = Path(args.data_dir)
+        if not data_dir.exists():
+            raise ValueError(f"{data_dir}: no such folder (give the folder of training frames)")
+        recipe.validate(mcfg)
+        summary = train(recipe, mcfg, tcfg, data_dir)
+    except (ValueError, CheckpointError, TrainingStopped, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if summary.get("interrupted"):
+        return 130
+    last = summary.get("last", {})
+    if last:
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                            if k not in ("step", "time", "lr", "skipped") and isinstance(v, float))
+        print(f"done: {summary['step']} iterations in {summary['seconds']} s; {figures}")
+    print(f"checkpoint: {summary['checkpoint']}\nsamples, log, loss curve: {summary['run_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Dataclass configs and their argparse front.
+
+Each dataclass field becomes a flag ``--name`` with its default visible in ``--help``. Field
+metadata may set ``flag`` (another flag name), ``help``, ``choices``; booleans become
+``store_true`` flags (default False) or ``--no_...``-style ``store_false`` flags (default True,
+``flag`` names them). Never ``type=bool``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+
+def opt(default: Any, help: str, flag: str | None = None, choices: list | None = None) -> Any:
+    """A dataclass field with CLI metadata."""
+    meta = {"help": help}
+    if flag:
+        meta["flag"] = flag
+    if choices:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str,
+                       defaults: dict | None = None, skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of ``cls`` to a new argument group."""
+    group = parser.add_argument_group(title)
+    hints = get_type_hints(cls)
+    defaults = defaults or {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = defaults.get(f.name, f.default)
+        meta = f.metadata
+        flag = meta.get("flag", "--" + f.name)
+        help_ = meta.get("help", "")
+        typ = hints[f.name]
+        if typ is bool:
+            action = "store_false" if default else "store_true"
+            group.add_argument(flag, dest=f.name, action=action, default=default,
+                               help=f"{help_}")
+            continue
+        base = typ
+        if getattr(typ, "__args__", None) and type(None) in typ.__args__:
+            base = next(a for a in typ.__args__ if a is not type(None))
+        group.add_argument(flag, dest=f.name, type=base, default=default,
+                           choices=meta.get("choices"),
+                           help=f"{help_} (default: {default})")
+
+
+def from_args(cls: type, ns: argparse.Namespace, **override: Any):
+    """Build ``cls`` from parsed arguments (fields missing from ``ns`` keep defaults)."""
+    kwargs = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    kwargs.update(override)
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, data: dict):
+    """Build ``cls`` from a dict, ignoring unknown keys (old checkpoints, newer fields)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every model's training (``train.py``)."""
+
+    name: str = opt("run", "run name: checkpoints in CHECKPOINT_DIR/NAME, samples in "
+                    "RESULT_DIR/sample_NAME", flag="-n")
+    batch: int = opt(16, "global batch size (split across processes under torchrun)")
+    iter: int = opt(200000, "number of training iterations (optimizer steps)")
+    lr: float = opt(1e-4, "Adam learning rate")
+    seed: int = opt(0, "random seed (a seeded run resumes bit for bit)")
+    device: str = opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
+    amp: bool = opt(False, "mixed precision on CUDA (bf16 where supported, else fp16)")
+    workers: int = opt(2, "data-loading worker processes")
+    grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off)")
+    sample_every: int = opt(100, "write a sample grid every N iterations")
+    save_every: int = opt(10000, "write a numbered checkpoint every N iterations "
+                          "(last.pt is refreshed at every sample and at the end)")
+    log_every: int = opt(10, "append a JSONL log record every N iterations")
+    max_bad_steps: int = opt(20, "stop after this many non-finite losses in a row")
+    resume: bool = opt(False, "continue from CHECKPOINT_DIR/NAME/last.pt")
+    checkpoint_dir: str = opt("checkpoint", "root of checkpoints")
+    result_dir: str = opt("result", "root of samples and logs")
+    image_dir: str = opt("image", "root of query/source images")
+    progress: bool = opt(True, "hide the progress bar", flag="--no_progress")

@@ -1,0 +1,97 @@
+"""Glow as a trainable model: maximum likelihood on dequantised images (bits/dim)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from glow import Glow, bits_per_dim, quantize
+
+from .config import opt
+
+NAME = "glow"
+# The thesis's Glow training: batch 16, lr 1e-4, 200k iterations, samples every 100.
+TRAIN_DEFAULTS = {"batch": 16, "lr": 1e-4, "iter": 200000, "sample_every": 100,
+                  "save_every": 10000}
+
+
+@dataclass
+class Config:
+    """Glow hyper-parameters (thesis names and defaults)."""
+
+    n_flow: int = opt(32, "flows per block (K)")
+    n_block: int = opt(4, "number of blocks (L)")
+    conv_lu: bool = opt(True, "use the plain invertible 1x1 conv instead of its LU form",
+                        flag="--no_lu")
+    affine: bool = opt(False, "affine coupling instead of additive")
+    hidden: int = opt(512, "hidden channels of the coupling networks")
+    n_bits: int = opt(5, "bits per colour channel after quantisation")
+    img_size: int = opt(64, "image size (must be divisible by 2^n_block)")
+    temp: float = opt(0.7, "temperature of the sample grids")
+    n_sample: int = opt(20, "images per sample grid")
+    low_memory: bool = opt(False, "recompute activations from the invertible outputs during "
+                           "backward instead of storing them (much lower peak memory)")
+
+
+def validate(cfg: Config) -> None:
+    if cfg.n_block < 1 or cfg.n_flow < 1:
+        raise ValueError("--n_block and --n_flow must be at least 1")
+    if cfg.img_size % (2**cfg.n_block):
+        raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^n_block = "
+                         f"{2**cfg.n_block}; use a multiple of {2**cfg.n_block}")
+    if not 1 <= cfg.n_bits <= 8:
+        raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
+
+
+def build(cfg: Config) -> nn.Module:
+    model = Glow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
+                 hidden=cfg.hidden, img_size=cfg.img_size)
+    if cfg.low_memory:
+        from glow.memory import enable_low_memory
+
+        enable_low_memory(model)
+    return model
+
+
+def dataset(cfg: Config, data_dir: Path):
+    from lrw.datasets import ImageFolderDataset
+
+    return ImageFolderDataset(data_dir, cfg.img_size)
+
+
+def _images(batch) -> Tensor:
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def dequantised(x: Tensor, cfg: Config, ctx) -> Tensor:
+    """Quantise to n_bits and add uniform noise (identical across process layouts)."""
+    return quantize(x, cfg.n_bits) + ctx.global_rand(tuple(x.shape)).to(x.dtype) / 2**cfg.n_bits
+
+
+def initialize(model: Glow, batch, ctx) -> None:
+    x = dequantised(_images(batch), ctx.model_cfg, ctx)
+    model.initialize(ctx.gather(x))
+
+
+def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+    cfg: Config = ctx.model_cfg
+    x = dequantised(_images(batch), cfg, ctx)
+    log_p, logdet, _ = model(x)
+    n_dims = x[0].numel()
+    bpd = bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean()
+    return {"bpd": bpd, "log_p": (log_p / n_dims).mean().detach(),
+            "logdet": (logdet / n_dims).mean().detach()}
+
+
+def loss_weights(cfg: Config) -> dict[str, float]:
+    return {"bpd": 1.0}
+
+
+def sample(model: Glow, batch, ctx) -> tuple[Tensor, int]:
+    """A grid of prior samples from fixed noise (the same z at every step)."""
+    cfg: Config = ctx.model_cfg
+    g = torch.Generator().manual_seed(ctx.train_cfg.seed)
+    return model.sample(cfg.n_sample, cfg.temp, generator=g), 10

@@ -1,0 +1,302 @@
+"""The training loop every model shares.
+
+Seeded, resumable bit for bit, DDP under torchrun, AMP on CUDA, NaN-skipping, Ctrl-C safe;
+writes ``CHECKPOINT_DIR/NAME/{last.pt, step_NNNNNNN.pt}`` and the run folder
+``RESULT_DIR/sample_NAME/`` (``config.json``, ``log.jsonl``, ``loss.png``, ``NNNNNN.png``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, default_collate
+from torchvision.utils import save_image
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .config import TrainConfig, from_dict
+from .logs import JsonlLog, plot_curves
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite losses); message is one line."""
+
+
+@dataclass
+class StepContext:
+    """What a recipe's ``losses``/``sample``/``initialize`` may need besides the batch.
+
+    ``generator`` is a CPU generator seeded from (seed, step): identical on every rank and on a
+    resumed run, so per-step randomness never depends on the process layout.
+    """
+
+    step: int
+    rank: int
+    world: int
+    device: torch.device
+    model_cfg: Any
+    train_cfg: TrainConfig
+    generator: torch.Generator = field(repr=False, default=None)
+
+    def global_rand(self, local_shape: tuple[int, ...], normal: bool = False) -> Tensor:
+        """Noise for this rank's share of the global batch (same values as one process)."""
+        shape = (local_shape[0] * self.world, *local_shape[1:])
+        noise = (torch.randn if normal else torch.rand)(shape, generator=self.generator)
+        return noise[self.rank::self.world].to(self.device)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """The global batch (all ranks' shares, in single-process order)."""
+        return distributed.gather_interleaved(x, self.world)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step * 7919 + 12345) % (2**63 - 1))
+    return g
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
+    """(checkpoint folder, run/sample folder) of a run."""
+    return Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.result_dir) / f"sample_{cfg.name}"
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
+          say=print) -> dict:
+    """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped."""
+    info = distributed.setup(cfg.device)
+    try:
+        return _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
+    finally:
+        distributed.teardown()
+
+
+def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> dict:
+    device, rank, world = info.device, info.rank, info.world
+    main = info.is_main
+    if cfg.batch % world:
+        raise ValueError(f"--batch {cfg.batch} is not divisible by the {world} processes")
+    local_batch = cfg.batch // world
+    ckpt_dir, run_dir = run_paths(cfg)
+    last_path = ckpt_dir / "last.pt"
+
+    resumed = None
+    if cfg.resume:
+        if not last_path.is_file():
+            raise ValueError(f"--resume: {last_path} does not exist (start without --resume)")
+        resumed = load_checkpoint(last_path, expect_model=recipe.NAME)
+        model_cfg = from_dict(type(model_cfg), resumed["config"]["model"])
+
+    recipe.validate(model_cfg)
+    seed_everything(cfg.seed)
+    dataset = recipe.dataset(model_cfg, data_dir)
+    if len(dataset) < cfg.batch:
+        raise ValueError(f"{data_dir}: only {len(dataset)} training items, fewer than "
+                         f"--batch {cfg.batch}; add data or lower --batch")
+    model = recipe.build(model_cfg).to(device)
+    groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
+              else [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+
+    sampler = distributed.ResumableSampler(dataset, world, rank, cfg.seed)
+    steps_per_epoch = sampler.num_samples // local_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{data_dir}: too few items for --batch {cfg.batch}")
+
+    # A fixed batch for the sample grids: the first items of epoch 0's permutation.
+    sampler.set_epoch(0)
+    first_idx = list(distributed.DistributedSampler.__iter__(sampler))[:local_batch]
+    sample_batch = to_device(default_collate([dataset[i] for i in first_idx]), device)
+
+    step = 0
+    if resumed is not None:
+        model.load_state_dict(resumed["weights"])
+        if resumed.get("optimizer"):
+            optimizer.load_state_dict(resumed["optimizer"])
+        step = int(resumed["step"])
+        if resumed.get("rng"):
+            set_rng_state(resumed["rng"])
+    elif hasattr(recipe, "initialize"):
+        recipe.initialize(model, sample_batch, _ctx(step, info, model_cfg, cfg))
+
+    log = JsonlLog(run_dir / "log.jsonl")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"model": recipe.NAME, "data_dir": str(data_dir),
+                    "model_config": dataclasses.asdict(model_cfg),
+                    "train_config": dataclasses.asdict(cfg), "world_size": world}
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        if resumed is not None:
+            log.truncate_after(step)
+        say(f"[{recipe.NAME}] {len(dataset)} items, {sum(p.numel() for p in model.parameters()):,}"
+            f" parameters, device {device}, {world} process(es); run folder {run_dir}")
+
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(recipe, "DDP_FIND_UNUSED", False))
+
+    weights = recipe.loss_weights(model_cfg)
+    bad_in_row = skipped = 0
+    t0 = time.time()
+    bar = None
+    if main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.iter, initial=step, desc=f"{recipe.NAME}:{cfg.name}",
+                   dynamic_ncols=True, file=sys.stderr)
+
+    def save(path_step: int | None) -> None:
+        if not main:
+            return
+        payload = dict(model_name=recipe.NAME, model_config=dataclasses.asdict(model_cfg),
+                       train_config=dataclasses.asdict(cfg), weights=unwrap(net).state_dict(),
+                       optimizer=optimizer.state_dict(), step=step,
+                       extra=(recipe.checkpoint_extra(model, model_cfg)
+                              if hasattr(recipe, "checkpoint_extra") else {}))
+        save_checkpoint(last_path, **payload)
+        if path_step is not None:
+            save_checkpoint(ckpt_dir / f"step_{path_step:07d}.pt", **payload)
+
+    def write_samples() -> None:
+        if not main:
+            return
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            images, nrow = recipe.sample(model, sample_batch, _ctx(step, info, model_cfg, cfg))
+        model.train()
+        save_image((images.float().cpu() + 0.5).clamp(0, 1), run_dir / f"{step:06d}.png",
+                   nrow=nrow)
+        plot_curves(log.read(), run_dir / "loss.png")
+
+    interrupted = False
+    model.train()
+    try:
+        while step < cfg.iter:
+            epoch, offset = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
+            sampler.start_index = offset * local_batch
+            loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler,
+                                num_workers=cfg.workers, drop_last=True,
+                                pin_memory=device.type == "cuda",
+                                persistent_workers=False)
+            for batch in loader:
+                if step >= cfg.iter:
+                    break
+                batch = to_device(batch, device)
+                ctx = _ctx(step, info, model_cfg, cfg)
+                with _autocast(cfg, device):
+                    terms = recipe.losses(net, batch, ctx)
+                total = sum(w * terms[k].float() for k, w in weights.items() if w)
+                finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
+                optimizer.zero_grad(set_to_none=True)
+                if not finite:
+                    bad_in_row += 1
+                    skipped += 1
+                    if bad_in_row >= cfg.max_bad_steps:
+                        raise TrainingStopped(
+                            f"{bad_in_row} non-finite losses in a row at iteration {step}; "
+                            f"stopped. The last good checkpoint is {last_path} (try a lower "
+                            "--lr, --grad_clip 5, or check the data)")
+                    if main:
+                        say(f"warning: non-finite loss at iteration {step}, step skipped")
+                    step += 1
+                    continue
+                bad_in_row = 0
+                scaler.scale(total).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+
+                if main and (step % cfg.log_every == 0 or step == cfg.iter or step == 1):
+                    rec = {"step": step, "time": round(time.time() - t0, 3),
+                           "loss": float(total.detach()),
+                           **{k: float(v.detach()) for k, v in terms.items()},
+                           "lr": optimizer.param_groups[0]["lr"], "skipped": skipped}
+                    log.write(rec)
+                    if bar is not None:
+                        post = {"loss": f"{rec['loss']:.4f}"}
+                        if "bpd" in rec:
+                            post["bpd"] = f"{rec['bpd']:.3f}"
+                        bar.set_postfix(post)
+                if bar is not None:
+                    bar.update(1)
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    write_samples()
+                    save(None)
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save(step)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    if main:
+        save(None)
+        if not interrupted:
+            write_samples()
+        plot_curves(log.read(), run_dir / "loss.png")
+    records = log.read() if main else []
+    summary = {"step": step, "skipped": skipped, "interrupted": interrupted,
+               "checkpoint": str(last_path), "run_dir": str(run_dir),
+               "last": records[-1] if records else {},
+               "seconds": round(time.time() - t0, 2)}
+    if interrupted and main:
+        say(f"interrupted at iteration {step}; checkpoint written to {last_path} "
+            "(continue with --resume)")
+    return summary
+
+
+def _ctx(step: int, info, model_cfg, cfg: TrainConfig) -> StepContext:
+    return StepContext(step=step, rank=info.rank, world=info.world, device=info.device,
+                       model_cfg=model_cfg, train_cfg=cfg,
+                       generator=step_generator(cfg.seed, step))
+
+

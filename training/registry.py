@@ -1,0 +1,48 @@
+"""Model registry: ``train.py``/``test.py`` pick a recipe by name and never branch per model.
+
+A recipe is a module exposing:
+
+    NAME: str
+    Config: dataclass type        # model hyper-parameters and loss weights (become CLI flags)
+    TRAIN_DEFAULTS: dict          # overrides of TrainConfig defaults (thesis values)
+    validate(cfg) -> None         # raise ValueError with a one-line message
+    build(cfg) -> nn.Module
+    dataset(cfg, data_dir) -> torch.utils.data.Dataset
+    losses(model, batch, ctx) -> dict[str, Tensor]     # scalar terms (and metrics)
+    loss_weights(cfg) -> dict[str, float]              # the loop sums weight * term
+    sample(model, batch, ctx) -> (images [N,3,H,W] in [-0.5,0.5], nrow)
+
+and optionally:
+
+    initialize(model, batch, ctx)          # data-dependent init on the first batch
+    param_groups(model, cfg, train_cfg)    # Adam groups (default: all trainable, --lr)
+    checkpoint_extra(model, cfg) -> dict   # recorded in the checkpoint (e.g. the Glow used)
+    DDP_FIND_UNUSED: bool
+    generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+RECIPES: dict[str, str] = {
+    "glow": "training.glow_recipe",
+    "ad-flow": "ad_flow.recipe",
+    "mi-flow": "mi_flow.recipe",
+}
+
+
+def names() -> list[str]:
+    return list(RECIPES)
+
+
+def get(name: str) -> ModuleType:
+    """Import and return the recipe module registered under ``name``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(RECIPES)}")
+    try:
+        return importlib.import_module(RECIPES[name])
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"model '{name}' is registered but its package is missing ({exc})") \
+            from None
