@@ -85,7 +85,7 @@ def save_checkpoint(path: str | Path, *, model_name: str, model_config: dict,
         "step": int(step),
         "rng": rng_state() if with_rng else None,
         "extra": extra or {},
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     return atomic_save(obj, path)
 

@@ -73,6 +73,7 @@ class TrainConfig:
     batch: int = opt(16, "global batch size (split across processes under torchrun)")
     iter: int = opt(200000, "number of training iterations (optimizer steps)")
     lr: float = opt(1e-4, "Adam learning rate")
+    adam_eps: float = opt(1e-8, "Adam epsilon")
     seed: int = opt(0, "random seed (a seeded run resumes bit for bit)")
     device: str = opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
     amp: bool = opt(False, "mixed precision on CUDA (bf16 where supported, else fp16)")

@@ -136,7 +136,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     model = recipe.build(model_cfg).to(device)
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())
 

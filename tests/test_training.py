@@ -1,0 +1,227 @@
+"""Shared training infrastructure: checkpoints, resume, DDP, NaN guard, Ctrl-C, train.py CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glow.io import CheckpointError
+from training import glow_recipe
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.loop import TrainingStopped, train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train as train_cli  # noqa: E402
+
+
+def _png_folder(root: Path, n: int = 16, size: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sub = root / f"w{i % 2}"
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            sub / f"img_{i:03d}.png")
+    return root
+
+
+def _tiny_cfgs(tmp: Path, name: str, iters: int, **kw) -> tuple[glow_recipe.Config, TrainConfig]:
+    mcfg = glow_recipe.Config(n_flow=2, n_block=2, hidden=8, img_size=8, n_sample=4)
+    tcfg = TrainConfig(name=name, batch=4, iter=iters, lr=1e-3, seed=3, device="cpu", workers=0,
+                       sample_every=0, save_every=0, log_every=1, progress=False,
+                       checkpoint_dir=str(tmp / "ckpt"), result_dir=str(tmp / "res"), **kw)
+    return mcfg, tcfg
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
+    m = glow_recipe.build(glow_recipe.Config(n_flow=1, n_block=2, hidden=4, img_size=8))
+    opt = torch.optim.Adam(m.parameters())
+    p = save_checkpoint(tmp_path / "a" / "last.pt", model_name="glow",
+                        model_config={"n_flow": 1}, train_config={}, weights=m.state_dict(),
+                        optimizer=opt.state_dict(), step=7)
+    assert not list(p.parent.glob("*.tmp")), "no temp file left behind"
+    ck = load_checkpoint(p, expect_model="glow")
+    assert ck["step"] == 7 and ck["config"]["model"] == {"n_flow": 1}
+    for k, v in m.state_dict().items():
+        assert torch.equal(ck["weights"][k], v)
+    with pytest.raises(CheckpointError, match="expected 'ad-flow'"):
+        load_checkpoint(p, expect_model="ad-flow")
+
+    # Truncated: a one-line error.
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(trunc)
+    assert "\n" not in str(err.value) and "trunc.pt" in str(err.value)
+
+    # A checkpoint that carries code is refused and never run.
+    marker = tmp_path / "ran.txt"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "flowdisentangle-checkpoint", "payload": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="carries code"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+    # A plain state dict is not one of ours.
+    torch.save({"x": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_resume_is_bit_for_bit(tmp_path: Path) -> None:
+    data = _png_folder(tmp_path / "data", n=12)
+    mcfg, tcfg = _tiny_cfgs(tmp_path / "straight", "r", 6)
+    train(glow_recipe, mcfg, tcfg, data, say=lambda *a: None)
+    straight = load_checkpoint(tmp_path / "straight/ckpt/r/last.pt")
+
+    mcfg, tcfg = _tiny_cfgs(tmp_path / "split", "r", 4)  # crosses an epoch boundary (3/epoch)
+    train(glow_recipe, mcfg, tcfg, data, say=lambda *a: None)
+    mcfg, tcfg = _tiny_cfgs(tmp_path / "split", "r", 6, resume=True)
+    summary = train(glow_recipe, mcfg, tcfg, data, say=lambda *a: None)
+    resumed = load_checkpoint(tmp_path / "split/ckpt/r/last.pt")
+    assert summary["step"] == resumed["step"] == straight["step"] == 6
+    for k, v in straight["weights"].items():
+        assert torch.equal(v, resumed["weights"][k]), k
+    log = (tmp_path / "split/res/sample_r/log.jsonl").read_text().splitlines()
+    assert len(log) == 6, "a resumed run continues the log without duplicates"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, tmp: str, data: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    mcfg, tcfg = _tiny_cfgs(Path(tmp), "ddp", 3, adam_eps=1.0)
+    train(glow_recipe, mcfg, tcfg, data, say=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
+    data = _png_folder(tmp_path / "data", n=16)
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), str(data)), nprocs=2,
+             join=True)
+    # Adam with a large epsilon makes each update linear in the gradient, so the comparison
+    # checks DDP's gradient averaging itself rather than Adam's sign-like steps on tiny gradients.
+    mcfg, tcfg = _tiny_cfgs(tmp_path / "one", "ddp", 3, adam_eps=1.0)
+    train(glow_recipe, mcfg, tcfg, data, say=lambda *a: None)
+    one = load_checkpoint(tmp_path / "one/ckpt/ddp/last.pt")["weights"]
+    two = load_checkpoint(tmp_path / "two/ckpt/ddp/last.pt")["weights"]
+    init = glow_recipe.build(mcfg).state_dict()
+    moved = False
+    for k, v in one.items():
+        torch.testing.assert_close(two[k].float(), v.float(), atol=1e-6, rtol=1e-4)
+        moved |= not torch.equal(v, init[k]) and v.is_floating_point()
+    assert moved
+
+
+@dataclass
+class _Cfg:
+    bad_from: int = 2
+
+
+def _fake_recipe(fail_from: int, interrupt_at: int | None = None) -> SimpleNamespace:
+    """A minimal recipe whose loss turns NaN (or whose step is interrupted) at a given step."""
+
+    def losses(model, batch, ctx):
+        if interrupt_at is not None and ctx.step == interrupt_at:
+            raise KeyboardInterrupt
+        loss = (model(batch[0]) ** 2).mean()
+        return {"mse": loss * (float("nan") if ctx.step >= fail_from else 1.0)}
+
+    return SimpleNamespace(
+        NAME="fake", Config=_Cfg, validate=lambda c: None,
+        build=lambda c: torch.nn.Conv2d(3, 3, 1),
+        dataset=lambda c, d: [(torch.rand(3, 4, 4), 0) for _ in range(8)],
+        losses=losses, loss_weights=lambda c: {"mse": 1.0},
+        sample=lambda m, b, ctx: (b[0], 2),
+    )
+
+
+def test_nan_losses_skip_then_stop_with_good_checkpoint(tmp_path: Path) -> None:
+    tcfg = TrainConfig(name="nan", batch=2, iter=50, device="cpu", workers=0, sample_every=2,
+                       save_every=0, max_bad_steps=3, progress=False,
+                       checkpoint_dir=str(tmp_path / "c"), result_dir=str(tmp_path / "r"))
+    with pytest.raises(TrainingStopped, match="3 non-finite losses in a row"):
+        train(_fake_recipe(fail_from=2), _Cfg(), tcfg, tmp_path, say=lambda *a: None)
+    ck = load_checkpoint(tmp_path / "c/nan/last.pt")
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["weights"].values())
+
+
+def test_ctrl_c_writes_a_checkpoint(tmp_path: Path) -> None:
+    tcfg = TrainConfig(name="int", batch=2, iter=50, device="cpu", workers=0, sample_every=0,
+                       save_every=0, progress=False,
+                       checkpoint_dir=str(tmp_path / "c"), result_dir=str(tmp_path / "r"))
+    summary = train(_fake_recipe(fail_from=99, interrupt_at=3), _Cfg(), tcfg, tmp_path,
+                    say=lambda *a: None)
+    assert summary["interrupted"] and summary["step"] == 3
+    assert load_checkpoint(tmp_path / "c/int/last.pt")["step"] == 3
+
+
+def test_train_cli_writes_samples_and_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
+    data = _png_folder(tmp_path / "data", n=8, size=24)
+    (data / "w0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (data / "notes.txt").write_text("stray file")
+    monkeypatch.chdir(tmp_path)
+    rc = train_cli.main(["-n", "cli", str(data), "--iter", "3", "--img_size", "16",
+                         "--n_flow", "2", "--n_block", "2", "--hidden", "8", "--batch", "4",
+                         "--sample_every", "2", "--workers", "0", "--n_sample", "4",
+                         "--device", "cpu", "--no_progress"])
+    assert rc == 0
+    assert (tmp_path / "checkpoint/cli/last.pt").is_file()
+    samples = sorted((tmp_path / "result/sample_cli").glob("0*.png"))
+    assert [p.name for p in samples] == ["000002.png", "000003.png"]
+    assert (tmp_path / "result/sample_cli/loss.png").is_file()
+    assert (tmp_path / "result/sample_cli/config.json").is_file()
+    ck = load_checkpoint(tmp_path / "checkpoint/cli/last.pt", expect_model="glow")
+    assert ck["step"] == 3 and ck["config"]["model"]["img_size"] == 16
+    from glow import load_glow
+
+    g = load_glow(tmp_path / "checkpoint/cli/last.pt")
+    assert g.z_shapes() == [(6, 8, 8), (24, 4, 4)]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "img_size", "resume"])
+def test_train_cli_bad_input_is_one_line_error(tmp_path: Path, monkeypatch, capsys,
+                                               case: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    data = _png_folder(tmp_path / "data", n=4)
+    args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path / "empty")],
+            "img_size": [str(data), "--img_size", "18", "--n_block", "2"],
+            "resume": [str(data), "--resume"]}[case]
+    rc = train_cli.main(["-n", "bad", "--device", "cpu", "--no_progress", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert {"missing": "nope", "empty": "empty", "img_size": "divisible",
+            "resume": "last.pt"}[case] in err
+
+
+def test_dry_run_prints_resolved_config(tmp_path: Path, capsys) -> None:
+    assert train_cli.main(["-n", "x", str(tmp_path), "--dry-run", "--no_lu", "--affine"]) == 0
+    out = capsys.readouterr().out
+    assert '"conv_lu": false' in out and '"affine": true' in out and '"batch": 16' in out
