@@ -83,7 +83,7 @@ def test_layer_is_bijective_with_exact_logdet(name: str) -> None:
     for b in range(shape[0]):
         xb = x[b:b + 1]
         cb = None if cond is None else cond[b:b + 1]
-        jac = torch.autograd.functional.jacobian(lambda t: m(t, cb)[0], xb)
+        jac = torch.autograd.functional.jacobian(lambda t, c=cb: m(t, c)[0], xb)
         d = xb.numel()
         expected = torch.linalg.slogdet(jac.reshape(d, d))[1]
         torch.testing.assert_close(logdet[b], expected, atol=1e-8, rtol=1e-8)
@@ -212,7 +212,7 @@ def test_loads_reference_layout_state_dicts(tmp_path, conv_lu: bool) -> None:
     src.eval()
     with torch.no_grad():
         a, b = src(x), g(x)
-        for ta, tb in zip([a[0], a[1], *a[2]], [b[0], b[1], *b[2]]):
+        for ta, tb in zip([a[0], a[1], *a[2]], [b[0], b[1], *b[2]], strict=True):
             torch.testing.assert_close(ta, tb, atol=1e-4, rtol=1e-6)
         torch.testing.assert_close(g.reverse(b[2]), x, atol=1e-4, rtol=0)
     with pytest.raises(CheckpointError, match="architecture mismatch"):

@@ -51,7 +51,7 @@ def plot_curves(records: list[dict], path: str | Path, skip: tuple[str, ...] = (
     fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), sharex=True,
                              squeeze=False)
     steps = [r["step"] for r in records]
-    for ax, key in zip(axes[:, 0], keys):
+    for ax, key in zip(axes[:, 0], keys, strict=True):
         vals = [r.get(key, math.nan) for r in records]
         ax.plot(steps, vals, lw=1)
         ax.set_ylabel(key)
