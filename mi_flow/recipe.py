@@ -1,0 +1,304 @@
+"""MI-flow as a trainable model (``train.py --model mi-flow``) and its test-time face.
+
+Loss (the loop sums ``weight * term``)::
+
+    bpd        bits/dim of x: -(log p(z_top) + log p(z_split | c) + logdet - D log n_bins)
+                                / (D log 2)                                        weight 1
+    cond_bpd   -log p(z_split | c) / (D log 2): the condition-relevant term again   weight --beta
+    recon      MSE(x, reverse(x's top latent, split latents sampled at --recon_temp from the
+               conditional priors, x's conditions))                      weight --recon_weight
+    mi         CLUB estimate of I(z_top; mouth crop), nats; gradient to the flow only
+                                                                          weight --mi_weight
+    mi_q_nll   the CLUB estimator's own NLL (per condition dim); gradient to the estimator only
+                                                                        weight --mi_q_weight
+
+``bpd + beta * cond_bpd`` is the thesis's ``-log(n_bins) D + logdet + log_p + (beta + 1) log_c``
+in bits/dim. Thesis defaults: beta 0, recon weight 1, no MI term (``--mi_weight 0``; the
+estimator is then not even built unless ``--mi_monitor``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glow import bits_per_dim, quantize
+from training.config import from_dict, opt
+
+from .model import MIFlow, mouth_window
+
+NAME = "mi-flow"
+# The thesis's MI-flow training: batch 10, Adam lr 1e-4, gradient-norm clip 5, 200k iterations,
+# sample grids every 100 and weights every 10k iterations.
+TRAIN_DEFAULTS = {"batch": 10, "lr": 1e-4, "iter": 200000, "grad_clip": 5.0,
+                  "sample_every": 100, "save_every": 10000}
+DEFAULT_CHECKPOINT = "mi-flow_total_checkpoint.pt"
+NEEDS_MIX = True
+ESTIMATORS = ["club", "club_sample"]
+
+
+@dataclass
+class Config:
+    """MI-flow hyper-parameters: the Glow ones (thesis names and defaults) and the MI terms."""
+
+    n_flow: int = opt(32, "flows per block (K)")
+    n_block: int = opt(4, "number of blocks (L, at least 2)")
+    conv_lu: bool = opt(True, "use the plain invertible 1x1 conv instead of its LU form",
+                        flag="--no_lu")
+    affine: bool = opt(False, "affine coupling instead of additive")
+    hidden: int = opt(512, "hidden channels of the coupling networks")
+    n_bits: int = opt(5, "bits per colour channel after quantisation")
+    img_size: int = opt(64, "image size (must be divisible by 2^n_block)")
+    temp: float = opt(0.7, "temperature of the sample grids")
+    n_sample: int = opt(10, "images per row of the sample grids (at most the batch)")
+    beta: float = opt(0.0, "extra weight of the condition-relevant term: adds beta * "
+                      "bits/dim of the split latents under their conditional priors (thesis: 0)")
+    recon_weight: float = opt(1.0, "weight of the MSE between x and its reconstruction from "
+                              "the top latent with sampled split latents (thesis: 1)")
+    recon_temp: float = opt(0.7, "temperature of the split latents in that reconstruction")
+    prior_kept: bool = opt(False, "also condition the split priors on the kept half "
+                           "(standard Glow; ablation, not the thesis)")
+    mi_weight: float = opt(0.0, "weight of the condition-irrelevant term: the CLUB upper bound "
+                           "on I(top latent; mouth crop) in nats (ours; thesis: 0)")
+    mi_estimator: str = opt("club", "MI estimator: CLUB over all pairs of the batch, or "
+                            "CLUB-sample (one shuffled partner each)", choices=ESTIMATORS)
+    mi_hidden: int = opt(256, "hidden width of the estimator's q(c|z) network")
+    mi_cond_pool: int = opt(4, "the estimator's condition: the mouth window average-pooled "
+                            "to N x N (3 N^2 numbers)")
+    mi_q_weight: float = opt(1.0, "weight of the estimator's own NLL (trains only the "
+                             "estimator; scales its share of the clipped gradient norm)")
+    mi_lr_scale: float = opt(1.0, "the estimator's learning rate as a multiple of --lr")
+    mi_monitor: bool = opt(False, "build and train the estimator and log the MI estimate "
+                           "even when --mi_weight is 0")
+
+
+def estimator_enabled(cfg: Config) -> bool:
+    return cfg.mi_weight > 0 or cfg.mi_monitor
+
+
+def validate(cfg: Config) -> None:
+    if cfg.n_block < 2 or cfg.n_flow < 1:
+        raise ValueError("MI-flow needs --n_block >= 2 (a conditioned split) and --n_flow >= 1")
+    if cfg.img_size % (2**cfg.n_block):
+        raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^n_block = "
+                         f"{2**cfg.n_block}; use a multiple of {2**cfg.n_block}")
+    if not 1 <= cfg.n_bits <= 8:
+        raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
+    for name in ("beta", "recon_weight", "mi_weight", "mi_q_weight", "recon_temp"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name} must be >= 0")
+    if cfg.mi_estimator not in ESTIMATORS:
+        raise ValueError(f"--mi_estimator {cfg.mi_estimator}: choose one of {ESTIMATORS}")
+    t, b, left, r = mouth_window(cfg.img_size)
+    if not 1 <= cfg.mi_cond_pool <= min(b - t, r - left):
+        raise ValueError(f"--mi_cond_pool {cfg.mi_cond_pool} must be between 1 and the mouth "
+                         f"window's side ({min(b - t, r - left)} px at {cfg.img_size} px)")
+    if estimator_enabled(cfg) and cfg.mi_q_weight <= 0:
+        raise ValueError("--mi_q_weight must be > 0 when the MI estimator is used")
+
+
+def build(cfg: Config) -> MIFlow:
+    return MIFlow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
+                  hidden=cfg.hidden, img_size=cfg.img_size, prior_kept=cfg.prior_kept,
+                  mi_estimator=cfg.mi_estimator if estimator_enabled(cfg) else None,
+                  mi_hidden=cfg.mi_hidden, mi_cond_pool=cfg.mi_cond_pool)
+
+
+def dataset(cfg: Config, data_dir: Path):
+    from lrw.datasets import ImageFolderDataset
+
+    return ImageFolderDataset(data_dir, cfg.img_size)
+
+
+def param_groups(model: MIFlow, cfg: Config, train_cfg) -> list[dict]:
+    groups = [{"params": model.flow_parameters()}]
+    if model.mi is not None:
+        groups.append({"params": list(model.mi.parameters()),
+                       "lr": train_cfg.lr * cfg.mi_lr_scale})
+    return groups
+
+
+def _images(batch) -> Tensor:
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def _unwrap(model: nn.Module) -> MIFlow:
+    return model.module if hasattr(model, "module") else model
+
+
+def dequantised(x: Tensor, cfg: Config, ctx) -> Tensor:
+    """Quantise to n_bits and add uniform noise (identical across process layouts)."""
+    return quantize(x, cfg.n_bits) + ctx.global_rand(tuple(x.shape)).to(x.dtype) / 2**cfg.n_bits
+
+
+def initialize(model: MIFlow, batch, ctx) -> None:
+    x = dequantised(_images(batch), ctx.model_cfg, ctx)
+    _unwrap(model).initialize(ctx.gather(x))
+
+
+def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+    cfg: Config = ctx.model_cfg
+    m = _unwrap(model)
+    image = _images(batch)
+    x = dequantised(image, cfg, ctx)
+    log_p, logdet, log_c, z_list, conds = model(x)  # through the (DDP) wrapper
+    n_dims = x[0].numel()
+    per_dim = n_dims * math.log(2)
+    terms = {
+        "bpd": bits_per_dim(log_p + log_c, logdet, n_dims, cfg.n_bits).mean(),
+        "cond_bpd": (-log_c / per_dim).mean(),
+        "log_p": (log_p / per_dim).mean().detach(),
+        "log_c": (log_c / per_dim).mean().detach(),
+        "logdet": (logdet / per_dim).mean().detach(),
+    }
+    if cfg.recon_weight > 0:
+        eps = [ctx.global_rand(tuple(z.shape), normal=True).to(z.dtype) for z in z_list[:-1]]
+        rec = m.reverse([*([None] * len(eps)), z_list[-1]], conds,
+                        temperature=cfg.recon_temp, eps=[*eps, None])
+        terms["recon"] = F.mse_loss(rec, image)
+    if m.mi is not None:
+        c = m.mi_condition(image)
+        terms["mi"] = m.mi.mi_upper(z_list[-1], c, generator=ctx.generator)
+        terms["mi_q_nll"] = m.mi.learning_loss(z_list[-1], c)
+    return terms
+
+
+def loss_weights(cfg: Config) -> dict[str, float]:
+    weights = {"bpd": 1.0, "cond_bpd": cfg.beta, "recon": cfg.recon_weight}
+    if estimator_enabled(cfg):
+        weights.update(mi=cfg.mi_weight, mi_q_nll=cfg.mi_q_weight)
+    return weights
+
+
+@torch.no_grad()
+def sample(model: MIFlow, batch, ctx) -> tuple[Tensor, int]:
+    """Rows: the batch; its reconstruction from the top latent with split latents sampled
+    under its own conditions; the same under the conditions of the next image in the batch
+    (a mouth swap); samples from the priors under the batch's conditions. Fixed noise."""
+    cfg: Config = ctx.model_cfg
+    m = _unwrap(model)
+    x = _images(batch)[: cfg.n_sample]
+    g = torch.Generator().manual_seed(ctx.train_cfg.seed)
+
+    def noise(shapes) -> list[Tensor]:
+        return [torch.randn((x.shape[0], *s), generator=g).to(x.device, x.dtype)
+                for s in shapes]
+
+    z_list, conds = m.encode(quantize(x, cfg.n_bits) + 0.5 / 2**cfg.n_bits)
+    n_split = len(conds)
+    eps = noise(m.z_shapes(x.shape[-1]))
+    split_none = [None] * n_split
+    rec = m.reverse([*split_none, z_list[-1]], conds, cfg.temp, eps=eps)
+    swapped = [c.roll(1, 0) for c in conds]
+    swap = m.reverse([*split_none, z_list[-1]], swapped, cfg.temp, eps=eps)
+    prior = m.reverse([None] * (n_split + 1), conds, cfg.temp, eps=eps)
+    return torch.cat([x, rec, swap, prior]).clamp(-0.5, 0.5), x.shape[0]
+
+
+def checkpoint_extra(model: MIFlow, cfg: Config) -> dict:
+    return {"architecture": _unwrap(model).config()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Test time (test.py)
+# ---------------------------------------------------------------------------------------------
+
+def add_test_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("mi-flow")
+    g.add_argument("--mode", choices=["thesis", "cond"], default="thesis",
+                   help="thesis: the mix's split latents with the query's top latent, inverted "
+                        "exactly; cond: the query's top latent with the split latents at the "
+                        "conditional prior means under each source frame's mouth (no mix "
+                        "needed). Default: thesis")
+    g.add_argument("--n_flow", type=int, default=None,
+                   help="thesis-format state dicts: flows per block (default: read from the "
+                        "file; the thesis used 32)")
+    g.add_argument("--n_block", type=int, default=None,
+                   help="thesis-format state dicts: blocks (default: read from the file; 4)")
+    g.add_argument("--affine", action="store_true", default=None,
+                   help="thesis-format state dicts: affine couplings (default: read from the "
+                        "file; the thesis used additive)")
+    g.add_argument("--no_lu", dest="no_lu", action="store_true", default=None,
+                   help="thesis-format state dicts: plain 1x1 convs (default: read from the file)")
+    g.add_argument("--img_size", type=int, default=None,
+                   help="thesis-format state dicts: image size the model was trained at "
+                        "(default 64); our checkpoints record it")
+
+
+def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> MIFlow:
+    """Rebuild the model of one of our checkpoints (``training.checkpoint`` layout)."""
+    from glow.io import CheckpointError
+
+    cfg = from_dict(Config, ckpt["config"]["model"])
+    model = build(cfg)
+    state = ckpt["weights"]
+    if model.mi is None:  # an estimator trained alongside is not needed to generate
+        state = {k: v for k, v in state.items() if not k.startswith("mi.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit MI-flow "
+                              f"({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def _checkpoint_path(args) -> Path:
+    for name in ("checkpoint", "ckpt", "mdir"):
+        value = getattr(args, name, None)
+        if value:
+            path = Path(value)
+            return path / DEFAULT_CHECKPOINT if path.is_dir() else path
+    return Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_CHECKPOINT
+
+
+def load_for_test(args, device: torch.device | str) -> MIFlow:
+    """Our checkpoint or the thesis's state dict at ``args.checkpoint``, in eval mode."""
+    from .io import load_mi_flow
+
+    no_lu = getattr(args, "no_lu", None)
+    model = load_mi_flow(
+        _checkpoint_path(args), map_location="cpu",
+        n_flow=getattr(args, "n_flow", None), n_block=getattr(args, "n_block", None),
+        affine=getattr(args, "affine", None), conv_lu=None if no_lu is None else not no_lu,
+        img_size=getattr(args, "img_size", None))
+    return model.to(device).eval()
+
+
+def model_size(model: nn.Module) -> int:
+    """The image size (px) the model works at: frames are resized to it before ``generate``."""
+    return int(_unwrap(model).img_size)
+
+
+@torch.no_grad()
+def generate(model: MIFlow, query: Tensor, mix: Tensor | None, source: Tensor,
+             args) -> Tensor:
+    """The query face speaking with the source's mouth.
+
+    query [1, 3, S, S], mix [T, 3, S, S] (the query with each source frame's mouth blended
+    in), source [T, 3, S, S], all in [-0.5, 0.5] on the model's device -> [T, 3, S, S].
+
+    ``thesis`` mode: the mix's split latents and the query's top latent, inverted exactly
+    (the thesis's test.py). ``cond`` mode: the query's top latent with every split latent at
+    its conditional prior mean under the source frame's condition. The query is encoded once;
+    the frames go through as one batch.
+    """
+    m = _unwrap(model)
+    mode = getattr(args, "mode", "thesis") or "thesis"
+    t = source.shape[0]
+    z_query, _ = m.encode(query)
+    top = z_query[-1].expand(t, *z_query[-1].shape[1:])
+    if mode == "thesis":
+        if mix is None:
+            raise ValueError("--mode thesis needs the mouth mix")
+        z_mix, conds = m.encode(mix)
+        return m.reverse([*z_mix[:-1], top], conds)
+    if mode == "cond":
+        conds = m.conditions(source)
+        return m.reverse([*([None] * len(conds)), top], conds, temperature=0.0)
+    raise ValueError(f"unknown --mode {mode!r} (thesis or cond)")
