@@ -16,6 +16,7 @@ from .layers import (
     squeeze2d,
     unsqueeze2d,
 )
+from .memory import reversible_forward
 
 
 class Block(nn.Module):
@@ -34,6 +35,8 @@ class Block(nn.Module):
             Flow(squeeze_dim, affine=affine, conv_lu=conv_lu, hidden=hidden) for _ in range(n_flow)
         )
         self.split = split
+        # Recompute activations in backward instead of storing them (glow.memory).
+        self.low_memory = False
         if split:
             self.prior = ZeroConv2d(in_channel * 2, in_channel * 4)
         else:
@@ -41,13 +44,37 @@ class Block(nn.Module):
 
     def prior_params(self, kept: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_sd) of this block's latent, given the kept half (or the top latent)."""
-        src = kept if self.split else torch.zeros_like(kept)
-        mean, log_sd = self.prior(src).chunk(2, 1)
-        return mean, log_sd
+        if self.split:
+            return self.prior(kept).chunk(2, 1)
+        return self._top_prior(kept)
+
+    def _top_prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The last block's prior, computed from zeros shaped like ``like``.
+
+        It depends only on the shape and the prior's parameters, so outside training (and when
+        no gradient can reach the parameters) it is computed once per shape and cached, keyed on
+        the parameters' version counters; ``train()`` drops the cache.
+        """
+        params = list(self.prior.parameters())
+        if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return self.prior(torch.zeros_like(like)).chunk(2, 1)
+        key = (tuple(like.shape), like.dtype, like.device, tuple(p._version for p in params))
+        cache = self.__dict__.setdefault("_prior_cache", {})
+        if key not in cache:
+            cache.clear()
+            with torch.no_grad():
+                cache[key] = self.prior(torch.zeros_like(like)).chunk(2, 1)
+        return cache[key]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_prior_cache", None)
+        return super().train(mode)
 
     def flow_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Squeeze and run the flows: [B,C,H,W] -> ([B,4C,H/2,W/2], logdet [B])."""
         out = squeeze2d(x)
+        if self.low_memory:
+            return reversible_forward(self.flows, out)
         logdet = x.new_zeros(x.shape[0])
         for flow in self.flows:
             out, det = flow(out)
@@ -80,15 +107,12 @@ class Block(nn.Module):
         noise mapped through the prior, ``mean + exp(log_sd) * z`` (the reference's sampling).
         For the top block ``kept`` is ignored.
         """
-        if self.split:
-            mean, log_sd = self.prior_params(kept)
-        else:
-            ref = z if z is not None else kept
-            mean, log_sd = self.prior_params(ref)
-        if z is None:
-            z = gaussian_sample(temperature * torch.randn_like(mean), mean, log_sd)
-        elif not reconstruct:
-            z = gaussian_sample(z, mean, log_sd)
+        if z is None or not reconstruct:  # inverting given latents needs no prior
+            mean, log_sd = self.prior_params(kept if self.split or z is None else z)
+            if z is None:
+                z = gaussian_sample(temperature * torch.randn_like(mean), mean, log_sd)
+            else:
+                z = gaussian_sample(z, mean, log_sd)
         y = torch.cat([kept, z], 1) if self.split else z
         return self.flow_reverse(y)
 

@@ -1,0 +1,174 @@
+"""Low-memory mode (recompute in backward) and the speed paths of the Glow core.
+
+Every fast path is checked against the straightforward computation: low-memory gradients
+against normal-mode gradients, eval-mode fused ActNorm+1x1 conv and cached priors against
+training-mode outputs. Tiny shapes, float64.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from glow import Coupling, Flow, Glow
+from glow.memory import enable_low_memory, reversible_forward
+
+
+def _glow(affine: bool, conv_lu: bool, seed: int = 0) -> tuple[Glow, torch.Tensor]:
+    """A non-trivial tiny Glow (ActNorm initialised, every parameter perturbed) and a batch."""
+    torch.manual_seed(seed)
+    model = Glow(3, 2, 3, affine=affine, conv_lu=conv_lu, hidden=8, img_size=16).double()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64) - 0.5
+    model.initialize(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model, x
+
+
+def _loss_and_grads(model: Glow, x: torch.Tensor):
+    x = x.clone().requires_grad_(True)
+    log_p, logdet, z = model(x)
+    # Touch every output so every gradient path is exercised.
+    loss = -(log_p + logdet).mean() + 1e-2 * sum((zi**2).sum() for zi in z)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), x.grad, {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("affine,conv_lu", [(False, True), (True, True), (True, False)])
+def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool) -> None:
+    model, x = _glow(affine, conv_lu)
+    low = enable_low_memory(copy.deepcopy(model))
+    loss_a, gx_a, g_a = _loss_and_grads(model, x)
+    loss_b, gx_b, g_b = _loss_and_grads(low, x)
+    assert loss_a.item() == loss_b.item()
+    torch.testing.assert_close(gx_b, gx_a, rtol=1e-9, atol=1e-11)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        assert g_b[name] is not None, name
+        torch.testing.assert_close(g_b[name], g_a[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_low_memory_keeps_state_dict_and_round_trip() -> None:
+    model, x = _glow(True, True)
+    keys = list(model.state_dict())
+    enable_low_memory(model)
+    assert list(model.state_dict()) == keys
+    for train in (True, False):
+        model.train(train)
+        with torch.no_grad():
+            z = model(x)[2]
+            torch.testing.assert_close(model.reverse(z), x, atol=1e-10, rtol=0)
+    # With grad enabled too (the recomputing path).
+    model.train()
+    z = model(x)[2]
+    torch.testing.assert_close(model.reverse([zi.detach() for zi in z]), x, atol=1e-10, rtol=0)
+
+
+def test_low_memory_can_be_switched_off_and_needs_a_block() -> None:
+    model, _ = _glow(False, True)
+    enable_low_memory(model)
+    assert all(b.low_memory for b in model.blocks)
+    enable_low_memory(model, enabled=False)
+    assert not any(b.low_memory for b in model.blocks)
+    with pytest.raises(ValueError):
+        enable_low_memory(torch.nn.Linear(2, 2))
+
+
+def test_reversible_forward_with_condition() -> None:
+    """The conditional use: flows whose couplings take ``cond``; cond gets its gradient."""
+    torch.manual_seed(1)
+    flows = torch.nn.ModuleList(
+        Flow(4, coupling=Coupling(4, affine=True, hidden=8, cond_channel=3)) for _ in range(3)
+    ).double()
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    cond = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        h = x
+        for f in flows:
+            f.actnorm.initialize(h)
+            h, _ = f(h, cond)
+        for p in flows.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    def run(low: bool):
+        xx, cc = x.clone().requires_grad_(True), cond.clone().requires_grad_(True)
+        if low:
+            y, ld = reversible_forward(flows, xx, cc)
+        else:
+            y, ld = xx, xx.new_zeros(2)
+            for f in flows:
+                y, d = f(y, cc)
+                ld = ld + d
+        flows.zero_grad(set_to_none=True)
+        ((y**2).sum() + ld.sum()).backward()
+        return y.detach(), ld.detach(), xx.grad, cc.grad, [p.grad for p in flows.parameters()]
+
+    a, b = run(False), run(True)
+    for u, v in zip(a[:4], b[:4], strict=True):
+        torch.testing.assert_close(v, u, rtol=1e-9, atol=1e-11)
+    for u, v in zip(a[4], b[4], strict=True):
+        torch.testing.assert_close(v, u, rtol=1e-9, atol=1e-11)
+
+
+def test_low_memory_without_grad_is_the_plain_path() -> None:
+    model, x = _glow(False, True)
+    ref = model(x)
+    enable_low_memory(model)
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out[0], ref[0].detach())
+    torch.testing.assert_close(out[1], ref[1].detach())
+
+
+@pytest.mark.parametrize("affine,conv_lu", [(False, True), (True, False)])
+def test_eval_fast_paths_equal_training_mode(affine: bool, conv_lu: bool) -> None:
+    """Eval mode fuses ActNorm+1x1 conv and caches the top prior; results must not change."""
+    model, x = _glow(affine, conv_lu)
+    # Small noise: a randomly perturbed model amplifies large latents enormously in reverse.
+    noise = [0.1 * torch.randn((2, *s), dtype=torch.float64) for s in model.z_shapes()]
+    with torch.no_grad():
+        model.train()
+        log_p, logdet, z = model(x)
+        rec = model.reverse(z)
+        smp = model.reverse(noise, reconstruct=False)
+        assert torch.isfinite(smp).all()
+        model.eval()
+        for _ in range(2):  # second pass runs from the caches
+            log_p2, logdet2, z2 = model(x)
+            torch.testing.assert_close(log_p2, log_p, rtol=1e-12, atol=1e-9)
+            torch.testing.assert_close(logdet2, logdet, rtol=1e-12, atol=1e-9)
+            for u, v in zip(z, z2, strict=True):
+                torch.testing.assert_close(v, u, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(model.reverse(z2), rec, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(model.reverse(noise, reconstruct=False), smp,
+                                       rtol=1e-10, atol=1e-12)
+    # The channels-last conditioner must not leak its layout into the latents.
+    assert z[-1].is_contiguous()
+
+
+def test_eval_caches_follow_parameter_changes() -> None:
+    model, x = _glow(True, True)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # fill the caches
+        for p in model.parameters():
+            p.add_(0.01)  # in place, as an optimiser step does
+        cached = model(x)
+        model.train()
+        fresh = model(x)
+    torch.testing.assert_close(cached[0], fresh[0], rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(cached[1], fresh[1], rtol=1e-12, atol=1e-9)
+
+
+def test_flow_eval_with_grad_uses_the_differentiable_path() -> None:
+    torch.manual_seed(2)
+    flow = Flow(4, affine=True, hidden=8).double().eval()
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    y, logdet = flow(x)
+    assert y.requires_grad and logdet.requires_grad
+    (y.sum() + logdet.sum()).backward()
+    assert flow.actnorm.scale.grad is not None and flow.invconv.w_s.grad is not None
