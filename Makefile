@@ -21,5 +21,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+clean-demo:
+	rm -rf demo_data
+
 bench: $(STAMP)
 	$(PY) bench/glow_step.py --quick

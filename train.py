@@ -35,8 +35,9 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         prog="train.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", metavar="DATA_DIR",
-                        help="folder of training images (searched recursively; an LRW-style "
-                             "DATA/train/WORD/WORD_ID_FF.jpg tree works)")
+                        help="folder of training frames: any folder of images, searched "
+                             "recursively (Glow, MI-flow; when DATA_DIR/train exists only it is "
+                             "used), or an LRW-style DATA/train/WORD/WORD_ID_FF.jpg tree")
     parser.add_argument("--model", default=model, choices=registry.names(),
                         help=f"which model to train (default: glow; now: {model})")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",

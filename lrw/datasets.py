@@ -257,3 +257,13 @@ class ClipDataset(_SkippingDataset):
                 return frames, clip.label
         raise RuntimeError(f"ClipDataset: none of its {n} clips has a readable frame "
                            f"(first unreadable: {self._skips.first})")
+
+
+def training_root(path: str | Path, split: str = "train") -> Path:
+    """``path/split`` when that folder exists (LRW-style and synthetic sets), else ``path``.
+
+    Frame-level models read every image under this folder, so a set's held-out material
+    (e.g. the synthetic set's ``image/`` queries and sources) never leaks into training.
+    """
+    path = Path(path)
+    return path / split if (path / split).is_dir() else path

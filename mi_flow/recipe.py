@@ -111,9 +111,9 @@ def build(cfg: Config) -> MIFlow:
 
 
 def dataset(cfg: Config, data_dir: Path):
-    from lrw.datasets import ImageFolderDataset
+    from lrw.datasets import ImageFolderDataset, training_root
 
-    return ImageFolderDataset(data_dir, cfg.img_size)
+    return ImageFolderDataset(training_root(data_dir), cfg.img_size)
 
 
 def param_groups(model: MIFlow, cfg: Config, train_cfg) -> list[dict]:

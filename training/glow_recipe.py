@@ -57,9 +57,9 @@ def build(cfg: Config) -> nn.Module:
 
 
 def dataset(cfg: Config, data_dir: Path):
-    from lrw.datasets import ImageFolderDataset
+    from lrw.datasets import ImageFolderDataset, training_root
 
-    return ImageFolderDataset(data_dir, cfg.img_size)
+    return ImageFolderDataset(training_root(data_dir), cfg.img_size)
 
 
 def _images(batch) -> Tensor:

@@ -1,0 +1,266 @@
+"""AD-flow: attribute decomposition of a frozen Glow's latents into a face part and a lip part.
+
+Per Glow level ``i`` a feature encoder ``E_i`` reads the latent ``z_i`` and, in this project's
+convention, outputs the *lip* part: ``lip_i = E_i(z_i)``, ``face_i = z_i - lip_i``. (The
+thesis's convolutional ablation outputs the face part instead; ``target="face"`` reproduces
+that convention when loading such weights.) Talking-face transfer keeps the query's face part
+and takes the lip part from the mouth-mixed frame, then inverts the Glow exactly:
+``z_i = face_i(query) + lip_i(mix)``.
+
+Shapes: a clip batch is ``[B, T, 3, S, S]``; the Glow latents of level ``i`` are
+``[B*T, C_i, h_i, h_i]`` (for 64 px and 4 levels: 6x32x32, 12x16x16, 24x8x8, 96x4x4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from glow import Glow
+
+ENCODERS = ("linear", "conv", "mlp")
+
+
+class LinearEncoder(nn.Module):
+    """One linear map over the ``h*h`` flattened positions, shared by every channel (thesis)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.linear = nn.Linear(size * size, size * size)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """[N, C, h, h] -> [N, C, h, h]"""
+        return self.linear(z.flatten(2)).view_as(z)
+
+
+class MLPEncoder(nn.Module):
+    """Linear - ReLU - Linear over the flattened positions, shared by channels (thesis ablation)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        p = size * size
+        self.mlp = nn.Sequential(nn.Linear(p, p), nn.ReLU(), nn.Linear(p, p))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.mlp(z.flatten(2)).view_as(z)
+
+
+class ConvEncoder(nn.Module):
+    """Three 3x3 convolutions ``C -> C`` without activations (thesis ablation)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(*(nn.Conv2d(channels, channels, 3, padding=1)
+                                    for _ in range(3)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.conv(z)
+
+
+class FeatureEncoder(nn.Module):
+    """Per-level encoders splitting Glow latents into (face, lip) parts.
+
+    ``z_shapes``: the Glow's latent shapes ``(C, h, h)`` per level. ``kind``: ``linear``
+    (thesis), ``conv`` or ``mlp``. ``target``: what the encoder outputs, ``lip`` (default:
+    ``lip = E(z), face = z - lip``) or ``face`` (``face = E(z), lip = z - face``).
+    """
+
+    def __init__(self, z_shapes: Sequence[tuple[int, int, int]], kind: str = "linear",
+                 target: str = "lip") -> None:
+        super().__init__()
+        if kind not in ENCODERS:
+            raise ValueError(f"unknown encoder '{kind}'; choose one of {', '.join(ENCODERS)}")
+        if target not in ("lip", "face"):
+            raise ValueError(f"encoder target must be 'lip' or 'face', not {target!r}")
+        self.kind, self.target = kind, target
+        self.z_shapes = [tuple(int(v) for v in s) for s in z_shapes]
+        self.levels = nn.ModuleList(
+            LinearEncoder(h) if kind == "linear" else MLPEncoder(h) if kind == "mlp"
+            else ConvEncoder(c) for c, h, _ in self.z_shapes)
+
+    def split_level(self, i: int, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Level ``i``: z [N, C, h, h] -> (face, lip), each [N, C, h, h]."""
+        out = self.levels[i](z)
+        return (z - out, out) if self.target == "lip" else (out, z - out)
+
+    def split(self, z_list: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Every level: lists of [N, C_i, h_i, h_i] -> (faces, lips)."""
+        faces, lips = [], []
+        for i, z in enumerate(z_list):
+            f, m = self.split_level(i, z)
+            faces.append(f)
+            lips.append(m)
+        return faces, lips
+
+
+class SequenceClassifier(nn.Module):
+    """Word classifier on the lip parts of a clip.
+
+    Per frame, the channel-mean of each level's lip part, flattened and concatenated (level 0
+    first; 1024 + 256 + 64 + 16 = 1360 features at 64 px); a one-layer bidirectional GRU with
+    as many hidden units; the final states of both directions ``[B, 2F]`` through an MLP.
+    """
+
+    def __init__(self, positions: Sequence[int], n_classes: int,
+                 hidden: Sequence[int] = (2048, 1024)) -> None:
+        super().__init__()
+        self.n_features = int(sum(positions))
+        self.gru = nn.GRU(self.n_features, self.n_features, batch_first=True,
+                          bidirectional=True)
+        layers: list[nn.Module] = []
+        width = 2 * self.n_features
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        layers.append(nn.Linear(width, n_classes))
+        self.head = nn.Sequential(*layers)
+
+    @staticmethod
+    def features(lips: Sequence[Tensor]) -> Tensor:
+        """Lip parts, each [B, T, C, h, h] -> per-frame features [B, T, sum h*h]."""
+        return torch.cat([m.mean(dim=2).flatten(2) for m in lips], dim=2)
+
+    def forward(self, lips: Sequence[Tensor]) -> Tensor:
+        """Lip parts [B, T, C_i, h_i, h_i] per level -> logits [B, n_classes]."""
+        _, h_n = self.gru(self.features(lips))  # h_n [2, B, F]: forward, backward
+        return self.head(h_n.transpose(0, 1).flatten(1))
+
+
+class ADFlow(nn.Module):
+    """Feature encoder + sequence classifier on top of a frozen Glow.
+
+    The Glow is held outside the registered submodules: it is neither trained nor part of
+    ``state_dict()`` (the checkpoint records which Glow file it belongs to), yet ``.to()``
+    moves it along. It stays in eval mode with gradients off, so its 1x1 inverses are cached.
+    """
+
+    def __init__(self, glow: Glow, encoder: FeatureEncoder,
+                 classifier: SequenceClassifier | None) -> None:
+        super().__init__()
+        glow.eval()
+        for p in glow.parameters():
+            p.requires_grad_(False)
+        self._frozen = (glow,)  # a tuple: not registered as a submodule
+        self.encoder = encoder
+        self.classifier = classifier
+        self.words: list[str] | None = None
+        self._query_cache: tuple | None = None
+
+    @property
+    def glow(self) -> Glow:
+        return self._frozen[0]
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.glow._apply(fn, recurse)
+        self._query_cache = None
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.glow.eval()
+        return self
+
+    @property
+    def img_size(self) -> int:
+        return int(self.glow.img_size)
+
+    # ---------------------------------------------------------------------------------------
+    # Latents
+
+    @torch.no_grad()
+    def encode_frames(self, x: Tensor) -> list[Tensor]:
+        """Images [N, 3, S, S] in [-0.5, 0.5] -> Glow latents (no gradient)."""
+        return [z.detach() for z in self.glow.encode(x)]
+
+    def forward(self, frames: Tensor, labels: Tensor | None, shifts: Tensor,
+                pair_frames: Tensor, with_classifier: bool = True) -> dict[str, Tensor]:
+        """The four AD-flow terms on a batch of clips.
+
+        frames [B, T, 3, S, S]; labels [B] (word ids); shifts [B] (time roll of each clip's
+        face parts, ``0 <= shift < T``); pair_frames [B] (frame of clip ``(b+1) % B`` whose
+        face part is mixed with clip ``b``'s lips in the cycle term). Returns scalar terms
+        ``rec``, ``struct``, ``cycle``, ``cls`` (when a classifier runs) and ``acc``.
+        """
+        b, t = frames.shape[:2]
+        z_flat = self.encode_frames(frames.flatten(0, 1))
+        z = [zi.view(b, t, *zi.shape[1:]) for zi in z_flat]
+        faces_flat, lips_flat = self.encoder.split(z_flat)
+        faces = [f.view(b, t, *f.shape[1:]) for f in faces_flat]
+        lips = [m.view(b, t, *m.shape[1:]) for m in lips_flat]
+        terms = {"rec": reconstruction_loss(z, faces, lips, shifts),
+                 "struct": structural_loss(z, faces),
+                 "cycle": cycle_loss(self.encoder, faces, lips, pair_frames)}
+        if with_classifier and self.classifier is not None and labels is not None:
+            logits = self.classifier(lips)
+            terms["cls"] = F.cross_entropy(logits, labels)
+            terms["acc"] = (logits.argmax(1) == labels).float().mean().detach()
+        return terms
+
+    # ---------------------------------------------------------------------------------------
+    # Talking-face transfer
+
+    @torch.no_grad()
+    def query_faces(self, query: Tensor) -> list[Tensor]:
+        """Face parts of the query [1, 3, S, S], cached for repeated calls with the same query."""
+        key = (query.data_ptr(), query._version, tuple(query.shape), query.device,
+               float(query.double().sum()))
+        if self._query_cache is None or self._query_cache[0] != key:
+            faces, _ = self.encoder.split(self.glow.encode(query))
+            self._query_cache = (key, faces)
+        return self._query_cache[1]
+
+    @torch.no_grad()
+    def transfer(self, query: Tensor, mix: Tensor) -> Tensor:
+        """Query [1, 3, S, S] and mouth-mixed frames [T, 3, S, S] -> [T, 3, S, S].
+
+        Per level ``z = face(query) + lip(mix)``, inverted exactly by the Glow.
+        """
+        q_faces = self.query_faces(query)
+        _, lips = self.encoder.split(self.glow.encode(mix))
+        z = [f + m for f, m in zip(q_faces, lips, strict=True)]
+        return self.glow.reverse(z, reconstruct=True)
+
+
+# -------------------------------------------------------------------------------------------
+# Losses (latents per level as [B, T, C, h, h]; each term is a sum over levels of mean squares)
+
+def roll_time(x: Tensor, shifts: Tensor) -> Tensor:
+    """out[b, t] = x[b, (t + shifts[b]) % T] for x [B, T, ...] (the thesis's rolled pairs)."""
+    b, t = x.shape[:2]
+    idx = (torch.arange(t, device=x.device)[None, :] + shifts.to(x.device)[:, None]) % t
+    return x[torch.arange(b, device=x.device)[:, None], idx]
+
+
+def reconstruction_loss(z: Sequence[Tensor], faces: Sequence[Tensor], lips: Sequence[Tensor],
+                        shifts: Tensor) -> Tensor:
+    """Sequential random-pair reconstruction: another frame's face + this frame's lips ~ z."""
+    return sum(F.mse_loss(roll_time(f, shifts) + m, zi)
+               for zi, f, m in zip(z, faces, lips, strict=True))
+
+
+def structural_loss(z: Sequence[Tensor], faces: Sequence[Tensor]) -> Tensor:
+    """Structural-perceptual term: each frame's face part close to its clip's mean latent."""
+    return sum(F.mse_loss(f, zi.mean(dim=1, keepdim=True).expand_as(f))
+               for zi, f in zip(z, faces, strict=True))
+
+
+def cycle_loss(encoder: FeatureEncoder, faces: Sequence[Tensor], lips: Sequence[Tensor],
+               pair_frames: Tensor) -> Tensor:
+    """Cycle consistency: the face part of (clip b+1's face at one frame + clip b's lips) is
+    that face again. With ``lip = E(z), face = z - lip`` this equals ``E(mix) = lips``."""
+    total = 0
+    for i, (f, m) in enumerate(zip(faces, lips, strict=True)):
+        b, t = m.shape[:2]
+        other = torch.roll(torch.arange(b, device=f.device), -1)
+        face_a = f[other, pair_frames.to(f.device)]  # [B, C, h, h]
+        target = face_a[:, None].expand_as(m)
+        mix = (target + m).flatten(0, 1)
+        face_mix, _ = encoder.split_level(i, mix)
+        total = total + F.mse_loss(face_mix, target.flatten(0, 1))
+    return total

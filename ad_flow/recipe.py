@@ -1,0 +1,312 @@
+"""AD-flow as a recipe for ``train.py`` and ``test.py`` (see ``training/registry.py``).
+
+Training: the Glow given by ``--glow`` is frozen; clips of ``n_frames`` frames are encoded with
+it under ``no_grad`` (frames as read, not dequantised, like the thesis; ``--n_bits`` turns the
+Glow-style dequantisation on), and the feature encoder and sequence classifier learn from four
+weighted terms: ``rec`` (sequential random-pair reconstruction), ``struct``
+(structural-perceptual), ``cycle`` (cycle consistency) and ``cls`` (word classification).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from glow import CheckpointError, Glow, load_glow, quantize, safe_load
+from glow.io import is_ours
+from training.config import from_dict, opt
+
+from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
+from .thesis import convert, is_thesis_checkpoint
+
+NAME = "ad-flow"
+DEFAULT_CHECKPOINT = "ad-flow_total_checkpoint.tar"
+DEFAULT_GLOW = "glow_checkpoint.pt"
+NEEDS_MIX = True
+# Thesis: Adam, lr 1e-5 (encoders) and 1e-4 (classifier), 200k iterations, one clip per step,
+# samples every 200 and checkpoints every 10k iterations. Here 4 clips per step by default:
+# the cycle term pairs each clip with another one of the same batch.
+TRAIN_DEFAULTS = {"batch": 4, "lr": 1e-5, "iter": 200000, "sample_every": 200,
+                  "save_every": 10000}
+DDP_FIND_UNUSED = True  # the classifier is idle when --w_cls 0
+
+
+@dataclass
+class Config:
+    """AD-flow options (thesis defaults)."""
+
+    glow: str = opt("checkpoint/glow_checkpoint.pt", "the trained Glow (ours or the thesis's "
+                    "state dict)")
+    n_flow: int | None = opt(None, "flows per block of a thesis-format Glow (inferred; checked "
+                             "when given)")
+    n_block: int | None = opt(None, "blocks of a thesis-format Glow (inferred; checked when "
+                              "given)")
+    affine: bool = opt(False, "assert that a thesis-format Glow uses affine coupling")
+    conv_lu: bool = opt(True, "assert that a thesis-format Glow uses the plain 1x1 conv",
+                        flag="--no_lu")
+    img_size: int = opt(64, "image size (the Glow's)")
+    encoder: str = opt("linear", "feature encoder: linear (thesis), conv or mlp (ablations)",
+                       choices=list(ENCODERS))
+    encoder_target: str = opt("lip", "what the encoder outputs: lip (lip = E(z), face = z - lip)"
+                              " or face (the thesis's conv ablation)", choices=["lip", "face"])
+    n_frames: int = opt(29, "frames per clip (LRW clips have 29)")
+    n_classes: int = opt(0, "word classes (0: the number of words in DATA_DIR)")
+    cls_hidden: str = opt("2048,1024", "hidden widths of the classifier's MLP head")
+    cls_lr: float = opt(1e-4, "Adam learning rate of the classifier (--lr is the encoders')")
+    n_bits: int = opt(0, "dequantise frames to this many bits like Glow training (0: off, as "
+                      "the thesis)")
+    w_rec: float = opt(1.0, "weight of the sequential random-pair reconstruction term")
+    w_struct: float = opt(1.0, "weight of the structural-perceptual term")
+    w_cycle: float = opt(1.0, "weight of the cycle-consistency term")
+    w_cls: float = opt(1.0, "weight of the sequential classification term")
+    n_sample_clips: int = opt(2, "clips shown with the reference in each sample grid")
+
+
+def validate(cfg: Config) -> None:
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"--encoder {cfg.encoder}: choose one of {', '.join(ENCODERS)}")
+    if cfg.n_frames < 2:
+        raise ValueError(f"--n_frames {cfg.n_frames}: need at least 2 frames per clip")
+    if cfg.n_bits and not 1 <= cfg.n_bits <= 8:
+        raise ValueError(f"--n_bits {cfg.n_bits} must be 0 (off) or between 1 and 8")
+    if cfg.n_classes < 0:
+        raise ValueError("--n_classes must be 0 (from the data) or positive")
+    _hidden(cfg)
+    if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
+        raise ValueError("loss weights must not be negative")
+
+
+def _hidden(cfg: Config) -> list[int]:
+    try:
+        hidden = [int(h) for h in str(cfg.cls_hidden).split(",") if h.strip()]
+    except ValueError:
+        raise ValueError(f"--cls_hidden {cfg.cls_hidden!r}: give comma-separated widths, "
+                         "e.g. 2048,1024") from None
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"--cls_hidden {cfg.cls_hidden!r}: widths must be positive")
+    return hidden
+
+
+# -------------------------------------------------------------------------------------------
+# Building
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_frozen_glow(path: str | Path, cfg: Config) -> Glow:
+    """The Glow at ``path``; thesis-format architecture flags are checked when given."""
+    glow = load_glow(path, n_flow=cfg.n_flow, n_block=cfg.n_block,
+                     affine=True if cfg.affine else None,
+                     conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
+    if not glow.initialized:
+        raise CheckpointError(f"{path}: the Glow's ActNorm layers were never initialised "
+                              "(an untrained Glow); train one with train.py --model glow")
+    return glow
+
+
+def from_glow(glow: Glow, cfg: Config) -> ADFlow:
+    """An AD-flow model around an already loaded ``glow``."""
+    shapes = glow.z_shapes(cfg.img_size)
+    encoder = FeatureEncoder(shapes, cfg.encoder, cfg.encoder_target)
+    classifier = SequenceClassifier([h * w for _, h, w in shapes], max(cfg.n_classes, 1),
+                                    _hidden(cfg))
+    return ADFlow(glow, encoder, classifier)
+
+
+def build(cfg: Config) -> nn.Module:
+    glow = load_frozen_glow(cfg.glow, cfg)
+    model = from_glow(glow, cfg)
+    model.glow_info = {"path": str(cfg.glow), "sha256": _sha256(cfg.glow),
+                       "config": glow.config()}
+    model.words = getattr(cfg, "_words", None)
+    return model
+
+
+def dataset(cfg: Config, data_dir: Path):
+    """LRW-style clips ``(frames [T, 3, S, S], label)``; sets ``cfg.n_classes`` when 0."""
+    from lrw.datasets import ClipDataset
+    from lrw.index import open_index
+
+    index = open_index(data_dir)
+    if cfg.n_classes == 0:
+        cfg.n_classes = index.n_classes
+    elif cfg.n_classes < index.n_classes:
+        raise ValueError(f"--n_classes {cfg.n_classes} but {data_dir} holds "
+                         f"{index.n_classes} words")
+    cfg._words = list(index.words)  # recorded in the checkpoint by build/checkpoint_extra
+    return ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
+
+
+def checkpoint_extra(model: ADFlow, cfg: Config) -> dict:
+    """The Glow this model was trained on (path, sha256, architecture) and the word list."""
+    extra = {"glow": dict(getattr(model, "glow_info", {}))}
+    if model.words:
+        extra["words"] = list(model.words)
+    return extra
+
+
+def param_groups(model: ADFlow, cfg: Config, train_cfg) -> list[dict]:
+    groups = [{"params": list(model.encoder.parameters()), "lr": train_cfg.lr}]
+    if model.classifier is not None:
+        groups.append({"params": list(model.classifier.parameters()), "lr": cfg.cls_lr})
+    return groups
+
+
+# -------------------------------------------------------------------------------------------
+# Training
+
+def _unwrap(model: nn.Module) -> ADFlow:
+    return model.module if hasattr(model, "module") else model
+
+
+def _frames(batch, cfg: Config, ctx) -> tuple[Tensor, Tensor | None]:
+    frames, labels = (batch if isinstance(batch, (list, tuple)) else (batch, None))
+    if cfg.n_bits:
+        frames = quantize(frames, cfg.n_bits) + (
+            ctx.global_rand(tuple(frames.shape)).to(frames.dtype) / 2**cfg.n_bits)
+    return frames, labels
+
+
+def draw(b: int, t: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Per clip: the time shift of the reconstruction pairs (1..T-1) and the frame of the
+    partner clip whose face part enters the cycle term (0..T-1)."""
+    shifts = torch.randint(1, t, (b,), generator=generator)
+    pair = torch.randint(0, t, (b,), generator=generator)
+    return shifts, pair
+
+
+def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+    cfg: Config = ctx.model_cfg
+    frames, labels = _frames(batch, cfg, ctx)
+    shifts, pair = draw(frames.shape[0], frames.shape[1], ctx.generator)
+    return model(frames, labels, shifts.to(frames.device), pair.to(frames.device),
+                 with_classifier=cfg.w_cls > 0)
+
+
+def loss_weights(cfg: Config) -> dict[str, float]:
+    return {"rec": cfg.w_rec, "struct": cfg.w_struct, "cycle": cfg.w_cycle, "cls": cfg.w_cls}
+
+
+@torch.no_grad()
+def sample(model: nn.Module, batch, ctx) -> tuple[Tensor, int]:
+    """Rows per shown clip (as the thesis): [reference frame 0 | reference face + this clip's
+    lips, frame by frame] and [this clip's frame 0 | this clip]. Clip 0 is the reference."""
+    m = _unwrap(model)
+    cfg: Config = ctx.model_cfg
+    frames = batch[0] if isinstance(batch, (list, tuple)) else batch
+    b, t = frames.shape[:2]
+    ref = frames[0]
+    ref_faces, _ = m.encoder.split(m.encode_frames(ref[:1]))
+    shown = list(range(1, b))[: cfg.n_sample_clips] or [0]
+    rows = []
+    for j in shown:
+        clip = frames[j]
+        _, lips = m.encoder.split(m.encode_frames(clip))
+        z = [f + lip for f, lip in zip(ref_faces, lips, strict=True)]
+        mixed = m.glow.reverse(z, reconstruct=True)
+        rows += [ref[:1], mixed, clip[:1], clip]
+    return torch.cat(rows).clamp(-0.5, 0.5), t + 1
+
+
+# -------------------------------------------------------------------------------------------
+# Test time (the talking-face job)
+
+def add_test_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model: ad-flow")
+    g.add_argument("--glow", default=None,
+                   help="the Glow (default: the one recorded in the AD-flow checkpoint when that "
+                        f"file exists, else CHECKPOINT_DIR/{DEFAULT_GLOW})")
+    g.add_argument("--n_flow", type=int, default=None,
+                   help="flows per block of a thesis-format Glow (inferred; checked when given)")
+    g.add_argument("--n_block", type=int, default=None,
+                   help="blocks of a thesis-format Glow (inferred; checked when given)")
+    g.add_argument("--affine", action="store_true",
+                   help="assert that a thesis-format Glow uses affine coupling")
+    g.add_argument("--no_lu", dest="conv_lu", action="store_false",
+                   help="assert that a thesis-format Glow uses the plain 1x1 conv")
+
+
+def _glow_path(args, recorded: dict) -> Path:
+    if getattr(args, "glow", None):
+        return Path(args.glow)
+    rec = recorded.get("path")
+    if rec and Path(rec).is_file():
+        return Path(rec)
+    return Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_GLOW
+
+
+def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
+    """Our AD-flow checkpoint or the thesis's ``.tar`` dict, with its Glow, in eval mode.
+
+    ``args.checkpoint`` is the file; ``args.glow`` etc. as added by :func:`add_test_args`.
+    """
+    path = Path(args.checkpoint)
+    obj = safe_load(path)
+    if is_ours(obj):
+        if obj.get("model") != NAME:
+            raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, expected "
+                                  f"'{NAME}' (use --model {obj.get('model')})")
+        cfg = from_dict(Config, obj["config"]["model"])
+        state = obj["weights"]
+        recorded = dict(obj.get("extra", {}).get("glow", {}))
+        words = obj.get("extra", {}).get("words")
+    elif is_thesis_checkpoint(obj):
+        state, facts = convert(obj, str(path))
+        cfg = Config(encoder=facts["encoder"], encoder_target=facts["target"],
+                     img_size=facts["img_size"] or 64,
+                     n_classes=facts["n_classes"] or 500,
+                     cls_hidden=",".join(map(str, facts["hidden"] or [2048, 1024])))
+        recorded, words = {}, None
+    else:
+        raise CheckpointError(f"{path}: neither an AD-flow checkpoint of this project nor the "
+                              "thesis's (a dict with 'f_encoder')")
+    cfg.n_flow = getattr(args, "n_flow", None)
+    cfg.n_block = getattr(args, "n_block", None)
+    cfg.affine = bool(getattr(args, "affine", False))
+    cfg.conv_lu = bool(getattr(args, "conv_lu", True))
+    gpath = _glow_path(args, recorded)
+    glow = load_glow(gpath, n_flow=cfg.n_flow, n_block=cfg.n_block,
+                     affine=True if cfg.affine else None,
+                     conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
+    if recorded.get("sha256") and gpath.is_file() and _sha256(gpath) != recorded["sha256"]:
+        print(f"warning: {gpath} is not the Glow file this AD-flow model was trained on "
+              f"({recorded.get('path')}); results may be poor", file=sys.stderr)
+    model = from_glow(glow, cfg)
+    if not any(k.startswith("classifier.") for k in state):
+        model.classifier = None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit its model on the Glow {gpath} "
+                              f"({_first_problem(exc)}); pass the matching --glow") from None
+    model.words = words
+    return model.to(device).eval()
+
+
+def _first_problem(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:300]
+
+
+def model_size(model: ADFlow) -> int:
+    return model.img_size
+
+
+@torch.no_grad()
+def generate(model: ADFlow, query: Tensor, mix: Tensor, source: Tensor, args=None) -> Tensor:
+    """query [1, 3, S, S], mix [T, 3, S, S] (source unused) -> [T, 3, S, S] in [-0.5, 0.5].
+
+    The query's face parts are computed once and reused for every chunk of frames.
+    """
+    return model.transfer(query, mix).clamp_(-0.5, 0.5)

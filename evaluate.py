@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""Evaluate a trained model: bits/dim, PSNR/SSIM on the synthetic set, lip sync and identity on
+real sequences; or put several evaluations side by side.
+
+Examples:
+  python evaluate.py --model ad-flow --checkpoint checkpoint/ad/last.pt demo_data/synthetic
+  python evaluate.py --model mi-flow --checkpoint mi demo_data/synthetic --pairs 2
+  python evaluate.py --model glow --checkpoint checkpoint/glow/last.pt LRW_FOLDER --max_frames 256
+  python evaluate.py --model ad-flow --checkpoint ad --real ../faces --seq_frames 50
+  python evaluate.py --model ad-flow --checkpoint ad --source ellen --query obama
+  python evaluate.py --compare ad mi
+
+DATA is a synthetic set's root (lrw.synthetic: PSNR/SSIM against its exact ground truth, and
+bits/dim of its held-out identities) or any folder of frames (bits/dim only; an LRW-style
+folder's test/ or val/ split when present). Output: RESULT_DIR/eval/NAME/table.md,
+metrics.csv, metrics.png, details.csv. See docs/evaluate.md for every metric.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from training.allocator import maybe_use_jemalloc
+
+if __name__ == "__main__":
+    maybe_use_jemalloc()
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+MODELS_DEFAULT = "ad-flow"
+
+
+def build_parser(model: str | None) -> argparse.ArgumentParser:
+    from training import registry
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="*", metavar="DATA",
+                        help="synthetic set roots and/or folders of held-out frames")
+    parser.add_argument("--model", default=model or MODELS_DEFAULT, choices=registry.names(),
+                        help=f"which model (default: {MODELS_DEFAULT})")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="the model's checkpoint: a file, or a run name meaning "
+                             "CHECKPOINT_DIR/NAME/last.pt (required unless --compare)")
+    parser.add_argument("--name", default=None,
+                        help="output folder name under RESULT_DIR/eval (default: the "
+                             "checkpoint's run name, or compare_RUN1_RUN2 with --compare)")
+    parser.add_argument("--compare", nargs="+", metavar="RUN", default=None,
+                        help="merge RESULT_DIR/eval/RUN/metrics.csv of several runs into one "
+                             "table and chart (no model is loaded)")
+    parser.add_argument("--result_dir", default="result", help="root of results (default: "
+                        "result)")
+    parser.add_argument("--checkpoint_dir", default="checkpoint",
+                        help="root of checkpoints, for run names (default: checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N "
+                        "(default: auto)")
+    parser.add_argument("--batch", type=int, default=16, help="frames per forward pass "
+                        "(default: 16)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the dequantisation noise for bits/dim (default: 0)")
+    g = parser.add_argument_group("what is scored")
+    g.add_argument("--max_frames", type=int, default=512,
+                   help="bits/dim: at most N frames per DATA folder, evenly spaced "
+                        "(default: 512; 0: all)")
+    g.add_argument("--pairs", type=int, default=None,
+                   help="synthetic: the first N query x source pairs (default: all)")
+    g.add_argument("--seq_frames", type=int, default=None,
+                   help="synthetic and real: the first N frames of each source (default: all)")
+    g.add_argument("--source", action="append", default=None, metavar="NAME",
+                   help="real: a driving sequence IMAGE_DIR/source_img/NAME (repeatable)")
+    g.add_argument("--query", action="append", default=None, metavar="NAME",
+                   help="real: a query IMAGE_DIR/ref_img/NAME_256.* (repeatable; default: all)")
+    g.add_argument("--image_dir", default="image",
+                   help="real: root of ref_img/ and source_img/ for --source (default: image)")
+    g.add_argument("--real", default=None, metavar="DIR",
+                   help="real: a folder holding ref_img/ and source_img/; every source (or "
+                        "--source) with every query (or --query)")
+    g.add_argument("--face_box", choices=["aligned", "detect"], default="aligned",
+                   help="real: how dlib finds the face in generated frames: the aligned crop's "
+                        "box (default; they are aligned crops) or its detector")
+    parser.add_argument("--no_progress", dest="progress", action="store_false",
+                        help="hide the progress bars")
+    if model is not None:
+        recipe = registry.get(model)
+        if hasattr(recipe, "add_test_args"):
+            recipe.add_test_args(parser)
+        if any("--mode" in a.option_strings for a in parser._actions):
+            parser.set_defaults(mode=None)  # None: every mode
+    return parser
+
+
+def run_name(checkpoint: Path) -> str:
+    """``checkpoint/NAME/last.pt`` -> NAME; ``.../NAME/step_0001000.pt`` ->
+    NAME_step_0001000; any other file -> its stem."""
+    stem = checkpoint.stem
+    if stem == "last" and checkpoint.parent.name:
+        return checkpoint.parent.name
+    if stem.startswith("step_") and checkpoint.parent.name:
+        return f"{checkpoint.parent.name}_{stem}"
+    return stem
+
+
+def _weighted(rows_list: list[dict[str, dict]], count: str) -> dict[str, dict]:
+    """Merge per-system rows of several data sets, means weighted by ``count``."""
+    out: dict[str, dict] = {}
+    for rows in rows_list:
+        for lab, row in rows.items():
+            cur = out.setdefault(lab, {})
+            n_old, n_new = cur.get(count, 0), row.get(count, 0)
+            for k, v in row.items():
+                if k == count or k == "no_face":
+                    cur[k] = cur.get(k, 0) + v
+                elif n_old + n_new:
+                    cur[k] = (cur.get(k, 0.0) * n_old + v * n_new) / (n_old + n_new)
+    return out
+
+
+def evaluate(args: argparse.Namespace, say=print) -> dict:
+    """Run the evaluation described by ``args``; returns ``{"rows", "paths", "out_dir"}``.
+
+    Raises ``ValueError``/``CheckpointError`` with one-line messages.
+    """
+    import torch
+
+    from evaluation.likelihood import bits_per_dim_over, heldout_frames
+    from evaluation.metrics import PSNR_CAP, SSIM_WINDOW
+    from evaluation.models import BASELINE_BLEND, BASELINE_COPY, load_model
+    from evaluation.real import evaluate_real
+    from evaluation.report import format_table, write_report
+    from evaluation.synthetic import evaluate_synthetic, is_synthetic
+    from talking.inputs import available_queries, available_sources, resolve_checkpoint
+    from talking.job import resolve_device
+    from training import registry
+
+    if not args.checkpoint:
+        raise ValueError("--checkpoint is required (or use --compare RUN RUN ...)")
+    if not (args.data or args.source or args.real):
+        raise ValueError("nothing to evaluate: give DATA (a synthetic set or a folder of "
+                         "frames), --source NAME or --real DIR")
+    for d in args.data:
+        if not Path(d).is_dir():
+            raise ValueError(f"{d}: no such folder (DATA is a synthetic set's root or a folder "
+                             "of frames)")
+    image_dir = Path(args.real) if args.real else Path(args.image_dir)
+    sources = list(args.source or [])
+    if args.real:
+        if not (image_dir / "ref_img").is_dir() or not (image_dir / "source_img").is_dir():
+            raise ValueError(f"--real {image_dir}: expected ref_img/ and source_img/ in it")
+        sources = sources or available_sources(image_dir)
+    queries = list(args.query or [])
+    if sources and not queries:
+        queries = available_queries(image_dir)
+        if not queries:
+            raise ValueError(f"no query face in {image_dir}/ref_img")
+
+    recipe = registry.get(args.model)
+    default_ckpt = getattr(recipe, "DEFAULT_CHECKPOINT", "glow_checkpoint.pt")
+    ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, default_ckpt)
+    args.checkpoint = str(ckpt)
+    device = resolve_device(args.device)
+    ev = load_model(args.model, args, device)
+    mode = getattr(args, "mode", None)
+    if mode:  # an explicit --mode keeps that mode only
+        ev.systems = [s for s in ev.systems if s.label.endswith(f"({mode})")] or ev.systems
+    name = args.name or run_name(ckpt)
+    out_dir = Path(args.result_dir) / "eval" / name
+    say(f"[{args.model}] {ckpt}: {ev.size} px, evaluating into {out_dir}")
+
+    labels = [s.label for s in ev.systems] or [args.model]
+    rows: dict[str, dict] = {lab: {} for lab in labels}
+    details: list[dict] = []
+    header = [f"model: {args.model}, checkpoint {ckpt}, {ev.size} x {ev.size} px",
+              *ev.notes]
+
+    if ev.density is not None and args.data:
+        paths, wheres = [], []
+        for d in args.data:
+            p, where = heldout_frames(d, args.max_frames or None)
+            paths += p
+            wheres.append(where)
+        bpd, n = bits_per_dim_over(ev.bits_per_dim, paths, ev.size, ev.n_bits, args.batch,
+                                   args.seed, device, args.progress)
+        for lab in labels:
+            rows[lab].update(bpd=bpd, bpd_frames=n)
+        header.append(f"bits/dim: {n} frames of {'; '.join(wheres)}, {ev.n_bits}-bit, "
+                      f"seeded dequantisation (seed {args.seed})")
+
+    synthetic = [d for d in args.data if is_synthetic(d)]
+    if synthetic:
+        per_set = []
+        for root in synthetic:
+            r, det = evaluate_synthetic(root, ev.systems, ev.size, device, args.batch,
+                                        args.pairs, args.seq_frames, args.progress)
+            per_set.append(r)
+            details += det
+        merged = _weighted(per_set, "frames")
+        for lab, row in merged.items():
+            rows.setdefault(lab, {}).update(row)
+        header.append(
+            f"synthetic: {', '.join(synthetic)}; {merged[BASELINE_COPY]['frames']} frames per "
+            f"system ({'first ' + str(args.pairs) if args.pairs else 'all'} query x source "
+            f"pairs); ground truth = query identity with the source frame's mouth, resized like "
+            f"the model input; SSIM window {SSIM_WINDOW}x{SSIM_WINDOW} uniform, per channel, "
+            f"data_range 255; PSNR of identical images capped at {PSNR_CAP:g} dB")
+    if sources:
+        r, det = evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
+                               args.batch, args.seq_frames, args.face_box == "detect",
+                               args.progress)
+        details += det
+        for lab, row in r.items():
+            rows.setdefault(lab, {}).update(row)
+        header.append(f"real: {image_dir}, sources {', '.join(sources)}; queries "
+                      f"{', '.join(queries)}; generated faces found by the "
+                      f"{'detector' if args.face_box == 'detect' else 'aligned crop box'}")
+
+    order = labels + [lab for lab in (BASELINE_COPY, BASELINE_BLEND) if lab in rows]
+    table_rows = [{"system": lab, **rows[lab]} for lab in order if rows[lab]]
+    if not table_rows:
+        raise ValueError("nothing was scored (a Glow alone is scored by bits/dim on DATA)")
+    title = f"Evaluation of {name} ({args.model})"
+    paths = write_report(out_dir, table_rows, title, header, details)
+    say("\n" + format_table(table_rows))
+    say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"rows": table_rows, "paths": paths, "out_dir": out_dir}
+
+
+def compare(args: argparse.Namespace, say=print) -> dict:
+    from evaluation.report import compare_runs, format_table
+
+    eval_root = Path(args.result_dir) / "eval"
+    name = args.name or "compare_" + "_".join(args.compare)
+    rows, paths = compare_runs(eval_root, args.compare, eval_root / name)
+    say(format_table(rows, ("run", "system")))
+    say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}")
+    return {"rows": rows, "paths": paths, "out_dir": eval_root / name}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--model", default=MODELS_DEFAULT)
+    pre.add_argument("--compare", nargs="+", default=None)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        from training import registry
+
+        registry.get(known.model)
+    except ValueError as exc:
+        if known.compare is None:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        known.model = None
+    args = build_parser(known.model if known.compare is None else None).parse_args(argv)
+
+    from glow.io import CheckpointError
+
+    try:
+        if args.compare:
+            compare(args)
+        else:
+            evaluate(args)
+    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

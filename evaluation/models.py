@@ -1,0 +1,188 @@
+"""Loading a trained model for evaluation and running it on one query and one source sequence.
+
+A model is loaded through its recipe's test-time face (``training.registry``:
+``load_for_test``, ``generate``, ``NEEDS_MIX``); the Glow, which generates nothing, is loaded
+with :func:`glow.load_glow`. Inputs go through the talking-face job's own helpers
+(``talking.inputs.read_rgb``, ``talking.job.to_tensor``/``to_uint8``, ``faces.blend.mouth_mix``),
+so a frame is evaluated exactly as ``test.py`` would produce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from glow import CheckpointError, bits_per_dim, safe_load
+from glow.io import is_ours
+
+__all__ = ["BASELINE_BLEND", "BASELINE_COPY", "EvalModel", "System", "load_model",
+           "run_sequence"]
+
+BASELINE_COPY = "baseline: copy query"
+BASELINE_BLEND = "baseline: mouth blend"
+MI_FLOW_MODES = ("thesis", "cond")
+
+
+@dataclass
+class System:
+    """Something that turns (query, mix, source) into frames: a model, or a model in one mode.
+
+    ``fn(query [1,3,S,S], mix [T,3,S,S], source [T,3,S,S]) -> [T,3,S,S]``, all in [-0.5, 0.5].
+    """
+
+    label: str
+    fn: Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass
+class EvalModel:
+    """A loaded model with what evaluation needs to know about it."""
+
+    kind: str  # registry name: glow, ad-flow, mi-flow
+    model: nn.Module
+    checkpoint: Path
+    size: int  # image size the model works at
+    n_bits: int  # quantisation of its (or its Glow's) training data, for bits/dim
+    density: nn.Module  # the flow whose likelihood is reported (AD-flow: its Glow)
+    systems: list[System] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def bits_per_dim(self, x: Tensor) -> Tensor:
+        """Bits/dim [B] of dequantised images ``x`` [B, 3, S, S] under ``density``.
+
+        Works for Glow (``(log_p, logdet, z)``) and MI-flow (``(log_p, logdet, log_c, z,
+        conds)``, the split latents' conditional log-density ``log_c`` included).
+        """
+        out = self.density(x)
+        log_p, logdet = out[0], out[1]
+        if len(out) == 5:
+            log_p = log_p + out[2]
+        return bits_per_dim(log_p, logdet, x[0].numel(), self.n_bits)
+
+
+def _n_bits_of(path: Path | str | None, default: int = 5) -> int:
+    """``n_bits`` recorded in one of our checkpoints (thesis files: 5, the thesis's value)."""
+    if path is None or not Path(path).is_file():
+        return default
+    try:
+        obj = safe_load(path)
+    except CheckpointError:
+        return default
+    if is_ours(obj):
+        return int(obj.get("config", {}).get("model", {}).get("n_bits") or default)
+    return default
+
+
+def _model_image_size(recipe: ModuleType | None, model: nn.Module) -> int:
+    """The recipe's ``model_size`` (the test-time interface), else the model's ``img_size``."""
+    if recipe is not None and hasattr(recipe, "model_size"):
+        return int(recipe.model_size(model))
+    size = getattr(model, "img_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    raise CheckpointError("cannot tell the model's image size")
+
+
+def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> EvalModel:
+    """Load ``args.checkpoint`` as model ``kind`` (see :func:`training.registry.get`).
+
+    ``args`` carries the recipe's test-time flags (``add_test_args``); MI-flow is evaluated in
+    both its modes (``thesis`` and ``cond``). Raises ``CheckpointError``/``ValueError`` with one
+    line.
+    """
+    path = Path(args.checkpoint)
+    if kind == "glow":
+        from glow import load_glow
+
+        glow = load_glow(path).to(device).eval()
+        return EvalModel(kind, glow, path, int(glow.img_size), _n_bits_of(path), glow)
+
+    from training import registry
+
+    recipe = registry.get(kind)
+    if not hasattr(recipe, "load_for_test"):
+        raise ValueError(f"model '{kind}' has no test-time interface (load_for_test)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (train one with train.py, or "
+                              "pass the right path)")
+    model = recipe.load_for_test(args, device).eval()
+    size = _model_image_size(recipe, model)
+    needs_mix = getattr(recipe, "NEEDS_MIX", True)
+
+    def system(label: str, run_args: argparse.Namespace) -> System:
+        def fn(query: Tensor, mix: Tensor, source: Tensor) -> Tensor:
+            return recipe.generate(model, query, mix if needs_mix else source, source, run_args)
+        return System(label, fn)
+
+    if kind == "ad-flow":
+        ckpt = safe_load(path)
+        recorded = (ckpt.get("extra", {}).get("glow", {}).get("path")
+                    if is_ours(ckpt) else None)
+        glow_path = getattr(args, "glow", None) or recorded
+        ev = EvalModel(kind, model, path, size, _n_bits_of(glow_path), model.glow,
+                       [system("ad-flow", args)])
+        ev.notes.append("bits/dim of AD-flow: its frozen Glow's")
+        return ev
+    if kind == "mi-flow":
+        systems = []
+        for mode in MI_FLOW_MODES:
+            mode_args = copy.copy(args)
+            mode_args.mode = mode
+            systems.append(system(f"mi-flow ({mode})", mode_args))
+        return EvalModel(kind, model, path, size, _n_bits_of(path), model, systems)
+    # A model registered later: evaluated through its recipe, likelihood if it has one.
+    density = model if hasattr(model, "blocks") else None
+    return EvalModel(kind, model, path, size, _n_bits_of(path), density,
+                     [system(kind, args)])
+
+
+def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: int,
+                 systems: Sequence[System], device: torch.device | str = "cpu",
+                 batch: int = 16, poisson: bool = True) -> dict[str, np.ndarray]:
+    """Every system's output for one query and one source sequence, plus both baselines.
+
+    ``query256``: uint8 [256, 256, 3]; ``frames256``: source frames uint8 [256, 256, 3].
+    Returns ``{label: uint8 [T, size, size, 3]}`` with :data:`BASELINE_COPY` (the query as the
+    model sees it, every frame) and :data:`BASELINE_BLEND` (the mouth blend at 256 brought to
+    the model's size, i.e. the model's ``mix`` input), and one entry per system.
+    """
+    from faces.blend import mouth_mix
+    from talking.job import to_tensor, to_uint8
+
+    query_t = to_tensor([query256], size).to(device)
+    query8 = to_uint8(query_t)[0]
+    outs: dict[str, list[np.ndarray]] = {BASELINE_COPY: [], BASELINE_BLEND: []}
+    outs.update({s.label: [] for s in systems})
+    for start in range(0, len(frames256), batch):
+        chunk = list(frames256[start:start + batch])
+        mixed = [mouth_mix(query256, f, poisson=poisson) for f in chunk]
+        src_t = to_tensor(chunk, size).to(device)
+        mix_t = to_tensor(mixed, size).to(device)
+        outs[BASELINE_BLEND].extend(to_uint8(mix_t))
+        outs[BASELINE_COPY].extend([query8] * len(chunk))
+        for s in systems:
+            with torch.inference_mode():
+                out = s.fn(query_t, mix_t, src_t)
+            outs[s.label].extend(to_uint8(out))
+    return {k: np.stack(v) if v else np.zeros((0, size, size, 3), np.uint8)
+            for k, v in outs.items()}
+
+
+def like_model_input(image256: np.ndarray, size: int) -> np.ndarray:
+    """A 256 px uint8 image brought to the model's size exactly as its inputs are."""
+    from talking.job import to_tensor, to_uint8
+
+    return to_uint8(to_tensor([image256], size))[0]

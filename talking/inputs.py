@@ -1,0 +1,131 @@
+"""Finding the job's inputs: the query face, the source frames and their frame rate, the
+checkpoint. Every failure is a :class:`TalkingError` with a one-line message saying what exists
+and how to make what is missing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_FPS = 25.0
+THESIS_SIZE = 256  # query and source frames are brought to 256 x 256, as the thesis did
+
+
+class TalkingError(ValueError):
+    """An input of the talking-face job is missing or unusable; the message is one line."""
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def available_queries(image_dir: str | Path) -> list[str]:
+    """Query names under IMAGE_DIR/ref_img (``NAME_256.jpg`` -> ``NAME``)."""
+    folder = Path(image_dir) / "ref_img"
+    if not folder.is_dir():
+        return []
+    names = {re.sub(r"_256$", "", p.name.split(".")[0]) for p in folder.iterdir() if _is_image(p)}
+    return sorted(names)
+
+
+def available_sources(image_dir: str | Path) -> list[str]:
+    """Source names: folders under IMAGE_DIR/source_img holding at least one image."""
+    folder = Path(image_dir) / "source_img"
+    if not folder.is_dir():
+        return []
+    return sorted(d.name for d in folder.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and any(map(_is_image, d.iterdir())))
+
+
+def resolve_query(query: str, image_dir: str | Path) -> tuple[Path, str]:
+    """``QUERY`` (a name under IMAGE_DIR/ref_img, or an image path) -> (path, display name)."""
+    p = Path(query)
+    if _is_image(p):
+        return p, re.sub(r"_256$", "", p.name.split(".")[0])
+    folder = Path(image_dir) / "ref_img"
+    for cand in (f"{query}_256.jpg", f"{query}_256.png", f"{query}_256.jpeg", query):
+        if _is_image(folder / cand):
+            return folder / cand, re.sub(r"_256$", "", query.split(".")[0])
+    raise TalkingError(
+        f"query '{query}' not found (looked for {folder}/{query}_256.jpg or .png, and the path "
+        f"itself); available queries: {_listing(available_queries(image_dir))}; make one with "
+        "`python preprocess.py PHOTO` (writes ref_img/NAME_256.jpg)")
+
+
+def _frame_key(p: Path) -> tuple:
+    m = re.search(r"\d+", p.name)
+    return (0, int(m.group()), p.name) if m else (1, 0, p.name)
+
+
+@dataclass
+class Source:
+    name: str
+    folder: Path
+    frames: list[Path]
+    fps: float
+    fps_known: bool
+
+
+def resolve_source(name: str, image_dir: str | Path) -> Source:
+    """IMAGE_DIR/source_img/NAME/ (or a folder path): frames in numeric order, fps.txt or 25."""
+    folder = Path(name)
+    if not folder.is_dir() or not any(map(_is_image, folder.iterdir())):
+        folder = Path(image_dir) / "source_img" / name
+    frames = sorted((p for p in folder.iterdir() if _is_image(p)), key=_frame_key) \
+        if folder.is_dir() else []
+    if not frames:
+        raise TalkingError(
+            f"source '{name}' not found (no frames in {folder}); available sources: "
+            f"{_listing(available_sources(image_dir))}; make one with "
+            "`python preprocess.py --source NAME VIDEO_OR_FOLDER`")
+    fps, known = DEFAULT_FPS, False
+    fps_file = folder / "fps.txt"
+    if fps_file.is_file():
+        try:
+            value = float(fps_file.read_text().split()[0])
+            if value > 0:
+                fps, known = value, True
+        except (ValueError, IndexError):
+            pass
+    return Source(Path(folder).name, folder, frames, fps, known)
+
+
+def read_rgb(path: Path, size: int = THESIS_SIZE) -> np.ndarray:
+    """An image as ``uint8 [size, size, 3]`` RGB (bilinear resize when needed)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im).copy()
+    except OSError as exc:
+        raise TalkingError(f"cannot read image {path} ({exc})") from None
+
+
+def resolve_checkpoint(value: str | None, checkpoint_dir: str | Path, default: str) -> Path:
+    """``--checkpoint``: a file path, or a run name (CHECKPOINT_DIR/NAME/last.pt); default
+    CHECKPOINT_DIR/DEFAULT. A missing file is left for the loader to report."""
+    ckdir = Path(checkpoint_dir)
+    if value is None:
+        return ckdir / default
+    p = Path(value)
+    if p.is_file():
+        return p
+    for cand in (ckdir / value / "last.pt", ckdir / value):
+        if cand.is_file():
+            return cand
+    if p.suffix or "/" in value or "\\" in value:
+        return p
+    return ckdir / value / "last.pt"

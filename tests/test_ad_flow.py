@@ -1,0 +1,321 @@
+"""AD-flow: encoders, losses, gradients, the frozen Glow, training, thesis checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ad_flow import (
+    ADFlow,
+    FeatureEncoder,
+    SequenceClassifier,
+    cycle_loss,
+    reconstruction_loss,
+    roll_time,
+    structural_loss,
+)
+from ad_flow import recipe as ad
+from glow import CheckpointError, Glow
+from training.checkpoint import save_checkpoint
+from training.config import TrainConfig
+from training.loop import StepContext, step_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train as train_cli  # noqa: E402
+
+SIZE = 16
+
+
+def tiny_glow(seed: int = 0, size: int = SIZE) -> Glow:
+    torch.manual_seed(seed)
+    g = Glow(3, n_flow=2, n_block=2, hidden=16, img_size=size)
+    g.initialize(torch.rand(8, 3, size, size) - 0.5)
+    with torch.no_grad():  # non-trivial couplings and priors
+        for p in g.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return g.eval()
+
+
+def save_glow(path: Path, glow: Glow) -> Path:
+    return save_checkpoint(path, model_name="glow", model_config=glow.config(),
+                           train_config={}, weights=glow.state_dict())
+
+
+def tiny_cfg(glow_path: Path, **kw) -> ad.Config:
+    base = dict(glow=str(glow_path), img_size=SIZE, n_frames=6, n_classes=3, cls_hidden="24")
+    base.update(kw)
+    return ad.Config(**base)
+
+
+def ctx_for(cfg: ad.Config, step: int = 0) -> StepContext:
+    tcfg = TrainConfig(device="cpu")
+    return StepContext(step=step, rank=0, world=1, device=torch.device("cpu"), model_cfg=cfg,
+                       train_cfg=tcfg, generator=step_generator(0, step))
+
+
+def synthetic_set(root: Path, size: int = SIZE, frames: int = 6) -> Path:
+    from lrw.synthetic import SyntheticConfig, generate
+
+    generate(SyntheticConfig(out=str(root), words=3, speakers=2, clips=2, frames=frames,
+                             size=size, queries=1, sources=1), log=lambda *_: None)
+    return root
+
+
+# -------------------------------------------------------------------------------------------
+# Losses
+
+
+def _latents(b=2, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, t, 6, 8, 8, generator=g, dtype=torch.float64),
+            torch.randn(b, t, 24, 4, 4, generator=g, dtype=torch.float64)]
+
+
+def _split(enc: FeatureEncoder, z):
+    b, t = z[0].shape[:2]
+    faces, lips = enc.split([x.flatten(0, 1) for x in z])
+    return ([f.view(b, t, *f.shape[1:]) for f in faces],
+            [m.view(b, t, *m.shape[1:]) for m in lips])
+
+
+def test_roll_time_matches_the_thesis_pairs() -> None:
+    x = torch.arange(2 * 5).view(2, 5).float()
+    out = roll_time(x, torch.tensor([2, 0]))
+    assert torch.equal(out[0], torch.cat([x[0, 2:], x[0, :2]]))
+    assert torch.equal(out[1], x[1])
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "mlp"])
+def test_reconstruction_is_exact_without_shift(kind: str) -> None:
+    z = _latents()
+    enc = FeatureEncoder([(6, 8, 8), (24, 4, 4)], kind).double()
+    faces, lips = _split(enc, z)
+    assert reconstruction_loss(z, faces, lips, torch.tensor([0, 0])) < 1e-28
+    assert reconstruction_loss(z, faces, lips, torch.tensor([1, 3])) > 1e-3
+
+
+def test_structural_term_zero_for_a_constant_clip() -> None:
+    enc = FeatureEncoder([(6, 8, 8), (24, 4, 4)], "linear").double()
+    for lvl in enc.levels:  # E = 0: face = z
+        torch.nn.init.zeros_(lvl.linear.weight)
+        torch.nn.init.zeros_(lvl.linear.bias)
+    const = [x[:, :1].expand_as(x).clone() for x in _latents()]
+    faces, _ = _split(enc, const)
+    assert structural_loss(const, faces) < 1e-28
+    z = _latents()
+    faces, _ = _split(enc, z)
+    assert structural_loss(z, faces) > 0.5
+
+
+def test_cycle_term_zero_for_a_projection_encoder() -> None:
+    """E a projection (E^2 = E, no bias): face(face_a + lip_b) = (I-E)(I-E)z_a + (I-E)E z_b
+    = face_a exactly."""
+    enc = FeatureEncoder([(6, 8, 8), (24, 4, 4)], "linear").double()
+    g = torch.Generator().manual_seed(1)
+    for lvl in enc.levels:
+        p = lvl.linear.weight.shape[0]
+        q, _ = torch.linalg.qr(torch.randn(p, p // 2, generator=g, dtype=torch.float64))
+        with torch.no_grad():
+            lvl.linear.weight.copy_(q @ q.T)
+            lvl.linear.bias.zero_()
+    z = _latents(b=3)
+    faces, lips = _split(enc, z)
+    assert cycle_loss(enc, faces, lips, torch.tensor([0, 4, 2])) < 1e-24
+    rand = FeatureEncoder([(6, 8, 8), (24, 4, 4)], "linear").double()
+    faces, lips = _split(rand, z)
+    assert cycle_loss(rand, faces, lips, torch.tensor([0, 4, 2])) > 1e-3
+
+
+def test_face_target_convention_swaps_parts() -> None:
+    z = torch.randn(4, 6, 8, 8)
+    a = FeatureEncoder([(6, 8, 8)], "conv", "lip")
+    b = FeatureEncoder([(6, 8, 8)], "conv", "face")
+    b.load_state_dict(a.state_dict())
+    fa, la = a.split_level(0, z)
+    fb, lb = b.split_level(0, z)
+    assert torch.allclose(fa, lb) and torch.allclose(la, fb)
+
+
+def test_classifier_reads_both_directions() -> None:
+    clf = SequenceClassifier([64, 16], n_classes=5, hidden=(8,))
+    lips = [torch.randn(3, 7, 6, 8, 8), torch.randn(3, 7, 24, 4, 4)]
+    assert SequenceClassifier.features(lips).shape == (3, 7, 80)
+    logits = clf(lips)
+    assert logits.shape == (3, 5)
+    # Each clip's logits depend on that clip only.
+    assert torch.allclose(clf([x[1:2] for x in lips]), logits[1:2], atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------
+# The model around a frozen Glow
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "mlp"])
+def test_every_trainable_parameter_gets_a_gradient_and_glow_stays_frozen(tmp_path, kind) -> None:
+    glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
+    cfg = tiny_cfg(glow_path, encoder=kind)
+    model = ad.build(cfg)
+    model.train()
+    assert not model.glow.training
+    assert all(not p.requires_grad for p in model.glow.parameters())
+    assert not any(k.startswith("glow") or ".blocks." in k for k in model.state_dict())
+    frames = torch.rand(2, 6, 3, SIZE, SIZE) - 0.5
+    terms = ad.losses(model, (frames, torch.tensor([0, 2])), ctx_for(cfg))
+    assert set(ad.loss_weights(cfg)) <= set(terms)
+    for k in ("rec", "struct", "cycle", "cls"):
+        assert torch.isfinite(terms[k]) and terms[k] > 0, k
+    sum(terms[k] for k in ad.loss_weights(cfg)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.glow.parameters())
+    groups = ad.param_groups(model, cfg, SimpleNamespace(lr=1e-5))
+    assert [g["lr"] for g in groups] == [1e-5, 1e-4]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_shifts_come_from_the_step_generator() -> None:
+    a = ad.draw(4, 29, step_generator(0, 5))
+    b = ad.draw(4, 29, step_generator(0, 5))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert ((a[0] >= 1) & (a[0] < 29)).all()
+
+
+def test_transfer_with_zero_encoder_reconstructs_the_query(tmp_path) -> None:
+    """E = 0 makes every latent pure face: the output is the query, exactly inverted."""
+    glow = tiny_glow()
+    model = ad.from_glow(glow, tiny_cfg(tmp_path / "g.pt"))
+    for lvl in model.encoder.levels:
+        torch.nn.init.zeros_(lvl.linear.weight)
+        torch.nn.init.zeros_(lvl.linear.bias)
+    query = torch.rand(1, 3, SIZE, SIZE) - 0.5
+    out = model.transfer(query, torch.rand(3, 3, SIZE, SIZE) - 0.5)
+    assert torch.allclose(out, query.expand_as(out), atol=1e-4)
+
+
+def test_query_is_encoded_once(tmp_path, monkeypatch) -> None:
+    model = ad.from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
+    query = torch.rand(1, 3, SIZE, SIZE) - 0.5
+    calls = []
+    real = model.glow.encode
+    monkeypatch.setattr(model.glow, "encode", lambda x: calls.append(x.shape[0]) or real(x))
+    for _ in range(3):
+        ad.generate(model, query, torch.rand(2, 3, SIZE, SIZE) - 0.5, None, None)
+    assert calls == [1, 2, 2, 2]
+
+
+def test_build_refuses_an_uninitialised_glow_and_checks_given_flags(tmp_path) -> None:
+    raw = Glow(3, 2, 2, hidden=16, img_size=SIZE)
+    bad = save_glow(tmp_path / "raw.pt", raw)
+    with pytest.raises(CheckpointError, match="never initialised"):
+        ad.build(tiny_cfg(bad))
+    thesis = tmp_path / "thesis_glow.pt"
+    torch.save(tiny_glow().state_dict(), thesis)  # a bare state dict, as the thesis saved
+    ad.build(tiny_cfg(thesis, n_flow=2, n_block=2))
+    with pytest.raises(CheckpointError, match="n_flow=3"):
+        ad.build(tiny_cfg(thesis, n_flow=3))
+
+
+# -------------------------------------------------------------------------------------------
+# Training and checkpoints
+
+
+@pytest.mark.slow
+def test_tiny_run_lowers_the_loss_and_checkpoint_records_the_glow(tmp_path) -> None:
+    data = synthetic_set(tmp_path / "syn")
+    glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
+    rc = train_cli.main([
+        "--model", "ad-flow", "-n", "tiny", str(data), "--glow", str(glow_path),
+        "--img_size", str(SIZE), "--n_frames", "6", "--cls_hidden", "24", "--iter", "30",
+        "--batch", "3", "--lr", "3e-3", "--cls_lr", "3e-3", "--workers", "0", "--device", "cpu",
+        "--log_every", "1", "--sample_every", "15", "--no_progress",
+        "--checkpoint_dir", str(tmp_path / "ck"), "--result_dir", str(tmp_path / "res")])
+    assert rc == 0
+    log = [json.loads(line) for line in (tmp_path / "res/sample_tiny/log.jsonl").open()]
+    first = sum(r["loss"] for r in log[:3]) / 3
+    last = sum(r["loss"] for r in log[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    assert (tmp_path / "res/sample_tiny/000015.png").is_file()
+    ck = torch.load(tmp_path / "ck/tiny/last.pt", weights_only=True)
+    assert ck["model"] == "ad-flow" and ck["config"]["model"]["n_classes"] == 3
+    assert not any(".blocks." in k for k in ck["weights"])
+    g = ck["extra"]["glow"]
+    assert g["path"] == str(glow_path) and len(g["sha256"]) == 64
+    assert g["config"]["n_flow"] == 2 and ck["extra"]["words"] == ["ABOUT", "MONEY", "PEOPLE"]
+
+
+def _thesis_dict(model: ADFlow) -> dict:
+    """Our weights in the thesis's ``ad-flow_total_checkpoint.tar`` layout."""
+    sd = model.state_dict()
+    f_enc = {}
+    for k, v in sd.items():
+        if k.startswith("encoder.levels."):
+            _, _, lvl, _, *rest = k.split(".")
+            f_enc[".".join(["Fencoders", lvl, "Linear", *rest])] = v
+    s_class = {("rnn.gru." + k[len("classifier.gru."):]) if k.startswith("classifier.gru.")
+               else "model." + k[len("classifier.head."):]: v
+               for k, v in sd.items() if k.startswith("classifier.")}
+    return {"iteration": 10000, "f_encoder": f_enc, "f_optim": {"state": {}, "param_groups": []},
+            "s_class": s_class, "s_optim": {"state": {}, "param_groups": []}}
+
+
+def test_thesis_checkpoint_loads_and_generates_like_ours(tmp_path) -> None:
+    glow = tiny_glow()
+    glow_path = save_glow(tmp_path / "glow.pt", glow)
+    cfg = tiny_cfg(glow_path, n_classes=500, cls_hidden="2048,1024")
+    model = ad.build(cfg)
+    ours = save_checkpoint(tmp_path / "ours.pt", model_name="ad-flow",
+                           model_config=cfg.__dict__ | {}, train_config={},
+                           weights=model.state_dict(),
+                           extra=ad.checkpoint_extra(model, cfg))
+    thesis = tmp_path / "ad-flow_total_checkpoint.tar"
+    torch.save(_thesis_dict(model), thesis)
+    thesis_glow = tmp_path / "glow_checkpoint.pt"
+    torch.save(glow.state_dict(), thesis_glow)
+
+    a = ad.load_for_test(SimpleNamespace(checkpoint=str(ours), glow=None,
+                                         checkpoint_dir=str(tmp_path)), "cpu")
+    b = ad.load_for_test(SimpleNamespace(checkpoint=str(thesis), glow=None,
+                                         checkpoint_dir=str(tmp_path)), "cpu")
+    assert b.encoder.kind == "linear" and b.classifier is not None
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    query = torch.rand(1, 3, SIZE, SIZE) - 0.5
+    mix = torch.rand(4, 3, SIZE, SIZE) - 0.5
+    out_a = ad.generate(a, query, mix, mix, None)
+    out_b = ad.generate(b, query, mix, mix, None)
+    assert torch.allclose(out_a, out_b, atol=1e-5)
+    lips = [torch.randn(1, 5, *s) for s in glow.z_shapes()]
+    assert torch.allclose(a.classifier(lips), b.classifier(lips), atol=1e-5)
+
+
+def test_thesis_ablation_layouts_and_refusals(tmp_path) -> None:
+    glow = tiny_glow()
+    torch.save(glow.state_dict(), tmp_path / "glow_checkpoint.pt")
+    args = SimpleNamespace(glow=None, checkpoint_dir=str(tmp_path))
+    conv = FeatureEncoder(glow.z_shapes(), "conv")
+    f_enc = {k.replace("levels", "Fencoders").replace(".conv.", ".Conv."): v
+             for k, v in conv.state_dict().items()}
+    torch.save({"f_encoder": f_enc}, tmp_path / "conv.tar")
+    args.checkpoint = str(tmp_path / "conv.tar")
+    m = ad.load_for_test(args, "cpu")
+    assert m.encoder.kind == "conv" and m.encoder.target == "face" and m.classifier is None
+
+    torch.save({"f_encoder": {"Lencoders.0.Conv.0.weight": torch.zeros(1)}}, tmp_path / "fl.tar")
+    args.checkpoint = str(tmp_path / "fl.tar")
+    with pytest.raises(CheckpointError, match="FL"):
+        ad.load_for_test(args, "cpu")
+
+    big = Glow(3, 2, 3, hidden=16, img_size=SIZE)  # 3 levels: weights do not fit
+    lin = FeatureEncoder(big.z_shapes(), "linear")
+    torch.save({"f_encoder": {k.replace("levels", "Fencoders").replace(".linear.", ".Linear."): v
+                              for k, v in lin.state_dict().items()}}, tmp_path / "big.tar")
+    args.checkpoint = str(tmp_path / "big.tar")
+    with pytest.raises(CheckpointError) as err:
+        ad.load_for_test(args, "cpu")
+    assert "\n" not in str(err.value) and "--glow" in str(err.value)
