@@ -19,6 +19,18 @@ from .layers import (
 from .memory import reversible_forward
 
 
+def latent_shapes(in_channel: int, n_block: int, img_size: int) -> list[tuple[int, int, int]]:
+    """Shapes (C, H, W) of a multi-scale Glow's latents, one per block, for a square input."""
+    size, c, shapes = img_size, in_channel, []
+    for _ in range(n_block - 1):
+        size //= 2
+        c *= 2
+        shapes.append((c, size, size))
+    size //= 2
+    shapes.append((c * 4, size, size))
+    return shapes
+
+
 class Block(nn.Module):
     """Squeeze, ``n_flow`` flows, then split half the channels off under a learned prior.
 
@@ -177,15 +189,8 @@ class Glow(nn.Module):
 
     def z_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
         """Shapes (C, H, W) of the latents for a square input of ``img_size``."""
-        size = self.img_size if img_size is None else img_size
-        c, shapes = self.in_channel, []
-        for _ in range(self.n_block - 1):
-            size //= 2
-            c *= 2
-            shapes.append((c, size, size))
-        size //= 2
-        shapes.append((c * 4, size, size))
-        return shapes
+        return latent_shapes(self.in_channel, self.n_block,
+                             self.img_size if img_size is None else img_size)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 0.7, img_size: int | None = None,

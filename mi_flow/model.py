@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glow import ActNorm, Flow, ZeroConv2d, gaussian_log_p, squeeze2d, unsqueeze2d
+from glow.model import latent_shapes
 
 from .estimator import CLUB
 
@@ -244,15 +245,8 @@ class MIFlow(nn.Module):
 
     def z_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
         """Shapes (C, H, W) of the latents for a square input of ``img_size``."""
-        size = self.img_size if img_size is None else img_size
-        c, shapes = self.in_channel, []
-        for _ in range(self.n_block - 1):
-            size //= 2
-            c *= 2
-            shapes.append((c, size, size))
-        size //= 2
-        shapes.append((c * 4, size, size))
-        return shapes
+        return latent_shapes(self.in_channel, self.n_block,
+                             self.img_size if img_size is None else img_size)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
