@@ -6,8 +6,9 @@ penalty between the two.
 """
 
 from .estimator import CLUB
-from .io import load_mi_flow, model_from_thesis_state
+from .io import model_from_thesis_state
 from .model import MIFlow, mask_condition, mouth_window
+from .recipe import load_mi_flow
 
 __all__ = ["CLUB", "MIFlow", "load_mi_flow", "mask_condition", "model_from_thesis_state",
            "mouth_window"]

@@ -20,12 +20,10 @@ width is read from the tensors (the thesis fixes it at 512).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from glow.io import CheckpointError, infer_glow_config, is_ours, safe_load, strip_prefix
+from glow.io import CheckpointError, infer_glow_config, strip_prefix
 
 from .model import MIFlow
 
@@ -66,29 +64,3 @@ def model_from_thesis_state(state: Mapping[str, Tensor], n_flow: int | None = No
         raise CheckpointError(f"{source}: weights do not fit MI-flow "
                               f"({str(exc).splitlines()[0]})") from None
     return model
-
-
-def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",
-                 **thesis_flags) -> MIFlow:
-    """Load MI-flow in eval mode from our checkpoint or a thesis state dict.
-
-    Our checkpoints rebuild themselves from their recorded config; ``thesis_flags``
-    (``n_flow n_block affine conv_lu img_size``) only describe/check a thesis state dict.
-    """
-    obj = safe_load(path, map_location)
-    if is_ours(obj):
-        from training.checkpoint import load_checkpoint
-
-        from .recipe import model_from_checkpoint
-
-        ckpt = load_checkpoint(path, map_location, expect_model="mi-flow")
-        return model_from_checkpoint(ckpt, source=str(path)).eval()
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if key in obj and isinstance(obj[key], Mapping) and not is_thesis_state(
-                    strip_prefix(obj)):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: neither a project checkpoint nor an MI-flow state dict")
-    return model_from_thesis_state(obj, source=str(path), **thesis_flags).eval()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glow import bits_per_dim, quantize
+from glow.io import CheckpointError, is_ours, safe_load, strip_prefix
 from training.config import from_dict, opt
 
+from .io import is_thesis_state, model_from_thesis_state
 from .model import MIFlow, mouth_window
 
 NAME = "mi-flow"
@@ -233,7 +236,6 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
 
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> MIFlow:
     """Rebuild the model of one of our checkpoints (``training.checkpoint`` layout)."""
-    from glow.io import CheckpointError
 
     cfg = from_dict(Config, ckpt["config"]["model"])
     model = build(cfg)
@@ -259,8 +261,6 @@ def _checkpoint_path(args) -> Path:
 
 def load_for_test(args, device: torch.device | str) -> MIFlow:
     """Our checkpoint or the thesis's state dict at ``args.checkpoint``, in eval mode."""
-    from .io import load_mi_flow
-
     no_lu = getattr(args, "no_lu", None)
     model = load_mi_flow(
         _checkpoint_path(args), map_location="cpu",
@@ -302,3 +302,27 @@ def generate(model: MIFlow, query: Tensor, mix: Tensor | None, source: Tensor,
         conds = m.conditions(source)
         return m.reverse([*([None] * len(conds)), top], conds, temperature=0.0)
     raise ValueError(f"unknown --mode {mode!r} (thesis or cond)")
+
+
+def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",
+                 **thesis_flags) -> MIFlow:
+    """Load MI-flow in eval mode from our checkpoint or a thesis state dict.
+
+    Our checkpoints rebuild themselves from their recorded config; ``thesis_flags``
+    (``n_flow n_block affine conv_lu img_size``) only describe/check a thesis state dict.
+    """
+    obj = safe_load(path, map_location)
+    if is_ours(obj):
+        from training.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location, expect_model="mi-flow")
+        return model_from_checkpoint(ckpt, source=str(path)).eval()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping) and not is_thesis_state(
+                    strip_prefix(obj)):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: neither a project checkpoint nor an MI-flow state dict")
+    return model_from_thesis_state(obj, source=str(path), **thesis_flags).eval()
