@@ -4,6 +4,7 @@ and how to make what is missing."""
 
 from __future__ import annotations
 
+import glob
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ def available_queries(image_dir: str | Path) -> list[str]:
     folder = Path(image_dir) / "ref_img"
     if not folder.is_dir():
         return []
-    names = {re.sub(r"_256$", "", p.name.split(".")[0]) for p in folder.iterdir() if _is_image(p)}
+    names = {re.sub(r"_\d+$", "", p.name.split(".")[0]) for p in folder.iterdir() if _is_image(p)}
     return sorted(names)
 
 
@@ -58,6 +59,11 @@ def resolve_query(query: str, image_dir: str | Path) -> tuple[Path, str]:
     for cand in (f"{query}_256.jpg", f"{query}_256.png", f"{query}_256.jpeg", query):
         if _is_image(folder / cand):
             return folder / cand, re.sub(r"_256$", "", query.split(".")[0])
+    # NAME_SIZE.* at another size (e.g. a synthetic set rendered with --query_size 64).
+    others = sorted(c for c in folder.glob(f"{glob.escape(query)}_*") if _is_image(c)
+                    and re.fullmatch(rf"{re.escape(query)}_\d+", c.name.split(".")[0]))
+    if others:
+        return others[0], query
     raise TalkingError(
         f"query '{query}' not found (looked for {folder}/{query}_256.jpg or .png, and the path "
         f"itself); available queries: {_listing(available_queries(image_dir))}; make one with "

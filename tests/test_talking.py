@@ -230,3 +230,15 @@ def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert rc == 1 and "\n" not in err and expect in err, err
     assert not (tmp_path / "ran").exists()
+
+
+def test_query_name_resolves_at_any_recorded_size(tmp_path) -> None:
+    from PIL import Image
+
+    from talking.inputs import available_queries, resolve_query
+
+    (tmp_path / "ref_img").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "ref_img" / "query00_64.png")
+    path, name = resolve_query("query00", tmp_path)
+    assert path.name == "query00_64.png" and name == "query00"
+    assert available_queries(tmp_path) == ["query00"]
