@@ -22,7 +22,7 @@ blended input itself.
 Examples::
 
     python bench/talking_speed.py --frames 30
-    python bench/talking_speed.py --frames 30 --peer ../peers/thesis/ad-flow
+    python bench/talking_speed.py --frames 30 --peer THESIS_CHECKOUT/ad-flow
     python bench/talking_speed.py --quality --glow_iter 1500 --ad_iter 300
 """
 
