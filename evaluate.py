@@ -131,8 +131,8 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     from evaluation.report import format_table, write_report
     from evaluation.synthetic import evaluate_synthetic, is_synthetic
     from talking.inputs import available_queries, available_sources, resolve_checkpoint
-    from talking.job import resolve_device
     from training import registry
+    from training.distributed import resolve_device
 
     if not args.checkpoint:
         raise ValueError("--checkpoint is required (or use --compare RUN RUN ...)")

@@ -159,8 +159,7 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     model sees it, every frame) and :data:`BASELINE_BLEND` (the mouth blend at 256 brought to
     the model's size, i.e. the model's ``mix`` input), and one entry per system.
     """
-    from faces.blend import mouth_mix
-    from talking.job import to_tensor, to_uint8
+    from talking.job import model_inputs, to_tensor, to_uint8
 
     query_t = to_tensor([query256], size).to(device)
     query8 = to_uint8(query_t)[0]
@@ -168,9 +167,8 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     outs.update({s.label: [] for s in systems})
     for start in range(0, len(frames256), batch):
         chunk = list(frames256[start:start + batch])
-        mixed = [mouth_mix(query256, f, poisson=poisson) for f in chunk]
-        src_t = to_tensor(chunk, size).to(device)
-        mix_t = to_tensor(mixed, size).to(device)
+        src_t, mix_t = model_inputs(query256, chunk, size, device,
+                                    "poisson" if poisson else "paste")
         outs[BASELINE_BLEND].extend(to_uint8(mix_t))
         outs[BASELINE_COPY].extend([query8] * len(chunk))
         for s in systems:

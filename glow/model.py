@@ -31,6 +31,27 @@ def latent_shapes(in_channel: int, n_block: int, img_size: int) -> list[tuple[in
     return shapes
 
 
+@torch.no_grad()
+def initialize_actnorms(blocks: Sequence[nn.Module], x: Tensor) -> None:
+    """Data-dependent ActNorm initialisation of a stack of blocks from a batch ``x``.
+
+    Works for any blocks exposing ``flows`` and ``split`` (Glow's and MI-flow's): each flow's
+    ActNorm is initialised from its own input, then the batch is pushed through that flow.
+    """
+    out = x
+    for block in blocks:
+        h = squeeze2d(out)
+        for flow in block.flows:
+            flow.actnorm.initialize(h)
+            h, _ = flow(h)
+        out = h.chunk(2, 1)[0] if block.split else h
+
+
+def actnorms_initialized(module: nn.Module) -> bool:
+    """True when every ActNorm inside ``module`` has been initialised."""
+    return all(bool(m.initialized) for m in module.modules() if isinstance(m, ActNorm))
+
+
 class Block(nn.Module):
     """Squeeze, ``n_flow`` flows, then split half the channels off under a learned prior.
 
@@ -203,20 +224,13 @@ class Glow(nn.Module):
              for s in self.z_shapes(img_size)]
         return self.reverse(z, reconstruct=False)
 
-    @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Data-dependent ActNorm initialisation from a batch ``x`` (explicit, once)."""
-        out = x
-        for block in self.blocks:
-            h = squeeze2d(out)
-            for flow in block.flows:
-                flow.actnorm.initialize(h)
-                h, _ = flow(h)
-            out = h.chunk(2, 1)[0] if block.split else h
+        initialize_actnorms(self.blocks, x)
 
     @property
     def initialized(self) -> bool:
-        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+        return actnorms_initialized(self)
 
     def config(self) -> dict:
         """Constructor arguments (for self-describing checkpoints)."""

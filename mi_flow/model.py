@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow import ActNorm, Flow, ZeroConv2d, gaussian_log_p, squeeze2d, unsqueeze2d
-from glow.model import latent_shapes
+from glow import Flow, ZeroConv2d, gaussian_log_p, squeeze2d, unsqueeze2d
+from glow.model import actnorms_initialized, initialize_actnorms, latent_shapes
 
 from .estimator import CLUB
 
@@ -248,20 +248,13 @@ class MIFlow(nn.Module):
         return latent_shapes(self.in_channel, self.n_block,
                              self.img_size if img_size is None else img_size)
 
-    @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Data-dependent ActNorm initialisation from a batch ``x`` (explicit, once)."""
-        out = x
-        for block in self.blocks:
-            h = squeeze2d(out)
-            for flow in block.flows:
-                flow.actnorm.initialize(h)
-                h, _ = flow(h)
-            out = h.chunk(2, 1)[0] if block.split else h
+        initialize_actnorms(self.blocks, x)
 
     @property
     def initialized(self) -> bool:
-        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+        return actnorms_initialized(self)
 
     def flow_parameters(self) -> list[nn.Parameter]:
         """Every parameter but the MI estimator's."""

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, safe_load, strip_prefix
 from training.config import from_dict, opt
+from training.glow_recipe import GlowFlags
 
 from .io import is_thesis_state, model_from_thesis_state
 from .model import MIFlow, mouth_window
@@ -47,18 +48,10 @@ ESTIMATORS = ["club", "club_sample"]
 
 
 @dataclass
-class Config:
+class Config(GlowFlags):
     """MI-flow hyper-parameters: the Glow ones (thesis names and defaults) and the MI terms."""
 
-    n_flow: int = opt(32, "flows per block (K)")
     n_block: int = opt(4, "number of blocks (L, at least 2)")
-    conv_lu: bool = opt(True, "use the plain invertible 1x1 conv instead of its LU form",
-                        flag="--no_lu")
-    affine: bool = opt(False, "affine coupling instead of additive")
-    hidden: int = opt(512, "hidden channels of the coupling networks")
-    n_bits: int = opt(5, "bits per colour channel after quantisation")
-    img_size: int = opt(64, "image size (must be divisible by 2^n_block)")
-    temp: float = opt(0.7, "temperature of the sample grids")
     n_sample: int = opt(10, "images per row of the sample grids (at most the batch)")
     beta: float = opt(0.0, "extra weight of the condition-relevant term: adds beta * "
                       "bits/dim of the split latents under their conditional priors (thesis: 0)")

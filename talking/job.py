@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from training.distributed import resolve_device
+
 from .inputs import TalkingError, read_rgb, resolve_checkpoint, resolve_query, resolve_source
 
 GRID_FRAMES = 8
@@ -60,19 +62,6 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="hide the progress bar")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TalkingError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") \
-            from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TalkingError(f"--device {name}: CUDA is not available here (use --device cpu)")
-    return device
-
-
 def to_tensor(images: list[np.ndarray], size: int) -> Tensor:
     """uint8 [H, W, 3] images -> float [N, 3, size, size] in [-0.5, 0.5] (thesis transform)."""
     out = []
@@ -82,6 +71,22 @@ def to_tensor(images: list[np.ndarray], size: int) -> Tensor:
             im = im.resize((size, size), Image.BILINEAR)
         out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
     return torch.stack(out).float().div_(255).sub_(0.5)
+
+
+def model_inputs(query256: np.ndarray, frames256: list[np.ndarray], size: int,
+                 device: torch.device, blend: str = "poisson") -> tuple[Tensor, Tensor]:
+    """(source, mix) tensors [T, 3, size, size] in [-0.5, 0.5] for a chunk of source frames.
+
+    ``blend``: "poisson" clones each frame's mouth box into the query (seamless cloning at
+    256 px), "paste" pastes it, "none" feeds the source frame itself (then mix is source).
+    """
+    from faces.blend import mouth_mix
+
+    src_t = to_tensor(frames256, size).to(device)
+    if blend == "none":
+        return src_t, src_t
+    mixed = [mouth_mix(query256, f, poisson=blend == "poisson") for f in frames256]
+    return src_t, to_tensor(mixed, size).to(device)
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -114,7 +119,6 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     Returns a summary dict (frames, seconds, seconds_per_frame, out_dir, video, grid).
     Raises :class:`TalkingError` or ``glow.CheckpointError`` with one-line messages.
     """
-    from faces.blend import mouth_mix
     from lrw.video import write_video
 
     t0 = time.perf_counter()
@@ -157,14 +161,9 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     try:
         for start in range(0, n, args.batch):
             chunk = [read_rgb(p) for p in frames[start:start + args.batch]]
-            if not needs_mix:
-                mixed = chunk
-            elif args.poisson:
-                mixed = [mouth_mix(query256, s, poisson=True) for s in chunk]
-            else:
-                mixed = chunk  # the thesis's --poisson False: the source frame itself
-            src_t = to_tensor(chunk, size).to(device)
-            mix_t = src_t if mixed is chunk else to_tensor(mixed, size).to(device)
+            # --no-poisson is the thesis's flag: no blending, the source frame itself.
+            src_t, mix_t = model_inputs(query256, chunk, size, device,
+                                        "poisson" if needs_mix and args.poisson else "none")
             with torch.inference_mode():
                 out = recipe.generate(model, query, mix_t, src_t, args)
             out8 = to_uint8(out)

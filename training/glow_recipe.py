@@ -19,8 +19,9 @@ TRAIN_DEFAULTS = {"batch": 16, "lr": 1e-4, "iter": 200000, "sample_every": 100,
 
 
 @dataclass
-class Config:
-    """Glow hyper-parameters (thesis names and defaults)."""
+class GlowFlags:
+    """The Glow architecture and likelihood flags (thesis names and defaults), shared by every
+    model that trains a Glow-shaped flow (Glow itself, MI-flow)."""
 
     n_flow: int = opt(32, "flows per block (K)")
     n_block: int = opt(4, "number of blocks (L)")
@@ -32,6 +33,12 @@ class Config:
     img_size: int = opt(64, "image size (must be divisible by 2^n_block)")
     temp: float = opt(0.7, "temperature of the sample grids")
     n_sample: int = opt(20, "images per sample grid")
+
+
+@dataclass
+class Config(GlowFlags):
+    """Glow hyper-parameters (thesis names and defaults)."""
+
     low_memory: bool = opt(False, "recompute activations from the invertible outputs during "
                            "backward instead of storing them (much lower peak memory)")
 
