@@ -31,6 +31,29 @@ def latent_shapes(in_channel: int, n_block: int, img_size: int) -> list[tuple[in
     return shapes
 
 
+def flows_forward(flows: Sequence[nn.Module], x: Tensor,
+                  low_memory: bool = False) -> tuple[Tensor, Tensor]:
+    """Squeeze and run a stack of flows: [B,C,H,W] -> ([B,4C,H/2,W/2], logdet [B]).
+
+    ``low_memory`` recomputes the activations in backward (:mod:`glow.memory`).
+    """
+    out = squeeze2d(x)
+    if low_memory:
+        return reversible_forward(flows, out)
+    logdet = x.new_zeros(x.shape[0])
+    for flow in flows:
+        out, det = flow(out)
+        logdet = logdet + det
+    return out, logdet
+
+
+def flows_reverse(flows: Sequence[nn.Module], y: Tensor) -> Tensor:
+    """Inverse of :func:`flows_forward`."""
+    for flow in reversed(flows):
+        y = flow.reverse(y)
+    return unsqueeze2d(y)
+
+
 @torch.no_grad()
 def initialize_actnorms(blocks: Sequence[nn.Module], x: Tensor) -> None:
     """Data-dependent ActNorm initialisation of a stack of blocks from a batch ``x``.
@@ -105,19 +128,10 @@ class Block(nn.Module):
 
     def flow_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Squeeze and run the flows: [B,C,H,W] -> ([B,4C,H/2,W/2], logdet [B])."""
-        out = squeeze2d(x)
-        if self.low_memory:
-            return reversible_forward(self.flows, out)
-        logdet = x.new_zeros(x.shape[0])
-        for flow in self.flows:
-            out, det = flow(out)
-            logdet = logdet + det
-        return out, logdet
+        return flows_forward(self.flows, x, self.low_memory)
 
     def flow_reverse(self, y: Tensor) -> Tensor:
-        for flow in reversed(self.flows):
-            y = flow.reverse(y)
-        return unsqueeze2d(y)
+        return flows_reverse(self.flows, y)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x [B,C,H,W] -> (kept, logdet [B], log_p [B], z_new)."""

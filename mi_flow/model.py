@@ -21,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow import Flow, ZeroConv2d, gaussian_log_p, squeeze2d, unsqueeze2d
-from glow.model import actnorms_initialized, initialize_actnorms, latent_shapes
+from glow import Flow, ZeroConv2d, gaussian_log_p
+from glow.model import (
+    actnorms_initialized,
+    flows_forward,
+    flows_reverse,
+    initialize_actnorms,
+    latent_shapes,
+)
 
 from .estimator import CLUB
 
@@ -107,17 +113,10 @@ class CondBlock(nn.Module):
         return mean.expand_as(like), log_sd.expand_as(like)
 
     def flow_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out = squeeze2d(x)
-        logdet = x.new_zeros(x.shape[0])
-        for flow in self.flows:
-            out, det = flow(out)
-            logdet = logdet + det
-        return out, logdet
+        return flows_forward(self.flows, x)
 
     def flow_reverse(self, y: Tensor) -> Tensor:
-        for flow in reversed(self.flows):
-            y = flow.reverse(y)
-        return unsqueeze2d(y)
+        return flows_reverse(self.flows, y)
 
 
 class MIFlow(nn.Module):

@@ -33,6 +33,7 @@ from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, safe_load, strip_prefix
 from training.config import from_dict, opt
 from training.glow_recipe import GlowFlags
+from training.glow_recipe import validate as validate_glow_flags
 
 from .io import is_thesis_state, model_from_thesis_state
 from .model import MIFlow, mouth_window
@@ -81,11 +82,7 @@ def estimator_enabled(cfg: Config) -> bool:
 def validate(cfg: Config) -> None:
     if cfg.n_block < 2 or cfg.n_flow < 1:
         raise ValueError("MI-flow needs --n_block >= 2 (a conditioned split) and --n_flow >= 1")
-    if cfg.img_size % (2**cfg.n_block):
-        raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^n_block = "
-                         f"{2**cfg.n_block}; use a multiple of {2**cfg.n_block}")
-    if not 1 <= cfg.n_bits <= 8:
-        raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
+    validate_glow_flags(cfg)
     for name in ("beta", "recon_weight", "mi_weight", "mi_q_weight", "recon_temp"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name} must be >= 0")

@@ -43,7 +43,8 @@ class Config(GlowFlags):
                            "backward instead of storing them (much lower peak memory)")
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: GlowFlags) -> None:
+    """One-line errors for Glow flags that cannot work (also used by MI-flow)."""
     if cfg.n_block < 1 or cfg.n_flow < 1:
         raise ValueError("--n_block and --n_flow must be at least 1")
     if cfg.img_size % (2**cfg.n_block):
