@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from training import registry
 
-        registry.get(known.model)
+        recipe = registry.get(known.model)
+        if known.compare is None and hasattr(recipe, "evaluate_cli"):
+            return int(recipe.evaluate_cli(argv))  # a recipe with its own evaluation
     except ValueError as exc:
         if known.compare is None:
             print(f"error: {exc}", file=sys.stderr)

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         from training import registry
 
         recipe = registry.get(known.model)
+        if hasattr(recipe, "test_cli"):  # a recipe with its own test job (e.g. a transfer grid)
+            return int(recipe.test_cli(argv))
         if not hasattr(recipe, "load_for_test"):
             raise ValueError(f"model '{known.model}' has no talking-face generation")
     except ValueError as exc:

@@ -24,10 +24,10 @@ _EXPORTS = {
     "UnreadableFrameWarning": "lrw.datasets",
     "ConvertReport": "lrw.convert",
     "convert_lrw": "lrw.convert",
-    "Identity": "lrw.synthetic",
-    "MouthState": "lrw.synthetic",
+    "Identity": "synthface.face",
+    "MouthState": "synthface.face",
     "SyntheticSet": "lrw.synthetic",
-    "render": "lrw.synthetic",
+    "render": "synthface.face",
     "generate": "lrw.synthetic",
 }
 

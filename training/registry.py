@@ -19,6 +19,8 @@ and optionally:
     checkpoint_extra(model, cfg) -> dict   # recorded in the checkpoint (e.g. the Glow used)
     DDP_FIND_UNUSED: bool
     generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
+    test_cli(argv) -> int       # test.py delegates its whole argv (a recipe's own test job)
+    evaluate_cli(argv) -> int   # evaluate.py delegates its whole argv (not with --compare)
 """
 
 from __future__ import annotations
