@@ -11,6 +11,7 @@ dict of that code (the thesis's ``glow_checkpoint.pt``) loads without renaming.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -21,8 +22,8 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _per_sample(value: Tensor, x: Tensor) -> Tensor:
-    """Broadcast a scalar log-det to shape [B] (dtype and device of ``x``)."""
-    return value.to(x.dtype).expand(x.shape[0])
+    """Broadcast a scalar log-det to shape [B] (``x``'s dtype, at least float32)."""
+    return value.to(torch.promote_types(x.dtype, torch.float32)).expand(x.shape[0])
 
 
 class ActNorm(nn.Module):
@@ -63,11 +64,48 @@ def _use_cache(module: nn.Module, param: Tensor) -> bool:
     return not module.training and not (torch.is_grad_enabled() and param.requires_grad)
 
 
+def cache_key(tensors) -> tuple:
+    """What the eval-mode caches are keyed on: each tensor's storage address and version.
+
+    The version counter moves on every in-place edit through autograd's view of a tensor (an
+    optimiser step, ``load_state_dict``, ``p.copy_()`` under ``no_grad``) and the address moves
+    when a tensor is replaced (``p.data = other``, ``load_state_dict(assign=True)``). An
+    in-place edit through ``p.data`` (``p.data.mul_(d)``, as EMA code does) changes neither:
+    after such edits call :func:`invalidate_caches` (``Glow.invalidate()``), or ``eval()``,
+    which drops every cache too.
+    """
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def invalidate_caches(module: nn.Module) -> nn.Module:
+    """Drop every eval-mode cache (1x1-conv inverses, fused ActNorm+conv, top priors) in
+    ``module``; needed only after in-place edits through ``.data`` (see :func:`cache_key`)."""
+    for m in module.modules():
+        drop = getattr(m, "_drop_cache", None)
+        if callable(drop):
+            drop()
+    return module
+
+
+def fp32_region(x: Tensor):
+    """A context with autocast off on ``x``'s device when autocast is on there (else a no-op).
+
+    Log-determinants, priors and the invertible path (ActNorm, 1x1 convolutions, the coupling's
+    affine arithmetic) run in float32 under mixed precision: only the coupling conditioners
+    take the low-precision path. Sums of thousands of bf16 log terms lose whole units, and a
+    bf16 1x1 convolution is not inverted by its reverse to the precision low-memory training
+    and exact reconstruction need.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class InvConv2d(nn.Module):
     """Invertible 1x1 convolution with an unconstrained weight (initialised orthogonal).
 
     Outside training (and when no gradient is needed) ``log|det W|`` and ``W^-1`` are computed
-    once and cached, keyed on the weight's version counter.
+    once and cached, keyed by :func:`cache_key` (see there for ``.data`` edits).
     """
 
     def __init__(self, in_channel: int) -> None:
@@ -87,22 +125,28 @@ class InvConv2d(nn.Module):
         """(W [C,C,1,1], log|det W|, W^-1 [C,C,1,1])."""
         if not _use_cache(self, self.weight):
             return self._compute()
-        key = (self.weight._version, self.weight.device, self.weight.dtype)
+        key = (cache_key([self.weight]), self.weight.device, self.weight.dtype)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 self._cache = (key, *self._compute())
         return self._cache[1], self._cache[2], self._cache[3]
+
+    def _drop_cache(self) -> None:
+        self._cache = None
 
     def train(self, mode: bool = True):
         self._cache = None
         return super().train(mode)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        w, logabsdet, _ = self._matrices()
-        return F.conv2d(x, w), _per_sample(x.shape[2] * x.shape[3] * logabsdet, x)
+        with fp32_region(x):
+            w, logabsdet, _ = self._matrices()
+            return F.conv2d(x.to(w.dtype), w), _per_sample(x.shape[2] * x.shape[3] * logabsdet, x)
 
     def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
-        return F.conv2d(y, self._matrices()[2])
+        with fp32_region(y):
+            w_inv = self._matrices()[2]
+            return F.conv2d(y.to(w_inv.dtype), w_inv)
 
 
 class InvConv2dLU(nn.Module):
@@ -110,8 +154,9 @@ class InvConv2dLU(nn.Module):
 
     ``P``, the masks and ``sign(s)`` are buffers; ``L``, ``U`` and ``log|s|`` are learned, so
     ``log|det W| = sum(log|s|)`` costs nothing. Outside training mode the weight and its inverse
-    are computed once and cached (keyed on the parameters' version counters, so an optimiser
-    step, ``load_state_dict`` or any in-place edit invalidates them); ``train()`` drops them.
+    are computed once and cached (keyed by :func:`cache_key`: an optimiser step or
+    ``load_state_dict`` invalidates them; after ``.data`` edits call :func:`invalidate_caches`);
+    ``train()`` drops them.
     """
 
     def __init__(self, in_channel: int) -> None:
@@ -145,27 +190,33 @@ class InvConv2dLU(nn.Module):
         """(W, W^-1) as [C, C, 1, 1]; cached when no gradient can reach them."""
         if not _use_cache(self, self.w_l):
             return self._compute()
-        key = (self.w_l._version, self.w_s._version, self.w_u._version,
-               self.w_p._version, self.w_l.device, self.w_l.dtype)
+        key = (cache_key([self.w_l, self.w_s, self.w_u, self.w_p]), self.w_l.device,
+               self.w_l.dtype)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
                 self._cache = (key, *self._compute())
         return self._cache[1], self._cache[2]
+
+    def _drop_cache(self) -> None:
+        self._cache = None
 
     def train(self, mode: bool = True):
         self._cache = None
         return super().train(mode)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if _use_cache(self, self.w_l):
-            w = self._matrices()[0]
-        else:
-            w = self.calc_weight()[:, :, None, None]
-        logdet = x.shape[2] * x.shape[3] * self.w_s.sum()
-        return F.conv2d(x, w), _per_sample(logdet, x)
+        with fp32_region(x):
+            if _use_cache(self, self.w_l):
+                w = self._matrices()[0]
+            else:
+                w = self.calc_weight()[:, :, None, None]
+            logdet = x.shape[2] * x.shape[3] * self.w_s.sum()
+            return F.conv2d(x.to(w.dtype), w), _per_sample(logdet, x)
 
     def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
-        return F.conv2d(y, self._matrices()[1])
+        with fp32_region(y):
+            w_inv = self._matrices()[1]
+            return F.conv2d(y.to(w_inv.dtype), w_inv)
 
 
 class ZeroConv2d(nn.Module):
@@ -229,7 +280,10 @@ class Coupling(nn.Module):
         # The conditioner is nearly all of Glow's compute; oneDNN's convolutions (forward and
         # backward) run markedly faster on channels-last tensors, and ``x_a`` (a channel slice)
         # needs a copy anyway. The output keeps that layout; callers see no difference.
-        return self.net(h.contiguous(memory_format=torch.channels_last))
+        out = self.net(h.contiguous(memory_format=torch.channels_last))
+        # Under autocast the conditioner runs in low precision; everything after it (the
+        # affine arithmetic, log-sigmoid and its sum) stays in the activations' precision.
+        return out.to(torch.promote_types(x_a.dtype, torch.float32))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x.chunk(2, 1)
@@ -276,9 +330,10 @@ class Flow(nn.Module):
 
         ``W (s * (x + loc)) = (W diag(s)) x + W (s * loc)`` and its inverse
         ``diag(1/s) W^-1 y - loc``. Returns (w, b, w_inv, b_inv, log|det| per pixel), or None
-        in training mode or when a gradient could reach the parameters. Cached, keyed on the
-        version counters of every tensor involved (an optimiser step, ``load_state_dict`` or
-        ActNorm's initialisation invalidates it); ``train()`` drops it.
+        in training mode or when a gradient could reach the parameters. Cached, keyed by
+        :func:`cache_key` over every tensor involved (an optimiser step, ``load_state_dict`` or
+        ActNorm's initialisation invalidates it; after ``.data`` edits call
+        :func:`invalidate_caches`); ``train()`` drops it.
         """
         an, ic = self.actnorm, self.invconv
         params = [*an.parameters(), *ic.parameters()]
@@ -286,7 +341,7 @@ class Flow(nn.Module):
                 torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return None
         tensors = params + list(ic.buffers())
-        key = (tuple(t._version for t in tensors), an.scale.device, an.scale.dtype)
+        key = (cache_key(tensors), an.scale.device, an.scale.dtype)
         if self._fused_cache is None or self._fused_cache[0] != key:
             with torch.no_grad():
                 mats = ic._matrices()
@@ -304,30 +359,35 @@ class Flow(nn.Module):
             self._fused_cache = (key, (w_f, b_f, w_r, b_r, ld))
         return self._fused_cache[1]
 
+    def _drop_cache(self) -> None:
+        self._fused_cache = None
+
     def train(self, mode: bool = True):
         self._fused_cache = None
         return super().train(mode)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        fused = self._fused()
-        if fused is not None:
-            w, b, _, _, ld = fused
-            out = F.conv2d(x, w, b)
-            logdet = _per_sample(x.shape[2] * x.shape[3] * ld, x)
-        else:
-            out, logdet = self.actnorm(x)
-            out, det1 = self.invconv(out)
-            logdet = logdet + det1
+        with fp32_region(x):  # ActNorm + 1x1 conv and their log-dets: full precision
+            fused = self._fused()
+            if fused is not None:
+                w, b, _, _, ld = fused
+                out = F.conv2d(x.to(w.dtype), w, b)
+                logdet = _per_sample(x.shape[2] * x.shape[3] * ld, x)
+            else:
+                out, logdet = self.actnorm(x)
+                out, det1 = self.invconv(out)
+                logdet = logdet + det1
         out, det2 = self.coupling(out, cond)
         return out, logdet + det2
 
     def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
         x = self.coupling.reverse(y, cond)
-        fused = self._fused()
-        if fused is not None:
-            return F.conv2d(x, fused[2], fused[3])
-        x = self.invconv.reverse(x)
-        return self.actnorm.reverse(x)
+        with fp32_region(x):
+            fused = self._fused()
+            if fused is not None:
+                return F.conv2d(x.to(fused[2].dtype), fused[2], fused[3])
+            x = self.invconv.reverse(x)
+            return self.actnorm.reverse(x)
 
 
 def squeeze2d(x: Tensor) -> Tensor:

@@ -38,7 +38,13 @@ from torch import Tensor, nn
 
 
 class _ReversibleFunction(torch.autograd.Function):
-    """(x, cond, *params) -> (y, logdet); see :func:`reversible_forward`."""
+    """(x, cond, *params) -> (y, logdet); see :func:`reversible_forward`.
+
+    Use the per-device subclasses from :func:`_function_for`: their ``forward``/``backward``
+    carry ``torch.amp.custom_fwd``/``custom_bwd``, so the recomputation in ``backward`` runs
+    under the same autocast state as the forward did (without it, an AMP step would recompute
+    the layers in float32 and back-propagate through a different function than it ran).
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, cond: Tensor | None, layers: Sequence[nn.Module],
@@ -93,6 +99,25 @@ class _ReversibleFunction(torch.autograd.Function):
         return (grad_y, grad_cond, None, *out_grads)
 
 
+def _with_autocast(device_type: str) -> type:
+    """A subclass whose forward/backward are wrapped in custom_fwd/custom_bwd for one device
+    type (the decorators take the device type when applied, the tensors' device decides)."""
+    base = _ReversibleFunction
+    return type(f"_Reversible_{device_type}", (base,), {
+        "forward": staticmethod(torch.amp.custom_fwd(base.forward, device_type=device_type)),
+        "backward": staticmethod(torch.amp.custom_bwd(base.backward, device_type=device_type)),
+    })
+
+
+_FUNCTIONS: dict[str, type] = {}
+
+
+def _function_for(device_type: str) -> type:
+    if device_type not in _FUNCTIONS:
+        _FUNCTIONS[device_type] = _with_autocast(device_type)
+    return _FUNCTIONS[device_type]
+
+
 def _unique_params(layers: Sequence[nn.Module]) -> list[Tensor]:
     seen: set[int] = set()
     out = []
@@ -121,7 +146,7 @@ def reversible_forward(layers: Sequence[nn.Module], x: Tensor,
             x, det = layer(x, cond)
             logdet = logdet + det
         return x, logdet
-    return _ReversibleFunction.apply(x, cond, layers, *params)
+    return _function_for(x.device.type).apply(x, cond, layers, *params)
 
 
 def enable_low_memory(model: nn.Module, enabled: bool = True) -> nn.Module:

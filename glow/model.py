@@ -11,8 +11,11 @@ from .layers import (
     ActNorm,
     Flow,
     ZeroConv2d,
+    cache_key,
+    fp32_region,
     gaussian_log_p,
     gaussian_sample,
+    invalidate_caches,
     squeeze2d,
     unsqueeze2d,
 )
@@ -99,28 +102,36 @@ class Block(nn.Module):
             self.prior = ZeroConv2d(in_channel * 4, in_channel * 8)
 
     def prior_params(self, kept: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean, log_sd) of this block's latent, given the kept half (or the top latent)."""
-        if self.split:
-            return self.prior(kept).chunk(2, 1)
-        return self._top_prior(kept)
+        """(mean, log_sd) of this block's latent, given the kept half (or the top latent).
+
+        Always float32 or wider: under autocast the prior runs with autocast off.
+        """
+        with fp32_region(kept):
+            kept = kept.to(torch.promote_types(kept.dtype, self.prior.scale.dtype))
+            if self.split:
+                return self.prior(kept).chunk(2, 1)
+            return self._top_prior(kept)
 
     def _top_prior(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """The last block's prior, computed from zeros shaped like ``like``.
 
         It depends only on the shape and the prior's parameters, so outside training (and when
-        no gradient can reach the parameters) it is computed once per shape and cached, keyed on
-        the parameters' version counters; ``train()`` drops the cache.
+        no gradient can reach the parameters) it is computed once per shape and cached, keyed by
+        :func:`glow.layers.cache_key` over its parameters; ``train()`` drops the cache.
         """
         params = list(self.prior.parameters())
         if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self.prior(torch.zeros_like(like)).chunk(2, 1)
-        key = (tuple(like.shape), like.dtype, like.device, tuple(p._version for p in params))
+        key = (tuple(like.shape), like.dtype, like.device, cache_key(params))
         cache = self.__dict__.setdefault("_prior_cache", {})
         if key not in cache:
             cache.clear()
             with torch.no_grad():
                 cache[key] = self.prior(torch.zeros_like(like)).chunk(2, 1)
         return cache[key]
+
+    def _drop_cache(self) -> None:
+        self.__dict__.pop("_prior_cache", None)
 
     def train(self, mode: bool = True):
         self.__dict__.pop("_prior_cache", None)
@@ -142,20 +153,31 @@ class Block(nn.Module):
         else:
             z_new = out
             mean, log_sd = self.prior_params(out)
-        log_p = gaussian_log_p(z_new, mean, log_sd).flatten(1).sum(1)
+        with fp32_region(z_new):
+            log_p = gaussian_log_p(z_new.to(mean.dtype), mean, log_sd).flatten(1).sum(1)
         return out, logdet, log_p, z_new
 
     def reverse(self, kept: Tensor | None, z: Tensor | None, reconstruct: bool = True,
-                temperature: float = 1.0) -> Tensor:
+                temperature: float = 1.0, top_like: Tensor | None = None) -> Tensor:
         """Invert the block.
 
         ``reconstruct=True``: ``z`` is this level's latent, used as is (``None`` samples it
         from the prior at ``temperature``). ``reconstruct=False``: ``z`` is standard-normal
         noise mapped through the prior, ``mean + exp(log_sd) * z`` (the reference's sampling).
-        For the top block ``kept`` is ignored.
+        For the top block ``kept`` is ignored; sampling it (``z=None``) needs ``top_like``, any
+        tensor of the top latent's shape [B, 4C, H/2, W/2] (only its shape, dtype and device
+        are read).
         """
         if z is None or not reconstruct:  # inverting given latents needs no prior
-            mean, log_sd = self.prior_params(kept if self.split or z is None else z)
+            if self.split:
+                source = kept
+            elif z is not None:
+                source = z
+            elif top_like is not None:
+                source = top_like
+            else:
+                raise ValueError("sampling the top latent needs its shape (top_like)")
+            mean, log_sd = self.prior_params(source)
             if z is None:
                 z = gaussian_sample(temperature * torch.randn_like(mean), mean, log_sd)
             else:
@@ -206,21 +228,47 @@ class Glow(nn.Module):
         return self.forward(x)[2]
 
     def reverse(self, z_list: Sequence[Tensor | None], reconstruct: bool = True,
-                temperature: float = 1.0) -> Tensor:
+                temperature: float = 1.0, batch: int = 1,
+                img_size: int | None = None) -> Tensor:
         """Latents -> image.
 
         ``reconstruct=True`` inverts exactly; an entry that is ``None`` is sampled from its
         (learned, conditional) prior at ``temperature``. ``reconstruct=False`` reads every entry
         as standard-normal noise and maps it through its prior (scale the noise by a
-        temperature yourself), as the reference implementation does.
+        temperature yourself), as the reference implementation does. With every entry ``None``
+        the output is ``batch`` samples of ``img_size`` (default: the model's); otherwise the
+        batch and size follow from the given latents.
         """
         if len(z_list) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} latents, got {len(z_list)}")
+        top_like = None
+        if z_list[-1] is None:
+            # The top latent's shape follows from any given latent (batch and spatial size
+            # scale together) or, with every entry None, from ``batch`` and ``img_size``.
+            given = next(((i, z) for i, z in enumerate(z_list) if z is not None), None)
+            p = next(self.parameters())
+            if given is None:
+                n, size = batch, self.img_size if img_size is None else img_size
+            else:
+                n, size = given[1].shape[0], given[1].shape[-1] * 2 ** (given[0] + 1)
+            c, h, w = self.z_shapes(size)[-1]
+            dtype = p.dtype if given is None else given[1].dtype
+            device = p.device if given is None else given[1].device
+            top_like = torch.empty((n, c, h, w), dtype=dtype, device=device)
         out: Tensor | None = None
         for i, block in enumerate(reversed(self.blocks)):
             z = z_list[-(i + 1)]
-            out = block.reverse(out, z, reconstruct=reconstruct, temperature=temperature)
+            out = block.reverse(out, z, reconstruct=reconstruct, temperature=temperature,
+                                top_like=top_like if i == 0 else None)
         return out
+
+    def invalidate(self) -> Glow:
+        """Drop every eval-mode cache; call it after editing parameters through ``.data``.
+
+        Optimiser steps, ``load_state_dict``, in-place edits of the parameters themselves and
+        ``train()``/``eval()`` are detected without it (:func:`glow.layers.cache_key`).
+        """
+        return invalidate_caches(self)
 
     def z_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
         """Shapes (C, H, W) of the latents for a square input of ``img_size``."""
