@@ -27,10 +27,13 @@ __all__ = [
     "CLOSED_MOUTH_WIDTH_256",
     "MOUTH_BOX_256",
     "MOUTH_CENTER_256",
+    "MOUTH_LAYERS",
     "NEUTRAL",
     "Identity",
     "MouthState",
     "mouth_box",
+    "mouth_colours",
+    "mouth_layers",
     "render",
     "sample_identity",
 ]
@@ -280,39 +283,71 @@ def _identity_uint8(ident: Identity, size: int) -> np.ndarray:
     return out
 
 
-def _mouth_layer(img: np.ndarray, ident: Identity, mouth: MouthState, size: int,
-                 r0: int, c0: int) -> None:
-    """Draw the mouth onto ``img``, the float crop of the mouth box starting at ``(r0, c0)``."""
-    S = size
-    h, w = img.shape[:2]
-    y, x = _grid(S, r0, r0 + h, c0, c0 + w)
+MOUTH_LAYERS = ("upper_lip", "lower_lip", "lip_shine", "inner", "teeth_upper", "tongue",
+                "teeth_lower")
+"""Names of the mouth's colour layers, in the order of :func:`mouth_layers`' weights 1..K."""
+
+
+def mouth_layers(mouth: MouthState, size: int, r0: int, r1: int, c0: int, c1: int
+                 ) -> np.ndarray:
+    """Compositing weights of the mouth over the crop rows ``r0:r1``, cols ``c0:c1``.
+
+    Returns ``w`` [1 + K, h, w] (K = ``len(MOUTH_LAYERS)``): the crop drawn with the mouth is
+    ``w[0] * background + sum_k w[k] * colour_k``. The weights depend on the mouth state only
+    (the geometry); the colours on the identity (:func:`mouth_colours`). The mouth reader of
+    ``evaluation.motion`` fits the colours per frame, so it reads geometry, not lip colour.
+    """
+    y, x = _grid(size, r0, r1, c0, c1)
     op = float(np.clip(mouth.open, 0.0, 1.0))
     wd = float(np.clip(mouth.width, -1.0, 1.0))
     cx, cy = MOUTH_CENTER_256[0] / 256, MOUTH_CENTER_256[1] / 256
     hw = CLOSED_MOUTH_WIDTH_256 / 512 * (1.0 + 0.3 * wd) * (1.0 - 0.08 * op)  # half width
     a = 0.042 * op  # half height of the opening
     upper, lower = 0.017, 0.021  # lip thickness
-    lip = np.asarray(ident.lip)
+    shape = np.broadcast_shapes(y.shape, x.shape)
 
     b_outer = np.where(y < cy, a + upper, a + lower)
-    d_lips = _ellipse(y, x, cy, cx, hw, b_outer)
-    lip_col = np.where((y < cy)[..., None], lip * 0.88, lip)
+    a_lips = _cover(_ellipse(y, x, cy, cx, hw, b_outer), size)
+    is_upper = np.broadcast_to(y < cy, shape).astype(float)
     shine = np.exp(-(((x - cx) / (0.5 * hw)) ** 2 + ((y - cy - a - 0.55 * lower) / 0.008) ** 2))
-    lip_col = lip_col + (0.18 * shine)[..., None] * (1.0 - lip)
-    _over(img, lip_col, _cover(d_lips, S))
-
     b_inner = max(a, 0.0035)
     d_inner = _ellipse(y, x, cy, cx, 0.86 * hw, b_inner)
-    inner = _cover(d_inner, S)
-    _over(img, (0.24, 0.06, 0.08), inner)
+    alphas = [_cover(d_inner, size)]  # inner, then (when open) teeth, tongue, teeth
     if a > 0.004:
         teeth_h = min(0.7 * a, 0.016)
-        d_up = np.maximum(d_inner, y - (cy - a + teeth_h))
-        _over(img, (0.93, 0.91, 0.85), _cover(d_up, S))
+        alphas.append(_cover(np.maximum(d_inner, y - (cy - a + teeth_h)), size))
         d_tongue = np.maximum(_ellipse(y, x, cy + 0.8 * a, cx, 0.55 * hw, 0.5 * a), d_inner)
-        _over(img, (0.72, 0.33, 0.36), _cover(d_tongue, S))
-        d_low = np.maximum(d_inner, (cy + a - 0.45 * teeth_h) - y)
-        _over(img, (0.90, 0.88, 0.82), _cover(d_low, S))
+        alphas.append(_cover(d_tongue, size))
+        alphas.append(_cover(np.maximum(d_inner, (cy + a - 0.45 * teeth_h) - y), size))
+    else:
+        alphas += [np.zeros(shape)] * 3
+    # "over" compositing: a layer's weight is its alpha times the transparency of every later one
+    later = np.ones(shape)
+    weights = []
+    for al in reversed(alphas):
+        weights.append(al * later)
+        later = later * (1.0 - al)
+    inner_w, teeth_up_w, tongue_w, teeth_low_w = reversed(weights)
+    lips_w = a_lips * later
+    return np.stack([(1.0 - a_lips) * later, lips_w * is_upper, lips_w * (1.0 - is_upper),
+                     lips_w * shine, inner_w, teeth_up_w, tongue_w, teeth_low_w])
+
+
+def mouth_colours(ident: Identity) -> np.ndarray:
+    """The identity's colour of each layer of :data:`MOUTH_LAYERS`: [K, 3] RGB in 0..1."""
+    lip = np.asarray(ident.lip, dtype=float)
+    return np.stack([lip * 0.88, lip, 0.18 * (1.0 - lip), np.array([0.24, 0.06, 0.08]),
+                     np.array([0.93, 0.91, 0.85]), np.array([0.72, 0.33, 0.36]),
+                     np.array([0.90, 0.88, 0.82])])
+
+
+def _mouth_layer(img: np.ndarray, ident: Identity, mouth: MouthState, size: int,
+                 r0: int, c0: int) -> None:
+    """Draw the mouth onto ``img``, the float crop of the mouth box starting at ``(r0, c0)``."""
+    h, w = img.shape[:2]
+    weights = mouth_layers(mouth, size, r0, r0 + h, c0, c0 + w)
+    img *= weights[0][..., None]
+    img += np.einsum("khw,kc->hwc", weights[1:], mouth_colours(ident))
 
 
 def render(identity: Identity, mouth: MouthState | None, size: int) -> np.ndarray:
