@@ -1,0 +1,290 @@
+"""The pose-conditioned Glow: the landmark maps of every level enter every conditioned coupling.
+
+Direction data -> latent (the layer contract of :mod:`glow.layers`). Layout (the anchor's at
+64 px, ``n_block=4, n_header=2``):
+
+    3x64x64   first block, no squeeze, n_flow//2 unconditioned flows
+    12x32x32  split block 1 (squeeze, n_flow flows on the 32 px condition, split 6 off)
+    24x16x16  split block 2 ...                                   (split 12 off)
+    48x8x8    split block 3                                       (split 24 off)
+    96x4x4    split block 4                                       (split 48 off)
+    192x2x2   header 1 (squeeze, n_flow flows, no split)
+    768x1x1   header 2 -> w, the appearance code
+
+Priors: each split latent has a learned Gaussian whose mean and log-sd come from a zero-initialised
+conv of (kept half, this level's condition); ``w`` has a learned mean and log-sd (unconditional:
+it must not carry pose). ``prior="standard"`` uses N(0, I) everywhere (the anchor).
+
+Everything the glow core provides is reused: ``glow.Flow`` (ActNorm with its ``initialized``
+buffer, LU 1x1 conv, fused eval path), ``glow.Coupling`` with an injected conditioner and a
+``cond`` tensor, ``glow.ZeroConv2d`` (zero-initialised at construction, no lazy re-creation).
+:class:`PoseCoupling` only adds an uneven channel split, so the 3-channel first block works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glow import ActNorm, Coupling, Flow, ZeroConv2d, gaussian_log_p, squeeze2d, unsqueeze2d
+
+from .conditions import cond_channels, condition
+
+# The anchor's conditioner widths per level at 64 px: first block, 4 split blocks, 2 headers.
+ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
+PRIORS = ("learned", "standard")
+
+
+def conditioner(in_channel: int, out_channel: int, hidden: int, kernel: int = 3) -> nn.Sequential:
+    """conv kxk -> ReLU -> conv 1x1 -> ReLU -> ZeroConv2d (the Glow conditioner)."""
+    net = nn.Sequential(
+        nn.Conv2d(in_channel, hidden, kernel, padding=kernel // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(inplace=True),
+        ZeroConv2d(hidden, out_channel),
+    )
+    for i in (0, 2):
+        net[i].weight.data.normal_(0, 0.05)
+        net[i].bias.data.zero_()
+    return net
+
+
+class PoseCoupling(Coupling):
+    """Affine (or additive) coupling on ``[x_a, x_b]`` with ``x_a`` the first ``C - C//2``
+    channels; the net sees ``cat(x_a, cond)``. ``glow.Coupling`` with an uneven split."""
+
+    def __init__(self, in_channel: int, cond_channel: int, hidden: int, affine: bool = True,
+                 kernel: int = 3) -> None:
+        n_b = in_channel // 2
+        self.n_a = in_channel - n_b
+        net = conditioner(self.n_a + cond_channel, 2 * n_b if affine else n_b, hidden, kernel)
+        super().__init__(in_channel, affine=affine, net=net, cond_channel=cond_channel)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x[:, : self.n_a], x[:, self.n_a:]
+        h = self._params(x_a, cond)
+        if self.affine:
+            log_s, t = h.chunk(2, 1)
+            y_b = (x_b + t) * torch.sigmoid(log_s + 2)
+            logdet = F.logsigmoid(log_s + 2).flatten(1).sum(1)
+        else:
+            y_b, logdet = x_b + h, x.new_zeros(x.shape[0])
+        return torch.cat([x_a, y_b], 1), logdet
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        y_a, y_b = y[:, : self.n_a], y[:, self.n_a:]
+        h = self._params(y_a, cond)
+        if self.affine:
+            log_s, t = h.chunk(2, 1)
+            x_b = y_b / torch.sigmoid(log_s + 2) - t
+        else:
+            x_b = y_b - h
+        return torch.cat([y_a, x_b], 1)
+
+
+class PoseBlock(nn.Module):
+    """(Squeeze), ``n_flow`` conditioned flows, (split half off under a conditional prior).
+
+    Input [B, C, H, W]; with ``squeeze`` the flows run on [B, 4C, H/2, W/2]. ``cond`` is the
+    condition at the flows' resolution (or None for an unconditioned block).
+    """
+
+    def __init__(self, in_channel: int, n_flow: int, hidden: int, cond_channel: int,
+                 squeeze: bool, split: bool, prior: str, size: int, affine: bool = True) -> None:
+        super().__init__()
+        c = in_channel * 4 if squeeze else in_channel
+        self.squeeze, self.split, self.cond_channel = squeeze, split, cond_channel
+        self.size = size  # resolution of the flows
+        kernel = 1 if size == 1 else 3
+        self.flows = nn.ModuleList(
+            Flow(c, coupling=PoseCoupling(c, cond_channel, hidden, affine, kernel))
+            for _ in range(n_flow))
+        self.prior = None
+        if split and prior == "learned":
+            kept = c - c // 2
+            self.prior = ZeroConv2d(kept + cond_channel, 2 * (c // 2))
+
+    def forward(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """x -> (kept or whole output, logdet [B], split latent or None)."""
+        out = squeeze2d(x) if self.squeeze else x
+        logdet = x.new_zeros(x.shape[0])
+        for flow in self.flows:
+            out, det = flow(out, cond)
+            logdet = logdet + det
+        if not self.split:
+            return out, logdet, None
+        n_a = out.shape[1] - out.shape[1] // 2
+        return out[:, :n_a], logdet, out[:, n_a:]
+
+    def reverse(self, out: Tensor, cond: Tensor | None, z: Tensor | None = None) -> Tensor:
+        y = torch.cat([out, z], 1) if self.split else out
+        for flow in reversed(self.flows):
+            y = flow.reverse(y, cond)
+        return unsqueeze2d(y) if self.squeeze else y
+
+    def prior_params(self, kept: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(mean, log_sd) of the split latent given the kept half and the condition."""
+        if self.prior is None:
+            zero = kept.new_zeros(kept.shape[0], self.flows[0].actnorm.loc.shape[1] // 2,
+                                  *kept.shape[2:])
+            return zero, zero
+        h = kept if cond is None else torch.cat([kept, cond], 1)
+        return self.prior(h).chunk(2, 1)
+
+
+class PoseFlow(nn.Module):
+    """Glow conditioned on landmark maps over images in [-0.5, 0.5].
+
+    ``model(x, landmarks)`` -> ``(log_p [B], logdet [B], w, splits, conds)``: ``w`` the top
+    latent (768x1x1 at 64 px), ``splits[i]`` the latent split off by split block ``i``,
+    ``conds`` the per-block conditions (None for the first block). The log-likelihood of a
+    dequantised x is ``log_p + logdet - D log(n_bins)``.
+    """
+
+    def __init__(self, img_size: int = 64, n_flow: int = 16, n_block: int = 4, n_header: int = 2,
+                 hidden: int = 0, sigma: float = 0.1, coord_below: int = 8,
+                 prior: str = "learned", affine: bool = True, in_channel: int = 3) -> None:
+        super().__init__()
+        if n_block < 1 or n_header < 0 or n_flow < 1:
+            raise ValueError("need n_block >= 1, n_header >= 0, n_flow >= 1")
+        if img_size % 2 ** (n_block + n_header):
+            raise ValueError(f"img_size {img_size} is not divisible by 2^(n_block + n_header)")
+        if prior not in PRIORS:
+            raise ValueError(f"prior {prior!r}: choose one of {PRIORS}")
+        self.img_size, self.n_flow, self.n_block, self.n_header = img_size, n_flow, n_block, n_header
+        self.hidden, self.sigma, self.coord_below, self.prior = hidden, sigma, coord_below, prior
+        self.affine, self.in_channel = affine, in_channel
+        widths = self.level_widths()
+        self.blocks = nn.ModuleList()
+        c, size = in_channel, img_size
+        # The anchor's first block: no squeeze, half the flows, no condition.
+        self.blocks.append(PoseBlock(c, max(1, n_flow // 2), widths[0], 0, False, False, prior,
+                                     size, affine))
+        for i in range(n_block + n_header):
+            size //= 2
+            split = i < n_block
+            self.blocks.append(PoseBlock(c, n_flow, widths[i + 1],
+                                         cond_channels(size, coord_below), True, split, prior,
+                                         size, affine))
+            c = c * 4 - (c * 4) // 2 if split else c * 4
+        self.w_shape = (c, size, size)
+        if prior == "learned":
+            self.w_mean = nn.Parameter(torch.zeros(1, *self.w_shape))
+            self.w_log_sd = nn.Parameter(torch.zeros(1, *self.w_shape))
+        else:
+            self.register_buffer("w_mean", torch.zeros(1, *self.w_shape))
+            self.register_buffer("w_log_sd", torch.zeros(1, *self.w_shape))
+
+    def level_widths(self) -> list[int]:
+        n = 1 + self.n_block + self.n_header
+        if self.hidden > 0:
+            return [self.hidden] * n
+        # the anchor's schedule, sampled evenly when there are more or fewer levels than 7
+        last = len(ANCHOR_HIDDEN) - 1
+        return [ANCHOR_HIDDEN[round(i * last / max(n - 1, 1))] for i in range(n)]
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def conditions(self, landmarks: Tensor) -> list[Tensor | None]:
+        """Per-block conditions of landmarks ``[B, 68, 2]`` (None for the first block)."""
+        lm = landmarks.to(next(self.parameters()).dtype)
+        return [None] + [condition(lm, b.size, self.sigma, self.coord_below)
+                         for b in self.blocks[1:]]
+
+    # -- density -------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, landmarks: Tensor | None = None,
+                conds: Sequence[Tensor | None] | None = None):
+        if conds is None:
+            conds = self.conditions(landmarks)
+        logdet = x.new_zeros(x.shape[0])
+        log_p = x.new_zeros(x.shape[0])
+        splits: list[Tensor] = []
+        out = x
+        for block, c in zip(self.blocks, conds, strict=True):
+            out, det, z = block(out, c)
+            logdet = logdet + det
+            if z is not None:
+                mean, log_sd = block.prior_params(out, c)
+                log_p = log_p + gaussian_log_p(z, mean, log_sd).flatten(1).sum(1)
+                splits.append(z)
+        log_p = log_p + gaussian_log_p(out, self.w_mean, self.w_log_sd).flatten(1).sum(1)
+        return log_p, logdet, out, splits, list(conds)
+
+    def encode(self, x: Tensor, landmarks: Tensor) -> tuple[Tensor, list[Tensor], list]:
+        """(w, splits, conds) of images ``x`` with their landmarks."""
+        _, _, w, splits, conds = self.forward(x, landmarks)
+        return w, splits, conds
+
+    def reverse(self, w: Tensor, conds: Sequence[Tensor | None],
+                splits: Sequence[Tensor | None] | None = None, temperature: float = 0.7,
+                eps: Sequence[Tensor | None] | None = None) -> Tensor:
+        """(w, conditions, split latents) -> images. A split given as None is drawn from its
+        prior: ``mean + exp(log_sd) * temperature * eps`` (``eps[i]`` when given, fresh
+        standard-normal noise otherwise; ``temperature=0``: the prior mean)."""
+        n_split = sum(1 for b in self.blocks if b.split)
+        splits = list(splits) if splits is not None else [None] * n_split
+        eps = list(eps) if eps is not None else [None] * n_split
+        if len(splits) != n_split:
+            raise ValueError(f"expected {n_split} split latents, got {len(splits)}")
+        out = w
+        k = n_split
+        for block, c in zip(reversed(self.blocks), reversed(list(conds)), strict=True):
+            z = None
+            if block.split:
+                k -= 1
+                z = splits[k]
+                if z is None:
+                    mean, log_sd = block.prior_params(out, c)
+                    noise = eps[k] if eps[k] is not None else torch.randn_like(mean)
+                    z = mean + torch.exp(log_sd) * (temperature * noise)
+            out = block.reverse(out, c, z)
+        return out
+
+    def transfer(self, x: Tensor, landmarks: Tensor, target_landmarks: Tensor,
+                 temperature: float = 0.0) -> Tensor:
+        """Re-pose ``x`` [B, 3, S, S] (landmarks [B, 68, 2]) to ``target_landmarks``: its ``w``,
+        the target's conditions, split latents from their priors at ``temperature``."""
+        w, _, _ = self.encode(x, landmarks)
+        return self.reverse(w, self.conditions(target_landmarks), None, temperature)
+
+    def split_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
+        """Shapes (C, H, W) of the split latents."""
+        size, c, shapes = img_size or self.img_size, self.in_channel, []
+        for b in self.blocks:
+            if b.squeeze:
+                size //= 2
+                c *= 4
+            if b.split:
+                shapes.append((c // 2, size, size))
+                c = c - c // 2
+        return shapes
+
+    # -- initialisation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, landmarks: Tensor) -> None:
+        """Data-dependent ActNorm initialisation from a batch (explicit, once): each flow's
+        ActNorm from its own input, then the batch goes through that flow."""
+        conds = self.conditions(landmarks)
+        out = x
+        for block, c in zip(self.blocks, conds, strict=True):
+            h = squeeze2d(out) if block.squeeze else out
+            for flow in block.flows:
+                flow.actnorm.initialize(h)
+                h, _ = flow(h, c)
+            out = h[:, : h.shape[1] - h.shape[1] // 2] if block.split else h
+
+    @property
+    def initialized(self) -> bool:
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    def config(self) -> dict:
+        return dict(img_size=self.img_size, n_flow=self.n_flow, n_block=self.n_block,
+                    n_header=self.n_header, hidden=self.hidden, sigma=self.sigma,
+                    coord_below=self.coord_below, prior=self.prior, affine=self.affine,
+                    in_channel=self.in_channel)
