@@ -32,7 +32,7 @@ def build_parser(model: str) -> argparse.ArgumentParser:
 
     recipe = registry.get(model)
     parser = argparse.ArgumentParser(
-        prog="train.py", description=__doc__.split("\n\n")[0],
+        allow_abbrev=False, prog="train.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", metavar="DATA_DIR",
                         help="folder of training frames: any folder of images, searched "
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if hasattr(recipe, "translate_argv"):  # a recipe's own aliases (e.g. an original's flags)
+        argv = recipe.translate_argv(argv)
     args = build_parser(known.model).parse_args(argv)
 
     from glow.io import CheckpointError

@@ -180,6 +180,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
             find_unused_parameters=getattr(recipe, "DDP_FIND_UNUSED", False))
 
     weights = recipe.loss_weights(model_cfg)
+    group_clip = any(g.get("clip_norm", 0) > 0 for g in optimizer.param_groups)
     bad_in_row = skipped = 0
     t0 = time.time()
     bar = None
@@ -247,9 +248,11 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     continue
                 bad_in_row = 0
                 scaler.scale(total).backward()
-                if cfg.grad_clip > 0:
+                if cfg.grad_clip > 0 or group_clip:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    clip_group_gradients(optimizer)
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
@@ -291,6 +294,22 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         say(f"interrupted at iteration {step}; checkpoint written to {last_path} "
             "(continue with --resume)")
     return summary
+
+
+def clip_group_gradients(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Clip each parameter group whose dict carries ``clip_norm > 0`` on its own.
+
+    A recipe with two players in one optimiser (e.g. an auto-encoder and its discriminator,
+    see ``param_groups`` in the registry) clips each player's gradient norm separately, as
+    two optimisers would. Returns ``{group name (or index): norm before clipping}``.
+    """
+    norms = {}
+    for k, group in enumerate(optimizer.param_groups):
+        limit = group.get("clip_norm", 0)
+        if limit and limit > 0:
+            norm = torch.nn.utils.clip_grad_norm_(group["params"], limit)
+            norms[str(group.get("name", k))] = float(norm)
+    return norms
 
 
 def _ctx(step: int, info, model_cfg, cfg: TrainConfig) -> StepContext:

@@ -15,9 +15,11 @@ A recipe is a module exposing:
 and optionally:
 
     initialize(model, batch, ctx)          # data-dependent init on the first batch
-    param_groups(model, cfg, train_cfg)    # Adam groups (default: all trainable, --lr)
+    param_groups(model, cfg, train_cfg)    # Adam groups (default: all trainable, --lr); a
+                                           # group with "clip_norm" > 0 is clipped on its own
     checkpoint_extra(model, cfg) -> dict   # recorded in the checkpoint (e.g. the Glow used)
     DDP_FIND_UNUSED: bool
+    translate_argv(argv) -> argv           # train.py: the recipe's own flag aliases
     generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
     test_cli(argv) -> int       # test.py delegates its whole argv (a recipe's own test job)
     evaluate_cli(argv) -> int   # evaluate.py delegates its whole argv (not with --compare)
@@ -32,6 +34,7 @@ RECIPES: dict[str, str] = {
     "glow": "training.glow_recipe",
     "ad-flow": "ad_flow.recipe",
     "mi-flow": "mi_flow.recipe",
+    "content-ae": "content_ae.recipe",
 }
 
 

@@ -1,0 +1,208 @@
+"""``test.py --model content-ae``: the transfer grid, single transfers, interpolation.
+
+  python test.py --model content-ae --checkpoint glasses DATA
+  python test.py --model content-ae --checkpoint checkpoint/glasses/last.pt --a me.jpg --b you.jpg
+  python test.py --model content-ae --checkpoint glasses DATA --interpolate 8
+  python test.py --model content-ae --data ./bald --out ./bald_eval --checkpoint ...  (original)
+
+Outputs in OUT (default RESULT_DIR/transfer/NAME):
+  grid.png       row 0: a blank tile, then B_1..B_n; row i: A_i, then Dec(E1(B_j) ⊕ E2(A_i));
+                 last row: a blank tile, then the removals Dec(E1(A_i) ⊕ 0), i = 1..n
+  cells/A{i}_B{j}.png, removal/A{i}.png   each cell of the grid (1-based)
+  transfer.png, removal.png, pair.png     with --a/--b: B with A's attribute, A without it,
+                                          and [A, B, transfer, removal] side by side
+  interpolation.png                       with --interpolate K: row j is B_j, then K steps
+                                          from A_1's specific code to A_2's
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import save_image
+
+from lrw.datasets import load_image
+
+from .model import ContentAE
+
+
+def resolve_checkpoint(spec: str, checkpoint_dir: str) -> Path:
+    """A checkpoint path, or a run name meaning ``CHECKPOINT_DIR/NAME/last.pt``."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    q = Path(checkpoint_dir) / spec / "last.pt"
+    if q.is_file():
+        return q
+    raise ValueError(f"--checkpoint {spec}: neither a file nor a run in {checkpoint_dir}/ "
+                     f"(expected {q}); train one with train.py --model content-ae -n NAME DATA")
+
+
+def load_model(path: Path, device: torch.device) -> tuple[ContentAE, object, dict]:
+    """``(model in eval mode, its Config, the checkpoint)``: every size from the checkpoint,
+    so testing always matches training."""
+    from training.checkpoint import load_checkpoint
+    from training.config import from_dict
+
+    from .recipe import NAME, Config, build
+
+    ckpt = load_checkpoint(path, expect_model=NAME)
+    cfg = from_dict(Config, ckpt["config"]["model"])
+    model = build(cfg)
+    model.load_state_dict(ckpt["weights"])
+    return model.to(device).eval(), cfg, ckpt
+
+
+def _device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def load_images(paths: list[Path], size: int, n: int, say=print) -> tuple[Tensor, int]:
+    """The first ``n`` readable images as ``[k, 3, S, S]`` in ``[-1, 1]``, and how many
+    unreadable ones were skipped."""
+    out, skipped = [], 0
+    for p in paths:
+        if len(out) == n:
+            break
+        try:
+            out.append(load_image(p, size) * 2)
+        except ValueError as exc:
+            skipped += 1
+            if skipped == 1:
+                say(f"warning: {exc}; skipped (further ones counted)")
+    if not out:
+        raise ValueError(f"{paths[0].parent}: none of its images can be read")
+    return torch.stack(out), skipped
+
+
+def _save(x: Tensor, path: Path, nrow: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(((x.float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+@torch.no_grad()
+def write_grid(model: ContentAE, a: Tensor, b: Tensor, out: Path) -> Path:
+    """The grid described in the module docstring, and each of its cells."""
+    from .recipe import transfer_grid
+
+    n = a.shape[0]
+    grid = transfer_grid(model, a, b)
+    removed = model.remove(a)
+    rows = torch.cat([grid, torch.full_like(b[:1], -1.0), removed])
+    for i in range(n):
+        for j in range(n):
+            _save(grid[(i + 1) * (n + 1) + 1 + j], out / "cells" / f"A{i + 1}_B{j + 1}.png")
+        _save(removed[i], out / "removal" / f"A{i + 1}.png")
+    _save(rows, out / "grid.png", nrow=n + 1)
+    return out / "grid.png"
+
+
+@torch.no_grad()
+def interpolate(model: ContentAE, a: Tensor, b: Tensor, k: int) -> Tensor:
+    """``[n * (k + 1), 3, S, S]``: per ``b_j``, the image then ``k`` decodings with the specific
+    code going linearly from ``E2(a[0])`` to ``E2(a[1])`` (to zero, no attribute, when ``a``
+    holds one image)."""
+    s0 = model.e2(a[:1])
+    s1 = model.e2(a[1:2]) if a.shape[0] > 1 else torch.zeros_like(s0)
+    tiles = []
+    for j in range(b.shape[0]):
+        bj = b[j:j + 1]
+        common = model.e1(bj)
+        tiles.append(bj)
+        for t in torch.linspace(0, 1, k).tolist():
+            img, mask = model.decode(common, (1 - t) * s0 + t * s1)
+            tiles.append(img if mask is None else mask * img + (1 - mask) * bj)
+    return torch.cat(tiles)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="test.py --model content-ae",
+                                description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="content-ae", help="content-ae")
+    p.add_argument("data", nargs="?", metavar="DATA",
+                   help="A/B set (testA/ testB/ when present, else trainA/ trainB/)")
+    p.add_argument("--data", dest="data_flag", metavar="DATA", help="the same (the original's "
+                   "spelling)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run name")
+    p.add_argument("--out", help="output folder (default: RESULT_DIR/transfer/NAME)")
+    p.add_argument("--split", default="test", choices=("test", "train"),
+                   help="which split of DATA to show (falls back to train when DATA has no "
+                        "test split; default: test)")
+    p.add_argument("--n_display", type=int, default=8, help="faces per side (default: 8)")
+    p.add_argument("--a", metavar="IMAGE", help="single transfer: the face with the attribute")
+    p.add_argument("--b", metavar="IMAGE", help="single transfer: the face to receive it")
+    p.add_argument("--interpolate", type=int, default=0, metavar="K",
+                   help="also write K steps between two specific codes (A_1 to A_2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--checkpoint_dir", default="checkpoint", help="root of checkpoints")
+    p.add_argument("--result_dir", default="result", help="root of results")
+    return p
+
+
+def run(args: argparse.Namespace, say=print) -> dict:
+    from .data import find_split, split_paths
+
+    device = _device(args.device)
+    model, cfg, ckpt = load_model(resolve_checkpoint(args.checkpoint, args.checkpoint_dir),
+                                  device)
+    name = ckpt["config"].get("train", {}).get("name") or Path(args.checkpoint).stem
+    out = Path(args.out) if args.out else Path(args.result_dir) / "transfer" / name
+    size = cfg.img_size
+    result: dict = {"out": out}
+    if (args.a is None) != (args.b is None):
+        raise ValueError("--a and --b go together (the face with the attribute and the one to "
+                         "receive it)")
+    if args.n_display < 1 or args.interpolate < 0:
+        raise ValueError("--n_display must be at least 1 and --interpolate not negative")
+    if args.a is not None:
+        a = (load_image(args.a, size) * 2)[None].to(device)
+        b = (load_image(args.b, size) * 2)[None].to(device)
+        with torch.no_grad():
+            t, r = model.transfer(a, b), model.remove(a)
+        _save(t, out / "transfer.png")
+        _save(r, out / "removal.png")
+        _save(torch.cat([a, b, t, r]), out / "pair.png", nrow=4)
+        say(f"transfer: {out / 'transfer.png'}\nremoval: {out / 'removal.png'}")
+        result["transfer"] = out / "transfer.png"
+    data = args.data or args.data_flag
+    if data is None:
+        if args.a is None:
+            raise ValueError("give DATA (an A/B set) or --a IMAGE --b IMAGE")
+        return result
+    split = find_split(data, args.split)
+    paths_a, paths_b = split_paths(data, split)
+    n = min(args.n_display, len(paths_a), len(paths_b))
+    a, skip_a = load_images(paths_a, size, n, say)
+    b, skip_b = load_images(paths_b, size, n, say)
+    n = min(a.shape[0], b.shape[0])
+    a, b = a[:n].to(device), b[:n].to(device)
+    result["grid"] = write_grid(model, a, b, out)
+    result["skipped"] = skip_a + skip_b
+    say(f"grid ({split} split, {n} x {n}): {result['grid']}"
+        + (f" ({skip_a + skip_b} unreadable images skipped)" if skip_a + skip_b else ""))
+    if args.interpolate:
+        tiles = interpolate(model, a, b, args.interpolate)
+        _save(tiles, out / "interpolation.png", nrow=args.interpolate + 1)
+        result["interpolation"] = out / "interpolation.png"
+        say(f"interpolation: {out / 'interpolation.png'}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from glow.io import CheckpointError
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
