@@ -21,6 +21,8 @@ and optionally:
     DDP_FIND_UNUSED: bool
     translate_argv(argv) -> argv           # train.py: the recipe's own flag aliases
     generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
+    diagnostics(model, ctx) -> dict[str, float]   # at every sample grid: diagnostics.jsonl/.png
+    lr_factor(model_cfg, train_cfg, step) -> float   # learning rate = --lr * factor at step
     test_cli(argv) -> int       # test.py delegates its whole argv (a recipe's own test job)
     evaluate_cli(argv) -> int   # evaluate.py delegates its whole argv (not with --compare)
 """
@@ -34,6 +36,7 @@ RECIPES: dict[str, str] = {
     "glow": "training.glow_recipe",
     "ad-flow": "ad_flow.recipe",
     "mi-flow": "mi_flow.recipe",
+    "pose-flow": "pose_flow.recipe",
     "content-ae": "content_ae.recipe",
 }
 

@@ -1,0 +1,295 @@
+"""The pose flow as a trainable model (``train.py --model pose-flow``) and its test-time face.
+
+A batch is ``B`` quadruplets (anchor, positive of the same identity, two negatives of another
+identity), i.e. ``4B`` images with their landmarks. Loss (the loop sums ``weight * term``)::
+
+    bpd    bits/dim of the dequantised images under the conditional flow          weight 1
+    quad   quadruplet loss on w (margins --margin_pos 0, --margin_neg 0.3)  weight --quad_weight 5
+    recs   L1(image, reverse(own w, own maps, split latents drawn at --recon_temp 0.7))
+                                                                         weight --recs_weight 1
+    recc   L1(image, reverse(w of the other frame of the same identity, this frame's maps,
+           split latents drawn at --recon_temp))                         weight --recc_weight 1
+    perc   VGG19 feature L1 on the cross reconstructions (--vgg_weights FILE)
+                                                                         weight --perc_weight 1
+    idc    1 - cos of face embeddings on the cross reconstructions (--id_net FILE)
+                                                                           weight --id_weight 1
+
+The anchor's defaults (PGFlowV3): the loss weights above, 8-bit images, Adam 1e-4 with betas
+(0.9, 0.99); its feature-guide loss needs pretrained ArcFace blocks and is not reproduced. Our
+changes: dequantisation noise at every size (the anchor's is commented out), learned priors
+(``--prior standard`` for the anchor's N(0, I)), a cosine learning-rate decay over ``--iter``
+that never climbs back (the anchor's CosineAnnealingLR with T_max 30 over 100 epochs does).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glow import bits_per_dim, quantize
+from training.config import from_dict, opt
+
+from .losses import quadruplet_loss
+from .model import PRIORS, PoseFlow
+
+NAME = "pose-flow"
+DEFAULT_CHECKPOINT = "pose-flow.pt"
+NEEDS_MIX = False
+# The anchor trained batch 16 quadruplets per GPU at lr 1e-4; one CPU/GPU here: 8.
+TRAIN_DEFAULTS = {"batch": 8, "lr": 1e-4, "iter": 100000, "sample_every": 500,
+                  "save_every": 10000, "grad_clip": 5.0}
+
+
+@dataclass
+class Config:
+    """Pose-flow hyper-parameters (anchor defaults unless said)."""
+
+    img_size: int = opt(64, "image size (divisible by 2^(n_block + n_header))")
+    n_flow: int = opt(16, "flows per block (the first, unconditioned block gets half)")
+    n_block: int = opt(4, "split blocks (squeeze, conditioned flows, split half off)")
+    n_header: int = opt(2, "header blocks after the splits (squeeze, no split), down to w")
+    hidden: int = opt(0, "hidden channels of every coupling network (0: the anchor's per-level "
+                      "widths 64,128,128,256,256,512,512)")
+    affine: bool = opt(True, "additive couplings instead of affine", flag="--additive")
+    prior: str = opt("learned", "priors of the split latents and w: learned (conditional "
+                     "Gaussians) or standard (the anchor's fixed N(0, I))", choices=list(PRIORS))
+    sigma: float = opt(0.1, "heatmap sigma as a fraction of the image")
+    coord_below: int = opt(8, "levels below this many px also get the landmark coordinates")
+    n_bits: int = opt(8, "bits per colour channel after quantisation")
+    quad_weight: float = opt(5.0, "weight of the quadruplet loss on w")
+    margin_pos: float = opt(0.0, "quadruplet loss: same-identity distances below this are free")
+    margin_neg: float = opt(0.3, "quadruplet loss: identity means are pushed this far apart")
+    recs_weight: float = opt(1.0, "weight of the L1 self reconstruction")
+    recc_weight: float = opt(1.0, "weight of the L1 cross reconstruction")
+    recon_temp: float = opt(0.7, "temperature of the split latents in the reconstructions")
+    vgg_weights: str = opt("", "torchvision VGG19 state dict for the perceptual loss on the "
+                           "cross reconstructions (empty: off)")
+    perc_weight: float = opt(1.0, "weight of the perceptual loss (with --vgg_weights)")
+    id_net: str = opt("", "TorchScript face-embedding network for the identity loss on the "
+                      "cross reconstructions (empty: off)")
+    id_weight: float = opt(1.0, "weight of the identity loss (with --id_net)")
+    id_size: int = opt(112, "input size of the face-embedding network")
+    lr_min: float = opt(1e-7, "the cosine learning-rate decay ends at this rate (at --iter)")
+    n_sample: int = opt(4, "quadruplets in the sample grids")
+
+
+def validate(cfg: Config) -> None:
+    if cfg.n_block < 1 or cfg.n_header < 0 or cfg.n_flow < 1:
+        raise ValueError("need --n_block >= 1, --n_header >= 0 and --n_flow >= 1")
+    levels = cfg.n_block + cfg.n_header
+    if cfg.img_size % 2**levels:
+        raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^(n_block + "
+                         f"n_header) = {2**levels}; use a multiple of {2**levels}")
+    if not 1 <= cfg.n_bits <= 8:
+        raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
+    if cfg.prior not in PRIORS:
+        raise ValueError(f"--prior {cfg.prior}: choose one of {', '.join(PRIORS)}")
+    if cfg.sigma <= 0 or cfg.hidden < 0:
+        raise ValueError("--sigma must be > 0 and --hidden >= 0")
+    for name in ("quad_weight", "recs_weight", "recc_weight", "perc_weight", "id_weight",
+                 "recon_temp", "margin_pos", "margin_neg", "lr_min"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name} must be >= 0")
+    for flag, path in (("--vgg_weights", cfg.vgg_weights), ("--id_net", cfg.id_net)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+
+
+def build(cfg: Config) -> PoseFlow:
+    return PoseFlow(img_size=cfg.img_size, n_flow=cfg.n_flow, n_block=cfg.n_block,
+                    n_header=cfg.n_header, hidden=cfg.hidden, sigma=cfg.sigma,
+                    coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine)
+
+
+def dataset(cfg: Config, data_dir: Path):
+    from lrw.datasets import training_root
+
+    from .data import QuadrupletDataset
+
+    ds = QuadrupletDataset(training_root(data_dir), cfg.img_size)
+    notes = [ds.index.skipped_summary()]
+    if ds.single_frame_identities:
+        notes.append(f"{ds.single_frame_identities} identities have a single frame (their "
+                     "positive is the anchor itself)")
+    for note in filter(None, notes):
+        print(f"warning: {data_dir}: {note}", file=sys.stderr)
+    return ds
+
+
+def _unwrap(model: nn.Module) -> PoseFlow:
+    return model.module if hasattr(model, "module") else model
+
+
+def flatten_batch(batch) -> tuple[Tensor, Tensor]:
+    """``(images [B, 4, 3, S, S], landmarks [B, 4, 68, 2])`` -> ``[4B, ...]`` ordered
+    anchors, positives, negatives 1, negatives 2 (so ``chunk(4)`` splits the roles)."""
+    images, lm = batch
+    return (images.transpose(0, 1).reshape(-1, *images.shape[2:]),
+            lm.transpose(0, 1).reshape(-1, *lm.shape[2:]))
+
+
+def dequantised(x: Tensor, cfg: Config, ctx) -> Tensor:
+    """Quantise to n_bits and add uniform noise of one bin (at every image size; identical
+    across process layouts)."""
+    return quantize(x, cfg.n_bits) + ctx.global_rand(tuple(x.shape)).to(x.dtype) / 2**cfg.n_bits
+
+
+def initialize(model: PoseFlow, batch, ctx) -> None:
+    """ActNorm data init from the *global* first batch, so every DDP rank starts identical
+    (the anchor initialised each rank from its own shard)."""
+    x, lm = flatten_batch(batch)
+    _unwrap(model).initialize(ctx.gather(dequantised(x, ctx.model_cfg, ctx)), ctx.gather(lm))
+
+
+def cross_order(n: int) -> Tensor:
+    """Index of the partner frame of each of ``4B`` frames: anchor <-> positive, neg1 <-> neg2."""
+    b = n // 4
+    r = torch.arange(b)
+    return torch.cat([r + b, r, r + 3 * b, r + 2 * b])
+
+
+def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+    cfg: Config = ctx.model_cfg
+    m = _unwrap(model)
+    image, lm = flatten_batch(batch)
+    x = dequantised(image, cfg, ctx)
+    log_p, logdet, w, splits, conds = model(x, lm)  # through the (DDP) wrapper
+    n_dims = x[0].numel()
+    terms = {"bpd": bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean(),
+             "logdet": (logdet / (n_dims * math.log(2))).mean().detach()}
+    quad, d_pos, d_neg = quadruplet_loss(*w.flatten(1).chunk(4), cfg.margin_pos, cfg.margin_neg)
+    terms.update(quad=quad, d_pos=d_pos.detach(), d_neg=d_neg.detach())
+    want_rec = cfg.recs_weight > 0 or cfg.recc_weight > 0 or cfg.vgg_weights or cfg.id_net
+    if want_rec:
+        n = x.shape[0]
+        # one reverse pass for both: own w (self) and the partner's w (cross), own maps
+        w2 = torch.cat([w, w[cross_order(n).to(w.device)]])
+        conds2 = [None if c is None else torch.cat([c, c]) for c in conds]
+        eps = [ctx.global_rand((2 * n, *s.shape[1:]), normal=True).to(s.dtype) for s in splits]
+        rec = m.reverse(w2, conds2, None, cfg.recon_temp, eps)
+        rec_s, rec_c = rec[:n], rec[n:]
+        terms["recs"] = F.l1_loss(rec_s, image)
+        terms["recc"] = F.l1_loss(rec_c, image)
+        if cfg.vgg_weights:
+            from .losses import loss_net, perceptual_loss
+
+            terms["perc"] = perceptual_loss(loss_net("vgg", cfg.vgg_weights, x.device),
+                                            rec_c, image)
+        if cfg.id_net:
+            from .losses import identity_loss, loss_net
+
+            terms["idc"] = identity_loss(loss_net("id", cfg.id_net, x.device, cfg.id_size),
+                                         rec_c, image)
+    return terms
+
+
+def loss_weights(cfg: Config) -> dict[str, float]:
+    weights = {"bpd": 1.0, "quad": cfg.quad_weight, "recs": cfg.recs_weight,
+               "recc": cfg.recc_weight}
+    if cfg.vgg_weights:
+        weights["perc"] = cfg.perc_weight
+    if cfg.id_net:
+        weights["idc"] = cfg.id_weight
+    return weights
+
+
+def lr_factor(cfg: Config, train_cfg, step: int) -> float:
+    """Cosine decay from ``--lr`` at step 0 to ``--lr_min`` at ``--iter``, then held: it never
+    climbs back (a function of the step alone, so a resumed run continues the same curve)."""
+    lr0 = train_cfg.lr
+    if lr0 <= 0:
+        return 1.0
+    u = min(step / max(train_cfg.iter, 1), 1.0)
+    floor = min(cfg.lr_min / lr0, 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
+
+
+@torch.no_grad()
+def sample(model: PoseFlow, batch, ctx) -> tuple[Tensor, int]:
+    """Rows: anchors; positives; anchors re-posed to their positive's landmarks; anchors
+    re-posed to a negative's landmarks (another face's pose); those negatives. Split latents
+    at their prior means."""
+    cfg: Config = ctx.model_cfg
+    m = _unwrap(model)
+    image, lm = flatten_batch(batch)
+    b = image.shape[0] // 4
+    k = min(cfg.n_sample, b)
+    a, p, n1 = image[:k], image[b:b + k], image[2 * b:2 * b + k]
+    la, lp, ln = lm[:k], lm[b:b + k], lm[2 * b:2 * b + k]
+    x = quantize(a, cfg.n_bits) + 0.5 / 2**cfg.n_bits
+    to_p = m.transfer(x, la, lp)
+    to_n = m.transfer(x, la, ln)
+    return torch.cat([a, p, to_p, to_n, n1]).clamp(-0.5, 0.5), k
+
+
+def checkpoint_extra(model: PoseFlow, cfg: Config) -> dict:
+    return {"architecture": _unwrap(model).config()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Test time: test.py (--source / --transfer_grid) and evaluate.py
+# ---------------------------------------------------------------------------------------------
+
+def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> PoseFlow:
+    from glow.io import CheckpointError
+
+    model = build(from_dict(Config, ckpt["config"]["model"]))
+    try:
+        model.load_state_dict(ckpt["weights"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the pose flow "
+                              f"({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def load_pose_flow(path: str | Path, device: torch.device | str = "cpu") -> PoseFlow:
+    """Our checkpoint at ``path`` -> the model in eval mode on ``device``."""
+    from glow.io import CheckpointError
+    from training.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint (train one with `python train.py "
+                              "--model pose-flow -n NAME DATA`)")
+    ckpt = load_checkpoint(path, "cpu", expect_model=NAME)
+    return model_from_checkpoint(ckpt, str(path)).to(device).eval()
+
+
+def model_size(model: nn.Module) -> int:
+    return int(_unwrap(model).img_size)
+
+
+def add_test_args(parser) -> None:
+    from .driving import add_test_args as add
+
+    add(parser)
+
+
+def load_for_test(args, device):
+    from .driving import load_for_test as load
+
+    return load(args, device)
+
+
+def generate(model, query, mix, source, args):
+    from .driving import generate as gen
+
+    return gen(model, query, mix, source, args)
+
+
+def test_cli(argv: list[str]) -> int:
+    from .driving import test_cli as cli
+
+    return cli(argv)
+
+
+def evaluate_cli(argv: list[str]) -> int:
+    from .evaluate import evaluate_cli as cli
+
+    return cli(argv)
