@@ -28,6 +28,9 @@ examples:
       the same from a folder of frames, ordered by the number in each name
   python preprocess.py --lrw datasets/lrw --out data/lrw --split train --workers 2
       convert the LRW release to the frame folders train.py reads
+  python preprocess.py --celeba datasets/celeba --attr Eyeglasses --out data/glasses
+      CelebA as an A/B set for train.py --model content-ae (--attr beard, --negate,
+      --attr_from FILE.csv PHOTO_FOLDER; see python preprocess.py --celeba x --help)
 
 exit status: 0 when everything worked, 1 when a photo failed, no frame had a face or the
 LRW conversion failed, 2 for bad arguments.
@@ -63,7 +66,7 @@ class PreprocessConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="preprocess.py",
+        allow_abbrev=False, prog="preprocess.py",
         description="Detect, landmark and align faces to the 256x256 crop the models use "
                     "(mouth centre at (128, 160), mouth 43 px wide, eyes level).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,6 +327,11 @@ def run_lrw(cfg: PreprocessConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a failure, 2 bad arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.split("=")[0] in ("--celeba", "--attr_from") for a in argv):
+        from content_ae.celeba import cli  # A/B attribute sets for the content-AE
+
+        return cli(argv)
     try:
         cfg, dry_run = parse_config(argv)
     except SystemExit as exit_:  # argparse: --help or a usage error

@@ -186,7 +186,6 @@ def losses(model, batch, ctx) -> dict[str, Tensor]:
     """Named terms (see the module docstring); ``batch = (a [n,3,S,S], b [n,3,S,S])`` in
     ``[-0.5, 0.5]``."""
     m = _net(model)
-    cfg: Config = ctx.model_cfg
     a, b = batch
     a = _flip(a * 2, ctx)
     b = _flip(b * 2, ctx)

@@ -156,7 +156,7 @@ def _glasses(ident: Identity, attr: Attribute, S: int):
     # bridge between the lenses and temples out to the face edge
     by = ident.eye_y - 0.25 * b
     bars = [_segment(y, x, by, 0.5 - ident.eye_dx + a * 0.95, by, 0.5 + ident.eye_dx - a * 0.95)]
-    for side, ox in zip((-1.0, 1.0), outer_x):
+    for side, ox in zip((-1.0, 1.0), outer_x, strict=True):
         edge = 0.5 + side * (ident.face_ax + 0.005)
         if side * (edge - ox) > 0:
             bars.append(_segment(y, x, ident.eye_y - 0.2 * b, ox, ident.eye_y - 0.3 * b, edge))
