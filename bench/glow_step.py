@@ -5,10 +5,12 @@ Every measured configuration runs in a fresh subprocess, so its peak resident me
 the reference ``model.py`` found in DIR (rosinality/glow-pytorch layout) is timed too, and the
 runs alternate ours / peer / ours / peer ... so slow drift of the machine hits both alike.
 
-Measured per run: median wall time of a training step (forward, backward, Adam step) after one
-warm-up step, peak RSS during training, and in eval mode under ``no_grad`` the time of
-``reverse`` with ``reconstruct=True`` (invert given latents) and with ``reconstruct=False``
-(sampling: noise mapped through the priors).
+Measured per run: median wall time of a training step (forward, backward, Adam step) after
+warm-up steps that last until the step time settles (``--warmup``; the first steps of a process
+are slow under glibc while malloc adapts, so timing the second step inflates the reference's
+time), peak RSS during training, and in eval mode under ``no_grad`` the time of an encode
+(forward) and of ``reverse`` with ``reconstruct=True`` (invert given latents) and with
+``reconstruct=False`` (sampling: noise mapped through the priors).
 
 Examples::
 
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "thesis": (64, 32, 4, 16),
     "small": (32, 8, 3, 16),
+    "thesis_b1": (64, 32, 4, 1),  # batch 1: with "thesis", gives the activation memory
     "quick": (16, 2, 2, 4),
 }
 HIDDEN = 512
@@ -44,7 +47,7 @@ HIDDEN = 512
 
 # --------------------------------------------------------------------------- analytic FLOPs
 def conv_macs(img_size: int, n_flow: int, n_block: int, batch: int, hidden: int = HIDDEN,
-              in_channel: int = 3, affine: bool = False) -> int:
+              in_channel: int = 3, affine: bool = False, priors: bool = True) -> int:
     """Multiply-accumulates of one forward pass (convolutions only; the rest is < 1%)."""
     macs = 0
     c, size = in_channel, img_size
@@ -59,25 +62,40 @@ def conv_macs(img_size: int, n_flow: int, n_block: int, batch: int, hidden: int 
         macs += n_flow * per_flow * hw
         split = i < n_block - 1
         prior_in, prior_out = (c4 // 2, c4) if split else (c4, c4 * 2)
-        macs += prior_in * prior_out * 9 * hw
+        macs += prior_in * prior_out * 9 * hw if priors else 0
         c = c4 // 2 if split else c4
     return macs * batch
 
 
 def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> tuple[float, float, int]:
     """Best float32 GEMM rate on torch's intra-op threads: (GFLOP/s wall, GFLOP per CPU-second,
-    threads). The per-CPU-second figure is steadier when other jobs share the machine."""
+    threads).
+
+    Two GEMM libraries ship with torch and either can be the faster one on a given CPU (MKL's
+    sgemm is slow on some AMD parts, oneDNN's on some Intel ones), so both are timed, an
+    ``n^3`` ``torch.mm`` (MKL) and the same product as a 1x1 convolution (oneDNN), and the
+    better one is the peak. The per-CPU-second figure is steadier when other jobs share the
+    machine (wall time then also counts the time the scheduler gave to someone else).
+    """
     import torch
+    import torch.nn.functional as F
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     c = torch.empty(n, n)
-    torch.mm(a, b, out=c)
+    side = int(n ** 0.5)
+    x = torch.randn(1, n, side, side).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(n, n, 1, 1)
+    gemms = [lambda: torch.mm(a, b, out=c), lambda: F.conv2d(x, w)]
     best = best_cpu = 0.0
-    for _ in range(repeats):
-        t, u = time.perf_counter(), time.process_time()
-        torch.mm(a, b, out=c)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-        best_cpu = max(best_cpu, 2 * n**3 / (time.process_time() - u) / 1e9)
+    with torch.no_grad():
+        for f in gemms:
+            f()
+        for _ in range(repeats):
+            for f in gemms:
+                t, u = time.perf_counter(), time.process_time()
+                f()
+                best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+                best_cpu = max(best_cpu, 2 * n**3 / (time.process_time() - u) / 1e9)
     return best, best_cpu, torch.get_num_threads()
 
 
@@ -95,7 +113,7 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _build(impl: str, root: str, size: int, n_flow: int, n_block: int):
+def _build(impl: str, root: str, size: int, n_flow: int, n_block: int, affine: bool = False):
     import torch
 
     if impl == "peer":
@@ -104,11 +122,11 @@ def _build(impl: str, root: str, size: int, n_flow: int, n_block: int):
         sys.path.insert(0, root)
         import model as peer_model
 
-        return peer_model.Glow(3, n_flow, n_block, affine=False, conv_lu=True)
+        return peer_model.Glow(3, n_flow, n_block, affine=affine, conv_lu=True)
     sys.path.insert(0, root)
     from glow import Glow
 
-    model = Glow(3, n_flow, n_block, affine=False, conv_lu=True, hidden=HIDDEN, img_size=size)
+    model = Glow(3, n_flow, n_block, affine=affine, conv_lu=True, hidden=HIDDEN, img_size=size)
     if impl == "ours_lowmem":
         from glow.memory import enable_low_memory
 
@@ -123,7 +141,7 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size, n_flow, n_block, batch = CONFIGS[args.config]
-    model = _build(args.impl, args.root, size, n_flow, n_block)
+    model = _build(args.impl, args.root, size, n_flow, n_block, args.affine)
     x = torch.rand(batch, 3, size, size) - 0.5
     with torch.no_grad():
         if args.impl == "peer":
@@ -144,9 +162,20 @@ def worker(args: argparse.Namespace) -> None:
 
     rss_before = _rss_mib()
     load0 = os.getloadavg()[0]
-    t = time.perf_counter()
-    step()
-    warm = time.perf_counter() - t
+    # Warm-up until the step time settles: under glibc the first steps of a process are slow
+    # while malloc's dynamic mmap threshold adapts (the reference's first steps were 21, 20, 18,
+    # then 14 s at the thesis config). At least --warmup steps, then more while the latest one
+    # is still more than 5 % faster than the one before, at most 2 * --warmup.
+    warm_times: list[float] = []
+    while True:
+        t = time.perf_counter()
+        step()
+        warm_times.append(time.perf_counter() - t)
+        n_warm = len(warm_times)
+        if n_warm >= max(2 * args.warmup, 1):
+            break
+        if n_warm >= args.warmup and (n_warm < 2 or warm_times[-1] > 0.95 * warm_times[-2]):
+            break
     times, cpu = [], []
     for _ in range(args.steps):
         t, c = time.perf_counter(), time.process_time()
@@ -161,9 +190,15 @@ def worker(args: argparse.Namespace) -> None:
         z = model(x)[2]
         g = torch.Generator().manual_seed(1)
         noise = [0.7 * torch.randn(t.shape, generator=g) for t in z]
-        model.reverse(z, reconstruct=True)  # warm-up (and caches in eval mode)
-        rec, smp, rec_cpu = [], [], []
-        for _ in range(max(1, args.steps)):
+        for _ in range(2):  # warm-up (and the eval-mode caches)
+            model(x)
+            model.reverse(z, reconstruct=True)
+        enc, rec, smp, rec_cpu, enc_cpu = [], [], [], [], []
+        for _ in range(max(2, args.steps)):
+            t, c = time.perf_counter(), time.process_time()
+            model(x)
+            enc.append(time.perf_counter() - t)
+            enc_cpu.append(time.process_time() - c)
             t, c = time.perf_counter(), time.process_time()
             out = model.reverse(z, reconstruct=True)
             rec.append(time.perf_counter() - t)
@@ -175,7 +210,9 @@ def worker(args: argparse.Namespace) -> None:
     pre = os.environ.get("LD_PRELOAD", "")
     allocator = "jemalloc" if "jemalloc" in pre else "tcmalloc" if "tcmalloc" in pre else "glibc"
     print("RESULT " + json.dumps({
-        "step": statistics.median(times) if times else warm, "warm": warm, "steps": times,
+        "step": statistics.median(times) if times else warm_times[-1], "warm": warm_times,
+        "steps": times, "n_warm": len(warm_times),
+        "encode": statistics.median(enc), "encode_cpu": statistics.median(enc_cpu),
         "cpu": statistics.median(cpu) if cpu else 0.0,
         "load": max(load0, os.getloadavg()[0]),
         "peak_mib": peak, "rss_before_mib": rss_before, "reconstruct": statistics.median(rec),
@@ -198,13 +235,14 @@ def _jemalloc_env() -> dict | None:
 
 
 def run_one(impl: str, root: str, config: str, steps: int, alloc_env: dict | None,
-            threads: int = 0) -> dict:
+            threads: int = 0, warmup: int = 3, affine: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     env["FLOWDIS_ALLOCATOR"] = "system"  # never let anything re-exec behind the benchmark
     if alloc_env:
         env.update(alloc_env)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl,
-           "--root", root, "--config", config, "--steps", str(steps), "--threads", str(threads)]
+           "--root", root, "--config", config, "--steps", str(steps), "--threads", str(threads),
+           "--warmup", str(warmup)] + (["--affine"] if affine else [])
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -227,8 +265,13 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated, from {sorted(CONFIGS)} (default thesis,small)")
     p.add_argument("--repeats", type=int, default=3,
                    help="fresh processes per implementation and config (default 3)")
-    p.add_argument("--steps", type=int, default=2,
-                   help="measured steps per process after one warm-up (default 2)")
+    p.add_argument("--steps", type=int, default=3,
+                   help="measured steps per process after the warm-up (default 3)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="warm-up steps per process, at least; more (up to twice as many) while "
+                   "the step time still falls by more than 5%% (default 3)")
+    p.add_argument("--affine", action="store_true",
+                   help="affine coupling in both implementations (default additive)")
     p.add_argument("--allocator", choices=["system", "jemalloc", "both"], default="system",
                    help="glibc malloc, jemalloc (if installed) or both (default system)")
     p.add_argument("--low_memory", action="store_true", help="also time our low-memory mode")
@@ -247,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
     if args.quick:
-        args.configs, args.repeats, args.steps = "quick", 1, 1
+        args.configs, args.repeats, args.steps, args.warmup = "quick", 1, 1, 1
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
@@ -281,64 +324,86 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matmul peak (4096^3 sgemm, {threads} threads): {peak:.1f} GFLOP/s wall, "
           f"{peak_cpu:.1f} GFLOP per CPU-second")
     print(f"repeats {args.repeats} fresh process(es) x {args.steps} measured step(s) each, "
-          "after 1 warm-up step; impls alternate within each repeat\n")
+          f"after {args.warmup}-{2 * args.warmup} warm-up steps (until the step time settles); "
+          f"impls alternate within each repeat; {'affine' if args.affine else 'additive'} "
+          f"coupling; load average at start {os.getloadavg()[0]:.1f}\n")
 
     results: dict = {}
     for config in configs:
         for rep in range(args.repeats):
             for alloc_name, alloc_env in allocs:
                 for impl, root in impls:
-                    r = run_one(impl, root, config, args.steps, alloc_env, args.threads)
+                    r = run_one(impl, root, config, args.steps, alloc_env, args.threads,
+                                args.warmup, args.affine)
                     results.setdefault((config, alloc_name, impl), []).append(r)
                     print(f"  [{config} rep {rep + 1}/{args.repeats}] {impl:11s} {alloc_name:8s}"
                           f" step {r['step']:7.3f}s  peak {r['peak_mib']:7.0f} MiB  reconstruct "
                           f"{r['reconstruct']:6.3f}s (cpu {r['reconstruct_cpu']:.2f}s)  sample {r['sample']:6.3f}s  cpu/step "
                           f"{r['cpu']:.2f}s  load {r['load']:.1f}", flush=True)
+                    print("      warm-up steps " + " ".join(f"{v:.2f}" for v in r["warm"])
+                          + " s; measured " + " ".join(f"{v:.2f}" for v in r["steps"])
+                          + f" s; encode {r['encode']:.3f}s", flush=True)
 
-    head = ["config", "impl", "alloc", "step s", "x peer", "cpu s", "x peer", "GFLOP/s", "%peak", "%cpupk", "peak MiB",
-            "step+MiB", "recon s", "x peer", "sample s", "x peer", "sys s/step"]
-    widths = [6, 11, 8, 7, 6, 6, 6, 7, 5, 6, 8, 8, 7, 6, 8, 6, 10]
+    head = ["config", "impl", "alloc", "warm", "step s", "x peer (min-max)", "cpu s", "x peer",
+            "%peak", "%cpupk", "peak MiB", "step+MiB", "infer s", "x peer", "%cpupk",
+            "recon s", "x peer", "sample s", "x peer", "sys s/step"]
+    widths = [9, 11, 8, 4, 7, 16, 6, 6, 5, 6, 8, 8, 7, 6, 6, 7, 6, 8, 6, 10]
     print("\n" + _fmt_row(head, widths))
     summary = []
     for config in configs:
         size, n_flow, n_block, batch = CONFIGS[config]
-        flops = 3 * 2 * conv_macs(size, n_flow, n_block, batch)
-        ref = {}
-        rs = results.get((config, allocs[0][0], "peer"))  # glibc when measured: as it ships
-        if rs:
-            ref = {k: statistics.median(r[k] for r in rs)
-                   for k in ("step", "cpu", "reconstruct", "sample")}
+        fwd = 2 * conv_macs(size, n_flow, n_block, batch, affine=args.affine)
+        flops = 3 * fwd  # forward + backward (2x forward)
+        # encode (forward with priors) + exact reverse (no priors); the priors are < 1 %.
+        infer_flops = fwd + 2 * conv_macs(size, n_flow, n_block, batch, affine=args.affine,
+                                          priors=False)
+        peer_rs = results.get((config, allocs[0][0], "peer"))  # glibc when measured: as shipped
+        for r in peer_rs or []:
+            r["infer"] = r["encode"] + r["reconstruct"]
         for alloc_name, _ in allocs:
             for impl, _root in impls:
                 rs = results[(config, alloc_name, impl)]
+                for r in rs:
+                    r["infer"] = r["encode"] + r["reconstruct"]
+                    r["infer_cpu"] = r["encode_cpu"] + r["reconstruct_cpu"]
                 med = {k: statistics.median(r[k] for r in rs)
                        for k in ("step", "cpu", "reconstruct", "sample", "peak_mib",
-                                 "rss_before_mib")}
-                n_steps = 1 + args.steps
-                sys_per_step = statistics.median(r["sys_s"] for r in rs) / n_steps
-                gf = flops / med["step"] / 1e9
+                                 "rss_before_mib", "infer", "infer_cpu", "n_warm")}
+                sys_per_step = statistics.median(r["sys_s"] / (r["n_warm"] + len(r["steps"]))
+                                                 for r in rs)
 
-                def ratio(k, med=med, ref=ref):
-                    return f"{ref[k] / med[k]:.2f}" if ref else "-"
+                def ratio(k, rs=rs, peer_rs=peer_rs, spread=False):
+                    """Median of the per-repeat ratios peer/ours (each pair ran back to back)."""
+                    if not peer_rs:
+                        return "-"
+                    pairs = [p[k] / r[k] for p, r in zip(peer_rs, rs, strict=False)]
+                    text = f"{statistics.median(pairs):.2f}"
+                    if spread and len(pairs) > 1:
+                        text += f" ({min(pairs):.2f}-{max(pairs):.2f})"
+                    return text
 
-                row = [config, impl, alloc_name, f"{med['step']:.3f}", ratio("step"),
-                       f"{med['cpu']:.2f}", ratio("cpu"),
-                       f"{gf:.1f}", f"{100 * gf / peak:.0f}",
+                row = [config, impl, alloc_name, f"{med['n_warm']:.0f}", f"{med['step']:.3f}",
+                       ratio("step", spread=True), f"{med['cpu']:.2f}", ratio("cpu"),
+                       f"{100 * flops / med['step'] / 1e9 / peak:.0f}",
                        f"{100 * flops / med['cpu'] / 1e9 / peak_cpu:.0f}",
                        f"{med['peak_mib']:.0f}",
                        f"{med['peak_mib'] - med['rss_before_mib']:.0f}",
+                       f"{med['infer']:.3f}", ratio("infer"),
+                       f"{100 * infer_flops / med['infer_cpu'] / 1e9 / peak_cpu:.0f}",
                        f"{med['reconstruct']:.3f}", ratio("reconstruct"),
                        f"{med['sample']:.3f}", ratio("sample"), f"{sys_per_step:.2f}"]
                 print(_fmt_row(row, widths))
                 summary.append(dict(zip(head, row, strict=True)))
-    print("\n'x peer' = reference time (first allocator listed) / this time, >1 is faster "
-          "than the reference. "
-          "GFLOP/s counts convolutions analytically (forward 2*MACs, backward 2x forward); "
-          "'%peak' = GFLOP/s over the wall-time GEMM peak, '%cpupk' = GFLOP per CPU-second "
-          "over the GEMM's (steadier when the machine is shared); "
-          "'cpu s' = process CPU time per step (all threads; steadier than wall time on a busy "
-          "machine); 'step+MiB' = peak RSS minus RSS after building the model (activations, gradients, "
-          "optimiser state); 'sys s/step' = kernel time per step (page faults).")
+    print("\n'warm' = warm-up steps before measuring (median over processes); 'x peer' = "
+          "reference time / this time, the median over repeats of each back-to-back pair "
+          "(reference under the first allocator listed), >1 is faster than the reference. "
+          "FLOPs count convolutions analytically (forward 2*MACs, backward 2x forward); "
+          "'%peak' = training GFLOP/s over the wall-time GEMM peak, '%cpupk' = GFLOP per "
+          "CPU-second over the GEMM's (steadier when the machine is shared); 'infer' = "
+          "eval-mode encode (forward) + exact reverse under no_grad; "
+          "'cpu s' = process CPU time per step (all threads); 'step+MiB' = peak RSS minus RSS "
+          "after building the model (activations, gradients, optimiser state); 'sys s/step' = "
+          "kernel time per step (page faults).")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"matmul_peak_gflops": peak, "matmul_gflop_per_cpu_s": peak_cpu, "threads": threads,
