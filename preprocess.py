@@ -28,6 +28,11 @@ examples:
       the same from a folder of frames, ordered by the number in each name
   python preprocess.py --lrw datasets/lrw --out data/lrw --split train --workers 2
       convert the LRW release to the frame folders train.py reads
+  python preprocess.py --landmarks data/vox --workers 2
+      FRAME.npy (68 landmarks in [0, 1]) beside every frame of data/vox/ID/CLIP/ for
+      train.py --model pose-flow (resumable; faceless frames skipped and counted)
+  python preprocess.py --from_video videos/ --out data/vox --size 64
+      aligned frames and landmarks from videos/ID/VIDEO.mp4 (see --from_video x --help)
   python preprocess.py --celeba datasets/celeba --attr Eyeglasses --out data/glasses
       CelebA as an A/B set for train.py --model content-ae (--attr beard, --negate,
       --attr_from FILE.csv PHOTO_FOLDER; see python preprocess.py --celeba x --help)
@@ -332,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         from content_ae.celeba import cli  # A/B attribute sets for the content-AE
 
         return cli(argv)
+    from pose_flow.preprocess import wants
+
+    if wants(argv):  # --landmarks DATA_FOLDER / --from_video: landmark files for the pose flow
+        from pose_flow.preprocess import cli as pose_cli
+
+        return pose_cli(argv)
     try:
         cfg, dry_run = parse_config(argv)
     except SystemExit as exit_:  # argparse: --help or a usage error
