@@ -1,0 +1,133 @@
+"""Fast paths of the Glow layers against the plain computation, in float64.
+
+Each fast path (1x1 convolutions as matrix products, ActNorm folded into the 1x1 weight in
+training mode, ZeroConv2d's closed-form border correction) is compared with the textbook
+formula written out here with ``F.conv2d`` and explicit padding, values and gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glow.layers import (
+    Flow,
+    InvConv2d,
+    InvConv2dLU,
+    ZeroConv2d,
+    border_correction,
+    conv1x1,
+)
+
+D = torch.float64
+
+
+def _perturb(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial parameters everywhere (zero-initialised convs would hide mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_conv1x1_matches_conv2d(channels_last: bool, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 5, 4, generator=g, dtype=D)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 6, generator=g, dtype=D)
+    b = torch.randn(5, generator=g, dtype=D) if with_bias else None
+    ref = F.conv2d(x, w[:, :, None, None], b)
+    out = conv1x1(x, w, b)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    # a non-contiguous channel slice (what chunk() hands over) takes the general path
+    torch.testing.assert_close(conv1x1(x[:, :3], w[:, :3]), F.conv2d(x[:, :3], w[:, :3, None, None]))
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 4), (2, 3), (5, 5), (8, 3)])
+def test_border_correction_is_the_ones_padding(h: int, w: int) -> None:
+    wsum = torch.randn(4, 3, 3, dtype=D, generator=torch.Generator().manual_seed(h * 10 + w))
+    border = torch.ones(1, 1, h + 2, w + 2, dtype=D)
+    border[:, :, 1:-1, 1:-1] = 0
+    ref = F.conv2d(border, wsum[:, None])[0]
+    torch.testing.assert_close(border_correction(wsum, h, w), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_zeroconv_matches_padding_with_ones_values_and_grads() -> None:
+    z = ZeroConv2d(5, 4).to(D)
+    _perturb(z)
+    x = torch.randn(2, 5, 6, 3, dtype=D, requires_grad=True)
+    out = z(x)
+    conv = z.conv
+    ref = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), conv.weight, conv.bias) \
+        * torch.exp(3 * z.scale)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    params = [x, conv.weight, conv.bias, z.scale]
+    got = torch.autograd.grad(out, params, g)
+    want = torch.autograd.grad(ref, params, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _plain_flow(flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ActNorm, then the 1x1 conv as F.conv2d, then the coupling: the textbook sequence."""
+    an, ic = flow.actnorm, flow.invconv
+    h = an.scale * (x + an.loc)
+    if isinstance(ic, InvConv2dLU):
+        w, ld_w = ic.calc_weight(), ic.w_s.sum()
+    else:
+        w = ic.weight[:, :, 0, 0]
+        ld_w = torch.linalg.slogdet(w)[1]
+    h = F.conv2d(h, w[:, :, None, None])
+    hw = x.shape[2] * x.shape[3]
+    logdet = hw * (torch.log(torch.abs(an.scale)).sum() + ld_w)
+    out, det = flow.coupling(h)
+    return out, logdet + det
+
+
+@pytest.mark.parametrize("conv_lu", [True, False])
+@pytest.mark.parametrize("affine", [False, True])
+def test_training_fold_matches_plain_sequence(conv_lu: bool, affine: bool) -> None:
+    torch.manual_seed(0)
+    flow = Flow(8, affine=affine, conv_lu=conv_lu, hidden=16).to(D).train()
+    x = torch.randn(3, 8, 4, 4, dtype=D)
+    flow.actnorm.initialize(x)
+    _perturb(flow)
+    x = x.clone().requires_grad_(True)
+    out, logdet = flow(x)
+    ref, ref_ld = _plain_flow(flow, x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logdet, ref_ld.expand(3) if ref_ld.dim() == 0 else ref_ld,
+                               rtol=1e-10, atol=1e-10)
+    g, gl = torch.randn_like(out), torch.randn_like(logdet)
+    params = [x, *flow.parameters()]
+    got = torch.autograd.grad((out, logdet), params, (g, gl), allow_unused=True)
+    want = torch.autograd.grad((ref, ref_ld.expand(3)), params, (g, gl), allow_unused=True)
+    for (name, _), a, b in zip([("x", x), *flow.named_parameters()], got, want, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+    # and the reverse (training mode, used by low-memory backward) still inverts it
+    with torch.no_grad():
+        torch.testing.assert_close(flow.reverse(out), x, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [InvConv2d, InvConv2dLU])
+def test_training_forward_computes_no_inverse(cls, monkeypatch) -> None:
+    layer = cls(6).train()
+    flow = Flow(6, conv_lu=cls is InvConv2dLU, hidden=8).train()
+
+    def no_inverse(*a, **k):
+        raise AssertionError("an inverse was computed in a training-mode forward")
+
+    monkeypatch.setattr(torch.linalg, "inv", no_inverse)
+    x = torch.randn(2, 6, 3, 3)
+    out, _ = layer(x)
+    out.sum().backward()
+    out, _ = flow(x)
+    out.sum().backward()
