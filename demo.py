@@ -328,7 +328,7 @@ def _short(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="demo.py", description=__doc__.split("\n\n")[0],
+        allow_abbrev=False, prog="demo.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes and a few iterations per model (seconds; for tests)")

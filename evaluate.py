@@ -35,7 +35,7 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
     from training import registry
 
     parser = argparse.ArgumentParser(
-        prog="evaluate.py", description=__doc__.split("\n\n")[0],
+        allow_abbrev=False, prog="evaluate.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="*", metavar="DATA",
                         help="synthetic set roots and/or folders of held-out frames")

@@ -34,14 +34,19 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="train.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir", metavar="DATA_DIR",
+    parser.add_argument("data_dir", metavar="DATA_DIR", nargs="?", default=None,
                         help="folder of training frames: any folder of images, searched "
                              "recursively (Glow, MI-flow; when DATA_DIR/train exists only it is "
-                             "used), or an LRW-style DATA/train/WORD/WORD_ID_FF.jpg tree")
+                             "used), or an LRW-style DATA/train/WORD/WORD_ID_FF.jpg tree; may "
+                             "come from --config, or with --resume from the checkpoint")
     parser.add_argument("--model", default=model, choices=registry.names(),
                         help=f"which model to train (default: glow; now: {model})")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="print the resolved configuration and exit")
+                        help="validate and print the resolved configuration, then exit")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML or JSON file of flags (flat 'lr: 0.001' keys, or a run's "
+                             "resolved result/sample_NAME/config.json); flags on the command "
+                             "line override it")
     add_dataclass_args(parser, TrainConfig, "training", defaults=recipe.TRAIN_DEFAULTS)
     add_dataclass_args(parser, recipe.Config, f"model: {model}")
     return parser
@@ -50,35 +55,55 @@ def build_parser(model: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--model", default="glow")
+    pre.add_argument("--model", default=None)
+    pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
+    from glow.io import CheckpointError
+    from training.cli import apply_config, checkpoint_values, given_dests, read_config_file
+
     try:
         from training import registry
 
-        recipe = registry.get(known.model)
+        file_values = read_config_file(known.config) if known.config else {}
+        model = known.model or file_values.get("model") or "glow"
+        recipe = registry.get(model)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if hasattr(recipe, "translate_argv"):  # a recipe's own aliases (e.g. an original's flags)
         argv = recipe.translate_argv(argv)
-    args = build_parser(known.model).parse_args(argv)
+    parser = build_parser(model)
+    args = parser.parse_args(argv)
 
-    from glow.io import CheckpointError
     from training.config import TrainConfig, from_args
-    from training.loop import TrainingStopped, train
+    from training.loop import TrainingStopped, train, validate_train
 
-    tcfg = from_args(TrainConfig, args)
     try:
+        given = given_dests(parser, argv)
+        file_values.pop("model", None)
+        given |= apply_config(parser, args, file_values, given, f"--config {known.config}")
+        if args.resume:  # flags given nowhere continue the saved run's
+            from training.loop import run_paths
+
+            saved = checkpoint_values(run_paths(from_args(TrainConfig, args))[0] / "last.pt")
+            dests = {a.dest for a in parser._actions}
+            apply_config(parser, args, {k: v for k, v in saved.items() if k in dests}, given,
+                         "the checkpoint")
+        tcfg = from_args(TrainConfig, args)
         mcfg = from_args(recipe.Config, args)
+        validate_train(tcfg)
+        recipe.validate(mcfg)
+        if args.data_dir is None:
+            raise ValueError("give DATA_DIR, the folder of training frames (or data_dir in "
+                             "--config FILE)")
         if args.dry_run:
-            print(json.dumps({"model": known.model, "data_dir": args.data_dir,
+            print(json.dumps({"model": model, "data_dir": args.data_dir,
                               "train": dataclasses.asdict(tcfg),
                               "model_config": dataclasses.asdict(mcfg)}, indent=2))
             return 0
         data_dir = Path(args.data_dir)
         if not data_dir.exists():
             raise ValueError(f"{data_dir}: no such folder (give the folder of training frames)")
-        recipe.validate(mcfg)
         summary = train(recipe, mcfg, tcfg, data_dir)
     except (ValueError, CheckpointError, TrainingStopped, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

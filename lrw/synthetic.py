@@ -398,7 +398,7 @@ class SyntheticSet:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m lrw.synthetic",
+        allow_abbrev=False, prog="python -m lrw.synthetic",
         description="Write a procedural talking-face set with exact ground truth.")
     p.add_argument("out", help="output folder (created)")
     defaults = SyntheticConfig(out="")

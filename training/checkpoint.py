@@ -4,7 +4,8 @@ Layout (one file)::
 
     {"format": "flowdisentangle-checkpoint", "version": 1, "model": NAME,
      "config": {"model": {...}, "train": {...}}, "weights": state_dict,
-     "optimizer": state_dict | None, "step": int, "rng": {...}, "extra": {...}}
+     "optimizer": state_dict | None, "step": int, "rng": {...}, "extra": {...},
+     "scaler": GradScaler state (empty without fp16 loss scaling)}
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | Path, *, model_name: str, model_config: dict,
                     train_config: dict | None, weights: dict, optimizer: dict | None = None,
-                    step: int = 0, extra: dict | None = None, with_rng: bool = True) -> Path:
-    """Write a self-describing checkpoint atomically."""
+                    step: int = 0, extra: dict | None = None, with_rng: bool = True,
+                    scaler: dict | None = None) -> Path:
+    """Write a self-describing checkpoint atomically (``scaler``: the GradScaler's state)."""
     obj = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -85,6 +87,7 @@ def save_checkpoint(path: str | Path, *, model_name: str, model_config: dict,
         "step": int(step),
         "rng": rng_state() if with_rng else None,
         "extra": extra or {},
+        "scaler": scaler or {},
         "torch_version": str(torch.__version__),
     }
     return atomic_save(obj, path)

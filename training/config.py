@@ -76,7 +76,11 @@ class TrainConfig:
     adam_eps: float = opt(1e-8, "Adam epsilon")
     seed: int = opt(0, "random seed (a seeded run resumes bit for bit)")
     device: str = opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
-    amp: bool = opt(False, "mixed precision on CUDA (bf16 where supported, else fp16)")
+    amp: bool = opt(False, "mixed precision: only the networks inside the flows run in low "
+                    "precision; log-dets, priors and the invertible path stay float32")
+    amp_dtype: str = opt("auto", "low-precision type of --amp: auto (bf16 on the CPU and on GPUs "
+                         "that support it, else fp16 with loss scaling), bf16, fp16 (CUDA only)",
+                         choices=["auto", "bf16", "fp16"])
     workers: int = opt(2, "data-loading worker processes")
     grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off)")
     sample_every: int = opt(100, "write a sample grid every N iterations")
@@ -84,7 +88,11 @@ class TrainConfig:
                           "(last.pt is refreshed at every sample and at the end)")
     log_every: int = opt(10, "append a JSONL log record every N iterations")
     max_bad_steps: int = opt(20, "stop after this many non-finite losses in a row")
-    resume: bool = opt(False, "continue from CHECKPOINT_DIR/NAME/last.pt")
+    resume: bool = opt(False, "continue from CHECKPOINT_DIR/NAME/last.pt (flags not given "
+                       "are taken from it; a given flag that changes the run is refused)")
+    allow_changes: bool = opt(False, "with --resume: accept changed batch/lr/seed/data/model "
+                              "flags (a warning lists them; the run is no longer bit for bit)")
+    force: bool = opt(False, "start NAME over, deleting its old checkpoints and log")
     checkpoint_dir: str = opt("checkpoint", "root of checkpoints")
     result_dir: str = opt("result", "root of samples and logs")
     image_dir: str = opt("image", "root of query/source images")

@@ -22,12 +22,26 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA when available (per local rank under torchrun), else CPU."""
+def resolve_device(name: str = "auto", local_rank: int = 0,
+                   local_world: int = 1) -> torch.device:
+    """'auto' -> CUDA when available (per local rank under torchrun), else CPU.
+
+    Under torchrun (``local_world`` processes on this node) ``cuda:N`` names the first GPU of
+    this node's share: local rank r runs on ``cuda:N+r`` (``cuda`` and ``auto`` mean N = 0), so
+    no two ranks land on one GPU.
+    """
     if name == "auto":
         name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     elif name == "cuda" and torch.cuda.is_available():
         name = f"cuda:{local_rank}"
+    elif name.startswith("cuda:") and name[5:].isdigit() and local_world > 1:
+        first = int(name[5:])
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and first + local_world > count:
+            raise ValueError(f"--device {name}: {local_world} processes per node need GPUs "
+                             f"{first}..{first + local_world - 1}, this node has {count}; "
+                             "lower --device's index or --nproc_per_node")
+        name = f"cuda:{first + local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -43,7 +57,8 @@ def setup(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1" if world == 1 else str(world)))
+    dev = resolve_device(device, local_rank, local_world)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":

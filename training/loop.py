@@ -27,8 +27,9 @@ from torchvision.utils import save_image
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .config import TrainConfig, from_dict
+from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
+from .progress import progress
 
 
 class TrainingStopped(RuntimeError):
@@ -93,11 +94,90 @@ def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     return Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.result_dir) / f"sample_{cfg.name}"
 
 
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp``/``--amp_dtype`` on ``device`` (None: AMP off).
+
+    ``auto`` is bf16 wherever it is supported (the CPU, recent GPUs): it needs no loss scaling.
+    fp16 (CUDA only) trains with a GradScaler, saved in the checkpoint.
+    """
+    if not cfg.amp:
+        return None
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"--amp: not supported on {device.type}; drop --amp")
+    if cfg.amp_dtype == "fp16" and device.type != "cuda":
+        raise ValueError("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")
+    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    if cfg.amp_dtype == "bf16" and not bf16_ok:
+        raise ValueError("--amp_dtype bf16: this GPU has no bf16; use --amp_dtype fp16")
+    if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not bf16_ok):
+        return torch.float16
+    return torch.bfloat16
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# Flags that change what a seeded run computes: a resume with a new value is refused (unless
+# --allow_changes), since the result would no longer equal the uninterrupted run. The rest
+# (iter, logging and saving intervals, workers, progress, device) may change freely.
+RESUME_LOCKED = ("batch", "lr", "adam_eps", "seed", "grad_clip", "amp", "amp_dtype")
+
+
+def resume_changes(saved: dict, model_cfg: Any, cfg: TrainConfig, data: dict) -> list[str]:
+    """Differences between a checkpoint's run and this one that break the bit-for-bit resume:
+    ``["--lr 0.0001 -> 0.001", ...]`` (model flags, locked training flags, data)."""
+    old_model = saved.get("config", {}).get("model", {})
+    old_train = saved.get("config", {}).get("train", {})
+    out = []
+    for k, v in dataclasses.asdict(model_cfg).items():
+        if k in old_model and old_model[k] != v:
+            out.append(f"--{k} {old_model[k]} -> {v}")
+    for k in RESUME_LOCKED:
+        if k in old_train and old_train[k] != getattr(cfg, k):
+            out.append(f"--{k} {old_train[k]} -> {getattr(cfg, k)}")
+    old_data = old_train.get("data", {})
+    for k, v in data.items():
+        if k in old_data and old_data[k] != v:
+            out.append(f"data {k} {old_data[k]} -> {v}")
+    return out
+
+
+def validate_train(cfg: TrainConfig) -> None:
+    """One-line errors for training flags that cannot work."""
+    for k in ("batch", "iter", "log_every", "max_bad_steps"):
+        if getattr(cfg, k) < (0 if k == "iter" else 1):
+            raise ValueError(f"--{k} {getattr(cfg, k)} must be at least {0 if k == 'iter' else 1}")
+    for k in ("sample_every", "save_every", "workers", "grad_clip"):
+        if getattr(cfg, k) < 0:
+            raise ValueError(f"--{k} {getattr(cfg, k)} must not be negative (0 turns it off)")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr {cfg.lr} must be positive")
+    if cfg.resume and cfg.force:
+        raise ValueError("--resume and --force contradict each other; give one")
+    if cfg.amp_dtype not in ("auto", "bf16", "fp16"):
+        raise ValueError(f"--amp_dtype {cfg.amp_dtype}: use auto, bf16 or fp16")
+
+
+def _start_fresh(cfg: TrainConfig, ckpt_dir: Path, run_dir: Path, delete: bool = True) -> None:
+    """Refuse to train over an existing run NAME, or with --force delete its files first
+    (only ``delete=True``, the main process, deletes; every rank checks, so all refuse)."""
+    log_path, last = run_dir / "log.jsonl", ckpt_dir / "last.pt"
+    old = [p for p in (last, log_path) if p.exists()] + sorted(ckpt_dir.glob("step_*.pt"))
+    if not old:
+        return
+    if not cfg.force:
+        raise ValueError(f"{old[0]}: run '{cfg.name}' exists; continue it with --resume, start it "
+                         "over with --force, or pick another -n NAME")
+    if not delete:
+        return
+    for p in old:
+        p.unlink()
+    for p in run_dir.glob("[0-9]*.png"):
+        p.unlink()
 
 
 def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
@@ -113,6 +193,7 @@ def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | 
 def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> dict:
     device, rank, world = info.device, info.rank, info.world
     main = info.is_main
+    validate_train(cfg)
     if cfg.batch % world:
         raise ValueError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     local_batch = cfg.batch // world
@@ -121,14 +202,27 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
 
     resumed = None
     if cfg.resume:
+        if cfg.force:
+            raise ValueError("--resume and --force contradict each other; give one")
         if not last_path.is_file():
             raise ValueError(f"--resume: {last_path} does not exist (start without --resume)")
         resumed = load_checkpoint(last_path, expect_model=recipe.NAME)
-        model_cfg = from_dict(type(model_cfg), resumed["config"]["model"])
+    else:
+        _start_fresh(cfg, ckpt_dir, run_dir, delete=main)
 
     recipe.validate(model_cfg)
     seed_everything(cfg.seed)
     dataset = recipe.dataset(model_cfg, data_dir)
+    data_facts = {"path": str(data_dir.resolve()), "items": len(dataset)}
+    if resumed is not None:
+        changes = resume_changes(resumed, model_cfg, cfg, data_facts)
+        if changes and not cfg.allow_changes:
+            raise ValueError(f"--resume: {last_path} was trained differently ({'; '.join(changes)})"
+                             "; drop the changed flags to continue bit for bit, or accept the "
+                             "change with --allow_changes")
+        if changes and main:
+            say(f"warning: resuming with changes ({'; '.join(changes)}); the run is no longer "
+                "bit for bit the uninterrupted one")
     if len(dataset) < cfg.batch:
         raise ValueError(f"{data_dir}: only {len(dataset)} training items, fewer than "
                          f"--batch {cfg.batch}; add data or lower --batch")
@@ -136,8 +230,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16)
 
     sampler = distributed.ResumableSampler(dataset, world, rank, cfg.seed)
     steps_per_epoch = sampler.num_samples // local_batch
@@ -157,10 +251,13 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         step = int(resumed["step"])
         if resumed.get("rng"):
             set_rng_state(resumed["rng"])
+        if resumed.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resumed["scaler"])
     elif hasattr(recipe, "initialize"):
         recipe.initialize(model, sample_batch, _ctx(step, info, model_cfg, cfg))
 
     log = JsonlLog(run_dir / "log.jsonl")
+    diag_log = JsonlLog(run_dir / "diagnostics.jsonl")  # recipe.diagnostics at sample steps
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +267,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         if resumed is not None:
             log.truncate_after(step)
+            diag_log.truncate_after(step)
         say(f"[{recipe.NAME}] {len(dataset)} items, {sum(p.numel() for p in model.parameters()):,}"
             f" parameters, device {device}, {world} process(es); run folder {run_dir}")
 
@@ -185,16 +283,14 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     t0 = time.time()
     bar = None
     if main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.iter, initial=step, desc=f"{recipe.NAME}:{cfg.name}",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = progress(cfg.iter, f"{recipe.NAME}:{cfg.name}", initial=step, file=sys.stderr)
 
     def save(path_step: int | None) -> None:
         if not main:
             return
         payload = dict(model_name=recipe.NAME, model_config=dataclasses.asdict(model_cfg),
-                       train_config=dataclasses.asdict(cfg), weights=unwrap(net).state_dict(),
+                       train_config={**dataclasses.asdict(cfg), "data": data_facts},
+                       weights=unwrap(net).state_dict(), scaler=scaler.state_dict(),
                        optimizer=optimizer.state_dict(), step=step,
                        extra=(recipe.checkpoint_extra(model, model_cfg)
                               if hasattr(recipe, "checkpoint_extra") else {}))
@@ -208,9 +304,17 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             images, nrow = recipe.sample(model, sample_batch, _ctx(step, info, model_cfg, cfg))
+            # held-out diagnostics (e.g. AD-flow's motion metric on unseen identities)
+            diag = (recipe.diagnostics(model, _ctx(step, info, model_cfg, cfg))
+                    if hasattr(recipe, "diagnostics") else None)
         model.train()
         save_image((images.float().cpu() + 0.5).clamp(0, 1), run_dir / f"{step:06d}.png",
                    nrow=nrow)
+        if diag:  # their own log and plot: the loss log keeps one record shape
+            diag_log.write({"step": step, **{k: float(v) for k, v in diag.items()}})
+            plot_curves(diag_log.read(), run_dir / "diagnostics.png")
+            say(f"[{recipe.NAME}] step {step}: " + ", ".join(
+                f"{k} {float(v):.4g}" for k, v in diag.items()))
         plot_curves(log.read(), run_dir / "loss.png")
 
     interrupted = False
@@ -253,6 +357,10 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     clip_group_gradients(optimizer)
+                if hasattr(recipe, "lr_factor"):  # a schedule that is a function of the step
+                    factor = recipe.lr_factor(model_cfg, cfg, step)
+                    for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                        g["lr"] = base * factor
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1

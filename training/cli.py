@@ -1,0 +1,119 @@
+"""Command-line helpers of ``train.py``: which flags were given, ``--config FILE``, and filling
+a resumed run's flags from its checkpoint.
+
+Precedence, lowest first: the dataclass defaults (with the recipe's TRAIN_DEFAULTS), then
+``--config FILE``, then flags on the command line. With ``--resume`` every model and training
+flag given neither in the file nor on the command line is taken from the checkpoint, so
+``train.py --model M -n NAME --resume`` continues exactly the saved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+# Flags about this invocation, never read from a file or a checkpoint.
+PER_INVOCATION = ("name", "resume", "force", "allow_changes", "dry_run", "config")
+# Training flags a resumed run does not inherit (where it runs, how it reports).
+NOT_INHERITED = PER_INVOCATION + ("device", "workers", "progress", "checkpoint_dir",
+                                  "result_dir", "image_dir")
+
+
+def given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option present in ``argv`` (whatever its value)."""
+    bare = copy.deepcopy(parser)
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    bare._defaults = {}
+    ns, _ = bare.parse_known_args(argv)
+    return set(vars(ns))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file -> ``{dest: value}`` (plus ``model`` and ``data_dir`` when present).
+
+    Accepted layouts: a flat mapping of flag names (``lr: 0.001``, ``n_flow: 8``); a run's
+    resolved ``config.json`` (``model``, ``data_dir``, ``model_config``, ``train_config``); the
+    ``--dry-run`` output (``train`` instead of ``train_config``). Raises ValueError (one line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError, both with a position
+        msg = str(exc).splitlines()[0]
+        raise ValueError(f"--config {path}: not valid {path.suffix.lstrip('.') or 'JSON'} "
+                         f"({msg}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of flag names to values")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("model_config", "train_config", "train") and isinstance(value, dict):
+            flat.update(value)
+        elif key in ("world_size", "data"):
+            continue  # facts about the old run, not flags
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def apply_config(parser: argparse.ArgumentParser, ns: argparse.Namespace, values: dict,
+                 given: set[str], source: str) -> set[str]:
+    """Set every ``dest`` of ``values`` not in ``given`` on ``ns``, type-checked against the
+    parser's actions; unknown keys are a one-line error naming ``source``. Returns the dests
+    that were set."""
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    unknown = sorted(k for k in values if k not in actions and k not in PER_INVOCATION)
+    if unknown:
+        raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)} for this model "
+                         "(see train.py --model M --help)")
+    done = set()
+    for key, value in values.items():
+        if key in PER_INVOCATION or key in given:
+            continue
+        action = actions[key]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{source}: {key} must be true or false, not {value!r}")
+        elif value is not None and action.type is not None:
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: {key} = {value!r} is not a valid "
+                                 f"{getattr(action.type, '__name__', 'value')}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"{source}: {key} = {value!r}; choose one of "
+                             f"{', '.join(map(str, action.choices))}")
+        setattr(ns, key, value)
+        done.add(key)
+    return done
+
+
+def checkpoint_values(path: Path) -> dict[str, Any]:
+    """The model and training flags a checkpoint was trained with (``{}`` if it is absent),
+    plus ``data_dir`` (the absolute data path it recorded)."""
+    if not path.is_file():
+        return {}
+    from .checkpoint import load_checkpoint
+
+    obj = load_checkpoint(path)
+    config = obj.get("config", {})
+    train = {k: v for k, v in config.get("train", {}).items()
+             if k not in NOT_INHERITED and k != "data"}
+    out = {**config.get("model", {}), **train}
+    data_path = config.get("train", {}).get("data", {}).get("path")
+    if data_path:
+        out["data_dir"] = data_path
+    return out
