@@ -1,0 +1,295 @@
+"""``evaluate.py --model pose-flow``: pose transfer against exact ground truth, and driving on
+real sequences.
+
+Synthetic set (``pose_flow.synthetic``): every held-out source identity re-posed to every
+held-out target's pose and mouth, scored against that identity rendered at that pose (the true
+answer). The condition given to every system is the answer's exact landmarks (the target pose in
+the source's face shape). Systems: the pose flow; *copy* (the source unchanged); *warp* (the
+source warped by the landmark motion, a piecewise-affine warp over a triangulation of the 68
+points plus the image border). Metrics: PSNR / SSIM / L1 against the truth; landmark error (dlib
+landmarks of the output vs dlib landmarks of the truth, in inter-ocular units: the detector's
+bias on drawn faces cancels); identity distance (dlib face descriptors of output and source).
+
+Real sequences (``--source NAME --query NAME``): the query driven by the source's landmarks;
+landmark error of the output against the driving landmarks, identity distance to the query.
+
+Output: ``RESULT_DIR/eval/NAME/table.md``, ``metrics.csv``, ``details.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLUMNS = (("psnr", "PSNR dB ↑", 2), ("ssim", "SSIM ↑", 4), ("l1", "L1 ↓", 4),
+           ("lm_err", "landmark err ↓", 4), ("id_dist", "identity dist ↓", 3),
+           ("pairs", "pairs", 0))
+SIZE_FOR_DLIB = 256
+
+
+def piecewise_affine_warp(image: np.ndarray, src_lm: np.ndarray, dst_lm: np.ndarray) -> np.ndarray:
+    """Warp uint8 ``image`` [S, S, 3] so landmarks ``src_lm`` (x, y in 0..1) move to ``dst_lm``;
+    the border (corners and edge midpoints) stays fixed."""
+    from skimage.transform import PiecewiseAffineTransform, warp
+
+    s = image.shape[0]
+    border = np.array([[0, 0], [0.5, 0], [1, 0], [1, 0.5], [1, 1], [0.5, 1], [0, 1], [0, 0.5]])
+    src = np.concatenate([src_lm, border]) * s
+    dst = np.concatenate([dst_lm, border]) * s
+    # output coordinates -> input coordinates
+    if hasattr(PiecewiseAffineTransform, "from_estimate"):
+        tform = PiecewiseAffineTransform.from_estimate(dst, src)
+    else:  # scikit-image < 0.26
+        tform = PiecewiseAffineTransform()
+        tform.estimate(dst, src)
+    out = warp(image, tform, order=1, mode="edge", preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _box(lm01: np.ndarray, size: int) -> tuple[float, float, float, float]:
+    """A dlib-like face box from landmarks: x over the jaw, y from the brows to the chin."""
+    p = lm01 * size
+    left, right = p[:, 0].min(), p[:, 0].max()
+    top, bottom = p[17:27, 1].min(), p[:, 1].max()
+    pad = 0.05 * (right - left)
+    return (left - pad, top - pad, right + pad, bottom + pad)
+
+
+class FaceScorer:
+    """dlib landmarks and descriptors inside boxes given by known landmarks (no detection: the
+    HOG detector misses small and drawn faces)."""
+
+    def __init__(self) -> None:
+        from faces.landmarks import LandmarkDetector
+        from faces.metrics import _recognizer
+
+        self.det = LandmarkDetector()
+        self.rec = _recognizer()
+
+    @staticmethod
+    def _big(image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        return cv2.resize(image, (SIZE_FOR_DLIB, SIZE_FOR_DLIB), interpolation=cv2.INTER_CUBIC)
+
+    def landmarks(self, image: np.ndarray, box_lm: np.ndarray) -> np.ndarray:
+        """dlib's 68 points in 0..1 of ``image``, predicted inside the box of ``box_lm``."""
+        big = self._big(image)
+        return self.det.landmarks_in_box(big, _box(box_lm, SIZE_FOR_DLIB)) / SIZE_FOR_DLIB
+
+    def descriptor(self, image: np.ndarray, box_lm: np.ndarray) -> np.ndarray:
+        big = self._big(image)
+        shape = self.det.dlib_shape(big, _box(box_lm, SIZE_FOR_DLIB))
+        return np.asarray(self.rec.compute_face_descriptor(big, shape))
+
+
+def landmark_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean point distance between landmark sets [68, 2], in units of ``b``'s inter-ocular
+    distance."""
+    iod = float(np.linalg.norm(b[36:42].mean(0) - b[42:48].mean(0)))
+    return float(np.linalg.norm(a - b, axis=1).mean() / max(iod, 1e-9))
+
+
+def _read(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[0] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def _to_t(imgs: list[np.ndarray], device) -> torch.Tensor:
+    return (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255 - 0.5).to(device)
+
+
+def _to_u8(x: torch.Tensor) -> list[np.ndarray]:
+    from talking.job import to_uint8
+
+    return list(to_uint8(x))
+
+
+def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
+                       pairs: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(rows per system, one detail row per system and pair) on a pose set at ``root``."""
+    from evaluation.metrics import psnr, ssim
+
+    from .data import read_landmarks
+
+    man = json.loads((root / "manifest.json").read_text())
+    size = model.img_size
+    jobs = [(s, t) for s in man["sources"] for t in man["targets"]][:pairs]
+    details: list[dict] = []
+    for s, t in jobs:
+        src_path = root / "eval" / "sources" / f"{s}.png"
+        truth_path = root / "eval" / "truth" / s / f"{t}.png"
+        src = _resize(_read(src_path), size)
+        truth = _resize(_read(truth_path), size)
+        lm_s, _ = read_landmarks(src_path.with_suffix(".npy"))
+        lm_t, _ = read_landmarks(truth_path.with_suffix(".npy"))
+        with torch.no_grad():
+            out = model.transfer(_to_t([src], device), torch.from_numpy(lm_s)[None].to(device),
+                                 torch.from_numpy(lm_t)[None].to(device))
+        outputs = {"pose-flow": _to_u8(out)[0], "copy source": src,
+                   "warp source": piecewise_affine_warp(src, lm_s, lm_t)}
+        ref_lm = scorer.landmarks(truth, lm_t) if scorer else None
+        src_desc = scorer.descriptor(src, lm_s) if scorer else None
+        for name, img in outputs.items():
+            d = {"system": name, "source": s, "target": t, "psnr": psnr(truth, img),
+                 "ssim": ssim(truth, img),
+                 "l1": float(np.abs(truth.astype(float) - img.astype(float)).mean() / 255)}
+            if scorer:
+                d["lm_err"] = landmark_error(scorer.landmarks(img, lm_t), ref_lm)
+                d["id_dist"] = float(np.linalg.norm(scorer.descriptor(img, lm_t) - src_desc))
+            details.append(d)
+    return _summarise(details), details
+
+
+def _summarise(details: list[dict]) -> list[dict]:
+    rows = []
+    for name in dict.fromkeys(d["system"] for d in details):
+        ds = [d for d in details if d["system"] == name]
+        row = {"system": name, "pairs": len(ds)}
+        for key, _, _ in COLUMNS[:-1]:
+            vals = [d[key] for d in ds if key in d and math.isfinite(d[key])]
+            if vals:
+                row[key] = float(np.mean(vals))
+        rows.append(row)
+    return rows
+
+
+def evaluate_real(model, args, device, scorer: FaceScorer) -> tuple[list[dict], list[dict]]:
+    """Drive each --query with each --source; dlib landmark and identity metrics."""
+    from talking.inputs import read_rgb, resolve_query, resolve_source
+
+    from .driving import landmarks_for, retarget
+
+    size = model.img_size
+    details = []
+    for qname in args.query:
+        qpath, _ = resolve_query(qname, args.image_dir)
+        q256 = read_rgb(qpath)
+        q_lm = landmarks_for(qpath, "query")
+        q_desc = scorer.descriptor(q256, q_lm)
+        with torch.no_grad():
+            w = model.encode(_to_t([_resize(q256, size)], device),
+                             torch.from_numpy(q_lm)[None].to(device))[0]
+        for sname in args.source:
+            src = resolve_source(sname, args.image_dir)
+            frames = src.frames[: args.seq_frames] if args.seq_frames else src.frames
+            lms = np.stack([landmarks_for(p, "source frame") for p in frames])
+            targets = retarget(q_lm, lms) if args.retarget else lms
+            for i in range(0, len(frames), args.batch):
+                tl = torch.from_numpy(targets[i:i + args.batch].astype(np.float32)).to(device)
+                with torch.no_grad():
+                    out = model.reverse(w.expand(tl.shape[0], *w.shape[1:]),
+                                        model.conditions(tl), None, 0.0)
+                for k, img in enumerate(_to_u8(out)):
+                    tgt = targets[i + k]
+                    details.append({
+                        "system": "pose-flow" + (" (retarget)" if args.retarget else ""),
+                        "source": sname, "target": qname, "frame": i + k,
+                        "lm_err": landmark_error(scorer.landmarks(img, tgt), tgt),
+                        "id_dist": float(np.linalg.norm(scorer.descriptor(img, tgt) - q_desc))})
+    return _summarise(details), details
+
+
+def format_table(rows: list[dict]) -> str:
+    keys = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = ["| system | " + " | ".join(h for _, h, _ in keys) + " |",
+             "|---|" + "|".join("---:" for _ in keys) + "|"]
+    for r in rows:
+        cells = [("" if k not in r else (f"{r[k]:.{dg}f}" if dg else str(int(r[k]))))
+                 for k, _, dg in keys]
+        lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write(out: Path, rows: list[dict], details: list[dict], title: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(f"# {title}\n\n{format_table(rows)}\n")
+    for name, data in (("metrics.csv", rows), ("details.csv", details)):
+        keys = list(dict.fromkeys(k for d in data for k in d))
+        with open(out / name, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(data)
+    return out / "table.md"
+
+
+def evaluate_cli(argv: list[str]) -> int:
+    from glow.io import CheckpointError
+    from talking.inputs import TalkingError, resolve_checkpoint
+    from training.distributed import resolve_device
+
+    from .recipe import DEFAULT_CHECKPOINT, load_pose_flow
+    from .synthetic import is_pose_set
+
+    p = argparse.ArgumentParser(prog="evaluate.py --model pose-flow",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("data", nargs="*", metavar="POSE_SET", help="synthetic pose-set roots")
+    p.add_argument("--model", default="pose-flow")
+    p.add_argument("--checkpoint", required=True, help="file, or run name (CHECKPOINT_DIR/"
+                   "NAME/last.pt)")
+    p.add_argument("--checkpoint_dir", default="checkpoint")
+    p.add_argument("--result_dir", default="result")
+    p.add_argument("--name", default=None, help="output folder under RESULT_DIR/eval "
+                   "(default: the checkpoint's run name)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pairs", type=int, default=None, help="synthetic: first N source x target "
+                   "pairs (default: all)")
+    p.add_argument("--no_dlib", dest="dlib", action="store_false",
+                   help="skip the dlib landmark and identity metrics")
+    p.add_argument("--source", action="append", default=None, help="real: a driving sequence "
+                   "IMAGE_DIR/source_img/NAME (repeatable)")
+    p.add_argument("--query", action="append", default=None, help="real: a query (repeatable)")
+    p.add_argument("--image_dir", default="image")
+    p.add_argument("--seq_frames", type=int, default=None, help="real: first N frames")
+    p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
+    p.add_argument("--batch", type=int, default=16)
+    a = p.parse_args(argv)
+    try:
+        if not a.data and not (a.source and a.query):
+            raise ValueError("give a pose set (python -m pose_flow.synthetic OUT) or --source "
+                             "NAME --query NAME")
+        for d in a.data:
+            if not is_pose_set(d):
+                raise ValueError(f"{d}: not a pose set (no pose manifest.json); make one with "
+                                 "`python -m pose_flow.synthetic OUT`")
+        device = resolve_device(a.device)
+        ckpt = resolve_checkpoint(a.checkpoint, a.checkpoint_dir, DEFAULT_CHECKPOINT)
+        model = load_pose_flow(ckpt, device)
+        scorer = FaceScorer() if a.dlib or a.source else None
+        rows, details = [], []
+        for d in a.data:
+            r, dt = evaluate_synthetic(model, Path(d), device, scorer, a.pairs)
+            rows += r
+            details += dt
+        if a.source and a.query:
+            r, dt = evaluate_real(model, a, device, scorer)
+            rows += r
+            details += dt
+    except (ValueError, CheckpointError, TalkingError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
+    table = write(Path(a.result_dir) / "eval" / name, rows, details,
+                  f"pose-flow evaluation: {name}")
+    print(format_table(rows))
+    print(f"-> {table}")
+    return 0
