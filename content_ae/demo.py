@@ -50,9 +50,16 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
              "--batch", str(plan["batch"]), "--lr", plan["lr"], "--disc_lr", plan["lr"],
              "--sample_every", str(max(plan["iter"] // 2, 1)), "--log_every", "50",
              "--workers", "0", "--no_progress"]
-    say(f"content-ae: training ({plan['iter']} iterations)")
-    if _cli("train")(train) != 0:
-        raise RuntimeError("content-ae training failed (see the message above)")
+    last = ckpt_dir / name / "last.pt"
+    done = False
+    if last.is_file():
+        import torch
+
+        done = int(torch.load(last, map_location="cpu", weights_only=True)["step"]) >= plan["iter"]
+    if not done:  # a finished run is reused; anything else starts over
+        say(f"content-ae: training ({plan['iter']} iterations)")
+        if _cli("train")([*train, "--force"]) != 0:
+            raise RuntimeError("content-ae training failed (see the message above)")
     if _cli("test")([str(data), *common, "--checkpoint", name, "--n_display",
                      str(plan["test"])]) != 0:
         raise RuntimeError("content-ae test.py failed")
