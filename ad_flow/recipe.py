@@ -50,7 +50,9 @@ class Config:
     affine: bool = opt(False, "assert that a thesis-format Glow uses affine coupling")
     conv_lu: bool = opt(True, "assert that a thesis-format Glow uses the plain 1x1 conv",
                         flag="--no_lu")
-    img_size: int = opt(64, "image size (the Glow's)")
+    img_size: int | None = opt(None, "image size (default: the Glow checkpoint's; a "
+                               "thesis-format Glow: 64). A different value is an error for a "
+                               "project Glow checkpoint")
     encoder: str = opt("linear", "feature encoder: linear (thesis), conv or mlp (ablations)",
                        choices=list(ENCODERS))
     encoder_target: str = opt("lip", "what the encoder outputs: lip (lip = E(z), face = z - lip)"
@@ -117,7 +119,7 @@ def load_frozen_glow(path: str | Path, cfg: Config) -> Glow:
 
 def from_glow(glow: Glow, cfg: Config) -> ADFlow:
     """An AD-flow model around an already loaded ``glow``."""
-    shapes = glow.z_shapes(cfg.img_size)
+    shapes = glow.z_shapes()  # the Glow's own size (load_glow checked --img_size against it)
     encoder = FeatureEncoder(shapes, cfg.encoder, cfg.encoder_target)
     classifier = SequenceClassifier([h * w for _, h, w in shapes], max(cfg.n_classes, 1),
                                     _hidden(cfg))
@@ -145,6 +147,8 @@ def dataset(cfg: Config, data_dir: Path):
         raise ValueError(f"--n_classes {cfg.n_classes} but {data_dir} holds "
                          f"{index.n_classes} words")
     cfg._words = list(index.words)  # recorded in the checkpoint by build/checkpoint_extra
+    if cfg.img_size is None:  # the frames must have the Glow's size: read it from the file
+        cfg.img_size = int(load_frozen_glow(cfg.glow, cfg).img_size)
     return ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
 
 

@@ -95,18 +95,29 @@ def load_glow(path: str | Path, n_flow: int | None = None, n_block: int | None =
               map_location: str | torch.device = "cpu") -> Glow:
     """Load a Glow in eval mode from our checkpoint or a reference-layout state dict.
 
-    Our self-describing checkpoints need no architecture arguments. A bare state dict (e.g. the
-    thesis's ``glow_checkpoint.pt``, rosinality/glow-pytorch layout, with or without
-    DataParallel's ``module.`` prefix) has its architecture inferred from the tensor shapes; the
-    arguments given are checked against it, and a mismatch is a one-line error.
+    Our self-describing checkpoints need no architecture arguments: they carry the architecture
+    and the image size, and any argument given that differs (``img_size`` included: a 32-px Glow
+    must not be fed 64-px frames) is a one-line error. A bare state dict (e.g. the thesis's
+    ``glow_checkpoint.pt``, rosinality/glow-pytorch layout, with or without DataParallel's
+    ``module.`` prefix) has its architecture inferred from the tensor shapes; the arguments given
+    are checked against it, and ``img_size`` (which the weights do not fix) defaults to 64.
     """
     obj = safe_load(path, map_location)
     if is_ours(obj):
         if obj.get("model") != "glow":
             raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, not a Glow one")
         cfg = dict(obj["config"]["model"]) if "model" in obj["config"] else dict(obj["config"])
-        model = Glow(**{k: cfg[k] for k in ("in_channel", "n_flow", "n_block", "affine",
-                                            "conv_lu", "hidden", "img_size") if k in cfg})
+        cfg = {k: cfg[k] for k in ("in_channel", "n_flow", "n_block", "affine", "conv_lu",
+                                   "hidden", "img_size") if k in cfg}
+        given = dict(n_flow=n_flow, n_block=n_block, affine=affine, conv_lu=conv_lu,
+                     hidden=hidden, img_size=img_size)
+        bad = [f"--{k} {v} (the Glow has {cfg[k]})" for k, v in given.items()
+               if v is not None and k in cfg and v != cfg[k]]
+        if bad:
+            raise CheckpointError(f"{path}: architecture mismatch: {', '.join(bad)}; drop the "
+                                  "flag(s), a project Glow checkpoint fixes them")
+        model = Glow(**cfg)
+        img_size = None  # the checkpoint's own
         state = obj["weights"]
     else:
         state = _state_from(obj)

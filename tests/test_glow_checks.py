@@ -163,3 +163,23 @@ def test_fused_cache_tracks_actnorm_edits(bad_edit: str) -> None:
     # Doubling one ActNorm's scale adds H*W*C*log 2 to the log-det (12 channels, 4x4 map).
     torch.testing.assert_close(after - before, torch.full_like(before, 16 * 12 * 0.6931471805599453),
                                atol=1e-3, rtol=0)
+
+
+def test_project_glow_checkpoint_fixes_architecture_and_size(tmp_path) -> None:
+    """A 32-px project Glow loaded with img_size=64 (AD-flow's old default) used to be silently
+    re-labelled 64 px; now the size comes from the file and a conflicting flag is an error."""
+    from glow import CheckpointError, load_glow
+    from training.checkpoint import save_checkpoint
+
+    g = _glow(img=32, n_block=2)
+    path = save_checkpoint(tmp_path / "g.pt", model_name="glow", model_config=g.config(),
+                           train_config={}, weights=g.state_dict())
+    assert load_glow(path).img_size == 32
+    assert load_glow(path, img_size=32, n_flow=2).z_shapes() == g.z_shapes()
+    for bad in ({"img_size": 64}, {"n_flow": 3}, {"hidden": 8}):
+        with pytest.raises(CheckpointError, match="architecture mismatch") as err:
+            load_glow(path, **bad)
+        assert "\n" not in str(err.value) and "g.pt" in str(err.value)
+    from ad_flow.recipe import Config
+
+    assert Config().img_size is None  # AD-flow takes the Glow's size unless told otherwise
