@@ -43,7 +43,7 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         path = Path(path)
         if not path.is_file():
@@ -53,7 +53,9 @@ class VGGFeatures(nn.Module):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is one message
             raise LossNetError(f"--vgg_weights {path}: not a state dict ({exc})") from None
-        features = vgg19(weights=None).features[: VGG_LAYERS[-1] + 1]
+        # only the convolutional part (building the whole vgg19 initialises 120M classifier
+        # weights for nothing); its layer indices are those of vgg19().features
+        features = make_layers(cfgs["E"])[: VGG_LAYERS[-1] + 1]
         if any(k.startswith("features.") for k in state):
             state = {k[len("features."):]: v for k, v in state.items()
                      if k.startswith("features.")}
@@ -98,7 +100,8 @@ class FaceEmbedder(nn.Module):
             self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # noqa: BLE001
             raise LossNetError(f"--id_net {path}: not a TorchScript file ({exc})") from None
-        self.net.requires_grad_(False)
+        for p in self.net.parameters():  # ScriptModules have no requires_grad_()
+            p.requires_grad_(False)
         self.size = size
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,256 @@
+"""Pose flow training, data and test time: losses on hand-made codes, a tiny run that lowers
+its losses, the anchor's bugs (lazy ZeroConv scale, per-rank init, no dequantisation, a
+climbing learning rate), the data checks and every bad input, test.py and evaluate.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glow import ZeroConv2d
+from lrw.video import read_video
+from pose_flow import recipe
+from pose_flow.data import PoseDataError, QuadrupletDataset, open_index
+from pose_flow.losses import quadruplet_loss
+from pose_flow.synthetic import PoseSetConfig, generate
+from training.config import TrainConfig
+from training.loop import StepContext, step_generator, train
+
+TINY = dict(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8)
+
+
+@pytest.fixture(scope="module")
+def pose_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pose") / "set"
+    generate(PoseSetConfig(str(out), identities=4, clips=1, frames=3, size=16,
+                           eval_identities=2, targets=2, drive_frames=5), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(pose_set, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(name="tiny", batch=2, iter=20, workers=0, progress=False,
+                      sample_every=20, log_every=1, checkpoint_dir=str(root / "ck"),
+                      result_dir=str(root / "res"), device="cpu", lr=1e-3)
+    summary = train(recipe, recipe.Config(**TINY), cfg, pose_set, say=lambda *_: None)
+    return {"summary": summary, "root": root, "cfg": cfg}
+
+
+def _ctx(cfg: recipe.Config, step: int = 0, world: int = 1, gather=None) -> StepContext:
+    ctx = StepContext(step=step, rank=0, world=world, device=torch.device("cpu"),
+                      model_cfg=cfg, train_cfg=TrainConfig(), generator=step_generator(0, step))
+    if gather is not None:
+        ctx.gather = gather
+    return ctx
+
+
+def test_quadruplet_loss_on_hand_made_codes():
+    a, p = torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]])   # d(a, p) = (4 + 0) / 2 = 2
+    n1, n2 = torch.tensor([[10.0, 0.0]]), torch.tensor([[10.0, 2.0]])  # d = 2
+    # means (1, 0) and (10, 1): d = (81 + 1) / 2 = 41 -> capped at the margin 0.3
+    loss, d_pos, d_neg = quadruplet_loss(a, p, n1, n2, margin_pos=0.0, margin_neg=0.3)
+    assert loss.item() == pytest.approx(0.5 * 2 + 0.5 * 2 - 0.3)
+    assert d_pos.item() == pytest.approx(2.0) and d_neg.item() == pytest.approx(41.0)
+    # identical pairs, means 0.2 apart (< margin): the negative term is live
+    z = torch.zeros(1, 2)
+    loss, _, d_neg = quadruplet_loss(z, z, z + 0.2 ** 0.5, z + 0.2 ** 0.5, 0.05, 0.3)
+    assert d_neg.item() == pytest.approx(0.2)
+    assert loss.item() == pytest.approx(0.05 - 0.2)
+
+
+def test_tiny_run_lowers_the_losses(trained):
+    log = [json.loads(x) for x in (Path(trained["summary"]["run_dir"]) / "log.jsonl")
+           .read_text().splitlines()]
+    first = np.mean([r["loss"] for r in log[:3]])
+    last = np.mean([r["loss"] for r in log[-3:]])
+    assert last < first - 0.5, (first, last)
+    for key in ("bpd", "recs", "recc"):
+        assert np.mean([r[key] for r in log[-3:]]) < np.mean([r[key] for r in log[:3]]), key
+    assert (Path(trained["summary"]["run_dir"]) / "000020.png").is_file()
+    # the learning rate decays and never climbs back
+    lrs = [r["lr"] for r in log]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < lrs[0] / 10
+
+
+def test_lr_factor_is_monotone_and_ends_at_lr_min():
+    cfg, tc = recipe.Config(lr_min=1e-6), TrainConfig(lr=1e-4, iter=100)
+    f = [recipe.lr_factor(cfg, tc, s) for s in range(0, 300)]
+    assert f[0] == 1.0 and all(b <= a + 1e-12 for a, b in zip(f, f[1:], strict=False))
+    assert f[100] == pytest.approx(0.01) and f[299] == pytest.approx(0.01)
+
+
+def test_zero_conv_scale_is_trained_from_the_first_step(pose_set):
+    cfg = recipe.Config(**TINY)
+    model = recipe.build(cfg)
+    ds = QuadrupletDataset(pose_set / "train", 16)
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    recipe.initialize(model, batch, _ctx(cfg))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    zc = next(m for m in model.modules() if isinstance(m, ZeroConv2d))
+    scale = zc.scale
+    owned = {id(p) for g in opt.param_groups for p in g["params"]}
+    start = scale.detach().clone()
+    for step in range(3):
+        terms = recipe.losses(model, batch, _ctx(cfg, step))
+        opt.zero_grad()
+        sum(w * terms[k] for k, w in recipe.loss_weights(cfg).items()).backward()
+        # the forward pass used the optimiser's own parameter (the anchor replaced it with a
+        # new Parameter on the first forward, so the optimiser never saw it move)
+        assert zc.scale is scale and id(scale) in owned and scale.grad is not None
+        opt.step()
+    assert not torch.equal(scale.detach(), start)
+
+
+def test_actnorm_init_uses_the_global_batch(pose_set):
+    cfg = recipe.Config(**TINY)
+    ds = QuadrupletDataset(pose_set / "train", 16)
+    local = torch.utils.data.default_collate([ds[0]])
+    other = torch.utils.data.default_collate([ds[5]])
+
+    def gather(x):  # two ranks: this one's shard and another's
+        o = recipe.flatten_batch(other)
+        extra = o[0] if x.dim() == 4 else o[1]
+        return torch.cat([x, extra.to(x.dtype)])
+
+    a, b = recipe.build(cfg), recipe.build(cfg)
+    b.load_state_dict(a.state_dict())
+    recipe.initialize(a, local, _ctx(cfg, gather=gather))
+    recipe.initialize(b, local, _ctx(cfg))
+    assert not torch.allclose(a.blocks[0].flows[0].actnorm.loc, b.blocks[0].flows[0].actnorm.loc)
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_dequantisation_noise_at_every_size(size):
+    cfg = recipe.Config(n_bits=8)
+    x = torch.rand(1, 3, size, size) - 0.5
+    q = recipe.dequantised(x, dataclasses.replace(cfg), _ctx(cfg))
+    noise = q - torch.round((x + 0.5) * 255) / 256 + 0.5
+    assert noise.min() >= -1e-6 and noise.max() < 1 / 256 + 1e-6 and noise.std() > 1 / 256 / 4
+
+
+def test_optional_vgg_and_identity_losses_from_local_files(pose_set, tmp_path):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(0)
+    vgg = tmp_path / "vgg19.pt"  # a randomly initialised VGG19, saved as torchvision names it
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["E"]).state_dict().items()}, vgg)
+    emb = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 2), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 8))
+    idnet = tmp_path / "id.pt"
+    torch.jit.save(torch.jit.trace(emb, torch.rand(1, 3, 32, 32)), str(idnet))
+    cfg = recipe.Config(**TINY, vgg_weights=str(vgg), id_net=str(idnet), id_size=32)
+    recipe.validate(cfg)
+    model = recipe.build(cfg)
+    ds = QuadrupletDataset(pose_set / "train", 16)
+    terms = recipe.losses(model, torch.utils.data.default_collate([ds[0]]), _ctx(cfg))
+    assert {"perc", "idc"} <= set(terms) and {"perc", "idc"} <= set(recipe.loss_weights(cfg))
+    assert terms["perc"].item() > 0 and np.isfinite(terms["idc"].item())
+    terms["perc"].backward()  # the perceptual loss reaches the flow
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match="--vgg_weights .*no such file"):
+        recipe.validate(recipe.Config(**TINY, vgg_weights=str(tmp_path / "nope.pt")))
+
+
+# -- data and bad input ------------------------------------------------------------------------
+
+
+def test_bad_landmark_files_are_skipped_and_counted(pose_set, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(pose_set / "train", data)
+    frames = sorted(data.glob("id000/clip00/*.png"))
+    frames[0].with_suffix(".npy").unlink()                                # missing
+    np.save(frames[1].with_suffix(".npy"), np.zeros((5, 2), np.float32))  # wrong shape
+    bad = np.load(frames[2].with_suffix(".npy"))
+    bad[3, 0] = np.nan
+    np.save(frames[2].with_suffix(".npy"), bad)                           # NaN
+    ix = open_index(data)
+    assert ix.skipped == {"missing": 1, "shape": 1, "nan": 1}
+    assert len(ix.frames) == 9 and "id000" not in ix.identities
+    assert (data / ".pose_index.json").is_file()
+    assert open_index(data).skipped == ix.skipped  # from the cache
+
+
+def test_single_frame_identity_and_one_identity(pose_set, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(pose_set / "train", data)
+    for f in sorted(data.glob("id001/clip00/*.png"))[1:]:
+        f.unlink()
+        f.with_suffix(".npy").unlink()
+    ds = QuadrupletDataset(data, 16)
+    assert ds.single_frame_identities == 1
+    i = ds.index.frames.index(next(data.glob("id001/clip00/*.png")))
+    a, p, n1, n2 = ds.indices(i)
+    assert a == p and ds.index.identity_of[n1] == ds.index.identity_of[n2] != \
+        ds.index.identity_of[a]
+    one = tmp_path / "one"
+    shutil.copytree(pose_set / "train" / "id000", one / "id000")
+    with pytest.raises(PoseDataError, match="only one identity"):
+        QuadrupletDataset(one, 16)
+    empty = tmp_path / "empty" / "id"
+    empty.mkdir(parents=True)
+    with pytest.raises(PoseDataError, match="no frame with usable landmarks"):
+        QuadrupletDataset(empty.parent, 16)
+
+
+# -- test.py and evaluate.py -------------------------------------------------------------------
+
+def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, trained, tmp_path):
+    import test as test_script
+
+    ck = trained["root"] / "ck" / "tiny" / "last.pt"
+    src = pose_set / "image" / "source_img" / "drive00"
+    query = pose_set / "image" / "ref_img" / "ev00_16.png"
+    rc = test_script.main(["--model", "pose-flow", "--source", str(src), str(query),
+                           "--checkpoint", str(ck), "--result_dir", str(tmp_path),
+                           "--no_progress", "--retarget", "--batch", "2"])
+    assert rc == 0
+    out = tmp_path / "target_img" / "drive00" / "ev00_16"
+    n = len(list(src.glob("*.png")))
+    assert len(list(out.glob("[0-9]*.png"))) == n == 5
+    frames, fps = read_video(out / "video.mp4")
+    assert len(frames) == n and fps == pytest.approx(25)
+    assert (out / "grid.png").is_file()
+    rc = test_script.main(["--model", "pose-flow", "--transfer_grid",
+                           str(pose_set / "eval" / "sources"), str(pose_set / "eval" / "targets"),
+                           "--checkpoint", str(ck), "--result_dir", str(tmp_path)])
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tmp_path / "transfer_grid" / "grid.png"))
+    assert rc == 0 and grid.shape[:2] == (2 + 3 * 18, 2 + 3 * 18)  # 3 x 3 cells of 16 + 2 px
+
+
+def test_source_without_landmarks_is_a_one_line_error(pose_set, trained, tmp_path, capsys):
+    import test as test_script
+
+    src = tmp_path / "src"
+    shutil.copytree(pose_set / "image" / "source_img" / "drive00", src)
+    (src / "002.npy").unlink()
+    rc = test_script.main(["--model", "pose-flow", "--source", str(src),
+                           str(pose_set / "image" / "ref_img" / "ev00_16.png"), "--checkpoint",
+                           str(trained["root"] / "ck" / "tiny" / "last.pt"),
+                           "--result_dir", str(tmp_path), "--no_progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "002.png" in err[0] and err[0].startswith("error:")
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_model_and_both_baselines(pose_set, trained, tmp_path, capsys):
+    import evaluate as evaluate_script
+
+    rc = evaluate_script.main(["--model", "pose-flow", str(pose_set), "--checkpoint",
+                               str(trained["root"] / "ck" / "tiny" / "last.pt"),
+                               "--result_dir", str(tmp_path), "--name", "e", "--pairs", "2"])
+    assert rc == 0
+    rows = (tmp_path / "eval" / "e" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["pose-flow", "copy source", "warp source"]
+    table = (tmp_path / "eval" / "e" / "table.md").read_text()
+    assert "landmark err" in table and "identity dist" in table
+    rc = evaluate_script.main(["--model", "pose-flow", str(tmp_path), "--checkpoint", "x"])
+    assert rc == 1 and "not a pose set" in capsys.readouterr().err
