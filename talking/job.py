@@ -134,7 +134,10 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
                                              recipe.DEFAULT_CHECKPOINT))
     device = resolve_device(args.device)
 
-    model = recipe.load_for_test(args, device)
+    from glow.io import skip_init
+
+    with skip_init():  # the Glow's weights come from the checkpoint: no random init first
+        model = recipe.load_for_test(args, device)
     size = int(recipe.model_size(model))
     needs_mix = getattr(recipe, "NEEDS_MIX", True)
 

@@ -131,3 +131,29 @@ def test_training_forward_computes_no_inverse(cls, monkeypatch) -> None:
     out.sum().backward()
     out, _ = flow(x)
     out.sum().backward()
+
+
+def test_skip_init_loads_the_same_model_without_random_draws(tmp_path) -> None:
+    from glow import Glow, load_glow
+    from glow.io import skip_init
+    from training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    glow = Glow(3, n_flow=2, n_block=2, hidden=8, img_size=8)
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    glow.initialize(x)
+    _perturb(glow)
+    path = save_checkpoint(tmp_path / "g.pt", model_name="glow", model_config=glow.config(),
+                           train_config={}, weights=glow.state_dict(), with_rng=False)
+    plain = load_glow(path)
+    state = torch.random.get_rng_state()
+    with skip_init():
+        fast = load_glow(path)
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing was drawn
+    assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
+    assert all(p.requires_grad for p in fast.parameters())
+    with torch.no_grad():
+        z = plain.encode(x)
+        for a, b in zip(z, fast.encode(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(fast.reverse(z), plain.reverse(z), rtol=0, atol=0)
