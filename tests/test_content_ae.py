@@ -334,3 +334,12 @@ def test_resume_without_checkpoint_and_bad_checkpoint(synth, tmp_path, capsys):
     assert cli("test")(["--model", "content-ae", "--checkpoint", "nope", str(synth),
                         "--checkpoint_dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: --checkpoint nope")
+
+
+def test_demo_part_tiny(tmp_path):
+    from content_ae.demo import run
+
+    out = run(tmp_path / "demo", tmp_path / "res", tiny=True, say=lambda *a: None)
+    assert Path(out["grid"]).is_file() and "| copy target |" in out["table"]
+    again = run(tmp_path / "demo", tmp_path / "res", tiny=True, say=lambda *a: None)
+    assert again["table"] == out["table"]  # a finished run is reused, not refused
