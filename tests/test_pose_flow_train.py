@@ -5,6 +5,7 @@ climbing learning rate), the data checks and every bad input, test.py and evalua
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +24,15 @@ from training.config import TrainConfig
 from training.loop import StepContext, step_generator, train
 
 TINY = dict(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    """A script's module loaded by path (``import test`` may find the standard library's)."""
+    spec = importlib.util.spec_from_file_location(f"_pose_test_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +212,7 @@ def test_single_frame_identity_and_one_identity(pose_set, tmp_path):
 # -- test.py and evaluate.py -------------------------------------------------------------------
 
 def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, trained, tmp_path):
-    import test as test_script
+    test_script = _script("test")
 
     ck = trained["root"] / "ck" / "tiny" / "last.pt"
     src = pose_set / "image" / "source_img" / "drive00"
@@ -227,7 +237,7 @@ def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, trained, tmp_pa
 
 
 def test_source_without_landmarks_is_a_one_line_error(pose_set, trained, tmp_path, capsys):
-    import test as test_script
+    test_script = _script("test")
 
     src = tmp_path / "src"
     shutil.copytree(pose_set / "image" / "source_img" / "drive00", src)
@@ -242,7 +252,7 @@ def test_source_without_landmarks_is_a_one_line_error(pose_set, trained, tmp_pat
 
 @pytest.mark.slow
 def test_evaluate_scores_the_model_and_both_baselines(pose_set, trained, tmp_path, capsys):
-    import evaluate as evaluate_script
+    evaluate_script = _script("evaluate")
 
     rc = evaluate_script.main(["--model", "pose-flow", str(pose_set), "--checkpoint",
                                str(trained["root"] / "ck" / "tiny" / "last.pt"),
