@@ -195,7 +195,8 @@ class ADFlow(nn.Module):
         lips = [m.view(b, t, *m.shape[1:]) for m in lips_flat]
         terms = {"rec": reconstruction_loss(z, faces, lips, shifts),
                  "struct": structural_loss(z, faces),
-                 "cycle": cycle_loss(self.encoder, faces, lips, pair_frames)}
+                 "cycle": cycle_loss(self.encoder, faces, lips, pair_frames),
+                 **split_diagnostics(z, faces, lips)}
         if with_classifier and self.classifier is not None and labels is not None:
             logits = self.classifier(lips)
             terms["cls"] = F.cross_entropy(logits, labels)
@@ -205,11 +206,21 @@ class ADFlow(nn.Module):
     # ---------------------------------------------------------------------------------------
     # Talking-face transfer
 
+    def load_state_dict(self, *args, **kwargs):
+        self._query_cache = None  # new encoder weights: the cached face parts are stale
+        return super().load_state_dict(*args, **kwargs)
+
     @torch.no_grad()
     def query_faces(self, query: Tensor) -> list[Tensor]:
-        """Face parts of the query [1, 3, S, S], cached for repeated calls with the same query."""
+        """Face parts of the query [1, 3, S, S], cached for repeated calls with the same query.
+
+        The key covers the query and the encoder's weights (their version counters and sums, so
+        an optimiser step, ``load_state_dict`` or an in-place ``.data`` edit all invalidate it).
+        """
+        weights = tuple((p._version, float(p.detach().double().sum()))
+                        for p in self.encoder.parameters())
         key = (query.data_ptr(), query._version, tuple(query.shape), query.device,
-               float(query.double().sum()))
+               float(query.double().sum()), weights)
         if self._query_cache is None or self._query_cache[0] != key:
             faces, _ = self.encoder.split(self.glow.encode(query))
             self._query_cache = (key, faces)
@@ -229,6 +240,33 @@ class ADFlow(nn.Module):
 
 # -------------------------------------------------------------------------------------------
 # Losses (latents per level as [B, T, C, h, h]; each term is a sum over levels of mean squares)
+
+@torch.no_grad()
+def split_diagnostics(z: Sequence[Tensor], faces: Sequence[Tensor], lips: Sequence[Tensor]
+                      ) -> dict[str, Tensor]:
+    """How the split shares the latents' variation, pooled over levels (all [B, T, C, h, h]).
+
+    ``face_tvar``: the face parts' variance over time within a clip, relative to ``z``'s (want
+    0); ``lip_tvar``: the same for the lip parts (want 1; 0 means lip = 0, "copy the query");
+    ``lip_ivar``: the variance of the lip parts' clip means across clips, relative to ``z``'s
+    (want 0; 1 means the lip part carries the identity, lip = z - c, "copy the mix").
+    """
+    def tvar(x: Tensor) -> Tensor:
+        return ((x - x.mean(1, keepdim=True)) ** 2).sum()
+
+    def ivar(x: Tensor) -> Tensor:
+        m = x.mean(1)
+        return ((m - m.mean(0, keepdim=True)) ** 2).sum()
+
+    zt = sum(tvar(zi) for zi in z)
+    zi_ = sum(ivar(zi) for zi in z)
+    tiny = torch.finfo(zt.dtype).tiny
+    out = {"face_tvar": sum(tvar(f) for f in faces) / (zt + tiny),
+           "lip_tvar": sum(tvar(m) for m in lips) / (zt + tiny)}
+    if z[0].shape[0] > 1:
+        out["lip_ivar"] = sum(ivar(m) for m in lips) / (zi_ + tiny)
+    return out
+
 
 def roll_time(x: Tensor, shifts: Tensor) -> Tensor:
     """out[b, t] = x[b, (t + shifts[b]) % T] for x [B, T, ...] (the thesis's rolled pairs)."""

@@ -68,6 +68,15 @@ class Config:
     w_cycle: float = opt(1.0, "weight of the cycle-consistency term")
     w_cls: float = opt(1.0, "weight of the sequential classification term")
     n_sample_clips: int = opt(2, "clips shown with the reference in each sample grid")
+    init: str = opt("lstsq", "encoder initialisation: lstsq (ours: the closed-form minimiser of "
+                    "the structural term over the training clips, linear encoders only) or "
+                    "random (the thesis)", choices=["lstsq", "random"])
+    init_ridge: float = opt(0.1, "ridge of the least-squares init, relative to the latents' "
+                            "mean variance (larger: the lip part moves less, the face is kept "
+                            "better)")
+    init_clips: int = opt(0, "clips the least-squares init reads (0: every training clip)")
+    diag_pairs: int = opt(2, "held-out query x source pairs scored (motion, PSNR) at every "
+                          "sample grid when DATA is a synthetic set's train/ (0: off)")
 
 
 def validate(cfg: Config) -> None:
@@ -82,6 +91,13 @@ def validate(cfg: Config) -> None:
     _hidden(cfg)
     if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
         raise ValueError("loss weights must not be negative")
+    if cfg.init == "lstsq" and cfg.encoder != "linear":
+        raise ValueError(f"--init lstsq is the closed form of a linear encoder; with --encoder "
+                         f"{cfg.encoder} use --init random")
+    if cfg.init_ridge <= 0:
+        raise ValueError(f"--init_ridge {cfg.init_ridge} must be positive")
+    if cfg.init_clips < 0 or cfg.diag_pairs < 0:
+        raise ValueError("--init_clips and --diag_pairs must not be negative")
 
 
 def _hidden(cfg: Config) -> list[int]:
@@ -149,7 +165,44 @@ def dataset(cfg: Config, data_dir: Path):
     cfg._words = list(index.words)  # recorded in the checkpoint by build/checkpoint_extra
     if cfg.img_size is None:  # the frames must have the Glow's size: read it from the file
         cfg.img_size = int(load_frozen_glow(cfg.glow, cfg).img_size)
-    return ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
+    ds = ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
+    cfg._dataset, cfg._data_dir = ds, Path(data_dir)  # for initialize() and diagnostics()
+    return ds
+
+
+def initialize(model: ADFlow, batch, ctx) -> None:
+    """``--init lstsq``: the linear encoders start at the structural term's closed form."""
+    cfg: Config = ctx.model_cfg
+    if cfg.init != "lstsq":
+        return
+    ds = getattr(cfg, "_dataset", None)
+    if ds is None:
+        raise ValueError("--init lstsq needs the training clips (call dataset() first)")
+    from .init import fit_linear_encoders
+
+    def clips():
+        for i in range(len(ds)):
+            yield ds[i]
+
+    fit_linear_encoders(_unwrap(model), clips, cfg.init_ridge, cfg.init_clips, ctx.rank,
+                        ctx.world, log=print if ctx.rank == 0 else None)
+
+
+def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
+    """Held-out motion and identity scores (see evaluation.motion) on the first
+    ``--diag_pairs`` query x source pairs, when the training data is a synthetic set's train/."""
+    cfg: Config = ctx.model_cfg
+    root = getattr(cfg, "_data_dir", None)
+    if not cfg.diag_pairs or root is None:
+        return {}
+    root = next((r for r in (root, root.parent) if (r / "manifest.json").is_file()), None)
+    if root is None:
+        return {}
+    from evaluation.synthetic import heldout_scores
+
+    m = _unwrap(model)
+    return heldout_scores(root, lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),
+                          m.img_size, ctx.device, cfg.diag_pairs)
 
 
 def checkpoint_extra(model: ADFlow, cfg: Config) -> dict:

@@ -75,6 +75,9 @@ class MouthReader:
     weights: np.ndarray
     colours: np.ndarray  # [K, 3] the identity's layer colours, 0..255
     ridge: float = 0.5  # pull of the colours towards the identity's, in pixels' worth
+    # residual per value (8-bit units squared) below which a frame is taken to be a render of
+    # the grid state itself: two roundings to uint8 leave about 1/6, a generated frame far more
+    exact: float = 0.25
 
     def __post_init__(self) -> None:
         k = self.weights.shape[-1]
@@ -99,6 +102,9 @@ class MouthReader:
             err = (res**2).sum((1, 2)) + self.ridge * ((col - self.colours) ** 2).sum((1, 2))
             err = err.reshape(n_o, n_w)
             io, iw = np.unravel_index(int(np.argmin(err)), err.shape)
+            if err[io, iw] <= self.exact * y[0].size:  # a render of this very grid state
+                out[i] = OPEN_GRID[io], WIDTH_GRID[iw]
+                continue
             out[i, 0] = _refine(OPEN_GRID, err[:, iw], io)
             out[i, 1] = _refine(WIDTH_GRID, err[io, :], iw)
         return out

@@ -26,9 +26,17 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("bpd", "bits/dim", "lower", 3, "bits per dimension of held-out frames"),
+    Metric("motion", "motion err", "lower", 3,
+           "geometric mouth-motion error: mouth states read back from the output vs the truth "
+           "(1 = static mouth, as copying the query; 0 = the true motion)"),
     Metric("psnr", "PSNR dB", "higher", 2,
-           "PSNR of the mean squared error against the synthetic ground truth"),
+           "PSNR of the mean squared error against the synthetic ground truth (identity)"),
+    Metric("dpsnr", "dPSNR vs copy", "higher", 2,
+           "PSNR minus copying the query's (below 0: the face is damaged)"),
+    Metric("motion_px", "motion err px", "lower", 3,
+           "pixel mouth-motion error: mouth-box deviation from its temporal mean vs the "
+           "truth's (1 = any static sequence)"),
+    Metric("bpd", "bits/dim", "lower", 3, "bits per dimension of held-out frames"),
     Metric("ssim", "SSIM", "higher", 4, "SSIM (7x7 window) against the synthetic ground truth"),
     Metric("psnr_mouth", "mouth PSNR dB", "higher", 2, "the same PSNR inside the mouth box"),
     Metric("mouth_dist", "mouth dist", "lower", 4,

@@ -1,9 +1,17 @@
-"""PSNR/SSIM of generated frames against the synthetic set's exact ground truth.
+"""Motion, identity and pixel fidelity of generated frames against the synthetic set's truth.
 
 For a query ``q`` and a source ``s`` the ground truth of frame ``t`` is ``q``'s identity drawn
 with the mouth of ``s``'s frame ``t`` (``SyntheticSet.ground_truth`` at 256 px), brought to the
 model's size with the same resize as the model's inputs. So the copy-query baseline is exact
 everywhere but in the mouth box, and every system is judged at the resolution it works at.
+
+Columns (per system, pooled over every scored frame of every pair):
+
+* ``motion``: the geometric motion error of :mod:`evaluation.motion` (1 = no motion, as copying
+  the query; 0 = the true mouth states read back from every frame), ``motion_px`` its pixel
+  counterpart. These are what a static mouth fails.
+* ``psnr``, ``ssim``: whole-frame fidelity to the truth (identity preservation), ``dpsnr`` the
+  PSNR minus copying the query's, ``psnr_mouth`` the PSNR inside the mouth box.
 """
 
 from __future__ import annotations
@@ -13,10 +21,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .metrics import mean_finite, mouth_crop, mse, psnr_from_mse, ssim
 from .models import BASELINE_BLEND, BASELINE_COPY, System, like_model_input, run_sequence
+from .motion import mouth_reader, ratio, state_array
 
-__all__ = ["evaluate_synthetic", "is_synthetic"]
+__all__ = ["evaluate_synthetic", "heldout_scores", "is_synthetic"]
 
 
 def is_synthetic(path: str | Path) -> bool:
@@ -46,8 +57,8 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     if not todo:
         raise ValueError(f"{root}: the synthetic set has no query x source pair")
     labels = [BASELINE_COPY, BASELINE_BLEND, *(s.label for s in systems)]
-    per_frame: dict[str, dict[str, list[float]]] = {
-        lab: {"mse": [], "ssim": [], "mse_mouth": []} for lab in labels}
+    keys = ("mse", "ssim", "mse_mouth", "motion_num", "motion_den", "mpx_num", "mpx_den")
+    per_frame: dict[str, dict[str, list[float]]] = {lab: {k: [] for k in keys} for lab in labels}
     details: list[dict] = []
 
     total = sum(min(syn.n_source_frames(s), seq_frames or 10**9) for _, s in todo)
@@ -64,13 +75,12 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             frames = [read_rgb(p) for p in paths]
             query = read_rgb(syn.query_path(q))
             outs = run_sequence(query, frames, size, systems, device, batch)
-            truth = [like_model_input(syn.ground_truth(q, s, t, 256), size)
-                     for t in range(len(frames))]
+            truth = np.stack([like_model_input(syn.ground_truth(q, s, t, 256), size)
+                              for t in range(len(frames))])
+            states = state_array(syn.source_states(s))[:len(frames)]
+            reader = mouth_reader(syn.identity(q), size) if 256 % size == 0 else None
             for lab in labels:
-                vals = {"mse": [mse(g, o) for g, o in zip(truth, outs[lab], strict=True)],
-                        "ssim": [ssim(g, o) for g, o in zip(truth, outs[lab], strict=True)],
-                        "mse_mouth": [mse(mouth_crop(g), mouth_crop(o))
-                                      for g, o in zip(truth, outs[lab], strict=True)]}
+                vals = _frame_values(outs[lab], truth, states, reader)
                 for k, v in vals.items():
                     per_frame[lab][k].extend(v)
                 details.append({"data": str(root), "query": q, "source": s, "system": lab,
@@ -82,11 +92,52 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             bar.close()
     rows = {lab: {**_summary(per_frame[lab]), "frames": len(per_frame[lab]["mse"])}
             for lab in labels}
+    copy_psnr = rows[BASELINE_COPY]["psnr"]
+    for lab in labels:
+        rows[lab]["dpsnr"] = rows[lab]["psnr"] - copy_psnr
+    for d in details:
+        ref = next(r for r in details if r["query"] == d["query"] and
+                   r["source"] == d["source"] and r["system"] == BASELINE_COPY)
+        d["dpsnr"] = d["psnr"] - ref["psnr"]
     return rows, details
 
 
-def _summary(vals: dict[str, list[float]]) -> dict[str, float]:
-    """PSNR of the mean MSE (whole image and mouth box) and the mean SSIM of some frames."""
-    return {"psnr": psnr_from_mse(mean_finite(vals["mse"])), "ssim": mean_finite(vals["ssim"]),
-            "psnr_mouth": psnr_from_mse(mean_finite(vals["mse_mouth"]))}
+def heldout_scores(root: str | Path, fn, size: int, device="cpu", pairs: int = 2,
+                   batch: int = 16) -> dict[str, float]:
+    """Motion and identity of one generator on the first ``pairs`` held-out pairs of a set.
 
+    ``fn(query [1,3,S,S], mix [T,3,S,S], source [T,3,S,S]) -> [T,3,S,S]`` in [-0.5, 0.5]. Used
+    for training diagnostics (e.g. AD-flow at every sample grid). Returns ``motion``,
+    ``motion_px``, ``psnr`` and ``dpsnr`` (against copying the query).
+    """
+    rows, _ = evaluate_synthetic(root, [System("model", fn)], size, device, batch, pairs,
+                                 progress=False)
+    r = rows["model"]
+    return {k: r[k] for k in ("motion", "motion_px", "psnr", "dpsnr")}
+
+
+def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader
+                  ) -> dict[str, list[float]]:
+    """Per-frame squared errors, SSIM and the motion errors' per-frame terms."""
+    est = reader.read(out) if reader is not None else np.full_like(states, np.nan)
+    m_num = ((est - states) ** 2).sum(1)
+    m_den = (states**2).sum(1)  # the query's own mouth is neutral, (0, 0)
+    box = [mouth_crop(x).astype(np.float64) for x in (*out, *truth)]
+    o, g = np.stack(box[:len(out)]), np.stack(box[len(out):])
+    do, dg = o - o.mean(0, keepdims=True), g - g.mean(0, keepdims=True)
+    return {"mse": [mse(a, b) for a, b in zip(truth, out, strict=True)],
+            "ssim": [ssim(a, b) for a, b in zip(truth, out, strict=True)],
+            "mse_mouth": [mse(mouth_crop(a), mouth_crop(b)) for a, b in
+                          zip(truth, out, strict=True)],
+            "motion_num": list(m_num), "motion_den": list(m_den),
+            "mpx_num": list(((do - dg) ** 2).sum((1, 2, 3))),
+            "mpx_den": list((dg**2).sum((1, 2, 3)))}
+
+
+def _summary(vals: dict[str, list[float]]) -> dict[str, float]:
+    """PSNR of the mean MSE (whole image and mouth box), the mean SSIM and the pooled motion
+    errors of some frames."""
+    return {"motion": ratio(sum(vals["motion_num"]), sum(vals["motion_den"])),
+            "motion_px": ratio(sum(vals["mpx_num"]), sum(vals["mpx_den"])),
+            "psnr": psnr_from_mse(mean_finite(vals["mse"])), "ssim": mean_finite(vals["ssim"]),
+            "psnr_mouth": psnr_from_mse(mean_finite(vals["mse_mouth"]))}

@@ -71,7 +71,7 @@ def _check_box(box: Sequence[int], shape: tuple[int, ...]) -> tuple[int, int, in
 
 
 def mouth_mix(query: np.ndarray, source: np.ndarray, poisson: bool = True,
-              box: Sequence[int] | None = None) -> np.ndarray:
+              box: Sequence[int] | None = None, gain: bool = True) -> np.ndarray:
     """The query face with the source's mouth box blended in.
 
     Args:
@@ -80,6 +80,9 @@ def mouth_mix(query: np.ndarray, source: np.ndarray, poisson: bool = True,
         poisson: gradient-domain (seamless) blending; ``False`` pastes the box as is.
         box: ``(top, bottom, left, right)`` in pixels; default ``mouth_box(H)`` (square
             images) or ``MOUTH_BOX_256`` scaled per axis.
+        gain: before the seamless clone, scale the source per channel so that the skin around
+            its box has the query's mean colour (see :func:`_gain_matched`; ours, on by
+            default: without it a dark open mouth cloned onto a light face turns pale).
 
     Returns a new ``uint8 [H, W, 3]`` array; pixels outside the box equal the query's.
     """
@@ -98,12 +101,29 @@ def mouth_mix(query: np.ndarray, source: np.ndarray, poisson: bool = True,
         # A box without interior pixels has nothing to solve for: hard paste.
         out[top:bottom, left:right] = source[top:bottom, left:right]
         return out
-    out[top:bottom, left:right] = _clone_box(query, source, (top, bottom, left, right))
+    out[top:bottom, left:right] = _clone_box(query, source, (top, bottom, left, right), gain)
     return out
 
 
+def _gain_matched(s: np.ndarray, q: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``s`` scaled per channel so that its ring around ``box`` has ``q``'s mean colour.
+
+    A seamless clone adds a smooth correction to the source: the difference of the two skins
+    along the boundary. Between a dark and a light face that offset is large and turns a dark
+    open mouth pale (the motion all but vanishes). Matching the skins by a gain first keeps
+    the mouth's contrast to its skin, so the clone's remaining correction is small.
+    """
+    y0, y1, x0, x1 = box
+    ring = np.zeros(s.shape[:2], bool)
+    ring[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
+    ring[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = False
+    sm = s[ring].astype(np.float64).mean(0) + 1.0
+    qm = q[ring].astype(np.float64).mean(0) + 1.0
+    return np.clip(s.astype(np.float64) * (qm / sm), 0, 255).round().astype(np.uint8)
+
+
 def _clone_box(query: np.ndarray, source: np.ndarray,
-               box: tuple[int, int, int, int]) -> np.ndarray:
+               box: tuple[int, int, int, int], gain: bool = True) -> np.ndarray:
     """The blended box contents ``uint8 [bottom - top, right - left, 3]``."""
     top, bottom, left, right = box
     bh, bw = bottom - top, right - left
@@ -121,6 +141,8 @@ def _clone_box(query: np.ndarray, source: np.ndarray,
     mask = np.zeros(q.shape[:2], np.uint8)
     y0, y1, x0, x1 = m * f, (m + bh) * f, m * f, (m + bw) * f
     mask[y0:y1, x0:x1] = 255
+    if gain:
+        s = _gain_matched(s, q, (y0, y1, x0, x1))
     # seamlessClone centres the mask's bounding box of the source on this point; with
     # end-exclusive bounds the integer midpoint puts it back where it came from.
     centre = ((x0 + x1) // 2, (y0 + y1) // 2)

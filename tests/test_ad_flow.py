@@ -233,9 +233,9 @@ def test_tiny_run_lowers_the_loss_and_checkpoint_records_the_glow(tmp_path) -> N
         "--model", "ad-flow", "-n", "tiny", str(data), "--glow", str(glow_path),
         "--img_size", str(SIZE), "--n_frames", "6", "--cls_hidden", "24", "--iter", "30",
         "--batch", "3", "--lr", "3e-3", "--cls_lr", "3e-3", "--workers", "0", "--device", "cpu",
-        "--log_every", "1", "--sample_every", "15", "--no_progress",
+        "--log_every", "1", "--sample_every", "15", "--no_progress", "--init", "random",
         "--checkpoint_dir", str(tmp_path / "ck"), "--result_dir", str(tmp_path / "res")])
-    assert rc == 0
+    assert rc == 0  # the thesis recipe (random init) lowers its losses
     log = [json.loads(line) for line in (tmp_path / "res/sample_tiny/log.jsonl").open()]
     first = sum(r["loss"] for r in log[:3]) / 3
     last = sum(r["loss"] for r in log[-3:]) / 3

@@ -138,7 +138,7 @@ def test_report_files_and_csv_round_trip(tmp_path):
     assert back[0]["system"] == "ad-flow" and back[0]["psnr"] == 30.0
     assert "bpd" not in back[1]  # empty cell, left out
     table = paths["table"].read_text()
-    assert "| ad-flow | 3.200 | 30.00 | 0.9000 |" in table
+    assert "| ad-flow | 30.00 | 3.200 | 0.9000 |" in table  # PSNR leads bits/dim
 
 
 def test_compare_merges_runs_and_shares_identical_baselines(tmp_path):

@@ -172,7 +172,7 @@ def test_mouth_mix_carries_source_detail_in_place(size, shared_faces):
     """The blended box has the source's gradients where the source has them (no shift)."""
     query, source = _pair(size, shared_faces)
     top, bottom, left, right = mouth_box(size)
-    out = mouth_mix(query, source).astype(float)
+    out = mouth_mix(query, source, gain=False).astype(float)
 
     def grad_err(dy: int, dx: int) -> float:
         shifted = np.roll(source.astype(float), (dy, dx), axis=(0, 1))
@@ -188,6 +188,27 @@ def test_mouth_mix_carries_source_detail_in_place(size, shared_faces):
                          - np.diff(query[top + 1:bottom - 1, left + 1:right - 1].astype(float),
                                    axis=1)).mean())
     assert errors[(0, 0)] < q_err
+
+
+def test_gain_matched_mix_keeps_a_dark_mouth_dark_on_a_light_face():
+    """A dark open mouth on dark skin, cloned onto a light face: the plain seamless clone adds
+    the skin difference and the mouth turns pale; the gain-matched clone keeps its contrast."""
+    from synthface.face import MouthState, render, sample_identity
+
+    rng = np.random.default_rng(0)
+    idents = [sample_identity(rng) for _ in range(40)]
+    dark = min(idents, key=lambda i: sum(i.skin))
+    light = max(idents, key=lambda i: sum(i.skin))
+    source = render(dark, MouthState(0.9, 0.0), 256)
+    query = render(light, MouthState(0.0, 0.0), 256)
+    truth = render(light, MouthState(0.9, 0.0), 256)
+    inner = (slice(150, 170), slice(118, 138))  # inside the open mouth at 256 px
+    skin = query[120:135, 60:80].astype(float).mean()
+    plain = mouth_mix(query, source, gain=False)[inner].astype(float).mean()
+    matched = mouth_mix(query, source)[inner].astype(float).mean()
+    dark_truth = truth[inner].astype(float).mean()
+    assert abs(matched - dark_truth) < abs(plain - dark_truth)
+    assert plain > skin > matched + 20  # the plain clone is paler than the skin, ours darker
 
 
 def test_mouth_mix_identity_and_edge_box():

@@ -298,9 +298,12 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         if path_step is not None:
             save_checkpoint(ckpt_dir / f"step_{path_step:07d}.pt", **payload)
 
+    sampled_at = [-1]
+
     def write_samples() -> None:
-        if not main:
+        if not main or sampled_at[0] == step:
             return
+        sampled_at[0] = step
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             images, nrow = recipe.sample(model, sample_batch, _ctx(step, info, model_cfg, cfg))

@@ -1,0 +1,132 @@
+"""Closed-form (least-squares) initialisation of AD-flow's linear feature encoders.
+
+Why: the thesis trains the encoders from a random initialisation with Adam. Its structural term
+``|face_t - mean_t z|^2`` with ``face = z - E(z)`` asks for ``E(z_t) = z_t - mean_t z``: the lip
+part is the frame's deviation from its clip's mean (the motion), the face part the clip's mean
+(the identity). That target is linear in ``z``, so for the linear encoder (one ``h*h x h*h`` map
+per level, shared by the channels, plus a bias) its ridge-regularised minimiser has a closed
+form over the training clips::
+
+    W = C_yx (C_xx + lambda I)^-1,   b = mean(y) - W mean(x),   y = x - mean_t x
+
+with ``x`` every (frame, channel) position vector of a level, ``lambda = ridge * tr(C_xx) / P``.
+Gradient descent from a random start gets there slowly: the identity part of ``z`` is far larger
+than the mouth's motion, so the first thing Adam learns is ``E ~ 0`` (copy the query), and at the
+thesis's learning rate it stays near it for a long time (see docs/ad_flow.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .model import ADFlow, LinearEncoder
+
+__all__ = ["LevelStats", "fit_linear_encoders"]
+
+
+class LevelStats:
+    """Running sums of one level's position vectors ``x`` [n, P] and targets ``y`` (float64)."""
+
+    def __init__(self, p: int) -> None:
+        self.n = 0
+        self.sx = torch.zeros(p, dtype=torch.float64)
+        self.sy = torch.zeros(p, dtype=torch.float64)
+        self.sxx = torch.zeros(p, p, dtype=torch.float64)
+        self.syx = torch.zeros(p, p, dtype=torch.float64)
+
+    def add_clip(self, z: Tensor) -> None:
+        """One clip's latents of this level [T, C, h, w]."""
+        x = z.detach().double().flatten(2).cpu()  # [T, C, P]
+        y = x - x.mean(0, keepdim=True)
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.sxx += x.T @ x
+        self.syx += y.T @ x
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum these statistics over every rank of the process group."""
+        n = torch.tensor([float(self.n)], dtype=torch.float64)
+        for t in (n, self.sx, self.sy, self.sxx, self.syx):
+            buf = t.to(device)
+            torch.distributed.all_reduce(buf)
+            t.copy_(buf.cpu())
+        self.n = int(round(float(n)))
+
+    def solve(self, ridge: float) -> tuple[Tensor, Tensor]:
+        """``(W [P, P], b [P])`` of the ridge regression ``y ~ W x + b``."""
+        n = max(self.n, 1)
+        mx, my = self.sx / n, self.sy / n
+        cxx = self.sxx / n - torch.outer(mx, mx)
+        cyx = self.syx / n - torch.outer(my, mx)
+        p = cxx.shape[0]
+        lam = ridge * float(torch.trace(cxx)) / p + 1e-12
+        w = torch.linalg.solve(cxx + lam * torch.eye(p, dtype=cxx.dtype), cyx.T).T
+        return w, my - w @ mx
+
+
+def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float,
+                        max_clips: int = 0, rank: int = 0, world: int = 1,
+                        log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Set every linear encoder of ``model`` to the closed-form minimiser of the structural term.
+
+    ``clips()`` yields clips ``[T, 3, S, S]`` (or ``(clip, label)``) in [-0.5, 0.5]; with
+    ``world > 1`` each rank encodes every ``world``-th clip and the sums are all-reduced, so every
+    rank ends with the same weights as one process. Returns facts for the log (clips, seconds,
+    share of the target's variance the fit explains).
+    """
+    levels = model.encoder.levels
+    if not all(isinstance(m, LinearEncoder) for m in levels):
+        raise ValueError("--init lstsq needs --encoder linear (the closed form is for a linear "
+                         "map); use --init random with mlp or conv encoders")
+    stats = [LevelStats(m.size * m.size) for m in levels]
+    device = next(model.encoder.parameters()).device
+    t0 = time.time()
+    seen = 0
+    last_report = t0
+    for k, item in enumerate(clips()):
+        if max_clips and k >= max_clips:
+            break
+        if k % world != rank:
+            continue
+        frames = item[0] if isinstance(item, (tuple, list)) else item
+        for st, z in zip(stats, model.encode_frames(frames.to(device)), strict=True):
+            st.add_clip(z)
+        seen += 1
+        if log is not None and time.time() - last_report > 10:
+            log(f"[ad-flow] least-squares init: {seen * world} clips encoded "
+                f"({time.time() - t0:.0f} s)")
+            last_report = time.time()
+    if world > 1 and torch.distributed.is_initialized():
+        for st in stats:
+            st.all_reduce(device)
+    explained = []
+    with torch.no_grad():
+        for st, enc in zip(stats, levels, strict=True):
+            w, b = st.solve(ridge)
+            enc.linear.weight.copy_(w.to(enc.linear.weight))
+            enc.linear.bias.copy_(b.to(enc.linear.bias))
+            explained.append(_explained(st, w, b))
+    facts = {"clips": float(seen * world), "seconds": round(time.time() - t0, 2)}
+    facts.update({f"explained_l{i}": e for i, e in enumerate(explained)})
+    if log is not None:
+        log(f"[ad-flow] least-squares init from {seen * world} clips in {facts['seconds']} s; "
+            "share of the within-clip variance explained per level: "
+            + ", ".join(f"{e:.3f}" for e in explained))
+    return facts
+
+
+def _explained(st: LevelStats, w: Tensor, b: Tensor) -> float:
+    """1 - residual / total of the fitted target (from the sums; no second pass)."""
+    n = max(st.n, 1)
+    syy_trace = float(torch.trace(st.syx))  # sum y.x = sum y.(y + mean) = sum |y|^2 (per clip)
+    # residual = sum |y - W x - b|^2 = syy - 2 tr(W^T Syx) - 2 b.sy + tr(W Sxx W^T)
+    #            + 2 b.W sx + n |b|^2
+    res = (syy_trace - 2 * float(torch.sum(w * st.syx)) - 2 * float(b @ st.sy)
+           + float(torch.sum((w @ st.sxx) * w)) + 2 * float(b @ (w @ st.sx)) + n * float(b @ b))
+    return 1.0 - res / syy_trace if syy_trace > 0 else float("nan")
