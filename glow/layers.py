@@ -12,13 +12,61 @@ dict of that code (the thesis's ``glow_checkpoint.pt``) loads without renaming.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+_RANDOM_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("glow_random_init",
+                                                                    default=True)
+
+
+@contextlib.contextmanager
+def no_random_init() -> Iterator[None]:
+    """Layers built inside this context draw no random numbers; for weights loaded next.
+
+    Convolution weights are left uninitialised and the 1x1 convolutions start from the
+    identity instead of a random rotation. At the thesis size the random initialisation
+    (~110M normal and uniform draws) was most of the second it takes to build a Glow, for
+    weights that ``load_state_dict`` overwrites at once. Load every tensor (a strict
+    ``load_state_dict``) before using a model built here.
+    """
+    token = _RANDOM_INIT.set(False)
+    try:
+        yield
+    finally:
+        _RANDOM_INIT.reset(token)
+
+
+class _UninitConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose constructor leaves the weights as allocated (no random draws)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+def _conv2d(*args, **kwargs) -> nn.Conv2d:
+    """``nn.Conv2d``; without its random initialisation inside :func:`no_random_init`."""
+    if _RANDOM_INIT.get():
+        return nn.Conv2d(*args, **kwargs)
+    # Not torch.nn.utils.skip_init: its meta-device detour costs ~0.5 s on first use.
+    conv = _UninitConv2d(*args, **kwargs)
+    conv.__class__ = nn.Conv2d  # an ordinary convolution from here on
+    return conv
+
+
+def _start_rotation(n: int) -> Tensor:
+    """A random orthogonal [n, n] matrix (the 1x1 convolution's start), or the identity
+    inside :func:`no_random_init`."""
+    if not _RANDOM_INIT.get():
+        return torch.eye(n)
+    return torch.linalg.qr(torch.randn(n, n))[0]
 
 
 def _per_sample(value: Tensor, x: Tensor) -> Tensor:
@@ -132,7 +180,7 @@ class InvConv2d(nn.Module):
 
     def __init__(self, in_channel: int) -> None:
         super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(in_channel, in_channel))
+        q = _start_rotation(in_channel)
         self.weight = nn.Parameter(q.unsqueeze(2).unsqueeze(3))
         self._cache: tuple | None = None
 
@@ -192,7 +240,7 @@ class InvConv2dLU(nn.Module):
 
     def __init__(self, in_channel: int) -> None:
         super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(in_channel, in_channel))
+        q = _start_rotation(in_channel)
         p, lower, upper = torch.linalg.lu(q)
         s = torch.diagonal(upper).clone()
         u_mask = torch.triu(torch.ones(in_channel, in_channel), 1)
@@ -279,7 +327,7 @@ class ZeroConv2d(nn.Module):
 
     def __init__(self, in_channel: int, out_channel: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channel, out_channel, 3, padding=0)
+        self.conv = _conv2d(in_channel, out_channel, 3, padding=0)
         self.conv.weight.data.zero_()
         self.conv.bias.data.zero_()
         self.scale = nn.Parameter(torch.zeros(1, out_channel, 1, 1))
@@ -298,15 +346,16 @@ class ZeroConv2d(nn.Module):
 def coupling_net(in_channel: int, out_channel: int, hidden: int = 512) -> nn.Sequential:
     """The Glow conditioner: conv3x3 -> ReLU -> conv1x1 -> ReLU -> ZeroConv2d."""
     net = nn.Sequential(
-        nn.Conv2d(in_channel, hidden, 3, padding=1),
+        _conv2d(in_channel, hidden, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, hidden, 1),
+        _conv2d(hidden, hidden, 1),
         nn.ReLU(inplace=True),
         ZeroConv2d(hidden, out_channel),
     )
-    for i in (0, 2):
-        net[i].weight.data.normal_(0, 0.05)
-        net[i].bias.data.zero_()
+    if _RANDOM_INIT.get():
+        for i in (0, 2):
+            net[i].weight.data.normal_(0, 0.05)
+            net[i].bias.data.zero_()
     return net
 
 

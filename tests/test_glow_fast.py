@@ -150,7 +150,7 @@ def test_skip_init_loads_the_same_model_without_random_draws(tmp_path) -> None:
     with skip_init():
         fast = load_glow(path)
     assert torch.equal(torch.random.get_rng_state(), state)  # nothing was drawn
-    assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
+    assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])  # all loaded
     assert all(p.requires_grad for p in fast.parameters())
     with torch.no_grad():
         z = plain.encode(x)
