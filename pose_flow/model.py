@@ -29,13 +29,106 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow import ActNorm, Coupling, Flow, ZeroConv2d, gaussian_log_p, squeeze2d, unsqueeze2d
+from glow import (
+    ActNorm,
+    Coupling,
+    Flow,
+    InvConv2dLU,
+    ZeroConv2d,
+    gaussian_log_p,
+    squeeze2d,
+    unsqueeze2d,
+)
+from glow.layers import _use_cache
 
 from .conditions import cond_channels, condition
 
 # The anchor's conditioner widths per level at 64 px: first block, 4 split blocks, 2 headers.
 ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
 PRIORS = ("learned", "standard")
+
+
+class SmallMapZeroConv(ZeroConv2d):
+    """``glow.ZeroConv2d`` (same parameters, same function) made cheap on tiny maps.
+
+    glow's version avoids a padded copy of the input by adding a border correction computed
+    from the weight, which uses the weight twice. On the header levels (2x2 and 1x1 maps, up
+    to 768 channels) the weight is far larger than the activation: at 2x2 the plain
+    pad-then-convolve is cheaper, at 1x1 the centre tap alone does the work.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[2], x.shape[3]
+        if h * w > 4:
+            return super().forward(x)
+        weight, bias = self.conv.weight, self.conv.bias
+        if h == w == 1:
+            # On a 1x1 map the eight outer taps only ever see the padding (ones): the 3x3
+            # convolution is the centre tap as a 1x1 convolution plus a constant per output.
+            border = weight.sum((1, 2, 3)) - weight[:, :, 1, 1].sum(1)
+            out = F.conv2d(x, weight[:, :, 1:2, 1:2], bias + border)
+        else:
+            out = F.conv2d(F.pad(x, [1, 1, 1, 1], value=1.0), weight, bias)
+        return out * torch.exp(self.scale * 3)
+
+
+class FactorInvConvLU(InvConv2dLU):
+    """``glow.InvConv2dLU`` (same parameters and buffers) that applies its factors directly.
+
+    In training the weight ``W = P L U`` is rebuilt every step; on the pose flow's deep, thin
+    levels (a 768-channel 1x1 map at 64 px) building it costs ``C^3`` multiply-adds while the
+    convolution itself costs ``N C^2`` for ``N`` batch pixels. So: with ``N < C`` the factors
+    are applied to the pixels (``U``, then ``L``, then the permutation as an index), otherwise
+    ``L U`` is formed once and permuted by indexing (``P`` is a permutation: no product
+    needed). The inverse uses triangular solves the same way instead of a general inverse.
+    Eval mode with no gradient keeps glow's cached weight and inverse.
+    """
+
+    def _perm(self) -> Tensor:
+        """``idx`` with ``(P M)[i] = M[idx[i]]``, cached on the buffer's version."""
+        key = (self.w_p._version, self.w_p.device)
+        cache = self.__dict__.get("_perm_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, self.w_p.argmax(1))
+            self.__dict__["_perm_cache"] = cache
+        return cache[1]
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        lower = self.w_l * self.l_mask + self.l_eye
+        upper = self.w_u * self.u_mask + torch.diag(self.s_sign * torch.exp(self.w_s))
+        return lower, upper
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if _use_cache(self, self.w_l):
+            return super().forward(x)
+        b, c, h, w = x.shape
+        lower, upper = self._factors()
+        logdet = (h * w * self.w_s.sum()).to(x.dtype).expand(b)
+        if b * h * w < c:
+            flat = x.permute(1, 0, 2, 3).reshape(c, -1)
+            y = (lower @ (upper @ flat))[self._perm()]
+            return y.reshape(c, b, h, w).permute(1, 0, 2, 3), logdet
+        weight = (lower @ upper)[self._perm()]
+        return F.conv2d(x, weight[:, :, None, None]), logdet
+
+    def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
+        if _use_cache(self, self.w_l):
+            return super().reverse(y)
+        b, c, h, w = y.shape
+        lower, upper = self._factors()
+        inv_perm = torch.empty_like(self._perm())
+        inv_perm[self._perm()] = torch.arange(c, device=y.device)
+        if b * h * w < c:
+            flat = y.permute(1, 0, 2, 3).reshape(c, -1)[inv_perm]
+            x = torch.linalg.solve_triangular(
+                upper, torch.linalg.solve_triangular(lower, flat, upper=False,
+                                                     unitriangular=True), upper=True)
+            return x.reshape(c, b, h, w).permute(1, 0, 2, 3)
+        eye = self.l_eye[inv_perm]  # P^T as a matrix
+        inv = torch.linalg.solve_triangular(
+            upper, torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True),
+            upper=True)
+        return F.conv2d(y, inv[:, :, None, None])
 
 
 def conditioner(in_channel: int, out_channel: int, hidden: int, kernel: int = 3) -> nn.Sequential:
@@ -45,7 +138,7 @@ def conditioner(in_channel: int, out_channel: int, hidden: int, kernel: int = 3)
         nn.ReLU(inplace=True),
         nn.Conv2d(hidden, hidden, 1),
         nn.ReLU(inplace=True),
-        ZeroConv2d(hidden, out_channel),
+        SmallMapZeroConv(hidden, out_channel),
     )
     for i in (0, 2):
         net[i].weight.data.normal_(0, 0.05)
@@ -63,6 +156,13 @@ class PoseCoupling(Coupling):
         self.n_a = in_channel - n_b
         net = conditioner(self.n_a + cond_channel, 2 * n_b if affine else n_b, hidden, kernel)
         super().__init__(in_channel, affine=affine, net=net, cond_channel=cond_channel)
+
+    def _params(self, x_a: Tensor, cond: Tensor | None) -> Tensor:
+        # Plain NCHW: at the pose flow's shapes (small maps, many thin levels) glow.Coupling's
+        # channels-last copies cost more than they save, because the elementwise coupling
+        # arithmetic then mixes memory formats (measured in bench/pose_flow_step.py).
+        h = x_a.contiguous() if cond is None else torch.cat([x_a, cond], 1)
+        return self.net(h)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.n_a], x[:, self.n_a:]
@@ -86,6 +186,15 @@ class PoseCoupling(Coupling):
         return torch.cat([y_a, x_b], 1)
 
 
+def pose_step(channels: int, cond_channel: int, hidden: int, affine: bool = True,
+              kernel: int = 3) -> Flow:
+    """One step of flow: ``glow.Flow`` (ActNorm, LU 1x1 conv, coupling) with the pose
+    coupling and the factor-applying 1x1 conv (state-dict names unchanged)."""
+    flow = Flow(channels, coupling=PoseCoupling(channels, cond_channel, hidden, affine, kernel))
+    flow.invconv = FactorInvConvLU(channels)
+    return flow
+
+
 class PoseBlock(nn.Module):
     """(Squeeze), ``n_flow`` conditioned flows, (split half off under a conditional prior).
 
@@ -100,13 +209,12 @@ class PoseBlock(nn.Module):
         self.squeeze, self.split, self.cond_channel = squeeze, split, cond_channel
         self.size = size  # resolution of the flows
         kernel = 1 if size == 1 else 3
-        self.flows = nn.ModuleList(
-            Flow(c, coupling=PoseCoupling(c, cond_channel, hidden, affine, kernel))
-            for _ in range(n_flow))
+        self.flows = nn.ModuleList(pose_step(c, cond_channel, hidden, affine, kernel)
+                                   for _ in range(n_flow))
         self.prior = None
         if split and prior == "learned":
             kept = c - c // 2
-            self.prior = ZeroConv2d(kept + cond_channel, 2 * (c // 2))
+            self.prior = SmallMapZeroConv(kept + cond_channel, 2 * (c // 2))
 
     def forward(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """x -> (kept or whole output, logdet [B], split latent or None)."""
