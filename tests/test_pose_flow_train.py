@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ def _script(name: str):
     """A script's module loaded by path (``import test`` may find the standard library's)."""
     spec = importlib.util.spec_from_file_location(f"_pose_test_{name}", ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -1,0 +1,57 @@
+"""preprocess.py --landmarks DATA: dlib landmark files, resumable, faceless frames counted."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pose_flow.preprocess import landmark_folder, wants
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _preprocess_main():
+    spec = importlib.util.spec_from_file_location("_pose_pre", ROOT / "preprocess.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_dispatch_keeps_the_predictor_flag(tmp_path):
+    dat = tmp_path / "model.dat"
+    dat.write_bytes(b"x")
+    assert wants(["--landmarks", str(tmp_path)]) and wants([f"--landmarks={tmp_path}"])
+    assert wants(["--from_video", "v", "--out", "d"])
+    assert not wants(["--landmarks", str(dat), "photo.jpg"])
+    assert not wants(["--landmarks", "missing.dat", "photo.jpg"])
+
+
+def test_landmarks_written_resumed_and_faceless_frames_counted(shared_faces, tmp_path, capsys):
+    clip = tmp_path / "data" / "person" / "clip"
+    clip.mkdir(parents=True)
+    for name in ("obama_256.jpg", "leo_256.jpg"):
+        Image.open(shared_faces / "ref_img" / name).save(clip / name.replace(".jpg", ".png"))
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(clip / "blank.png")
+    rc = _preprocess_main()(["--landmarks", str(tmp_path / "data")])
+    assert rc == 0
+    for name in ("obama_256", "leo_256"):
+        lm = np.load(clip / f"{name}.npy")
+        assert lm.shape == (68, 2) and lm.dtype == np.float32
+        assert 0.1 < lm.min() and lm.max() < 0.95  # normalised, on the face
+    assert not (clip / "blank.npy").exists()
+    assert "person/clip/blank.png" in (tmp_path / "data" / ".no_face.txt").read_text()
+    counts = landmark_folder(tmp_path / "data", say=lambda *_: None)
+    assert counts == {"frames": 3, "existing": 2, "written": 0, "no_face": 1, "unreadable": 0,
+                      "retried_bad": 0}
+    # a corrupt file is recomputed, not trusted
+    np.save(clip / "leo_256.npy", np.full((68, 2), np.nan, np.float32))
+    counts = landmark_folder(tmp_path / "data", say=lambda *_: None)
+    assert counts["written"] == 1 and counts["retried_bad"] == 1
+    assert np.isfinite(np.load(clip / "leo_256.npy")).all()
+    assert _preprocess_main()(["--landmarks", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
