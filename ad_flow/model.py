@@ -179,13 +179,16 @@ class ADFlow(nn.Module):
         return [z.detach() for z in self.glow.encode(x)]
 
     def forward(self, frames: Tensor, labels: Tensor | None, shifts: Tensor,
-                pair_frames: Tensor, with_classifier: bool = True) -> dict[str, Tensor]:
+                pair_frames: Tensor, with_classifier: bool = True,
+                partner: Tensor | None = None) -> dict[str, Tensor]:
         """The four AD-flow terms on a batch of clips.
 
         frames [B, T, 3, S, S]; labels [B] (word ids); shifts [B] (time roll of each clip's
         face parts, ``0 <= shift < T``); pair_frames [B] (frame of clip ``(b+1) % B`` whose
-        face part is mixed with clip ``b``'s lips in the cycle term). Returns scalar terms
-        ``rec``, ``struct``, ``cycle``, ``cls`` (when a classifier runs) and ``acc``.
+        face part is mixed with clip ``b``'s lips in the cycle term). ``partner`` [B, 3, S, S]:
+        those partner frames given directly (under DDP the partner of a rank's last clip lives
+        on another rank; ``pair_frames`` is then unused). Returns scalar terms ``rec``,
+        ``struct``, ``cycle``, ``cls`` (when a classifier runs) and ``acc``.
         """
         b, t = frames.shape[:2]
         z_flat = self.encode_frames(frames.flatten(0, 1))
@@ -193,9 +196,12 @@ class ADFlow(nn.Module):
         faces_flat, lips_flat = self.encoder.split(z_flat)
         faces = [f.view(b, t, *f.shape[1:]) for f in faces_flat]
         lips = [m.view(b, t, *m.shape[1:]) for m in lips_flat]
+        partner_faces = None
+        if partner is not None:  # the Glow is frozen: only the encoder's split carries gradient
+            partner_faces, _ = self.encoder.split(self.encode_frames(partner))
         terms = {"rec": reconstruction_loss(z, faces, lips, shifts),
                  "struct": structural_loss(z, faces),
-                 "cycle": cycle_loss(self.encoder, faces, lips, pair_frames),
+                 "cycle": cycle_loss(self.encoder, faces, lips, pair_frames, partner_faces),
                  **split_diagnostics(z, faces, lips)}
         if with_classifier and self.classifier is not None and labels is not None:
             logits = self.classifier(lips)
@@ -289,14 +295,21 @@ def structural_loss(z: Sequence[Tensor], faces: Sequence[Tensor]) -> Tensor:
 
 
 def cycle_loss(encoder: FeatureEncoder, faces: Sequence[Tensor], lips: Sequence[Tensor],
-               pair_frames: Tensor) -> Tensor:
+               pair_frames: Tensor, partner_faces: Sequence[Tensor] | None = None) -> Tensor:
     """Cycle consistency: the face part of (clip b+1's face at one frame + clip b's lips) is
-    that face again. With ``lip = E(z), face = z - lip`` this equals ``E(mix) = lips``."""
+    that face again. With ``lip = E(z), face = z - lip`` this equals ``E(mix) = lips``.
+
+    ``partner_faces`` (per level [B, C, h, h]): those partner faces computed elsewhere (DDP,
+    where clip b+1 of the global batch may sit on another rank); default: from ``faces``.
+    """
     total = 0
     for i, (f, m) in enumerate(zip(faces, lips, strict=True)):
         b, t = m.shape[:2]
-        other = torch.roll(torch.arange(b, device=f.device), -1)
-        face_a = f[other, pair_frames.to(f.device)]  # [B, C, h, h]
+        if partner_faces is not None:
+            face_a = partner_faces[i]
+        else:
+            other = torch.roll(torch.arange(b, device=f.device), -1)
+            face_a = f[other, pair_frames.to(f.device)]  # [B, C, h, h]
         target = face_a[:, None].expand_as(m)
         mix = (target + m).flatten(0, 1)
         face_mix, _ = encoder.split_level(i, mix)

@@ -243,12 +243,31 @@ def draw(b: int, t: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     return shifts, pair
 
 
+def partner_frames(frames: Tensor, pair: Tensor, ctx) -> Tensor:
+    """The cycle partners of this rank's clips in the *global* batch: for global clip ``g``,
+    frame ``pair[g]`` of clip ``(g + 1) % B``. frames [b, T, 3, S, S] (this rank's share, global
+    clip ``g = j * world + rank``), pair [B] (the global draw) -> [b, 3, S, S].
+
+    Each rank hands over the one frame its clips' predecessors need (b frames, not the clips),
+    so one all-gather of ``b`` images replaces a gather of every latent."""
+    big_b = pair.shape[0]
+    g = torch.arange(big_b)
+    given = pair[(g - 1) % big_b][ctx.rank::ctx.world].to(frames.device)
+    local = frames[torch.arange(frames.shape[0], device=frames.device), given]
+    every = ctx.gather(local.contiguous())  # [B, 3, S, S]: clip g's frame pair[g - 1]
+    return every[((g + 1) % big_b)[ctx.rank::ctx.world].to(frames.device)]
+
+
 def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
     cfg: Config = ctx.model_cfg
     frames, labels = _frames(batch, cfg, ctx)
-    shifts, pair = draw(frames.shape[0], frames.shape[1], ctx.generator)
+    # One draw for the global batch, sliced per rank (rank r holds global clips r, r+W, ...):
+    # N processes draw what one process with the same global batch draws.
+    shifts, pair = draw(frames.shape[0] * ctx.world, frames.shape[1], ctx.generator)
+    partner = partner_frames(frames, pair, ctx) if ctx.world > 1 else None
+    shifts, pair = shifts[ctx.rank::ctx.world], pair[ctx.rank::ctx.world]
     return model(frames, labels, shifts.to(frames.device), pair.to(frames.device),
-                 with_classifier=cfg.w_cls > 0)
+                 with_classifier=cfg.w_cls > 0, partner=partner)
 
 
 def loss_weights(cfg: Config) -> dict[str, float]:

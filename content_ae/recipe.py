@@ -33,6 +33,9 @@ from training.config import opt
 from .model import Arch, ContentAE, _ints, bce_logits
 
 NAME = "content-ae"
+DDP_EXACT = False  # train.py refuses torchrun with DDP_NOTE (tests/test_ddp.py)
+DDP_NOTE = ("its losses call the sub-networks directly rather than through the DDP wrapper "
+            "and freeze the discriminator mid-step, which DDP's gradient reducer does not follow")
 # The original: batch 32, lr 2e-4 both, 1.25M iterations, grids every 5000, checkpoints every
 # 10000. --lr is the auto-encoder's (the remake used 1e-4: pass --lr 1e-4 with --arch improved).
 TRAIN_DEFAULTS = {"batch": 32, "lr": 2e-4, "iter": 1250000, "sample_every": 5000,

@@ -59,18 +59,26 @@ class CLUB(nn.Module):
         """Negative log-likelihood of ``q`` per condition dimension (nats); trains ``q`` only."""
         return -self.log_likelihood(z.detach(), c.detach()).mean() / self.c_dim
 
-    def mi_upper(self, z: Tensor, c: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The CLUB estimate of I(z; c) in nats (scalar); gradient to ``z`` only."""
+    def mi_upper(self, z: Tensor, c: Tensor, generator: torch.Generator | None = None,
+                 c_global: Tensor | None = None, rank: int = 0, world: int = 1) -> Tensor:
+        """The CLUB estimate of I(z; c) in nats (scalar); gradient to ``z`` only.
+
+        z [b, ...], c [b, c_dim]. Under DDP the negatives come from the *global* batch:
+        ``c_global`` [b * world, c_dim] holds every rank's conditions in interleaved order (this
+        rank's rows are ``rank::world``); CLUB-sample draws one permutation of the global batch
+        and keeps this rank's rows. Averaged over ranks, the estimate equals one process's.
+        """
         frozen = {k: v.detach() for k, v in self.named_parameters()}
         mu, logvar = functional_call(self, frozen, (z,))
         c = c.detach()
+        pool = c if c_global is None else c_global.detach()
         inv_var = torch.exp(-logvar)
-        positive = -0.5 * ((c - mu) ** 2 * inv_var).sum(1)  # [B]
+        positive = -0.5 * ((c - mu) ** 2 * inv_var).sum(1)  # [b]
         if self.sample:
-            perm = torch.randperm(c.shape[0], generator=generator).to(c.device)
-            negative = -0.5 * ((c[perm] - mu) ** 2 * inv_var).sum(1)
+            perm = torch.randperm(pool.shape[0], generator=generator)[rank::world].to(c.device)
+            negative = -0.5 * ((pool[perm] - mu) ** 2 * inv_var).sum(1)
         else:
-            # all pairs (i, j): mean_j of (c_j - mu_i)^2 per dimension, [B, c_dim]
-            sq = (c.unsqueeze(0) - mu.unsqueeze(1)) ** 2  # [B_i, B_j, c_dim]
+            # all pairs (i, j): mean_j of (c_j - mu_i)^2 per dimension, [b, c_dim]
+            sq = (pool.unsqueeze(0) - mu.unsqueeze(1)) ** 2  # [b_i, B_j, c_dim]
             negative = -0.5 * (sq.mean(1) * inv_var).sum(1)
         return (positive - negative).mean()

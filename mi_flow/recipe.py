@@ -157,7 +157,9 @@ def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
         terms["recon"] = F.mse_loss(rec, image)
     if m.mi is not None:
         c = m.mi_condition(image)
-        terms["mi"] = m.mi.mi_upper(z_list[-1], c, generator=ctx.generator)
+        # negatives from the global batch (ctx.gather: identity in one process)
+        terms["mi"] = m.mi.mi_upper(z_list[-1], c, generator=ctx.generator,
+                                    c_global=ctx.gather(c), rank=ctx.rank, world=ctx.world)
         terms["mi_q_nll"] = m.mi.learning_loss(z_list[-1], c)
     return terms
 

@@ -184,6 +184,13 @@ class QuadrupletDataset(Dataset):
             raise PoseDataError(f"{root}: only one identity ({ix.identities[0]}); the "
                                 "quadruplet loss needs at least two identity folders")
         self.single_frame_identities = sum(1 for g in ix.by_identity if len(g) == 1)
+        self.draw_seed: tuple[int, int] | None = None  # (seed, epoch) once set_epoch is called
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """Draw item ``i``'s partners from a generator seeded by ``(seed, epoch, i)`` (the
+        training loop calls this every epoch): the same quadruplets whatever the number of
+        processes, data-loader workers or a resume. Before it is called: the global RNG."""
+        self.draw_seed = (int(seed), int(epoch))
 
     def __len__(self) -> int:
         return len(self.index.frames)
@@ -215,5 +222,10 @@ class QuadrupletDataset(Dataset):
         return load_image(path, self.img_size), torch.from_numpy(lm)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.load(j) for j in self.indices(i)]
+        g = None
+        if self.draw_seed is not None:
+            seed, epoch = self.draw_seed
+            g = torch.Generator().manual_seed(
+                (seed * 1_000_003 + epoch * 7919 + i * 104_729 + 1) % (2**63 - 1))
+        items = [self.load(j) for j in self.indices(i, g)]
         return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])

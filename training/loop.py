@@ -183,6 +183,10 @@ def _start_fresh(cfg: TrainConfig, ckpt_dir: Path, run_dir: Path, delete: bool =
 def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
           say=print) -> dict:
     """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped."""
+    # Refused before the process group forms, so every rank exits at once with the same line.
+    if distributed.launched_world() > 1 and not getattr(recipe, "DDP_EXACT", True):
+        raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
+                         f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
     info = distributed.setup(cfg.device)
     try:
         return _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
@@ -240,6 +244,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
 
     # A fixed batch for the sample grids: the first items of epoch 0's permutation.
     sampler.set_epoch(0)
+    if hasattr(dataset, "set_epoch"):  # per-item draws seeded by (seed, epoch, item)
+        dataset.set_epoch(0, cfg.seed)
     first_idx = list(distributed.DistributedSampler.__iter__(sampler))[:local_batch]
     sample_batch = to_device(default_collate([dataset[i] for i in first_idx]), device)
 
@@ -326,6 +332,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         while step < cfg.iter:
             epoch, offset = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch, cfg.seed)
             sampler.start_index = offset * local_batch
             loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler,
                                 num_workers=cfg.workers, drop_last=True,

@@ -7,7 +7,9 @@ A recipe is a module exposing:
     TRAIN_DEFAULTS: dict          # overrides of TrainConfig defaults (thesis values)
     validate(cfg) -> None         # raise ValueError with a one-line message
     build(cfg) -> nn.Module
-    dataset(cfg, data_dir) -> torch.utils.data.Dataset
+    dataset(cfg, data_dir) -> torch.utils.data.Dataset   # with an optional
+                                  # set_epoch(epoch, seed): the loop calls it every epoch, so
+                                  # random per-item draws can be seeded by (seed, epoch, item)
     losses(model, batch, ctx) -> dict[str, Tensor]     # scalar terms (and metrics)
     loss_weights(cfg) -> dict[str, float]              # the loop sums weight * term
     sample(model, batch, ctx) -> (images [N,3,H,W] in [-0.5,0.5], nrow)
@@ -19,6 +21,12 @@ and optionally:
                                            # group with "clip_norm" > 0 is clipped on its own
     checkpoint_extra(model, cfg) -> dict   # recorded in the checkpoint (e.g. the Glow used)
     DDP_FIND_UNUSED: bool
+    DDP_EXACT: bool = True   # N torchrun processes train what one process with the same global
+                             # batch trains (tests/test_ddp.py checks it per recipe): draw
+                             # per-step randomness with ctx.global_rand / ctx.generator for the
+                             # global batch and slice rank::world, and take anything that mixes
+                             # items of the batch (partners, negatives) from ctx.gather(...)
+    DDP_NOTE: str            # with DDP_EXACT = False: why; torchrun is then refused with it
     translate_argv(argv) -> argv           # train.py: the recipe's own flag aliases
     generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
     diagnostics(model, ctx) -> dict[str, float]   # at every sample grid: diagnostics.jsonl/.png
