@@ -71,7 +71,7 @@ class Config:
     init: str = opt("lstsq", "encoder initialisation: lstsq (ours: the closed-form minimiser of "
                     "the structural term over the training clips, linear encoders only) or "
                     "random (the thesis)", choices=["lstsq", "random"])
-    init_ridge: float = opt(0.1, "ridge of the least-squares init, relative to the latents' "
+    init_ridge: float = opt(0.01, "ridge of the least-squares init, relative to the latents' "
                             "mean variance (larger: the lip part moves less, the face is kept "
                             "better)")
     init_clips: int = opt(0, "clips the least-squares init reads (0: every training clip)")
@@ -191,14 +191,12 @@ def initialize(model: ADFlow, batch, ctx) -> None:
 def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
     """Held-out motion and identity scores (see evaluation.motion) on the first
     ``--diag_pairs`` query x source pairs, when the training data is a synthetic set's train/."""
+    from evaluation.synthetic import heldout_scores, synthetic_root_of
+
     cfg: Config = ctx.model_cfg
-    root = getattr(cfg, "_data_dir", None)
+    root = synthetic_root_of(getattr(cfg, "_data_dir", None))
     if not cfg.diag_pairs or root is None:
         return {}
-    root = next((r for r in (root, root.parent) if (r / "manifest.json").is_file()), None)
-    if root is None:
-        return {}
-    from evaluation.synthetic import heldout_scores
 
     m = _unwrap(model)
     return heldout_scores(root, lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),

@@ -27,7 +27,12 @@ from .metrics import mean_finite, mouth_crop, mse, psnr_from_mse, ssim
 from .models import BASELINE_BLEND, BASELINE_COPY, System, like_model_input, run_sequence
 from .motion import mouth_reader, ratio, state_array
 
-__all__ = ["evaluate_synthetic", "heldout_scores", "is_synthetic"]
+__all__ = ["MIN_READER_SIZE", "evaluate_synthetic", "heldout_scores", "is_synthetic",
+           "synthetic_root_of"]
+
+MIN_READER_SIZE = 32
+"""Smallest image size the geometric motion error is computed at (NaN below: at 16 px the mouth
+box is 3 x 5 pixels and neighbouring mouth states are not told apart)."""
 
 
 def is_synthetic(path: str | Path) -> bool:
@@ -78,7 +83,9 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             truth = np.stack([like_model_input(syn.ground_truth(q, s, t, 256), size)
                               for t in range(len(frames))])
             states = state_array(syn.source_states(s))[:len(frames)]
-            reader = mouth_reader(syn.identity(q), size) if 256 % size == 0 else None
+            # the geometric reader needs the mouth box to have some pixels (8 x 11 at 32 px)
+            reader = (mouth_reader(syn.identity(q), size)
+                      if size >= MIN_READER_SIZE and 256 % size == 0 else None)
             for lab in labels:
                 vals = _frame_values(outs[lab], truth, states, reader)
                 for k, v in vals.items():
@@ -100,6 +107,14 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
                    r["source"] == d["source"] and r["system"] == BASELINE_COPY)
         d["dpsnr"] = d["psnr"] - ref["psnr"]
     return rows, details
+
+
+def synthetic_root_of(data_dir: str | Path | None) -> Path | None:
+    """The synthetic set whose training folder is ``data_dir`` (or that is ``data_dir``)."""
+    if data_dir is None:
+        return None
+    d = Path(data_dir)
+    return next((r for r in (d, d.parent) if is_synthetic(r)), None)
 
 
 def heldout_scores(root: str | Path, fn, size: int, device="cpu", pairs: int = 2,

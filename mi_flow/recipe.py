@@ -73,6 +73,10 @@ class Config(GlowFlags):
     mi_lr_scale: float = opt(1.0, "the estimator's learning rate as a multiple of --lr")
     mi_monitor: bool = opt(False, "build and train the estimator and log the MI estimate "
                            "even when --mi_weight is 0")
+    diag_pairs: int = opt(2, "held-out query x source pairs scored at every sample grid in "
+                          "both test modes, when DATA is a synthetic set's train/ (0: off); "
+                          "cond mode's motion shows how much of the mouth the conditional "
+                          "priors explain")
 
 
 def estimator_enabled(cfg: Config) -> bool:
@@ -106,7 +110,29 @@ def build(cfg: Config) -> MIFlow:
 def dataset(cfg: Config, data_dir: Path):
     from lrw.datasets import ImageFolderDataset, training_root
 
+    cfg._data_dir = Path(data_dir)  # for diagnostics()
     return ImageFolderDataset(training_root(data_dir), cfg.img_size)
+
+
+def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
+    """Held-out motion and identity (evaluation.motion) in both test modes on the first
+    ``--diag_pairs`` pairs, when the training data is a synthetic set's train/."""
+    import types
+
+    from evaluation.synthetic import heldout_scores, synthetic_root_of
+
+    cfg: Config = ctx.model_cfg
+    root = synthetic_root_of(getattr(cfg, "_data_dir", None))
+    if not cfg.diag_pairs or root is None:
+        return {}
+    m = _unwrap(model)
+    out = {}
+    for mode in ("thesis", "cond"):
+        args = types.SimpleNamespace(mode=mode)
+        scores = heldout_scores(root, lambda q, mix, src, a=args: generate(m, q, mix, src, a),
+                                m.img_size, ctx.device, cfg.diag_pairs)
+        out.update({f"{mode}_{k}": v for k, v in scores.items() if k in ("motion", "dpsnr")})
+    return out
 
 
 def param_groups(model: MIFlow, cfg: Config, train_cfg) -> list[dict]:
