@@ -13,8 +13,11 @@ rather than Adam's sign-like first steps, where a tiny gradient difference looks
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +175,43 @@ def test_two_processes_train_what_one_process_trains(name: str, tmp_path: Path) 
     assert off[worst] <= 1e-3 * moved, \
         f"{name}: {worst} differs by {off[worst]:.3g} (training moved weights {moved:.3g})"
 
+
+
+def _glow_argv(data: Path, out: Path) -> list[str]:
+    return ["train.py", "--model", "glow", "-n", "mn", str(data), "--n_flow", "2", "--n_block",
+            "2", "--hidden", "8", "--img_size", "8", "--n_sample", "2", "--batch", "4", "--iter",
+            "3", "--lr", "1e-2", "--adam_eps", "1.0", "--seed", "3", "--device", "cpu",
+            "--workers", "0", "--sample_every", "0", "--save_every", "0", "--no_progress",
+            "--checkpoint_dir", str(out / "ckpt"), "--result_dir", str(out / "res")]
+
+
+def test_two_torchrun_nodes_train_what_one_process_trains(tmp_path: Path) -> None:
+    """Two ``torchrun --nnodes 2`` launches of one process each, meeting through a c10d
+    rendezvous on the loopback address (as two machines would through HOST:PORT), form one
+    2-process job whose weights equal one process's with the same global batch of 4."""
+    root = Path(__file__).resolve().parents[1]
+    data = _png_folder(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launches = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+               str(node), "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+               endpoint, "--rdzv_id", "flowdis-test", "--max_restarts", "0",
+               *_glow_argv(data, tmp_path / "two")]
+        launches.append(subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in launches]
+    for p, out in zip(launches, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert sum("2 process(es)" in out for out in outputs) == 1, "one job of 2, one main process"
+    one = subprocess.run([sys.executable, *_glow_argv(data, tmp_path / "one")], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    w1 = load_checkpoint(tmp_path / "one/ckpt/mn/last.pt")["weights"]
+    w2 = load_checkpoint(tmp_path / "two/ckpt/mn/last.pt")["weights"]
+    assert load_checkpoint(tmp_path / "two/ckpt/mn/last.pt")["step"] == 3
+    for k, v in w1.items():
+        torch.testing.assert_close(w2[k].float(), v.float(), atol=1e-6, rtol=1e-4, msg=k)
+    cfg = json.loads((tmp_path / "two/res/sample_mn/config.json").read_text())
+    assert cfg["world_size"] == 2
