@@ -166,16 +166,18 @@ def _grid_cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="test.py --model pose-flow --transfer_grid",
                                 description="Pose-transfer grid: blank + targets on top, one "
                                             "row per source (its w, each target's landmarks).")
-    p.add_argument("--model", default="pose-flow")
+    p.add_argument("--model", default="pose-flow", help="pose-flow")
     p.add_argument("--transfer_grid", nargs=2, metavar=("SOURCES_DIR", "TARGETS_DIR"),
-                   required=True)
+                   required=True, help="folders of source and target faces (landmarks from "
+                   "FRAME.npy beside each image, else dlib)")
     p.add_argument("--checkpoint", default=None, help="file, or run name (CHECKPOINT_DIR/NAME/"
                    "last.pt)")
-    p.add_argument("--checkpoint_dir", default="checkpoint")
+    p.add_argument("--checkpoint_dir", default="checkpoint",
+                   help="root of checkpoints (default: checkpoint)")
     p.add_argument("--result_dir", default="result", help="output: RESULT_DIR/transfer_grid/"
                    "NAME.png (default: result)")
     p.add_argument("--name", default="grid", help="file name of the grid (default: grid)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--temp", type=float, default=0.0, help="split-latent temperature")
     p.add_argument("--out_size", type=int, default=None, help="upscale each cell to this size")
     a = p.parse_args(argv)

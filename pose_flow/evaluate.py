@@ -243,14 +243,15 @@ def evaluate_cli(argv: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("data", nargs="*", metavar="POSE_SET", help="synthetic pose-set roots")
-    p.add_argument("--model", default="pose-flow")
+    p.add_argument("--model", default="pose-flow", help="pose-flow (this evaluation)")
     p.add_argument("--checkpoint", required=True, help="file, or run name (CHECKPOINT_DIR/"
                    "NAME/last.pt)")
-    p.add_argument("--checkpoint_dir", default="checkpoint")
-    p.add_argument("--result_dir", default="result")
+    p.add_argument("--checkpoint_dir", default="checkpoint",
+                   help="root of checkpoints, for run names (default: checkpoint)")
+    p.add_argument("--result_dir", default="result", help="root of results (default: result)")
     p.add_argument("--name", default=None, help="output folder under RESULT_DIR/eval "
                    "(default: the checkpoint's run name)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--pairs", type=int, default=None, help="synthetic: first N source x target "
                    "pairs (default: all)")
     p.add_argument("--no_dlib", dest="dlib", action="store_false",
@@ -258,10 +259,11 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument("--source", action="append", default=None, help="real: a driving sequence "
                    "IMAGE_DIR/source_img/NAME (repeatable)")
     p.add_argument("--query", action="append", default=None, help="real: a query (repeatable)")
-    p.add_argument("--image_dir", default="image")
+    p.add_argument("--image_dir", default="image",
+                   help="real: root of ref_img/ and source_img/ (default: image)")
     p.add_argument("--seq_frames", type=int, default=None, help="real: first N frames")
     p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="real: frames per pass (default: 16)")
     a = p.parse_args(argv)
     try:
         if not a.data and not (a.source and a.query):
