@@ -55,3 +55,23 @@ def test_landmarks_written_resumed_and_faceless_frames_counted(shared_faces, tmp
     assert np.isfinite(np.load(clip / "leo_256.npy")).all()
     assert _preprocess_main()(["--landmarks", str(tmp_path / "nowhere")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_from_video_writes_aligned_frames_with_landmarks(shared_faces, tmp_path):
+    from faces.io import read_image, sorted_frames
+    from lrw.video import write_video
+
+    frames = [read_image(p) for p in sorted_frames(shared_faces / "source_img" / "ellen")[:6]]
+    (tmp_path / "videos" / "ellen").mkdir(parents=True)
+    write_video(tmp_path / "videos" / "ellen" / "talk.mp4", frames, 25)
+    (tmp_path / "videos" / "ellen" / "notes.txt").write_text("not a video")
+    rc = _preprocess_main()(["--from_video", str(tmp_path / "videos"), "--out",
+                             str(tmp_path / "data"), "--size", "64"])
+    assert rc == 0
+    out = sorted((tmp_path / "data" / "ellen" / "talk").glob("*.png"))
+    assert len(out) == 6
+    lm = np.load(out[0].with_suffix(".npy"))
+    assert lm.shape == (68, 2) and np.isfinite(lm).all()
+    # aligned crop: the mouth centre lands near the crop's (0.5, 0.625)
+    assert np.allclose(lm[48:68].mean(0), (0.5, 0.625), atol=0.06)
+    assert np.asarray(Image.open(out[0])).shape == (64, 64, 3)
