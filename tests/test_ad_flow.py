@@ -179,11 +179,39 @@ def test_every_trainable_parameter_gets_a_gradient_and_glow_stays_frozen(tmp_pat
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
-def test_shifts_come_from_the_step_generator() -> None:
-    a = ad.draw(4, 29, step_generator(0, 5))
-    b = ad.draw(4, 29, step_generator(0, 5))
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert ((a[0] >= 1) & (a[0] < 29)).all()
+def test_two_ranks_draw_and_pair_like_one_process(tmp_path) -> None:
+    """Rank r of 2 uses rows r::2 of the one-process draw of shifts and pair frames, and its
+    clips' cycle partners come from the global batch (clip g pairs with clip g+1 of all 4, which
+    for rank 1's last clip sits on rank 0): the two ranks' terms average to one process's."""
+    glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
+    cfg = tiny_cfg(glow_path)
+    model = ad.build(cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a non-trivial split and classifier
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    frames = torch.rand(4, 6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)) - 0.5
+    labels = torch.tensor([0, 1, 2, 0])
+    one = ad.losses(model, (frames, labels), ctx_for(cfg, step=3))
+
+    shifts, pair = ad.draw(4, 6, step_generator(0, 3))
+    assert ((shifts >= 1) & (shifts < 6)).all() and ((pair >= 0) & (pair < 6)).all()
+    g = torch.arange(4)
+    every = frames[g, pair[(g - 1) % 4]]  # what the all-gather of the handed-over frames holds
+    terms = []
+    for rank in range(2):
+        ctx = ctx_for(cfg, step=3)
+        ctx.rank, ctx.world = rank, 2
+
+        def gather(x, rank=rank):
+            torch.testing.assert_close(x, every[rank::2], rtol=0, atol=0)  # this rank's share
+            return every
+
+        ctx.gather = gather
+        terms.append(ad.losses(model, (frames[rank::2], labels[rank::2]), ctx))
+    for k in ("rec", "struct", "cycle", "cls"):
+        torch.testing.assert_close((terms[0][k] + terms[1][k]) / 2, one[k], rtol=1e-5,
+                                   atol=1e-7, msg=k)
 
 
 def test_transfer_with_zero_encoder_reconstructs_the_query(tmp_path) -> None:

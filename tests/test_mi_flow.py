@@ -400,4 +400,32 @@ def test_actnorm_initialised_explicitly():
     m.initialize(torch.rand(4, 3, 8, 8) - 0.5)
     assert m.initialized
     assert all(isinstance(b.prior_c, ZeroConv2d) for b in m.blocks[:-1])
-    assert sum(isinstance(x, ActNorm) for x in m.modules()) == 2
+    # the data init's promise: on the batch it saw, every ActNorm outputs zero mean and unit
+    # variance per channel (each initialised on what the layers before it produce)
+    seen = []
+
+    def grab(flow, inp):  # the training forward folds ActNorm into the 1x1 conv: apply it here
+        seen.append(flow.actnorm(inp[0])[0])
+
+    hooks = [f.register_forward_pre_hook(grab) for f in m.modules()
+             if isinstance(getattr(f, "actnorm", None), ActNorm)]
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5
+    m2 = MIFlow(3, 1, 2, hidden=8, img_size=8)
+    m2.load_state_dict(m.state_dict())
+    for a in m.modules():
+        if isinstance(a, ActNorm):
+            a.initialized.zero_()
+    m.initialize(x)
+    m.train()
+    m(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) >= 2  # both flows ran
+    for y in seen:
+        torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(y.shape[1]), atol=1e-5,
+                                   rtol=0)
+        torch.testing.assert_close(y.std((0, 2, 3)), torch.ones(y.shape[1]), atol=1e-3,
+                                   rtol=0)
+    # initialised means "set by that batch": a different batch gives different scales
+    assert not torch.allclose(next(a for a in m.modules() if isinstance(a, ActNorm)).scale,
+                              next(a for a in m2.modules() if isinstance(a, ActNorm)).scale)
