@@ -53,6 +53,8 @@ class Plan:
     mi_flow: dict = field(default_factory=dict)
     eval_frames: int = 128  # bits/dim frames
     out_size: int = 128  # size of the written test.py frames, video and grid tiles
+    seed: int = 0  # of the synthetic set (identities, words) and of every training run
+    others: bool = True  # also run content-ae and pose-flow (bench/quality.py turns it off)
 
 
 FULL = Plan(
@@ -125,7 +127,7 @@ class Demo:
         p = self.plan
         cfg = SyntheticConfig(out=str(self.data), words=p.words, speakers=p.speakers,
                               clips=p.clips, frames=p.frames, size=p.size, queries=p.queries,
-                              sources=p.sources, workers=2)
+                              sources=p.sources, seed=p.seed, workers=2)
         generate(cfg, log=self.say)
 
     def checkpoint_state(self, name: str, model: str, model_cfg: dict, iters: int,
@@ -168,7 +170,8 @@ class Demo:
                 "--checkpoint_dir", str(self.ckpt_dir), "--result_dir", str(self.result),
                 "--iter", str(budget["iter"]), "--batch", str(budget["batch"]),
                 "--lr", str(budget["lr"]), "--sample_every", str(budget.get("sample_every", 0)),
-                "--save_every", "0", "--log_every", "5", "--workers", "0", "--seed", "0"]
+                "--save_every", "0", "--log_every", "5", "--workers", "0",
+                "--seed", str(self.plan.seed)]
         for k, v in model_cfg.items():
             if isinstance(v, bool):
                 continue  # the demo keeps every boolean option at its default
@@ -210,7 +213,7 @@ class Demo:
 
         p = self.plan
         t_all = time.perf_counter()
-        total = 8
+        total = 8 if p.others else 6
         t0 = self._step(1, total, f"synthetic set in {self.data}")
         self.synthetic()
         self._done("synthetic set", t0)
@@ -275,7 +278,8 @@ class Demo:
         others: dict[str, dict] = {}
         for n, (model, module, what) in enumerate((
                 ("content-ae", "content_ae.demo", "content-ae: glasses moved between faces"),
-                ("pose-flow", "pose_flow.demo", "pose-flow: a face driven by landmarks")), 7):
+                ("pose-flow", "pose_flow.demo", "pose-flow: a face driven by landmarks")
+        ) if p.others else (), 7):
             t0 = self._step(n, total, what)
             try:
                 registry.get(model)

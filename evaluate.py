@@ -58,6 +58,11 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                         "(default: auto)")
     parser.add_argument("--batch", type=int, default=16, help="frames per forward pass "
                         "(default: 16)")
+    parser.add_argument("--blend", default="poisson",
+                        choices=["poisson", "poisson_plain", "paste"],
+                        help="the mouth mix given to the models and scored as the blend "
+                             "baseline on the synthetic set (as test.py --blend; default: "
+                             "poisson, gain-matched)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the dequantisation noise for bits/dim (default: 0)")
     g = parser.add_argument_group("what is scored")
@@ -192,7 +197,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         per_set = []
         for root in synthetic:
             r, det = evaluate_synthetic(root, ev.systems, ev.size, device, args.batch,
-                                        args.pairs, args.seq_frames, args.progress)
+                                        args.pairs, args.seq_frames, args.progress, args.blend)
             per_set.append(r)
             details += det
         merged = _weighted(per_set, "frames")

@@ -1,24 +1,33 @@
 #!/usr/bin/env python
-"""Talking-face quality at a fixed budget and seed: the synthetic PSNR/SSIM table of AD-flow,
-MI-flow (both modes) and the baselines (copy query, mouth blend alone).
+"""Talking-face quality at the demo's budget over several seeds of the synthetic set: does the
+query really talk, on identities that training never saw?
 
-Trains exactly what ``make demo`` trains (demo.py's plan: a 32 px Glow, AD-flow on it, MI-flow;
-seed 0), reusing the demo's checkpoints when they are there, scores every query x source pair
-of the demo's synthetic set against its exact ground truth, and checks the bar we aim for:
+For each seed: writes the demo's synthetic set with that seed (new identities, words and
+trajectories), trains exactly what ``make demo`` trains (demo.py's plan: a 32 px Glow, AD-flow on
+it with the least-squares init, MI-flow), and also AD-flow with the thesis's recipe (``--init
+random``, same Glow, same budget), then scores every held-out query x source pair against the
+exact ground truth (evaluate.py). Prints each seed's table and the mean and spread over seeds,
+beside the two baselines (copy the query, the mouth blend), and checks the targets:
 
-  * both models beat copying the query (whole-image PSNR);
-  * AD-flow beats the mouth blend alone (whole-image PSNR).
+  * motion error at most 0.5 (copying the query scores 1), pooled over held-out pairs;
+  * whole-frame PSNR no more than 1 dB below copying the query.
 
-  python bench/quality.py                     # reuses demo_data/ (trains what is missing)
-  python bench/quality.py --out DIR --json results.json
-  python bench/quality.py --tiny              # seconds; numbers meaningless (a smoke test)
+  python bench/quality.py                         # seeds 0 1 2 in bench_quality/ (reused)
+  python bench/quality.py --seeds 0 --out DIR --json results.json
+  python bench/quality.py --blend poisson_plain   # the thesis's plain seamless clone
+  python bench/quality.py --tiny --seeds 0        # seconds; numbers meaningless (smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import math
+import platform
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,78 +36,148 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+KEYS = ("motion", "motion_px", "psnr", "dpsnr", "ssim")
+THESIS = "ad-flow, thesis recipe (--init random)"
 
-def verdicts(rows: list[dict]) -> list[tuple[str, bool | None]]:
-    """The bar's checks on merged rows (``system`` -> metrics); ``None`` when a row is absent."""
-    by = {r["system"]: r for r in rows}
-    copy = by.get("baseline: copy query", {}).get("psnr")
-    blend = by.get("baseline: mouth blend", {}).get("psnr")
 
-    def beats(system: str, ref: float | None) -> bool | None:
-        value = by.get(system, {}).get("psnr")
-        return None if value is None or ref is None else value > ref
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
-    return [
-        ("AD-flow beats copying the query (PSNR)", beats("ad-flow", copy)),
-        ("MI-flow (thesis) beats copying the query (PSNR)", beats("mi-flow (thesis)", copy)),
-        ("MI-flow (cond) beats copying the query (PSNR)", beats("mi-flow (cond)", copy)),
-        ("AD-flow beats the mouth blend alone (PSNR)", beats("ad-flow", blend)),
-    ]
+
+def checks(row: dict) -> tuple[bool, bool]:
+    """(motion target met, identity target met) for one system's row."""
+    return row["motion"] <= 0.5, row["dpsnr"] >= -1.0
+
+
+def aggregate(per_seed: list[list[dict]]) -> list[dict]:
+    """Mean and spread (sample std, min, max) over seeds of each system's metrics."""
+    systems = [r["system"] for r in per_seed[0]]
+    out = []
+    for sys_name in systems:
+        vals = {k: [next(r for r in rows if r["system"] == sys_name)[k] for rows in per_seed]
+                for k in KEYS}
+        row = {"system": sys_name}
+        for k, v in vals.items():
+            v = [float(x) for x in v]
+            if any(math.isnan(x) for x in v):  # not measured (e.g. below 32 px)
+                row.update({k: math.nan, f"{k}_sd": math.nan, f"{k}_min": math.nan,
+                            f"{k}_max": math.nan})
+                continue
+            row[k] = statistics.fmean(v)
+            row[f"{k}_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
+            row[f"{k}_min"], row[f"{k}_max"] = min(v), max(v)
+        out.append(row)
+    return out
+
+
+def run_seed(seed: int, args) -> tuple[list[dict], float]:
+    import demo
+    from evaluation.report import read_csv
+
+    base = demo.TINY if args.tiny else demo.FULL
+    plan = dataclasses.replace(base, seed=seed, others=False)
+    out = Path(args.out) / f"seed{seed}"
+    result = out / "result"
+    t0 = time.perf_counter()
+    d = demo.Demo(plan, out, result)
+    with contextlib.redirect_stdout(sys.stderr):  # the scripts' own output: a log
+        summary = d.run()
+        glow = summary["glow"]
+        ad_cfg = {"glow": str(glow), "img_size": plan.size, "n_frames": plan.ad_flow["n_frames"],
+                  "cls_hidden": plan.ad_flow["cls_hidden"], "cls_lr": plan.ad_flow["cls_lr"],
+                  "init": "random"}
+        thesis = d.train("demo_ad_thesis", "ad-flow", ad_cfg, plan.ad_flow, glow=glow)
+        runs = []
+        for model, ck, name in [("ad-flow", summary["models"]["ad-flow"], "ad"),
+                                ("ad-flow", thesis, "ad_thesis"),
+                                ("mi-flow", summary["models"]["mi-flow"], "mi")]:
+            d._run("evaluate", ["--model", model, "--checkpoint", str(ck), str(d.data),
+                                "--result_dir", str(result), "--name", f"bench_{name}",
+                                "--max_frames", "8", "--blend", args.blend])
+            runs.append((name, read_csv(result / "eval" / f"bench_{name}" / "metrics.csv")))
+    rows: list[dict] = []
+    for name, table in runs:
+        for r in table:
+            label = r["system"]
+            if label.startswith("baseline"):
+                if name != "ad":
+                    continue
+            elif name == "ad_thesis":
+                label = THESIS
+            rows.append({"system": label, **{k: float(r.get(k, math.nan)) for k in KEYS}})
+    return rows, time.perf_counter() - t0
+
+
+def fmt_table(rows: list[dict], spread: bool) -> str:
+    head = ["system", "motion err ↓", "motion err px ↓", "PSNR dB ↑", "dPSNR vs copy ↑",
+            "SSIM ↑", "targets (motion, identity)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    for r in rows:
+        cells = [r["system"]]
+        for k, d in zip(KEYS, (3, 3, 2, 2, 4), strict=True):
+            v = f"{r[k]:.{d}f}"
+            if spread:
+                v += f" ± {r[k + '_sd']:.{d}f}"
+            cells.append(v)
+        if r["system"].startswith("baseline"):
+            cells.append("")
+        else:
+            m, i = checks(r)
+            cells.append(f"{'yes' if m else 'no'}, {'yes' if i else 'no'}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/quality.py",
+    parser = argparse.ArgumentParser(prog="bench/quality.py", allow_abbrev=False,
                                      description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_data",
-                        help="the demo's folder: its synthetic set and checkpoints are reused "
-                             "(default: demo_data)")
-    parser.add_argument("--result_dir", default=None, help="default: OUT/result")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="synthetic-set and training seeds (default: 0 1 2)")
+    parser.add_argument("--out", default="bench_quality",
+                        help="one folder per seed under it; finished runs are reused "
+                             "(default: bench_quality)")
+    parser.add_argument("--blend", default="poisson",
+                        choices=["poisson", "poisson_plain", "paste"],
+                        help="mouth mix fed to the models and scored as the blend baseline")
     parser.add_argument("--tiny", action="store_true", help="the demo's tiny plan")
-    parser.add_argument("--json", default=None, help="also write the rows and checks here")
+    parser.add_argument("--json", default=None, help="also write every row here")
     args = parser.parse_args(argv)
 
+    per_seed, seconds = [], []
+    for seed in args.seeds:
+        rows, sec = run_seed(seed, args)
+        per_seed.append(rows)
+        seconds.append(sec)
+        print(f"\nseed {seed} ({sec:.0f} s)\n")
+        print(fmt_table(rows, spread=False), flush=True)
+    agg = aggregate(per_seed)
     import demo
-    from evaluation.report import format_table, read_csv
 
     plan = demo.TINY if args.tiny else demo.FULL
-    out = Path(args.out)
-    result = Path(args.result_dir) if args.result_dir else out / "result"
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # the scripts' own output: a log, not the table
-        summary = demo.Demo(plan, out, result).run()
-    seconds = time.perf_counter() - t0
-    if summary["table_dir"] is None:
-        print("error: no model could be trained (see demo.py)", file=sys.stderr)
-        return 1
-    rows = read_csv(summary["table_dir"] / "metrics.csv")
-    for r in rows:
-        r.pop("run", None)
-    shown = [{k: v for k, v in r.items() if k not in ("bpd_frames",)} for r in rows]
-
-    g, a, m = plan.glow, plan.ad_flow, plan.mi_flow
-    print("Talking-face quality on the synthetic set (exact ground truth), seed 0")
-    print(f"  data: {plan.words} words x {plan.speakers} speakers x {plan.clips} clips x "
-          f"{plan.frames} frames at {plan.size} px; {plan.queries} held-out queries x "
-          f"{plan.sources} held-out sources, every pair and frame scored")
-    print(f"  Glow: K={g['n_flow']} L={g['n_block']} hidden {g['hidden']}, {g['iter']} it x "
-          f"batch {g['batch']}, lr {g['lr']}")
-    print(f"  AD-flow: linear encoders on that Glow, {a['iter']} it x {a['batch']} clips of "
-          f"{a['n_frames']} frames, lr {a['lr']}")
-    print(f"  MI-flow: K={m['n_flow']} L={m['n_block']} hidden {m['hidden']}, {m['iter']} it x "
-          f"batch {m['batch']}, lr {m['lr']}")
-    reused = ", ".join(summary["skipped"]) or "none"
-    print(f"  wall time {seconds:.0f} s (checkpoints reused: {reused})")
-    print(f"  command: python bench/quality.py --out {out}{' --tiny' if args.tiny else ''}\n")
-    print(format_table(shown))
-    checks = verdicts(rows)
-    for text, ok in checks:
-        print(f"  [{'yes' if ok else 'no ' if ok is not None else 'n/a'}] {text}")
+    print(f"\nMean ± sample std over seeds {' '.join(map(str, args.seeds))}; "
+          f"{plan.speakers} training identities, {plan.queries} x {plan.sources} held-out "
+          f"query x source pairs per seed at {plan.size} px, blend {args.blend}; "
+          f"CPU: {cpu_name()}; wall {sum(seconds):.0f} s\n")
+    print(fmt_table(agg, spread=True))
+    print("\nRanges (min..max over seeds) of the motion error: " + "; ".join(
+        f"{r['system']} {r['motion_min']:.3f}..{r['motion_max']:.3f}" for r in agg))
+    print(f"command: python bench/quality.py --seeds {' '.join(map(str, args.seeds))} "
+          f"--blend {args.blend}{' --tiny' if args.tiny else ''}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"rows": rows, "checks": {t: ok for t, ok in checks}, "seconds": seconds,
-             "plan": {"glow": g, "ad_flow": a, "mi_flow": m, "size": plan.size}}, indent=2))
+        Path(args.json).write_text(json.dumps({"per_seed": per_seed, "mean": agg,
+                                               "seeds": args.seeds, "seconds": seconds,
+                                               "cpu": cpu_name()}, indent=2,
+                                              default=lambda x: None if isinstance(x, float)
+                                              and math.isnan(x) else x))
     return 0
 
 

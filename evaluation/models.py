@@ -151,13 +151,14 @@ def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> Eva
 
 def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: int,
                  systems: Sequence[System], device: torch.device | str = "cpu",
-                 batch: int = 16, poisson: bool = True) -> dict[str, np.ndarray]:
+                 batch: int = 16, blend: str = "poisson") -> dict[str, np.ndarray]:
     """Every system's output for one query and one source sequence, plus both baselines.
 
     ``query256``: uint8 [256, 256, 3]; ``frames256``: source frames uint8 [256, 256, 3].
     Returns ``{label: uint8 [T, size, size, 3]}`` with :data:`BASELINE_COPY` (the query as the
     model sees it, every frame) and :data:`BASELINE_BLEND` (the mouth blend at 256 brought to
-    the model's size, i.e. the model's ``mix`` input), and one entry per system.
+    the model's size, i.e. the model's ``mix`` input, made with ``blend``, one of
+    ``talking.job.BLENDS``), and one entry per system.
     """
     from talking.job import model_inputs, to_tensor, to_uint8
 
@@ -167,8 +168,7 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     outs.update({s.label: [] for s in systems})
     for start in range(0, len(frames256), batch):
         chunk = list(frames256[start:start + batch])
-        src_t, mix_t = model_inputs(query256, chunk, size, device,
-                                    "poisson" if poisson else "paste")
+        src_t, mix_t = model_inputs(query256, chunk, size, device, blend)
         outs[BASELINE_BLEND].extend(to_uint8(mix_t))
         outs[BASELINE_COPY].extend([query8] * len(chunk))
         for s in systems:

@@ -42,12 +42,13 @@ def is_synthetic(path: str | Path) -> bool:
 
 def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
                        device="cpu", batch: int = 16, pairs: int | None = None,
-                       seq_frames: int | None = None, progress: bool = True
-                       ) -> tuple[dict[str, dict[str, float]], list[dict]]:
+                       seq_frames: int | None = None, progress: bool = True,
+                       blend: str = "poisson") -> tuple[dict[str, dict[str, float]], list[dict]]:
     """Score every system and both baselines on query x source pairs of the set at ``root``.
 
     ``pairs``: the first N pairs in (query, source) order (default all); ``seq_frames``: the
-    first N frames of each source (default all). Returns ``(rows, details)``: ``rows[label]``
+    first N frames of each source (default all); ``blend``: the mouth mix fed to the models and
+    scored as the blend baseline (``talking.job.BLENDS``). Returns ``(rows, details)``: ``rows[label]``
     holds ``psnr`` and ``psnr_mouth`` (PSNR of the MSE averaged over every scored frame, in the
     whole image and in the mouth box), ``ssim`` (mean over frames) and ``frames``; ``details``
     one dict per (pair, system) with the same figures over that pair's frames.
@@ -79,7 +80,7 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             paths = source.frames[:seq_frames] if seq_frames else source.frames
             frames = [read_rgb(p) for p in paths]
             query = read_rgb(syn.query_path(q))
-            outs = run_sequence(query, frames, size, systems, device, batch)
+            outs = run_sequence(query, frames, size, systems, device, batch, blend)
             truth = np.stack([like_model_input(syn.ground_truth(q, s, t, 256), size)
                               for t in range(len(frames))])
             states = state_array(syn.source_states(s))[:len(frames)]

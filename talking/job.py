@@ -54,12 +54,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "model's resolution)")
     parser.add_argument("--no-poisson", "--no_poisson", dest="poisson", action="store_false",
                         help="no mouth blending: feed the source frame itself (thesis flag)")
+    parser.add_argument("--blend", default="poisson", choices=list(BLENDS[:3]),
+                        help="how the source's mouth enters the query: poisson (seamless clone "
+                             "after matching the skins' colour by a gain; ours), poisson_plain "
+                             "(the plain seamless clone, as the thesis), paste (default: "
+                             "poisson)")
     parser.add_argument("--max_frames", type=int, default=None,
                         help="use only the first N source frames")
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate of video.mp4 (default: the source's fps.txt, else 25)")
     parser.add_argument("--no_progress", dest="progress", action="store_false",
                         help="hide the progress bar")
+
+
+BLENDS = ("poisson", "poisson_plain", "paste", "none")
+"""Mouth-mix methods of :func:`model_inputs` (``none``: the source frame itself)."""
 
 
 def to_tensor(images: list[np.ndarray], size: int) -> Tensor:
@@ -78,14 +87,19 @@ def model_inputs(query256: np.ndarray, frames256: list[np.ndarray], size: int,
     """(source, mix) tensors [T, 3, size, size] in [-0.5, 0.5] for a chunk of source frames.
 
     ``blend``: "poisson" clones each frame's mouth box into the query (seamless cloning at
-    256 px), "paste" pastes it, "none" feeds the source frame itself (then mix is source).
+    256 px, after a gain matches the source's skin colour to the query's), "poisson_plain" the
+    plain seamless clone, "paste" pastes it, "none" feeds the source frame itself (then mix is
+    source).
     """
     from faces.blend import mouth_mix
 
+    if blend not in BLENDS:
+        raise ValueError(f"unknown blend {blend!r}; choose one of {', '.join(BLENDS)}")
     src_t = to_tensor(frames256, size).to(device)
     if blend == "none":
         return src_t, src_t
-    mixed = [mouth_mix(query256, f, poisson=blend == "poisson") for f in frames256]
+    mixed = [mouth_mix(query256, f, poisson=blend != "paste", gain=blend == "poisson")
+             for f in frames256]
     return src_t, to_tensor(mixed, size).to(device)
 
 
@@ -166,7 +180,8 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
             chunk = [read_rgb(p) for p in frames[start:start + args.batch]]
             # --no-poisson is the thesis's flag: no blending, the source frame itself.
             src_t, mix_t = model_inputs(query256, chunk, size, device,
-                                        "poisson" if needs_mix and args.poisson else "none")
+                                        getattr(args, "blend", "poisson")
+                                        if needs_mix and args.poisson else "none")
             with torch.inference_mode():
                 out = recipe.generate(model, query, mix_t, src_t, args)
             out8 = to_uint8(out)
