@@ -82,7 +82,15 @@ class Config:
                            "meant 5 but its clip saw no parameters)")
     mask: bool = opt(False, "the decoder also predicts a soft mask; a transfer or removal "
                      "changes only the masked region")
-    mask_weight: float = opt(0.01, "--mask: weight of the mask's mean (sparsity)")
+    mask_weight: float = opt(0.01, "--mask: weight of the masks' means (sparsity): A's own "
+                             "mask (mask_l1) and the mask of B's code (mask_b; B has nothing "
+                             "to add, so its mask should vanish)")
+    mask_warmup: int = opt(0, "--mask: iterations over which the sparsity weight rises "
+                           "linearly from 0 (a mask pushed to zero before the attribute has left "
+                           "E1 stays there: its sigmoid saturates)")
+    w_rec_a: float = opt(1.0, "weight of rec_a, the plain decoding of A's code; with --mask "
+                         "mask_rec rebuilds A too, and 0 leaves the decoder's image free "
+                         "outside the mask")
     flip: bool = opt(True, "no random horizontal flips of the training images", flag="--no_flip")
     n_display: int = opt(8, "faces per side in the sample grids")
 
@@ -128,8 +136,9 @@ def validate(cfg: Config) -> None:
         if a.code % 2**a.n_down:
             raise ValueError(f"--code {a.code} must be divisible by 2^n_down = {2**a.n_down} "
                              "(the decoder halves it at each upsampling)")
-    if cfg.w_adv < 0 or cfg.mask_weight < 0 or cfg.ae_clip < 0 or cfg.disc_clip < 0:
-        raise ValueError("--w_adv, --mask_weight, --ae_clip and --disc_clip must not be negative")
+    if min(cfg.w_adv, cfg.mask_weight, cfg.w_rec_a, cfg.ae_clip, cfg.disc_clip) < 0:
+        raise ValueError("--w_adv, --mask_weight, --w_rec_a, --ae_clip and --disc_clip must not "
+                         "be negative")
     if cfg.n_display < 1:
         raise ValueError("--n_display must be at least 1")
 
@@ -189,6 +198,7 @@ def losses(model, batch, ctx) -> dict[str, Tensor]:
     """Named terms (see the module docstring); ``batch = (a [n,3,S,S], b [n,3,S,S])`` in
     ``[-0.5, 0.5]``."""
     m = _net(model)
+    cfg = ctx.model_cfg
     a, b = batch
     a = _flip(a * 2, ctx)
     b = _flip(b * 2, ctx)
@@ -196,7 +206,7 @@ def losses(model, batch, ctx) -> dict[str, Tensor]:
     common = m.e1(torch.cat([a, b]))  # one E1 pass for both batches and both players
     common_a, common_b = common[:n], common[n:]
     specific_a = m.e2(a)
-    img_a, img_b, mask_a, _ = m.decode_pair(common_a, specific_a, common_b)
+    img_a, img_b, mask_a, mask_b = m.decode_pair(common_a, specific_a, common_b)
     terms = {"rec_a": F.mse_loss(img_a, a), "rec_b": F.mse_loss(img_b, b)}
     with frozen(m.disc):
         fooled = m.disc(common)
@@ -207,16 +217,18 @@ def losses(model, batch, ctx) -> dict[str, Tensor]:
         removed, _ = m.decode(common_a, None)
         blended = mask_a * img_a + (1 - mask_a) * removed
         terms["mask_rec"] = F.mse_loss(blended, a)
-        terms["mask_l1"] = mask_a.mean()
+        ramp = min(1.0, (ctx.step + 1) / cfg.mask_warmup) if cfg.mask_warmup else 1.0
+        terms["mask_l1"] = mask_a.mean() * ramp  # the ramped mean (the weight is static)
+        terms["mask_b"] = mask_b.mean() * ramp
     with torch.no_grad():
         terms["disc_acc"] = ((judged[:n] > 0).float().mean() + (judged[n:] <= 0).float().mean()) / 2
     return terms
 
 
 def loss_weights(cfg: Config) -> dict[str, float]:
-    w = {"rec_a": 1.0, "rec_b": 1.0, "adv": cfg.w_adv, "disc": 1.0}
+    w = {"rec_a": cfg.w_rec_a, "rec_b": 1.0, "adv": cfg.w_adv, "disc": 1.0}
     if cfg.mask:
-        w.update(mask_rec=1.0, mask_l1=cfg.mask_weight)
+        w.update(mask_rec=1.0, mask_l1=cfg.mask_weight, mask_b=cfg.mask_weight)
     return w
 
 

@@ -125,6 +125,51 @@ def test_losses_are_the_formulas(arch):
     assert w == {"rec_a": 1.0, "rec_b": 1.0, "adv": 1e-3, "disc": 1.0}
 
 
+def test_mask_terms_are_the_formulas():
+    torch.manual_seed(2)
+    cfg = tiny_cfg(mask=True, flip=False, mask_weight=0.2, mask_warmup=4, w_rec_a=0.5)
+    m = recipe.build(cfg)
+    a, b = torch.rand(3, 3, 16, 16) - 0.5, torch.rand(3, 3, 16, 16) - 0.5
+    terms = recipe.losses(m, (a, b), ctx_for(cfg, step=1))  # ramp (1 + 1) / 4
+    a2, b2 = a * 2, b * 2
+    ca = m.e1(a2)
+    img_a, mask_a = m.decode(ca, m.e2(a2))
+    removed, _ = m.decode(ca, None)
+    _, mask_b = m.decode(m.e1(b2), None)
+    torch.testing.assert_close(terms["mask_rec"],
+                               F.mse_loss(mask_a * img_a + (1 - mask_a) * removed, a2))
+    torch.testing.assert_close(terms["mask_l1"], mask_a.mean() * 0.5)
+    torch.testing.assert_close(terms["mask_b"], mask_b.mean() * 0.5)
+    late = recipe.losses(m, (a, b), ctx_for(cfg, step=10))
+    torch.testing.assert_close(late["mask_l1"], mask_a.mean())  # full weight after warm-up
+    w = recipe.loss_weights(cfg)
+    assert w["rec_a"] == 0.5 and w["mask_l1"] == w["mask_b"] == 0.2 and w["mask_rec"] == 1.0
+    with pytest.raises(ValueError):
+        recipe.validate(tiny_cfg(w_rec_a=-1.0))
+
+
+def test_outside_cost_is_zero_for_an_untouched_outside():
+    from content_ae.evaluate import _Pool
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    region = np.zeros((8, 8), bool)
+    region[2:5, 2:5] = True
+    inside_only = truth.copy()
+    inside_only[region] = 0
+    p = _Pool()
+    p.add(truth, inside_only, region)
+    assert p.outside_cost() == 0.0
+    both = inside_only.copy()
+    both[~region] = np.clip(both[~region].astype(int) + 40, 0, 255).astype(np.uint8)
+    q = _Pool()
+    q.add(truth, both, region)
+    cost = q.outside_cost()
+    # the same inside error, plus outside error: the PSNR drop is exactly that share's
+    expect = 10 * np.log10(q.sse["all"] / p.sse["all"])
+    assert cost > 1.0 and abs(cost - expect) < 1e-9
+
+
 def test_b_code_specific_part_is_exactly_zero():
     torch.manual_seed(1)
     cfg = tiny_cfg()
@@ -204,6 +249,7 @@ def _train(tmp: Path, data: Path, name: str, *extra: str) -> int:
                          "--log_every", "1", *extra])
 
 
+@pytest.mark.slow  # end to end through the scripts
 def test_tiny_run_lowers_losses_and_writes_the_grid(synth, tmp_path):
     assert _train(tmp_path, synth, "run", "--iter", "40", "--sample_every", "20") == 0
     log = [json.loads(line) for line in (tmp_path / "res/sample_run/log.jsonl").read_text()
@@ -336,6 +382,7 @@ def test_resume_without_checkpoint_and_bad_checkpoint(synth, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --checkpoint nope")
 
 
+@pytest.mark.slow  # end to end through the scripts
 def test_demo_part_tiny(tmp_path):
     from content_ae.demo import run
 
