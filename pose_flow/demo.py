@@ -49,7 +49,8 @@ def _flags(d: dict) -> list[str]:
 
 def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     """Make the set under ``out/pose_synthetic``, train ``out/checkpoint/demo_pose``, write the
-    driving outputs, the transfer grid and the evaluation under ``result_dir``."""
+    driving outputs, the transfer grid and the evaluation under ``result_dir``. A failing step
+    is a ``ValueError`` naming it (the scripts print their own one-line errors)."""
     from training.checkpoint import load_checkpoint
 
     from .synthetic import main as synth_main
@@ -64,7 +65,7 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
                      "--eval_identities", str(plan.eval_identities), "--targets",
                      str(plan.targets), "--drive_frames", str(plan.drive_frames)])
     if rc:
-        raise RuntimeError("pose set generation failed")
+        raise ValueError("pose set generation failed")
     ckpt = ckpt_dir / RUN / "last.pt"
     reused = False
     if ckpt.is_file():
@@ -84,7 +85,7 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
                             str(plan.train["iter"]), "--checkpoint_dir", str(ckpt_dir),
                             "--result_dir", str(result_dir), "--device", "cpu", "--force"])
         if rc:
-            raise RuntimeError("pose-flow training failed")
+            raise ValueError("pose-flow training failed")
     image = data / "image"
     query = sorted((image / "ref_img").glob("*.png"))[0]
     drive = sorted(d for d in (image / "source_img").iterdir() if d.is_dir())[0]
@@ -94,13 +95,13 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     test_main = _cli("test")
     if test_main([*common, "--source", str(drive), str(query), "--no_progress",
                   "--out_size", str(4 * plan.size)]):
-        raise RuntimeError("pose-flow driving failed")
+        raise ValueError("pose-flow driving failed")
     if test_main([*common, "--transfer_grid", str(data / "eval" / "sources"),
                   str(data / "eval" / "targets"), "--out_size", str(4 * plan.size)]):
-        raise RuntimeError("pose-flow transfer grid failed")
+        raise ValueError("pose-flow transfer grid failed")
     if _cli("evaluate")(["--model", "pose-flow", str(data), "--checkpoint", str(ckpt),
                          "--result_dir", str(result_dir), "--name", RUN, "--device", "cpu"]):
-        raise RuntimeError("pose-flow evaluation failed")
+        raise ValueError("pose-flow evaluation failed")
     table = (result_dir / "eval" / RUN / "table.md").read_text()
     video_dir = pose_results / "target_img" / drive.name
     video = next(video_dir.glob("*/video.mp4"), None)
