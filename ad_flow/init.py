@@ -72,7 +72,8 @@ class LevelStats:
 
 def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float,
                         max_clips: int = 0, rank: int = 0, world: int = 1,
-                        log: Callable[[str], None] | None = None) -> dict[str, float]:
+                        log: Callable[[str], None] | None = None,
+                        frames_per_pass: int = 128) -> dict[str, float]:
     """Set every linear encoder of ``model`` to the closed-form minimiser of the structural term.
 
     ``clips()`` yields clips ``[T, 3, S, S]`` (or ``(clip, label)``) in [-0.5, 0.5]; with
@@ -89,19 +90,33 @@ def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float
     t0 = time.time()
     seen = 0
     last_report = t0
+    pending: list[Tensor] = []
+
+    def flush() -> None:
+        # several clips per Glow pass: far fewer, larger matrix products than clip by clip
+        if not pending:
+            return
+        lengths = [c.shape[0] for c in pending]
+        zs = model.encode_frames(torch.cat(pending).to(device))
+        for st, z in zip(stats, zs, strict=True):
+            for part in torch.split(z, lengths):
+                st.add_clip(part)
+        pending.clear()
+
     for k, item in enumerate(clips()):
         if max_clips and k >= max_clips:
             break
         if k % world != rank:
             continue
-        frames = item[0] if isinstance(item, (tuple, list)) else item
-        for st, z in zip(stats, model.encode_frames(frames.to(device)), strict=True):
-            st.add_clip(z)
+        pending.append(item[0] if isinstance(item, (tuple, list)) else item)
         seen += 1
+        if sum(c.shape[0] for c in pending) >= frames_per_pass:
+            flush()
         if log is not None and time.time() - last_report > 10:
             log(f"[ad-flow] least-squares init: {seen * world} clips encoded "
                 f"({time.time() - t0:.0f} s)")
             last_report = time.time()
+    flush()
     if world > 1 and torch.distributed.is_initialized():
         for st in stats:
             st.all_reduce(device)
