@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list = []
     sampler = Sampler()
     import torch
+    from glow_step import CONFIGS, HIDDEN
 
     from glow import Glow
     from glow.memory import enable_low_memory
-    from glow_step import CONFIGS, HIDDEN
     from training.checkpoint import save_checkpoint
 
     sampler.phase("import torch + glow", rows)
