@@ -6,9 +6,9 @@ oripress/ContentDisentanglement, imported at run time from a checkout you give w
 ``--anchor DIR`` or ``CONTENT_AE_ANCHOR``; nothing of it is in this project) driven the way its
 ``train.py`` drives them: an auto-encoder step (two reconstructions + the adversarial term,
 clip 5, Adam), then a discriminator step that encodes both batches again. Ours is one step of
-the ``content-ae`` recipe as the training loop runs it (one E1 pass over A and B together, the
-discriminator on the detached codes, B decoded without the zero half, two Adam groups clipped
-on their own). Same sizes (128 px, sep 25, batch 32), same data, runs alternated.
+the ``content-ae`` recipe as the training loop runs it (one E1 pass per batch shared by both
+players, the discriminator on the detached codes, B decoded without the zero half, two fused
+Adam groups clipped on their own). Same sizes (128 px, sep 25, batch 32), same data, runs alternated.
 
   python bench/content_ae_step.py --anchor /path/to/ContentDisentanglement [--reps 5]
 

@@ -235,27 +235,6 @@ class ContentAE(nn.Module):
         mask = torch.sigmoid(out[:, 3:4]) if self.arch.mask else None
         return img, mask
 
-    def decode_pair(self, common_a: Tensor, specific_a: Tensor, common_b: Tensor
-                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """``Dec(E1(a) ⊕ E2(a))`` and ``Dec(E1(b) ⊕ 0)`` in one decoder pass over both halves.
-
-        Returns ``(img_a, img_b, mask_a, mask_b)``; images ``[n, 3, S, S]``, masks
-        ``[n, 1, S, S]`` or None. Instance norms act per sample, so this equals two calls.
-        """
-        n = common_a.shape[0]
-        common = torch.cat([common_a, common_b])
-        if isinstance(self.decoder, ConvDecoder):
-            h = self.decoder.first_c(common)
-            h = torch.cat([h[:n] + self.decoder.first_s(specific_a), h[n:]])
-            out = self.decoder.rest(h)
-        else:
-            zeros = specific_a.new_zeros(common_b.shape[0], *specific_a.shape[1:])
-            out = self.decoder(common, torch.cat([specific_a, zeros]))
-        img = torch.tanh(out[:, :3])
-        mask = torch.sigmoid(out[:, 3:4]) if self.arch.mask else None
-        return (img[:n], img[n:], None if mask is None else mask[:n],
-                None if mask is None else mask[n:])
-
     def transfer(self, a: Tensor, b: Tensor) -> Tensor:
         """``[B, 3, S, S]``: each ``b`` with the matching ``a``'s attribute,
         ``Dec(E1(b) ⊕ E2(a))``; with a mask, only the masked region of ``b`` changes."""

@@ -7,8 +7,8 @@ discriminator, betas (0.5, 0.999), each with its own learning rate and gradient-
   ``rec_b = MSE(Dec(E1(b) ⊕ 0), b)``, ``adv = BCE(D(E1(a)), 0) + BCE(D(E1(b)), 0)``; the
   discriminator's parameters are frozen while ``adv`` is built, so it sends them no gradient;
 * discriminator: ``disc = BCE(D(E1(a)), 1) + BCE(D(E1(b)), 0)`` on the *same* common codes,
-  detached, so E1 runs once per step (the original encodes both batches a second time for the
-  discriminator and back-propagates into E1 for nothing).
+  detached, so E1 runs once per batch and step (the original encodes both batches a second
+  time for the discriminator and back-propagates into E1 for nothing).
 
 The original alternates: auto-encoder step, then the discriminator sees the updated E1. Here
 the discriminator sees the codes from before the update (one step older); the losses and the
@@ -207,17 +207,16 @@ def losses(model, batch, ctx) -> dict[str, Tensor]:
     a, b = batch
     a = _flip(a * 2, ctx)
     b = _flip(b * 2, ctx)
-    n = a.shape[0]
-    common = m.e1(torch.cat([a, b]))  # one E1 pass for both batches and both players
-    common_a, common_b = common[:n], common[n:]
-    specific_a = m.e2(a)
-    img_a, img_b, mask_a, mask_b = m.decode_pair(common_a, specific_a, common_b)
+    # Each network runs once per batch and serves both players; A and B go through separately
+    # (no concatenated copies, and backward's transient buffers are one batch wide, not two).
+    common_a, common_b = m.e1(a), m.e1(b)
+    img_a, mask_a = m.decode(common_a, m.e2(a))
+    img_b, mask_b = m.decode(common_b, None)  # B's zero specific half skipped exactly
     terms = {"rec_a": F.mse_loss(img_a, a), "rec_b": F.mse_loss(img_b, b)}
     with frozen(m.disc):
-        fooled = m.disc(common)
-    terms["adv"] = bce_logits(fooled[:n], 0.0) + bce_logits(fooled[n:], 0.0)
-    judged = m.disc(common.detach())
-    terms["disc"] = bce_logits(judged[:n], 1.0) + bce_logits(judged[n:], 0.0)
+        terms["adv"] = bce_logits(m.disc(common_a), 0.0) + bce_logits(m.disc(common_b), 0.0)
+    judged_a, judged_b = m.disc(common_a.detach()), m.disc(common_b.detach())
+    terms["disc"] = bce_logits(judged_a, 1.0) + bce_logits(judged_b, 0.0)
     if mask_a is not None:
         removed, _ = m.decode(common_a, None)
         blended = mask_a * img_a + (1 - mask_a) * removed
@@ -226,7 +225,7 @@ def losses(model, batch, ctx) -> dict[str, Tensor]:
         terms["mask_l1"] = mask_a.mean() * ramp  # the ramped mean (the weight is static)
         terms["mask_b"] = mask_b.mean() * ramp
     with torch.no_grad():
-        terms["disc_acc"] = ((judged[:n] > 0).float().mean() + (judged[n:] <= 0).float().mean()) / 2
+        terms["disc_acc"] = ((judged_a > 0).float().mean() + (judged_b <= 0).float().mean()) / 2
     return terms
 
 
