@@ -1,28 +1,12 @@
 """One procedural face renderer with exact ground truth, shared by every system's synthetic set.
 
-``synthface.face``: identities, mouth states, :func:`render` (see its module docstring).
+``synthface.face``: identities, mouth states (and the mouth's colour layers), :func:`render`
+(see its module docstring); ``synthface.landmarks``: exact 68-point landmarks;
+``synthface.pose``: head pose; ``synthface.attributes``: glasses, baldness, beards and the
+content-transfer sets. This package re-exports ``synthface.face``'s public names.
 """
 
-from .face import (
-    CLOSED_MOUTH_WIDTH_256,
-    MOUTH_BOX_256,
-    MOUTH_CENTER_256,
-    NEUTRAL,
-    Identity,
-    MouthState,
-    mouth_box,
-    render,
-    sample_identity,
-)
+from . import face
+from .face import *  # noqa: F403  (the renderer's public names, listed in face.__all__)
 
-__all__ = [
-    "CLOSED_MOUTH_WIDTH_256",
-    "MOUTH_BOX_256",
-    "MOUTH_CENTER_256",
-    "NEUTRAL",
-    "Identity",
-    "MouthState",
-    "mouth_box",
-    "render",
-    "sample_identity",
-]
+__all__ = list(face.__all__)
