@@ -25,7 +25,6 @@ if __name__ == "__main__":
     maybe_use_jemalloc()
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
@@ -85,14 +84,6 @@ def _cli(name: str):
     return module.main
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Demo:
     def __init__(self, plan: Plan, out: Path, result_dir: Path, say=print) -> None:
         self.plan, self.out, self.result = plan, out, result_dir
@@ -133,7 +124,7 @@ class Demo:
     def checkpoint_state(self, name: str, model: str, model_cfg: dict, iters: int,
                          glow: Path | None = None) -> str:
         """'done', 'resume' or 'fresh' for run ``name`` (its last.pt against the plan)."""
-        from glow.io import CheckpointError
+        from glow.io import CheckpointError, file_sha256
         from training.checkpoint import load_checkpoint
 
         path = self.ckpt_dir / name / "last.pt"
@@ -149,7 +140,7 @@ class Demo:
         if any(saved.get(k) != v for k, v in model_cfg.items()):
             return "fresh"
         if glow is not None and ck.get("extra", {}).get("glow", {}).get("sha256") != \
-                _sha256(glow):
+                file_sha256(glow):
             return "fresh"
         return "done" if int(ck["step"]) >= iters else "resume"
 

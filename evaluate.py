@@ -28,7 +28,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-MODELS_DEFAULT = "ad-flow"
+from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402 (import-light)
 
 
 def build_parser(model: str | None) -> argparse.ArgumentParser:

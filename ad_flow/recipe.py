@@ -10,7 +10,6 @@ weighted terms: ``rec`` (sequential random-pair reconstruction), ``struct``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from glow import CheckpointError, Glow, load_glow, quantize, safe_load
-from glow.io import is_ours
+from glow import CheckpointError, Glow, load_glow, safe_load
+from glow.io import file_sha256, is_ours, recorded_n_bits
 from training.config import from_dict, opt
+from training.recipe_helpers import dequantised, unwrap
 
 from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
 from .thesis import convert, is_thesis_checkpoint
@@ -114,14 +114,6 @@ def _hidden(cfg: Config) -> list[int]:
 # -------------------------------------------------------------------------------------------
 # Building
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_frozen_glow(path: str | Path, cfg: Config) -> Glow:
     """The Glow at ``path``; thesis-format architecture flags are checked when given."""
     glow = load_glow(path, n_flow=cfg.n_flow, n_block=cfg.n_block,
@@ -145,7 +137,7 @@ def from_glow(glow: Glow, cfg: Config) -> ADFlow:
 def build(cfg: Config) -> nn.Module:
     glow = load_frozen_glow(cfg.glow, cfg)
     model = from_glow(glow, cfg)
-    model.glow_info = {"path": str(cfg.glow), "sha256": _sha256(cfg.glow),
+    model.glow_info = {"path": str(cfg.glow), "sha256": file_sha256(cfg.glow),
                        "config": glow.config()}
     model.words = getattr(cfg, "_words", None)
     return model
@@ -184,7 +176,7 @@ def initialize(model: ADFlow, batch, ctx) -> None:
         for i in range(len(ds)):
             yield ds[i]
 
-    fit_linear_encoders(_unwrap(model), clips, cfg.init_ridge, cfg.init_clips, ctx.rank,
+    fit_linear_encoders(unwrap(model), clips, cfg.init_ridge, cfg.init_clips, ctx.rank,
                         ctx.world, log=print if ctx.rank == 0 else None)
 
 
@@ -198,7 +190,7 @@ def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
     if not cfg.diag_pairs or root is None:
         return {}
 
-    m = _unwrap(model)
+    m = unwrap(model)
     return heldout_scores(root, lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),
                           m.img_size, ctx.device, cfg.diag_pairs)
 
@@ -221,15 +213,10 @@ def param_groups(model: ADFlow, cfg: Config, train_cfg) -> list[dict]:
 # -------------------------------------------------------------------------------------------
 # Training
 
-def _unwrap(model: nn.Module) -> ADFlow:
-    return model.module if hasattr(model, "module") else model
-
-
 def _frames(batch, cfg: Config, ctx) -> tuple[Tensor, Tensor | None]:
     frames, labels = (batch if isinstance(batch, (list, tuple)) else (batch, None))
     if cfg.n_bits:
-        frames = quantize(frames, cfg.n_bits) + (
-            ctx.global_rand(tuple(frames.shape)).to(frames.dtype) / 2**cfg.n_bits)
+        frames = dequantised(frames, cfg.n_bits, ctx)
     return frames, labels
 
 
@@ -276,7 +263,7 @@ def loss_weights(cfg: Config) -> dict[str, float]:
 def sample(model: nn.Module, batch, ctx) -> tuple[Tensor, int]:
     """Rows per shown clip (as the thesis): [reference frame 0 | reference face + this clip's
     lips, frame by frame] and [this clip's frame 0 | this clip]. Clip 0 is the reference."""
-    m = _unwrap(model)
+    m = unwrap(model)
     cfg: Config = ctx.model_cfg
     frames = batch[0] if isinstance(batch, (list, tuple)) else batch
     b, t = frames.shape[:2]
@@ -311,7 +298,10 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                    help="assert that a thesis-format Glow uses the plain 1x1 conv")
 
 
-def _glow_path(args, recorded: dict) -> Path:
+def glow_path(args, recorded: dict) -> Path:
+    """The Glow file of an AD-flow model at test time (the one resolution of it): ``--glow``;
+    else the path recorded in the AD-flow checkpoint when that file exists; else
+    CHECKPOINT_DIR/glow_checkpoint.pt. ``load_for_test`` keeps it as ``model.glow_path``."""
     if getattr(args, "glow", None):
         return Path(args.glow)
     rec = recorded.get("path")
@@ -349,11 +339,11 @@ def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
     cfg.n_block = getattr(args, "n_block", None)
     cfg.affine = bool(getattr(args, "affine", False))
     cfg.conv_lu = bool(getattr(args, "conv_lu", True))
-    gpath = _glow_path(args, recorded)
+    gpath = glow_path(args, recorded)
     glow = load_glow(gpath, n_flow=cfg.n_flow, n_block=cfg.n_block,
                      affine=True if cfg.affine else None,
                      conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
-    if recorded.get("sha256") and gpath.is_file() and _sha256(gpath) != recorded["sha256"]:
+    if recorded.get("sha256") and gpath.is_file() and file_sha256(gpath) != recorded["sha256"]:
         print(f"warning: {gpath} is not the Glow file this AD-flow model was trained on "
               f"({recorded.get('path')}); results may be poor", file=sys.stderr)
     model = from_glow(glow, cfg)
@@ -365,6 +355,7 @@ def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
         raise CheckpointError(f"{path}: weights do not fit its model on the Glow {gpath} "
                               f"({_first_problem(exc)}); pass the matching --glow") from None
     model.words = words
+    model.glow_path = gpath  # for eval_density: the file actually loaded
     return model.to(device).eval()
 
 
@@ -384,3 +375,9 @@ def generate(model: ADFlow, query: Tensor, mix: Tensor, source: Tensor, args=Non
     The query's face parts are computed once and reused for every chunk of frames.
     """
     return model.transfer(query, mix).clamp_(-0.5, 0.5)
+
+
+def eval_density(model: ADFlow, args) -> tuple[nn.Module, int, list[str]]:
+    """evaluate.py: AD-flow's likelihood is its frozen Glow's, at that Glow's ``n_bits``."""
+    path = getattr(model, "glow_path", None)
+    return model.glow, recorded_n_bits(path), ["bits/dim of AD-flow: its frozen Glow's"]

@@ -244,9 +244,9 @@ def quality(work: Path, glow_iter: int, ad_iter: int, size: int, seed: int) -> d
     from PIL import Image
 
     from ad_flow import recipe as ad
+    from glow import recipe as glow_recipe
     from lrw.synthetic import SyntheticConfig, SyntheticSet, generate
     from talking import run
-    from training import glow_recipe
     from training.config import TrainConfig
     from training.loop import train
 

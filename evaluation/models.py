@@ -1,8 +1,8 @@
 """Loading a trained model for evaluation and running it on one query and one source sequence.
 
 A model is loaded through its recipe's test-time face (``training.registry``:
-``load_for_test``, ``generate``, ``NEEDS_MIX``); the Glow, which generates nothing, is loaded
-with :func:`glow.load_glow`. Inputs go through the talking-face job's own helpers
+``load_for_test``, ``generate``, ``NEEDS_MIX``, and the evaluation hooks ``eval_systems`` and
+``eval_density``); nothing here names a model. Inputs go through the talking-face job's own helpers
 (``talking.inputs.read_rgb``, ``talking.job.to_tensor``/``to_uint8``, ``faces.blend.mouth_mix``),
 so a frame is evaluated exactly as ``test.py`` would produce it.
 """
@@ -10,7 +10,6 @@ so a frame is evaluated exactly as ``test.py`` would produce it.
 from __future__ import annotations
 
 import argparse
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from glow import CheckpointError, bits_per_dim, safe_load
-from glow.io import is_ours
+from glow import CheckpointError, bits_per_dim
+from glow.io import recorded_n_bits
 
 __all__ = ["BASELINE_BLEND", "BASELINE_COPY", "EvalModel", "System", "load_model",
            "run_sequence"]
 
 BASELINE_COPY = "baseline: copy query"
 BASELINE_BLEND = "baseline: mouth blend"
-MI_FLOW_MODES = ("thesis", "cond")
 
 
 @dataclass
@@ -46,7 +44,7 @@ class System:
 class EvalModel:
     """A loaded model with what evaluation needs to know about it."""
 
-    kind: str  # registry name: glow, ad-flow, mi-flow
+    kind: str  # registry name (training.registry)
     model: nn.Module
     checkpoint: Path
     size: int  # image size the model works at
@@ -73,22 +71,9 @@ class EvalModel:
         return bits_per_dim(log_p, logdet, x[0].numel(), self.n_bits)
 
 
-def _n_bits_of(path: Path | str | None, default: int = 5) -> int:
-    """``n_bits`` recorded in one of our checkpoints (thesis files: 5, the thesis's value)."""
-    if path is None or not Path(path).is_file():
-        return default
-    try:
-        obj = safe_load(path)
-    except CheckpointError:
-        return default
-    if is_ours(obj):
-        return int(obj.get("config", {}).get("model", {}).get("n_bits") or default)
-    return default
-
-
-def _model_image_size(recipe: ModuleType | None, model: nn.Module) -> int:
+def _model_image_size(recipe: ModuleType, model: nn.Module) -> int:
     """The recipe's ``model_size`` (the test-time interface), else the model's ``img_size``."""
-    if recipe is not None and hasattr(recipe, "model_size"):
+    if hasattr(recipe, "model_size"):
         return int(recipe.model_size(model))
     size = getattr(model, "img_size", None)
     if isinstance(size, int) and size > 0:
@@ -99,19 +84,15 @@ def _model_image_size(recipe: ModuleType | None, model: nn.Module) -> int:
 def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> EvalModel:
     """Load ``args.checkpoint`` as model ``kind`` (see :func:`training.registry.get`).
 
-    ``args`` carries the recipe's test-time flags (``add_test_args``); MI-flow is evaluated in
-    both its modes (``thesis`` and ``cond``). Raises ``CheckpointError``/``ValueError`` with one
+    ``args`` carries the recipe's test-time flags (``add_test_args``). What is evaluated comes
+    from the recipe's hooks (``training/registry.py``): ``eval_systems`` (the talking-face
+    systems, e.g. MI-flow in both its modes) and ``eval_density`` (the flow whose bits/dim is
+    reported, e.g. AD-flow's frozen Glow). Raises ``CheckpointError``/``ValueError`` with one
     line.
     """
-    path = Path(args.checkpoint)
-    if kind == "glow":
-        from glow import load_glow
-
-        glow = load_glow(path).to(device).eval()
-        return EvalModel(kind, glow, path, int(glow.img_size), _n_bits_of(path), glow)
-
     from training import registry
 
+    path = Path(args.checkpoint)
     recipe = registry.get(kind)
     if not hasattr(recipe, "load_for_test"):
         raise ValueError(f"model '{kind}' has no test-time interface (load_for_test)")
@@ -127,26 +108,17 @@ def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> Eva
             return recipe.generate(model, query, mix if needs_mix else source, source, run_args)
         return System(label, fn)
 
-    if kind == "ad-flow":
-        ckpt = safe_load(path)
-        recorded = (ckpt.get("extra", {}).get("glow", {}).get("path")
-                    if is_ours(ckpt) else None)
-        glow_path = getattr(args, "glow", None) or recorded
-        ev = EvalModel(kind, model, path, size, _n_bits_of(glow_path), model.glow,
-                       [system("ad-flow", args)])
-        ev.notes.append("bits/dim of AD-flow: its frozen Glow's")
-        return ev
-    if kind == "mi-flow":
-        systems = []
-        for mode in MI_FLOW_MODES:
-            mode_args = copy.copy(args)
-            mode_args.mode = mode
-            systems.append(system(f"mi-flow ({mode})", mode_args))
-        return EvalModel(kind, model, path, size, _n_bits_of(path), model, systems)
-    # A model registered later: evaluated through its recipe, likelihood if it has one.
-    density = model if hasattr(model, "blocks") else None
-    return EvalModel(kind, model, path, size, _n_bits_of(path), density,
-                     [system(kind, args)])
+    if hasattr(recipe, "eval_systems"):
+        entries = recipe.eval_systems(model, args)
+    else:
+        entries = [(kind, args)] if hasattr(recipe, "generate") else []
+    if hasattr(recipe, "eval_density"):
+        density, n_bits, notes = recipe.eval_density(model, args)
+    else:  # a Glow-shaped flow reports its likelihood
+        density = model if hasattr(model, "blocks") else None
+        n_bits, notes = recorded_n_bits(path), []
+    return EvalModel(kind, model, path, size, int(n_bits), density,
+                     [system(label, a) for label, a in entries], list(notes))
 
 
 def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: int,

@@ -6,6 +6,7 @@ arbitrary pickled objects (i.e. carries code) is refused without being run.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -53,6 +54,30 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
 def is_ours(obj: Any) -> bool:
     """True for a self-describing checkpoint written by this project."""
     return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks): identifies the exact checkpoint a
+    model was trained on, whatever its path."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def recorded_n_bits(path: str | Path | None, default: int = 5) -> int:
+    """``n_bits`` recorded in one of our checkpoints (its model config); ``default`` (5, the
+    thesis's value) for a reference/thesis state dict, a missing file or an unreadable one."""
+    if path is None or not Path(path).is_file():
+        return default
+    try:
+        obj = safe_load(path)
+    except CheckpointError:
+        return default
+    if is_ours(obj):
+        return int(obj.get("config", {}).get("model", {}).get("n_bits") or default)
+    return default
 
 
 def strip_prefix(state: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:

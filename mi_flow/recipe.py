@@ -20,6 +20,7 @@ estimator is then not even built unless ``--mi_monitor``).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glow import bits_per_dim, quantize
-from glow.io import CheckpointError, is_ours, safe_load, strip_prefix
+from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_prefix
+from glow.recipe import GlowFlags
+from glow.recipe import validate as validate_glow_flags
 from training.config import from_dict, opt
-from training.glow_recipe import GlowFlags
-from training.glow_recipe import validate as validate_glow_flags
+from training.recipe_helpers import dequantised, images, unwrap
 
 from .io import is_thesis_state, model_from_thesis_state
 from .model import MIFlow, mouth_window
@@ -125,7 +127,7 @@ def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
     root = synthetic_root_of(getattr(cfg, "_data_dir", None))
     if not cfg.diag_pairs or root is None:
         return {}
-    m = _unwrap(model)
+    m = unwrap(model)
     out = {}
     for mode in ("thesis", "cond"):
         args = types.SimpleNamespace(mode=mode)
@@ -143,29 +145,16 @@ def param_groups(model: MIFlow, cfg: Config, train_cfg) -> list[dict]:
     return groups
 
 
-def _images(batch) -> Tensor:
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
-def _unwrap(model: nn.Module) -> MIFlow:
-    return model.module if hasattr(model, "module") else model
-
-
-def dequantised(x: Tensor, cfg: Config, ctx) -> Tensor:
-    """Quantise to n_bits and add uniform noise (identical across process layouts)."""
-    return quantize(x, cfg.n_bits) + ctx.global_rand(tuple(x.shape)).to(x.dtype) / 2**cfg.n_bits
-
-
 def initialize(model: MIFlow, batch, ctx) -> None:
-    x = dequantised(_images(batch), ctx.model_cfg, ctx)
-    _unwrap(model).initialize(ctx.gather(x))
+    x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)
+    unwrap(model).initialize(ctx.gather(x))
 
 
 def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
     cfg: Config = ctx.model_cfg
-    m = _unwrap(model)
-    image = _images(batch)
-    x = dequantised(image, cfg, ctx)
+    m = unwrap(model)
+    image = images(batch)
+    x = dequantised(image, cfg.n_bits, ctx)
     log_p, logdet, log_c, z_list, conds = model(x)  # through the (DDP) wrapper
     n_dims = x[0].numel()
     per_dim = n_dims * math.log(2)
@@ -203,8 +192,8 @@ def sample(model: MIFlow, batch, ctx) -> tuple[Tensor, int]:
     under its own conditions; the same under the conditions of the next image in the batch
     (a mouth swap); samples from the priors under the batch's conditions. Fixed noise."""
     cfg: Config = ctx.model_cfg
-    m = _unwrap(model)
-    x = _images(batch)[: cfg.n_sample]
+    m = unwrap(model)
+    x = images(batch)[: cfg.n_sample]
     g = torch.Generator().manual_seed(ctx.train_cfg.seed)
 
     def noise(shapes) -> list[Tensor]:
@@ -223,7 +212,7 @@ def sample(model: MIFlow, batch, ctx) -> tuple[Tensor, int]:
 
 
 def checkpoint_extra(model: MIFlow, cfg: Config) -> dict:
-    return {"architecture": _unwrap(model).config()}
+    return {"architecture": unwrap(model).config()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +279,7 @@ def load_for_test(args, device: torch.device | str) -> MIFlow:
 
 def model_size(model: nn.Module) -> int:
     """The image size (px) the model works at: frames are resized to it before ``generate``."""
-    return int(_unwrap(model).img_size)
+    return int(unwrap(model).img_size)
 
 
 @torch.no_grad()
@@ -306,7 +295,7 @@ def generate(model: MIFlow, query: Tensor, mix: Tensor | None, source: Tensor,
     its conditional prior mean under the source frame's condition. The query is encoded once;
     the frames go through as one batch.
     """
-    m = _unwrap(model)
+    m = unwrap(model)
     mode = getattr(args, "mode", "thesis") or "thesis"
     t = source.shape[0]
     z_query, _ = m.encode(query)
@@ -320,6 +309,25 @@ def generate(model: MIFlow, query: Tensor, mix: Tensor | None, source: Tensor,
         conds = m.conditions(source)
         return m.reverse([*([None] * len(conds)), top], conds, temperature=0.0)
     raise ValueError(f"unknown --mode {mode!r} (thesis or cond)")
+
+
+MODES = ("thesis", "cond")
+
+
+def eval_systems(model: MIFlow, args) -> list[tuple[str, argparse.Namespace]]:
+    """evaluate.py: MI-flow in both its test modes, one system each ("mi-flow (MODE)")."""
+    out = []
+    for mode in MODES:
+        mode_args = copy.copy(args)
+        mode_args.mode = mode
+        out.append((f"{NAME} ({mode})", mode_args))
+    return out
+
+
+def eval_density(model: MIFlow, args) -> tuple[nn.Module, int, list[str]]:
+    """evaluate.py: bits/dim of the model itself (its forward returns ``log_c``, which
+    ``EvalModel.bits_per_dim`` adds), at the ``n_bits`` its checkpoint records."""
+    return model, recorded_n_bits(args.checkpoint), []
 
 
 def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",

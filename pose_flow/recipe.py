@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from glow import bits_per_dim, quantize
 from training.config import from_dict, opt
+from training.recipe_helpers import dequantised, unwrap
 
 from .losses import quadruplet_loss
 from .model import PRIORS, PoseFlow
@@ -122,10 +123,6 @@ def dataset(cfg: Config, data_dir: Path):
     return ds
 
 
-def _unwrap(model: nn.Module) -> PoseFlow:
-    return model.module if hasattr(model, "module") else model
-
-
 def flatten_batch(batch) -> tuple[Tensor, Tensor]:
     """``(images [B, 4, 3, S, S], landmarks [B, 4, 68, 2])`` -> ``[4B, ...]`` ordered
     anchors, positives, negatives 1, negatives 2 (so ``chunk(4)`` splits the roles)."""
@@ -134,17 +131,11 @@ def flatten_batch(batch) -> tuple[Tensor, Tensor]:
             lm.transpose(0, 1).reshape(-1, *lm.shape[2:]))
 
 
-def dequantised(x: Tensor, cfg: Config, ctx) -> Tensor:
-    """Quantise to n_bits and add uniform noise of one bin (at every image size; identical
-    across process layouts)."""
-    return quantize(x, cfg.n_bits) + ctx.global_rand(tuple(x.shape)).to(x.dtype) / 2**cfg.n_bits
-
-
 def initialize(model: PoseFlow, batch, ctx) -> None:
     """ActNorm data init from the *global* first batch, so every DDP rank starts identical
     (the anchor initialised each rank from its own shard)."""
     x, lm = flatten_batch(batch)
-    _unwrap(model).initialize(ctx.gather(dequantised(x, ctx.model_cfg, ctx)), ctx.gather(lm))
+    unwrap(model).initialize(ctx.gather(dequantised(x, ctx.model_cfg.n_bits, ctx)), ctx.gather(lm))
 
 
 def cross_order(n: int) -> Tensor:
@@ -156,9 +147,9 @@ def cross_order(n: int) -> Tensor:
 
 def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
     cfg: Config = ctx.model_cfg
-    m = _unwrap(model)
+    m = unwrap(model)
     image, lm = flatten_batch(batch)
-    x = dequantised(image, cfg, ctx)
+    x = dequantised(image, cfg.n_bits, ctx)
     log_p, logdet, w, splits, conds = model(x, lm)  # through the (DDP) wrapper
     n_dims = x[0].numel()
     terms = {"bpd": bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean(),
@@ -216,7 +207,7 @@ def sample(model: PoseFlow, batch, ctx) -> tuple[Tensor, int]:
     re-posed to a negative's landmarks (another face's pose); those negatives. Split latents
     at their prior means."""
     cfg: Config = ctx.model_cfg
-    m = _unwrap(model)
+    m = unwrap(model)
     image, lm = flatten_batch(batch)
     b = image.shape[0] // 4
     k = min(cfg.n_sample, b)
@@ -229,7 +220,7 @@ def sample(model: PoseFlow, batch, ctx) -> tuple[Tensor, int]:
 
 
 def checkpoint_extra(model: PoseFlow, cfg: Config) -> dict:
-    return {"architecture": _unwrap(model).config()}
+    return {"architecture": unwrap(model).config()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +253,7 @@ def load_pose_flow(path: str | Path, device: torch.device | str = "cpu") -> Pose
 
 
 def model_size(model: nn.Module) -> int:
-    return int(_unwrap(model).img_size)
+    return int(unwrap(model).img_size)
 
 
 def add_test_args(parser) -> None:

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = registry.get(known.model)
         if hasattr(recipe, "test_cli"):  # a recipe with its own test job (e.g. a transfer grid)
             return int(recipe.test_cli(argv))
-        if not hasattr(recipe, "load_for_test"):
+        if not (hasattr(recipe, "load_for_test") and hasattr(recipe, "generate")):
             raise ValueError(f"model '{known.model}' has no talking-face generation")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

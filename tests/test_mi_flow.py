@@ -212,7 +212,7 @@ def test_bpd_plus_beta_is_the_thesis_loss():
     R.initialize(m, batch, _ctx(cfg))
     _perturb(m)
     terms = R.losses(m, batch, _ctx(cfg, 3))
-    x = R.dequantised(batch[0], cfg, _ctx(cfg, 3))
+    x = R.dequantised(batch[0], cfg.n_bits, _ctx(cfg, 3))
     log_p, logdet, log_c, _, _ = m(x)
     d = x[0].numel()
     thesis = -(-np.log(2.0**cfg.n_bits) * d + logdet + log_p + (cfg.beta + 1) * log_c)

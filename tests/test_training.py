@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from glow import recipe as glow_recipe
 from glow.io import CheckpointError
-from training import glow_recipe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.loop import TrainingStopped, train

@@ -33,6 +33,26 @@ and optionally:
     lr_factor(model_cfg, train_cfg, step) -> float   # learning rate = --lr * factor at step
     test_cli(argv) -> int       # test.py delegates its whole argv (a recipe's own test job)
     evaluate_cli(argv) -> int   # evaluate.py delegates its whole argv (not with --compare)
+
+the test-time face (test.py; evaluate.py through ``evaluation.models.load_model``):
+
+    DEFAULT_CHECKPOINT: str     # file name under CHECKPOINT_DIR when --checkpoint is a folder
+    add_test_args(parser)       # the recipe's test-time flags
+    load_for_test(args, device) -> nn.Module   # args.checkpoint, in eval mode
+    model_size(model) -> int    # frames are resized to this many pixels
+    generate(model, query, mix, source, args) -> frames   # without it test.py refuses the model
+    NEEDS_MIX: bool = True      # generate wants the mouth mix (else the source is passed)
+
+and, for evaluate.py, so that evaluation/ never names a model:
+
+    eval_systems(model, args) -> list[(label, args)]   # one talking-face system per entry,
+                                # run as generate(model, ..., args); default [(NAME, args)]
+                                # when the recipe has generate, else [] (e.g. MI-flow: one per
+                                # --mode; Glow: none)
+    eval_density(model, args) -> (module | None, n_bits, notes)   # the flow whose bits/dim is
+                                # reported, the bits its data was quantised to, and lines for
+                                # the report header; default: the model when it has ``blocks``
+                                # (a Glow-shaped flow), n_bits recorded in args.checkpoint
 """
 
 from __future__ import annotations
@@ -40,8 +60,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+# The model test.py and evaluate.py use when --model is not given (the thesis's main model).
+DEFAULT_MODEL = "ad-flow"
+
 RECIPES: dict[str, str] = {
-    "glow": "training.glow_recipe",
+    "glow": "glow.recipe",
     "ad-flow": "ad_flow.recipe",
     "mi-flow": "mi_flow.recipe",
     "pose-flow": "pose_flow.recipe",

@@ -1,18 +1,29 @@
-"""Glow as a trainable model: maximum likelihood on dequantised images (bits/dim)."""
+"""Glow as a trainable model (``train.py --model glow``): maximum likelihood on dequantised
+images (bits/dim), and its evaluation face (``evaluate.py --model glow``: bits/dim only).
+
+A recipe (see ``training/registry.py``): imported by the registry and by MI-flow (which shares
+:class:`GlowFlags` and :func:`validate`), never by ``glow/__init__.py``, so ``import glow``
+stays free of ``training``.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from glow import Glow, bits_per_dim, quantize
+from training.config import opt
+from training.recipe_helpers import dequantised, images
 
-from .config import opt
+from .io import load_glow, recorded_n_bits
+from .likelihood import bits_per_dim
+from .model import Glow
 
 NAME = "glow"
+DEFAULT_CHECKPOINT = "glow_checkpoint.pt"
 # The thesis's Glow training: batch 16, lr 1e-4, 200k iterations, samples every 100.
 TRAIN_DEFAULTS = {"batch": 16, "lr": 1e-4, "iter": 200000, "sample_every": 100,
                   "save_every": 10000}
@@ -70,23 +81,14 @@ def dataset(cfg: Config, data_dir: Path):
     return ImageFolderDataset(training_root(data_dir), cfg.img_size)
 
 
-def _images(batch) -> Tensor:
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
-def dequantised(x: Tensor, cfg: Config, ctx) -> Tensor:
-    """Quantise to n_bits and add uniform noise (identical across process layouts)."""
-    return quantize(x, cfg.n_bits) + ctx.global_rand(tuple(x.shape)).to(x.dtype) / 2**cfg.n_bits
-
-
 def initialize(model: Glow, batch, ctx) -> None:
-    x = dequantised(_images(batch), ctx.model_cfg, ctx)
+    x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)
     model.initialize(ctx.gather(x))
 
 
 def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
     cfg: Config = ctx.model_cfg
-    x = dequantised(_images(batch), cfg, ctx)
+    x = dequantised(images(batch), cfg.n_bits, ctx)
     log_p, logdet, _ = model(x)
     n_dims = x[0].numel()
     bpd = bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean()
@@ -103,3 +105,26 @@ def sample(model: Glow, batch, ctx) -> tuple[Tensor, int]:
     cfg: Config = ctx.model_cfg
     g = torch.Generator().manual_seed(ctx.train_cfg.seed)
     return model.sample(cfg.n_sample, cfg.temp, generator=g), 10
+
+
+# -------------------------------------------------------------------------------------------
+# Evaluation (evaluate.py): a Glow generates nothing, so it has no ``generate`` and test.py
+# refuses it; evaluate.py reports its bits/dim.
+
+def load_for_test(args: argparse.Namespace, device: torch.device | str = "cpu") -> Glow:
+    """The Glow at ``args.checkpoint`` (ours or a reference/thesis state dict), in eval mode."""
+    return load_glow(args.checkpoint).to(device).eval()
+
+
+def model_size(model: Glow) -> int:
+    return int(model.img_size)
+
+
+def eval_systems(model: Glow, args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
+    """No talking-face system: only the likelihood is evaluated."""
+    return []
+
+
+def eval_density(model: Glow, args: argparse.Namespace) -> tuple[nn.Module, int, list[str]]:
+    """The Glow itself, at the ``n_bits`` its checkpoint records (thesis files: 5)."""
+    return model, recorded_n_bits(args.checkpoint), []
