@@ -48,6 +48,29 @@ ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
 PRIORS = ("learned", "standard")
 
 
+class _OnePixelConv(torch.autograd.Function):
+    """A 3x3 convolution of a 1x1 map padded with ones: ``x [B, I, 1, 1]``, ``weight
+    [O, I, 3, 3]`` -> ``[B, O, 1, 1]`` = centre tap on ``x`` + the outer taps summed, + bias.
+    The backward writes the weight's gradient once (autograd through a sum and a slice would
+    materialise and add several weight-sized tensors)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        centre = weight[:, :, 1, 1]
+        border = weight.sum((1, 2, 3)) - centre.sum(1)
+        return (x.flatten(1) @ centre.T + (bias + border))[:, :, None, None]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        g = grad.flatten(1)  # [B, O]
+        grad_x = (g @ weight[:, :, 1, 1])[:, :, None, None]
+        grad_w = g.sum(0)[:, None, None, None].expand_as(weight).clone()
+        grad_w[:, :, 1, 1] = g.T @ x.flatten(1)
+        return grad_x, grad_w, g.sum(0)
+
+
 class SmallMapZeroConv(ZeroConv2d):
     """``glow.ZeroConv2d`` (same parameters, same function) made cheap on tiny maps.
 
@@ -65,8 +88,7 @@ class SmallMapZeroConv(ZeroConv2d):
         if h == w == 1:
             # On a 1x1 map the eight outer taps only ever see the padding (ones): the 3x3
             # convolution is the centre tap as a 1x1 convolution plus a constant per output.
-            border = weight.sum((1, 2, 3)) - weight[:, :, 1, 1].sum(1)
-            out = F.conv2d(x, weight[:, :, 1:2, 1:2], bias + border)
+            out = _OnePixelConv.apply(x, weight, bias)
         else:
             out = F.conv2d(F.pad(x, [1, 1, 1, 1], value=1.0), weight, bias)
         return out * torch.exp(self.scale * 3)
