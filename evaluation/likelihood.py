@@ -68,10 +68,9 @@ def bits_per_dim_over(score, paths: list[Path], size: int, n_bits: int, batch: i
     total, n = 0.0, 0
     bar = None
     if progress:
-        from tqdm import tqdm
+        from training.progress import progress
 
-        bar = tqdm(total=len(paths), desc="bits/dim", unit="frame", dynamic_ncols=True,
-                   file=sys.stderr)
+        bar = progress(len(paths), "bits/dim", unit="frame", file=sys.stderr)
     try:
         for start in range(0, len(paths), batch):
             images = []

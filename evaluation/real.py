@@ -64,10 +64,9 @@ def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequen
     total *= len(query_paths)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from training.progress import progress
 
-        bar = tqdm(total=total, desc="real sequences", unit="frame", dynamic_ncols=True,
-                   file=sys.stderr)
+        bar = progress(total, "real sequences", unit="frame", file=sys.stderr)
     try:
         for src in resolved:
             paths = src.frames[:seq_frames] if seq_frames else src.frames

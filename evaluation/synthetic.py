@@ -70,10 +70,9 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     total = sum(min(syn.n_source_frames(s), seq_frames or 10**9) for _, s in todo)
     bar = None
     if progress:
-        from tqdm import tqdm
+        from training.progress import progress
 
-        bar = tqdm(total=total, desc=f"synthetic {Path(root).name}", unit="frame",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = progress(total, f"synthetic {Path(root).name}", unit="frame", file=sys.stderr)
     try:
         for q, s in todo:
             source = resolve_source(str(syn.source_folder(s)), syn.root / "image")

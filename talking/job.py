@@ -171,10 +171,9 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
 
     bar = None
     if getattr(args, "progress", True):
-        from tqdm import tqdm
+        from training.progress import progress
 
-        bar = tqdm(total=n, desc=f"{source.name} -> {query_name}", unit="frame",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = progress(n, f"{source.name} -> {query_name}", unit="frame", file=sys.stderr)
     try:
         for start in range(0, n, args.batch):
             chunk = [read_rgb(p) for p in frames[start:start + args.batch]]
