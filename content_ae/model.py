@@ -56,8 +56,15 @@ class Arch:
 # -------------------------------------------------------------------------------------------
 # --arch original: 4x4 stride-2 convs, InstanceNorm, LeakyReLU(0.2); transposed-conv decoder
 
+# The activations after a norm work in place: a norm's backward needs its input, not its
+# output, so overwriting the output saves one stored activation per layer (autograd's version
+# counters would refuse the backward if that were not so).
+def _lrelu() -> nn.LeakyReLU:
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
 def _down(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout), nn.LeakyReLU(0.2)]
+    return [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout), _lrelu()]
 
 
 class ConvEncoder(nn.Sequential):
@@ -88,10 +95,11 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         cin = out0
         for w in widths[1:]:
-            layers += [nn.InstanceNorm2d(cin), nn.ReLU(), nn.ConvTranspose2d(cin, w, 4, 2, 1)]
+            layers += [nn.InstanceNorm2d(cin), nn.ReLU(inplace=True),
+                       nn.ConvTranspose2d(cin, w, 4, 2, 1)]
             cin = w
         if widths:
-            layers += [nn.InstanceNorm2d(cin), nn.ReLU(),
+            layers += [nn.InstanceNorm2d(cin), nn.ReLU(inplace=True),
                        nn.ConvTranspose2d(cin, 3 + int(mask), 4, 2, 1)]
         self.rest = nn.Sequential(*layers)
 
@@ -142,7 +150,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False), nn.InstanceNorm2d(ch),
-            nn.LeakyReLU(0.2), nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False),
+            _lrelu(), nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=False),
             nn.InstanceNorm2d(ch))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -154,11 +162,11 @@ class ResEncoder(nn.Sequential):
 
     def __init__(self, widths: list[int], out: int, n_res: int):
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, widths[0], 7, bias=False),
-                                   nn.InstanceNorm2d(widths[0]), nn.LeakyReLU(0.2)]
+                                   nn.InstanceNorm2d(widths[0]), _lrelu()]
         cin = widths[0]
         for w in [*widths[1:], out]:
             layers += [nn.ReflectionPad2d(1), nn.Conv2d(cin, w, 3, 2, bias=False),
-                       nn.InstanceNorm2d(w), nn.LeakyReLU(0.2)]
+                       nn.InstanceNorm2d(w), _lrelu()]
             cin = w
         layers += [ResBlock(out) for _ in range(n_res)]
         super().__init__(*layers)
@@ -176,7 +184,7 @@ class ResDecoder(nn.Module):
         ch = code
         for _ in range(n_up):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
-                       nn.Conv2d(ch, ch // 2, 3, bias=False), ILN(ch // 2), nn.LeakyReLU(0.2)]
+                       nn.Conv2d(ch, ch // 2, 3, bias=False), ILN(ch // 2), _lrelu()]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 3 + int(mask), 7, bias=False)]
         self.up = nn.Sequential(*layers)
