@@ -3,7 +3,8 @@
 ``run(out, result_dir, tiny)`` writes a synthetic glasses set (``synthface.attributes``), trains
 ``--model content-ae --mask`` on it at 32 px, writes the transfer grid (``test.py``) and scores it
 against the exact answers (``evaluate.py``), each through the scripts' own ``main(argv)``. The
-full budget is about 100 s on 2 CPU cores; ``tiny`` takes seconds (tests).
+full part costs about 92 s of CPU time on one thread (measured under load, docs/content_ae.md);
+``tiny`` takes seconds (tests).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # 32 px, a 4 x 4 code grid (the glasses are local), 128 channels of which 16 specific.
 MODEL = ["--img_size", "32", "--n_down", "3", "--code", "128", "--sep", "16",
          "--e1_widths", "32,64", "--e2_widths", "32,64", "--dec_widths", "64,32",
-         "--disc_hidden", "128", "--mask", "--w_adv", "0.1", "--mask_warmup", "400"]
+         "--disc_hidden", "128", "--mask", "--w_adv", "0.1", "--mask_weight", "0.0125",
+         "--mask_warmup", "400"]
 # --w_adv 0.1: at 1e-3 (the paper's, tuned for 1.25M iterations) E1 keeps the attribute for the
-# whole short run and the mask collapses to zero. --mask_warmup 400 (sparsity ramped over half
-# the run): glasses arrive and removal beats copying; a larger --mask_weight collapses the
-# mask (measured, docs/content_ae.md).
+# whole short run and the mask collapses to zero. Sparsity 0.0125 ramped over half the run:
+# 0.01 leaves the mask too wide, 0.015 and above collapse it (measured, docs/content_ae.md).
 FULL = dict(train_a=400, train_b=400, test=8, iter=800, batch=16, lr="1e-3")
 TINY = dict(train_a=12, train_b=12, test=3, iter=4, batch=4, lr="1e-3")
 
