@@ -15,6 +15,7 @@ beside the two baselines (copy the query, the mouth blend), and checks the targe
   python bench/quality.py                         # seeds 0 1 2 in bench_quality/ (reused)
   python bench/quality.py --seeds 0 --out DIR --json results.json
   python bench/quality.py --blend poisson_plain   # the thesis's plain seamless clone
+  python bench/quality.py --merge s0.json s1.json s2.json   # seeds run one per process
   python bench/quality.py --tiny --seeds 0        # seconds; numbers meaningless (smoke test)
 """
 
@@ -150,10 +151,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="mouth mix fed to the models and scored as the blend baseline")
     parser.add_argument("--tiny", action="store_true", help="the demo's tiny plan")
     parser.add_argument("--json", default=None, help="also write every row here")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="train nothing: merge the --json files of earlier runs (e.g. one "
+                             "seed each, run side by side) into one table")
     args = parser.parse_args(argv)
 
     per_seed, seconds = [], []
-    for seed in args.seeds:
+    if args.merge:
+        seeds = []
+        for path in args.merge:
+            data = json.loads(Path(path).read_text())
+            per_seed += data["per_seed"]
+            seconds += data["seconds"]
+            seeds += data["seeds"]
+        args.seeds = seeds
+    for seed, rows in zip(args.seeds, per_seed, strict=False):
+        print(f"\nseed {seed}\n")
+        print(fmt_table(rows, spread=False), flush=True)
+    for seed in ([] if args.merge else args.seeds):
         rows, sec = run_seed(seed, args)
         per_seed.append(rows)
         seconds.append(sec)
@@ -170,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_table(agg, spread=True))
     print("\nRanges (min..max over seeds) of the motion error: " + "; ".join(
         f"{r['system']} {r['motion_min']:.3f}..{r['motion_max']:.3f}" for r in agg))
-    print(f"command: python bench/quality.py --seeds {' '.join(map(str, args.seeds))} "
-          f"--blend {args.blend}{' --tiny' if args.tiny else ''}")
+    if args.merge:
+        print(f"command: python bench/quality.py --merge {' '.join(args.merge)} (each made "
+              "with --seeds N --json FILE)")
+    else:
+        print(f"command: python bench/quality.py --seeds {' '.join(map(str, args.seeds))} "
+              f"--blend {args.blend}{' --tiny' if args.tiny else ''}")
     if args.json:
         Path(args.json).write_text(json.dumps({"per_seed": per_seed, "mean": agg,
                                                "seeds": args.seeds, "seconds": seconds,
