@@ -313,20 +313,29 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             images, nrow = recipe.sample(model, sample_batch, _ctx(step, info, model_cfg, cfg))
-            # held-out diagnostics (e.g. AD-flow's motion metric on unseen identities)
-            diag = (recipe.diagnostics(model, _ctx(step, info, model_cfg, cfg))
-                    if hasattr(recipe, "diagnostics") else None)
         model.train()
         save_image((images.float().cpu() + 0.5).clamp(0, 1), run_dir / f"{step:06d}.png",
                    nrow=nrow)
+        write_diagnostics()
+        plot_curves(log.read(), run_dir / "loss.png")
+
+    def write_diagnostics() -> None:
+        """Held-out diagnostics (e.g. AD-flow's motion metric on unseen identities)."""
+        if not main or not hasattr(recipe, "diagnostics"):
+            return
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            diag = recipe.diagnostics(model, _ctx(step, info, model_cfg, cfg))
+        model.train()
         if diag:  # their own log and plot: the loss log keeps one record shape
             diag_log.write({"step": step, **{k: float(v) for k, v in diag.items()}})
             plot_curves(diag_log.read(), run_dir / "diagnostics.png")
             say(f"[{recipe.NAME}] step {step}: " + ", ".join(
                 f"{k} {float(v):.4g}" for k, v in diag.items()))
-        plot_curves(log.read(), run_dir / "loss.png")
 
     interrupted = False
+    if resumed is None and cfg.sample_every:
+        write_diagnostics()  # the starting point (after any data-dependent init)
     model.train()
     try:
         while step < cfg.iter:

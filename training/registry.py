@@ -29,7 +29,7 @@ and optionally:
     DDP_NOTE: str            # with DDP_EXACT = False: why; torchrun is then refused with it
     translate_argv(argv) -> argv           # train.py: the recipe's own flag aliases
     generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
-    diagnostics(model, ctx) -> dict[str, float]   # at every sample grid: diagnostics.jsonl/.png
+    diagnostics(model, ctx) -> dict[str, float]   # at step 0 and every sample grid: diagnostics.jsonl/.png
     lr_factor(model_cfg, train_cfg, step) -> float   # learning rate = --lr * factor at step
     test_cli(argv) -> int       # test.py delegates its whole argv (a recipe's own test job)
     evaluate_cli(argv) -> int   # evaluate.py delegates its whole argv (not with --compare)
