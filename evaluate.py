@@ -263,17 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         known.model = None
     args = build_parser(known.model if known.compare is None else None).parse_args(argv)
 
-    from glow.io import CheckpointError
+    from training.cli import report_errors
 
-    try:
-        if args.compare:
-            compare(args)
-        else:
-            evaluate(args)
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(lambda: compare(args) if args.compare else evaluate(args))
 
 
 if __name__ == "__main__":

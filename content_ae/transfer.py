@@ -197,12 +197,7 @@ def run(args: argparse.Namespace, say=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from glow.io import CheckpointError
+    from training.cli import report_errors
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(lambda: run(args))

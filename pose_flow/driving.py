@@ -201,9 +201,9 @@ def test_cli(argv: list[str]) -> int:
     """``test.py --model pose-flow ...``: the transfer grid, or the shared driving job."""
     if any(a.split("=")[0] == "--transfer_grid" for a in argv):
         return _grid_cli(argv)
-    from glow.io import CheckpointError
     from talking import add_common_args, run
     from training import registry
+    from training.cli import report_errors
 
     recipe = registry.get("pose-flow")
     parser = argparse.ArgumentParser(
@@ -214,9 +214,4 @@ def test_cli(argv: list[str]) -> int:
     add_common_args(parser)
     add_test_args(parser)
     args = parser.parse_args(argv)
-    try:
-        run(args, recipe)
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(lambda: run(args, recipe))

@@ -56,14 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args = build_parser(known.model).parse_args(argv)
 
-    from glow.io import CheckpointError
     from talking import run
+    from training.cli import report_errors
 
-    try:
-        run(args, recipe)
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(lambda: run(args, recipe))
 
 

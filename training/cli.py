@@ -1,5 +1,6 @@
-"""Command-line helpers of ``train.py``: which flags were given, ``--config FILE``, and filling
-a resumed run's flags from its checkpoint.
+"""Command-line helpers: :func:`report_errors` (every script's one-line user errors), and for
+``train.py`` which flags were given, ``--config FILE``, and filling a resumed run's flags from
+its checkpoint.
 
 Precedence, lowest first: the dataclass defaults (with the recipe's TRAIN_DEFAULTS), then
 ``--config FILE``, then flags on the command line. With ``--resume`` every model and training
@@ -12,8 +13,24 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def report_errors(job: Callable[[], object], *extra: type[BaseException]) -> int:
+    """Run ``job()``; a user error (``ValueError``, ``CheckpointError``, ``FileNotFoundError``,
+    or one of ``extra``) becomes one ``error: ...`` line on stderr and exit status 1, else 0."""
+    from glow.io import CheckpointError
+
+    try:
+        job()
+    except (ValueError, CheckpointError, FileNotFoundError, *extra) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
 
 # Flags about this invocation, never read from a file or a checkpoint.
 PER_INVOCATION = ("name", "resume", "force", "allow_changes", "dry_run", "config")
