@@ -92,27 +92,28 @@ def load_for_test(args, device):
     src = np.stack([landmarks_for(p, "source frame") for p in frames])
     targets = retarget(q_lm, src) if getattr(args, "retarget", False) else src
     args.pose_state = {"query_lm": q_lm, "targets": targets.astype(np.float32), "cursor": 0,
-                       "w": None}
+                       "appearance": None}
     return model
 
 
 @torch.no_grad()
 def generate(model, query: Tensor, mix: Tensor | None, source: Tensor, args) -> Tensor:
     """query [1, 3, S, S] and a chunk of source frames [T, 3, S, S] (in order) -> [T, 3, S, S]:
-    the query's ``w`` under each frame's (or the retargeted) landmarks."""
+    the query's appearance (its ``w``, or with a reference the query itself) under each frame's
+    (or the retargeted) landmarks."""
     m = model.module if hasattr(model, "module") else model
     st = args.pose_state
     dev = query.device
-    if st["w"] is None:
+    if st["appearance"] is None:
         q_lm = torch.from_numpy(st["query_lm"])[None].to(dev)
-        st["w"] = m.encode(query, q_lm)[0]
+        st["appearance"] = m.appearance(query, q_lm)
     t = source.shape[0]
     lms = torch.from_numpy(st["targets"][st["cursor"]:st["cursor"] + t]).to(dev)
     if lms.shape[0] != t:
         raise ValueError(f"{t} frames but only {lms.shape[0]} landmark sets left")
     st["cursor"] += t
-    w = st["w"].expand(t, *st["w"].shape[1:])
-    return m.reverse(w, m.conditions(lms), None, float(getattr(args, "temp", 0.0)))
+    app = m.select_appearance(st["appearance"], 0, t)
+    return m.render(app, lms, float(getattr(args, "temp", 0.0)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,13 +144,12 @@ def transfer_grid(model, sources: list[Path], targets: list[Path], device,
     tgt_lm = torch.from_numpy(np.stack([landmarks_for(p, "target") for p in targets])).to(device)
     src = to_tensor([read_rgb(p) for p in sources], size).to(device)
     tgt = to_tensor([read_rgb(p) for p in targets], size).to(device)
-    conds = model.conditions(tgt_lm)
     rows = [[np.full((size, size, 3), 255, np.uint8), *to_uint8(tgt)]]
     with torch.no_grad():
-        w = model.encode(src, src_lm)[0]
+        app = model.appearance(src, src_lm)
         for i in range(len(sources)):
-            out = model.reverse(w[i:i + 1].expand(len(targets), *w.shape[1:]), conds, None,
-                                temperature)
+            out = model.render(model.select_appearance(app, i, len(targets)), tgt_lm,
+                               temperature)
             rows.append([to_uint8(src[i:i + 1])[0], *to_uint8(out)])
     return _grid([[_upscale(im, out_size) for im in row] for row in rows])
 

@@ -185,8 +185,8 @@ def evaluate_real(model, args, device, scorer: FaceScorer) -> tuple[list[dict], 
         q_lm = landmarks_for(qpath, "query")
         q_desc = scorer.descriptor(q256, q_lm)
         with torch.no_grad():
-            w = model.encode(_to_t([_resize(q256, size)], device),
-                             torch.from_numpy(q_lm)[None].to(device))[0]
+            app = model.appearance(_to_t([_resize(q256, size)], device),
+                                   torch.from_numpy(q_lm)[None].to(device))
         for sname in args.source:
             src = resolve_source(sname, args.image_dir)
             frames = src.frames[: args.seq_frames] if args.seq_frames else src.frames
@@ -195,8 +195,7 @@ def evaluate_real(model, args, device, scorer: FaceScorer) -> tuple[list[dict], 
             for i in range(0, len(frames), args.batch):
                 tl = torch.from_numpy(targets[i:i + args.batch].astype(np.float32)).to(device)
                 with torch.no_grad():
-                    out = model.reverse(w.expand(tl.shape[0], *w.shape[1:]),
-                                        model.conditions(tl), None, 0.0)
+                    out = model.render(model.select_appearance(app, 0, tl.shape[0]), tl)
                 for k, img in enumerate(_to_u8(out)):
                     tgt = targets[i + k]
                     details.append({

@@ -15,6 +15,15 @@ Priors: each split latent has a learned Gaussian whose mean and log-sd come from
 conv of (kept half, this level's condition); ``w`` has a learned mean and log-sd (unconditional:
 it must not carry pose). ``prior="standard"`` uses N(0, I) everywhere (the anchor).
 
+``reference="warp"`` (ours; the anchor has no such mode) models an image *given a reference
+image of the same face*: the reference is warped piecewise-affinely by the landmark motion
+(:mod:`pose_flow.warp`), the flow runs on the residual ``x - warped`` (a shift: log-det 0, so the
+likelihood is the exact conditional density of ``x``), and every block's condition also carries
+the warped reference at that block's resolution (squeezed, so no detail is pooled away; the
+first block sees it whole). A transfer is then ``warped + reverse(w prior mean, conditions, split
+prior means)``: it starts at the warp and the flow learns what a warp cannot draw (an opening
+mouth's inside, the shading of a turned head).
+
 Everything the glow core provides is reused: ``glow.Flow`` (ActNorm with its ``initialized``
 buffer, LU 1x1 conv, fused eval path), ``glow.Coupling`` with an injected conditioner and a
 ``cond`` tensor, ``glow.ZeroConv2d`` (zero-initialised at construction, no lazy re-creation).
@@ -46,6 +55,7 @@ from .conditions import cond_channels, condition
 # The anchor's conditioner widths per level at 64 px: first block, 4 split blocks, 2 headers.
 ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
 PRIORS = ("learned", "standard")
+REFERENCES = ("none", "warp")
 
 
 class _OnePixelConv(torch.autograd.Function):
@@ -277,7 +287,8 @@ class PoseFlow(nn.Module):
 
     def __init__(self, img_size: int = 64, n_flow: int = 16, n_block: int = 4, n_header: int = 2,
                  hidden: int = 0, sigma: float = 0.1, coord_below: int = 8,
-                 prior: str = "learned", affine: bool = True, in_channel: int = 3) -> None:
+                 prior: str = "learned", affine: bool = True, in_channel: int = 3,
+                 reference: str = "none") -> None:
         super().__init__()
         if n_block < 1 or n_header < 0 or n_flow < 1:
             raise ValueError("need n_block >= 1, n_header >= 0, n_flow >= 1")
@@ -285,21 +296,25 @@ class PoseFlow(nn.Module):
             raise ValueError(f"img_size {img_size} is not divisible by 2^(n_block + n_header)")
         if prior not in PRIORS:
             raise ValueError(f"prior {prior!r}: choose one of {PRIORS}")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference {reference!r}: choose one of {REFERENCES}")
         self.img_size, self.n_flow, self.n_block, self.n_header = img_size, n_flow, n_block, n_header
         self.hidden, self.sigma, self.coord_below, self.prior = hidden, sigma, coord_below, prior
-        self.affine, self.in_channel = affine, in_channel
+        self.affine, self.in_channel, self.reference = affine, in_channel, reference
+        ref = in_channel if reference == "warp" else 0  # reference channels before squeezing
         widths = self.level_widths()
         self.blocks = nn.ModuleList()
         c, size = in_channel, img_size
-        # The anchor's first block: no squeeze, half the flows, no condition.
-        self.blocks.append(PoseBlock(c, max(1, n_flow // 2), widths[0], 0, False, False, prior,
+        # The anchor's first block: no squeeze, half the flows, no condition (with a reference:
+        # the warped reference itself).
+        self.blocks.append(PoseBlock(c, max(1, n_flow // 2), widths[0], ref, False, False, prior,
                                      size, affine))
         for i in range(n_block + n_header):
             size //= 2
             split = i < n_block
             self.blocks.append(PoseBlock(c, n_flow, widths[i + 1],
-                                         cond_channels(size, coord_below), True, split, prior,
-                                         size, affine))
+                                         cond_channels(size, coord_below) + 4 * ref, True, split,
+                                         prior, size, affine))
             c = c * 4 - (c * 4) // 2 if split else c * 4
         self.w_shape = (c, size, size)
         if prior == "learned":
@@ -319,22 +334,50 @@ class PoseFlow(nn.Module):
 
     # -- conditions ----------------------------------------------------------------------------
 
-    def conditions(self, landmarks: Tensor) -> list[Tensor | None]:
-        """Per-block conditions of landmarks ``[B, 68, 2]`` (None for the first block)."""
+    def conditions(self, landmarks: Tensor, ref: Tensor | None = None) -> list[Tensor | None]:
+        """Per-block conditions of landmarks ``[B, 68, 2]`` (None for the first block). With
+        ``reference="warp"``, ``ref`` is the warped reference ``[B, 3, S, S]``
+        (:meth:`warp_reference`): the first block's condition, and squeezed to every other
+        block's resolution beside its landmark maps."""
         lm = landmarks.to(next(self.parameters()).dtype)
-        return [None] + [condition(lm, b.size, self.sigma, self.coord_below)
-                         for b in self.blocks[1:]]
+        maps = [condition(lm, b.size, self.sigma, self.coord_below) for b in self.blocks[1:]]
+        if self.reference == "none":
+            return [None, *maps]
+        if ref is None:
+            raise ValueError("this pose flow models images given a reference: pass the warped "
+                             "reference (warp_reference) with the landmarks")
+        conds: list[Tensor | None] = [ref]
+        for b, m in zip(self.blocks[1:], maps, strict=True):
+            r = ref if ref.shape[-1] == 2 * b.size else F.adaptive_avg_pool2d(ref, 2 * b.size)
+            conds.append(torch.cat([m, squeeze2d(r)], 1))
+        return conds
+
+    def warp_reference(self, ref: Tensor, ref_landmarks: Tensor, landmarks: Tensor) -> Tensor:
+        """The reference images ``[B, 3, S, S]`` warped so their landmarks land on
+        ``landmarks`` (the piecewise-affine warp of :mod:`pose_flow.warp`)."""
+        from .warp import piecewise_affine
+
+        return piecewise_affine(ref, ref_landmarks, landmarks)
+
+    def _residual(self, x: Tensor, ref: Tensor | None, sign: int) -> Tensor:
+        if self.reference == "none":
+            return x
+        if ref is None:
+            raise ValueError("this pose flow models images given a reference: pass ref=")
+        return x + sign * ref
 
     # -- density -------------------------------------------------------------------------------
 
     def forward(self, x: Tensor, landmarks: Tensor | None = None,
-                conds: Sequence[Tensor | None] | None = None):
+                conds: Sequence[Tensor | None] | None = None, ref: Tensor | None = None):
+        """``ref``: the warped reference (``reference="warp"`` only); the flow then runs on
+        ``x - ref`` (a shift, log-det 0)."""
         if conds is None:
-            conds = self.conditions(landmarks)
+            conds = self.conditions(landmarks, ref)
         logdet = x.new_zeros(x.shape[0])
         log_p = x.new_zeros(x.shape[0])
         splits: list[Tensor] = []
-        out = x
+        out = self._residual(x, ref, -1)
         for block, c in zip(self.blocks, conds, strict=True):
             out, det, z = block(out, c)
             logdet = logdet + det
@@ -345,17 +388,27 @@ class PoseFlow(nn.Module):
         log_p = log_p + gaussian_log_p(out, self.w_mean, self.w_log_sd).flatten(1).sum(1)
         return log_p, logdet, out, splits, list(conds)
 
-    def encode(self, x: Tensor, landmarks: Tensor) -> tuple[Tensor, list[Tensor], list]:
-        """(w, splits, conds) of images ``x`` with their landmarks."""
-        _, _, w, splits, conds = self.forward(x, landmarks)
+    def encode(self, x: Tensor, landmarks: Tensor,
+               ref: Tensor | None = None) -> tuple[Tensor, list[Tensor], list]:
+        """(w, splits, conds) of images ``x`` with their landmarks (and warped reference)."""
+        _, _, w, splits, conds = self.forward(x, landmarks, ref=ref)
         return w, splits, conds
+
+    def prior_w(self, n: int, temperature: float = 0.0, eps: Tensor | None = None) -> Tensor:
+        """``n`` draws of ``w`` from its prior at ``temperature`` (0: the mean)."""
+        w = self.w_mean.expand(n, *self.w_shape)
+        if temperature == 0:
+            return w
+        noise = eps if eps is not None else torch.randn_like(w)
+        return w + torch.exp(self.w_log_sd) * (temperature * noise)
 
     def reverse(self, w: Tensor, conds: Sequence[Tensor | None],
                 splits: Sequence[Tensor | None] | None = None, temperature: float = 0.7,
-                eps: Sequence[Tensor | None] | None = None) -> Tensor:
+                eps: Sequence[Tensor | None] | None = None, ref: Tensor | None = None) -> Tensor:
         """(w, conditions, split latents) -> images. A split given as None is drawn from its
         prior: ``mean + exp(log_sd) * temperature * eps`` (``eps[i]`` when given, fresh
-        standard-normal noise otherwise; ``temperature=0``: the prior mean)."""
+        standard-normal noise otherwise; ``temperature=0``: the prior mean). With
+        ``reference="warp"`` the warped reference ``ref`` is added back."""
         n_split = sum(1 for b in self.blocks if b.split)
         splits = list(splits) if splits is not None else [None] * n_split
         eps = list(eps) if eps is not None else [None] * n_split
@@ -373,14 +426,36 @@ class PoseFlow(nn.Module):
                     noise = eps[k] if eps[k] is not None else torch.randn_like(mean)
                     z = mean + torch.exp(log_sd) * (temperature * noise)
             out = block.reverse(out, c, z)
-        return out
+        return self._residual(out, ref, 1)
+
+    def appearance(self, x: Tensor, landmarks: Tensor) -> dict:
+        """What a transfer keeps of faces ``x`` [B, 3, S, S] (landmarks [B, 68, 2]): their
+        ``w`` (``reference="none"``), or the images and landmarks themselves (``"warp"``).
+        ``select_appearance`` picks and repeats rows; ``render`` re-poses."""
+        if self.reference == "none":
+            return {"w": self.encode(x, landmarks)[0]}
+        return {"image": x, "landmarks": landmarks}
+
+    @staticmethod
+    def select_appearance(app: dict, i: int, n: int) -> dict:
+        """Row ``i`` of an appearance, repeated ``n`` times."""
+        return {k: v[i:i + 1].expand(n, *v.shape[1:]) for k, v in app.items()}
+
+    def render(self, app: dict, target_landmarks: Tensor, temperature: float = 0.0) -> Tensor:
+        """An appearance (:meth:`appearance`) at ``target_landmarks`` [B, 68, 2]: the target's
+        conditions, split latents (and with a reference, ``w``) from their priors at
+        ``temperature`` (0: the means)."""
+        if self.reference == "none":
+            return self.reverse(app["w"], self.conditions(target_landmarks), None, temperature)
+        ref = self.warp_reference(app["image"], app["landmarks"], target_landmarks)
+        w = self.prior_w(ref.shape[0], temperature)
+        return self.reverse(w, self.conditions(target_landmarks, ref), None, temperature,
+                            ref=ref)
 
     def transfer(self, x: Tensor, landmarks: Tensor, target_landmarks: Tensor,
                  temperature: float = 0.0) -> Tensor:
-        """Re-pose ``x`` [B, 3, S, S] (landmarks [B, 68, 2]) to ``target_landmarks``: its ``w``,
-        the target's conditions, split latents from their priors at ``temperature``."""
-        w, _, _ = self.encode(x, landmarks)
-        return self.reverse(w, self.conditions(target_landmarks), None, temperature)
+        """Re-pose ``x`` [B, 3, S, S] (landmarks [B, 68, 2]) to ``target_landmarks``."""
+        return self.render(self.appearance(x, landmarks), target_landmarks, temperature)
 
     def split_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
         """Shapes (C, H, W) of the split latents."""
@@ -397,11 +472,11 @@ class PoseFlow(nn.Module):
     # -- initialisation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, landmarks: Tensor) -> None:
+    def initialize(self, x: Tensor, landmarks: Tensor, ref: Tensor | None = None) -> None:
         """Data-dependent ActNorm initialisation from a batch (explicit, once): each flow's
         ActNorm from its own input, then the batch goes through that flow."""
-        conds = self.conditions(landmarks)
-        out = x
+        conds = self.conditions(landmarks, ref)
+        out = self._residual(x, ref, -1)
         for block, c in zip(self.blocks, conds, strict=True):
             h = squeeze2d(out) if block.squeeze else out
             for flow in block.flows:
@@ -417,4 +492,4 @@ class PoseFlow(nn.Module):
         return dict(img_size=self.img_size, n_flow=self.n_flow, n_block=self.n_block,
                     n_header=self.n_header, hidden=self.hidden, sigma=self.sigma,
                     coord_below=self.coord_below, prior=self.prior, affine=self.affine,
-                    in_channel=self.in_channel)
+                    in_channel=self.in_channel, reference=self.reference)

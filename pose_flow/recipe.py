@@ -19,6 +19,12 @@ The anchor's defaults (PGFlowV3): the loss weights above, 8-bit images, Adam 1e-
 changes: dequantisation noise at every size (the anchor's is commented out), learned priors
 (``--prior standard`` for the anchor's N(0, I)), a cosine learning-rate decay over ``--iter``
 that never climbs back (the anchor's CosineAnnealingLR with T_max 30 over 100 epochs does).
+
+``--reference warp`` (ours): each frame is modelled given its partner frame of the same identity
+(anchor <-> positive, negative 1 <-> negative 2) warped to its landmarks; the flow runs on the
+residual and sees the warped partner in every condition. ``w`` then codes the residual, so the
+quadruplet term is dropped; ``recc`` is exactly the test-time path (the partner warped, ``w``
+and the split latents at their prior means), ``recs`` keeps the frame's own ``w``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from training.config import from_dict, opt
 from training.recipe_helpers import dequantised, unwrap
 
 from .losses import quadruplet_loss
-from .model import PRIORS, PoseFlow
+from .model import PRIORS, REFERENCES, PoseFlow
 
 NAME = "pose-flow"
 DEFAULT_CHECKPOINT = "pose-flow.pt"
@@ -60,6 +66,10 @@ class Config:
     affine: bool = opt(True, "additive couplings instead of affine", flag="--additive")
     prior: str = opt("learned", "priors of the split latents and w: learned (conditional "
                      "Gaussians) or standard (the anchor's fixed N(0, I))", choices=list(PRIORS))
+    reference: str = opt("none", "none: the anchor's model (w carries the appearance); warp: "
+                         "model each frame given another frame of the face warped to its "
+                         "landmarks (the flow learns what the warp cannot draw)",
+                         choices=list(REFERENCES))
     sigma: float = opt(0.1, "heatmap sigma as a fraction of the image")
     coord_below: int = opt(8, "levels below this many px also get the landmark coordinates")
     n_bits: int = opt(8, "bits per colour channel after quantisation")
@@ -91,6 +101,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
     if cfg.prior not in PRIORS:
         raise ValueError(f"--prior {cfg.prior}: choose one of {', '.join(PRIORS)}")
+    if cfg.reference not in REFERENCES:
+        raise ValueError(f"--reference {cfg.reference}: choose one of {', '.join(REFERENCES)}")
     if cfg.sigma <= 0 or cfg.hidden < 0:
         raise ValueError("--sigma must be > 0 and --hidden >= 0")
     for name in ("quad_weight", "recs_weight", "recc_weight", "perc_weight", "id_weight",
@@ -105,7 +117,8 @@ def validate(cfg: Config) -> None:
 def build(cfg: Config) -> PoseFlow:
     return PoseFlow(img_size=cfg.img_size, n_flow=cfg.n_flow, n_block=cfg.n_block,
                     n_header=cfg.n_header, hidden=cfg.hidden, sigma=cfg.sigma,
-                    coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine)
+                    coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine,
+                    reference=cfg.reference)
 
 
 def dataset(cfg: Config, data_dir: Path):
@@ -131,13 +144,6 @@ def flatten_batch(batch) -> tuple[Tensor, Tensor]:
             lm.transpose(0, 1).reshape(-1, *lm.shape[2:]))
 
 
-def initialize(model: PoseFlow, batch, ctx) -> None:
-    """ActNorm data init from the *global* first batch, so every DDP rank starts identical
-    (the anchor initialised each rank from its own shard)."""
-    x, lm = flatten_batch(batch)
-    unwrap(model).initialize(ctx.gather(dequantised(x, ctx.model_cfg.n_bits, ctx)), ctx.gather(lm))
-
-
 def cross_order(n: int) -> Tensor:
     """Index of the partner frame of each of ``4B`` frames: anchor <-> positive, neg1 <-> neg2."""
     b = n // 4
@@ -145,25 +151,53 @@ def cross_order(n: int) -> Tensor:
     return torch.cat([r + b, r, r + 3 * b, r + 2 * b])
 
 
+def partner_reference(m: PoseFlow, image: Tensor, lm: Tensor) -> Tensor | None:
+    """With ``reference="warp"``: each frame's partner (same identity) warped to its landmarks."""
+    if m.reference == "none":
+        return None
+    k = cross_order(image.shape[0]).to(image.device)
+    return m.warp_reference(image[k], lm[k], lm)
+
+
+def initialize(model: PoseFlow, batch, ctx) -> None:
+    """ActNorm data init from the *global* first batch, so every DDP rank starts identical
+    (the anchor initialised each rank from its own shard)."""
+    m = unwrap(model)
+    image, lm = flatten_batch(batch)
+    x = dequantised(image, ctx.model_cfg.n_bits, ctx)
+    ref = partner_reference(m, image, lm)
+    m.initialize(ctx.gather(x), ctx.gather(lm), None if ref is None else ctx.gather(ref))
+
+
 def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
     cfg: Config = ctx.model_cfg
     m = unwrap(model)
     image, lm = flatten_batch(batch)
     x = dequantised(image, cfg.n_bits, ctx)
-    log_p, logdet, w, splits, conds = model(x, lm)  # through the (DDP) wrapper
+    ref = partner_reference(m, image, lm)
+    log_p, logdet, w, splits, conds = model(x, lm, ref=ref)  # through the (DDP) wrapper
     n_dims = x[0].numel()
     terms = {"bpd": bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean(),
              "logdet": (logdet / (n_dims * math.log(2))).mean().detach()}
-    quad, d_pos, d_neg = quadruplet_loss(*w.flatten(1).chunk(4), cfg.margin_pos, cfg.margin_neg)
-    terms.update(quad=quad, d_pos=d_pos.detach(), d_neg=d_neg.detach())
+    if ref is None:  # with a reference, w codes the residual: no identity to pull together
+        quad, d_pos, d_neg = quadruplet_loss(*w.flatten(1).chunk(4), cfg.margin_pos,
+                                             cfg.margin_neg)
+        terms.update(quad=quad, d_pos=d_pos.detach(), d_neg=d_neg.detach())
     want_rec = cfg.recs_weight > 0 or cfg.recc_weight > 0 or cfg.vgg_weights or cfg.id_net
     if want_rec:
         n = x.shape[0]
-        # one reverse pass for both: own w (self) and the partner's w (cross), own maps
-        w2 = torch.cat([w, w[cross_order(n).to(w.device)]])
-        conds2 = [None if c is None else torch.cat([c, c]) for c in conds]
+        # one reverse pass for both: own w (self) and, for the cross reconstruction, the
+        # partner's w (or with a reference, w drawn from its prior: the test-time path)
         eps = [ctx.global_rand((2 * n, *s.shape[1:]), normal=True).to(s.dtype) for s in splits]
-        rec = m.reverse(w2, conds2, None, cfg.recon_temp, eps)
+        if ref is None:
+            w_cross = w[cross_order(n).to(w.device)]
+        else:  # exactly what a transfer computes: w and the split latents at their prior means
+            w_cross = m.prior_w(n, 0.0)
+            eps = [torch.cat([e[:n], torch.zeros_like(e[n:])]) for e in eps]
+        w2 = torch.cat([w, w_cross])
+        conds2 = [None if c is None else torch.cat([c, c]) for c in conds]
+        rec = m.reverse(w2, conds2, None, cfg.recon_temp, eps,
+                        ref=None if ref is None else torch.cat([ref, ref]))
         rec_s, rec_c = rec[:n], rec[n:]
         terms["recs"] = F.l1_loss(rec_s, image)
         terms["recc"] = F.l1_loss(rec_c, image)
@@ -181,8 +215,9 @@ def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
 
 
 def loss_weights(cfg: Config) -> dict[str, float]:
-    weights = {"bpd": 1.0, "quad": cfg.quad_weight, "recs": cfg.recs_weight,
-               "recc": cfg.recc_weight}
+    weights = {"bpd": 1.0, "recs": cfg.recs_weight, "recc": cfg.recc_weight}
+    if cfg.reference == "none":
+        weights["quad"] = cfg.quad_weight
     if cfg.vgg_weights:
         weights["perc"] = cfg.perc_weight
     if cfg.id_net:

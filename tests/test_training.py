@@ -171,6 +171,44 @@ def test_nan_losses_skip_then_stop_with_good_checkpoint(tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in ck["weights"].values())
 
 
+class _InfGrad(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward (a finite loss overflowing in backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 5.0])
+def test_infinite_gradients_skip_the_step_and_keep_the_weights_finite(tmp_path: Path,
+                                                                     grad_clip) -> None:
+    """A finite loss whose gradient overflows is skipped like a non-finite loss: no update
+    (clipping an infinite norm would have written NaN into every weight), then a stop."""
+    base = _fake_recipe(fail_from=99)
+
+    def losses(model, batch, ctx):
+        out = model(batch[0])
+        if ctx.step >= 2:
+            out = _InfGrad.apply(out)
+        return {"mse": (out ** 2).mean()}
+
+    rec = SimpleNamespace(**{**vars(base), "losses": losses})
+    tcfg = TrainConfig(name="inf", batch=2, iter=50, device="cpu", workers=0, sample_every=2,
+                       save_every=0, max_bad_steps=3, progress=False, grad_clip=grad_clip,
+                       checkpoint_dir=str(tmp_path / "c"), result_dir=str(tmp_path / "r"))
+    said = []
+    with pytest.raises(TrainingStopped, match="3 non-finite gradients in a row"):
+        train(rec, _Cfg(), tcfg, tmp_path, say=said.append)
+    assert sum("non-finite gradient at iteration" in str(x) for x in said) == 2
+    ck = load_checkpoint(tmp_path / "c/inf/last.pt")
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["weights"].values())
+
+
 def test_ctrl_c_writes_a_checkpoint(tmp_path: Path) -> None:
     tcfg = TrainConfig(name="int", batch=2, iter=50, device="cpu", workers=0, sample_every=0,
                        save_every=0, progress=False,

@@ -32,6 +32,14 @@ from .logs import JsonlLog, plot_curves
 from .progress import progress
 
 
+def _grads_finite(model: torch.nn.Module) -> bool:
+    """Whether every gradient is finite (after DDP's all-reduce all ranks agree)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.float().abs().max() for g in grads]).sum()))
+
+
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. too many non-finite losses); message is one line."""
 
@@ -370,19 +378,34 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                         say(f"warning: non-finite loss at iteration {step}, step skipped")
                     step += 1
                     continue
-                bad_in_row = 0
                 scaler.scale(total).backward()
                 if cfg.grad_clip > 0 or group_clip:
                     scaler.unscale_(optimizer)
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     clip_group_gradients(optimizer)
+                if not scaler.is_enabled() and not _grads_finite(model):
+                    # a finite loss can still overflow in backward; clipping an infinite norm
+                    # would write NaN into every parameter (fp16's scaler skips these itself)
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_in_row += 1
+                    skipped += 1
+                    if bad_in_row >= cfg.max_bad_steps:
+                        raise TrainingStopped(
+                            f"{bad_in_row} non-finite gradients in a row at iteration {step}; "
+                            f"stopped. The last good checkpoint is {last_path} (try a lower "
+                            "--lr, --grad_clip 5, or check the data)")
+                    if main:
+                        say(f"warning: non-finite gradient at iteration {step}, step skipped")
+                    step += 1
+                    continue
                 if hasattr(recipe, "lr_factor"):  # a schedule that is a function of the step
                     factor = recipe.lr_factor(model_cfg, cfg, step)
                     for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
                         g["lr"] = base * factor
                 scaler.step(optimizer)
                 scaler.update()
+                bad_in_row = 0
                 step += 1
 
                 if main and (step % cfg.log_every == 0 or step == cfg.iter or step == 1):
