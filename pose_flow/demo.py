@@ -26,13 +26,15 @@ class PosePlan:
     drive_frames: int = 12
 
 
-# About 100 s on 2 CPU cores: a 32 px flow with one header block (the anchor's 64 px layout
-# with 16 flows per block is far beyond a demo's budget).
+# About two minutes on 2 CPU cores: a 32 px warp-residual flow with one header block (the
+# anchor's 64 px layout with 16 flows per block is far beyond a demo's budget; the anchor's own
+# model, --reference none, draws noise-like faces at this budget: docs/pose_flow.md).
+WARP = dict(reference="warp", additive=True, recc_weight=10)
 FULL = PosePlan(size=32, identities=16, frames=6,
-                model=dict(n_flow=2, n_block=3, n_header=1, hidden=32),
-                train=dict(iter=60, batch=4, lr=5e-4))
+                model=dict(n_flow=2, n_block=3, n_header=1, hidden=32, **WARP),
+                train=dict(iter=300, batch=4, lr=1e-3))
 TINY = PosePlan(size=16, identities=3, frames=3, eval_identities=1, targets=2, drive_frames=3,
-                model=dict(n_flow=1, n_block=2, n_header=1, hidden=8),
+                model=dict(n_flow=1, n_block=2, n_header=1, hidden=8, **WARP),
                 train=dict(iter=2, batch=2, lr=1e-3))
 
 
@@ -44,7 +46,21 @@ def _cli(name: str):
 
 
 def _flags(d: dict) -> list[str]:
-    return [x for k, v in d.items() for x in (f"--{k}", str(v))]
+    out: list[str] = []
+    for k, v in d.items():
+        if k == "additive":  # a switch: the config's ``affine`` is its negation
+            out += ["--additive"] if v else []
+        else:
+            out += [f"--{k}", str(v)]
+    return out
+
+
+def _matches(saved: dict, plan: PosePlan) -> bool:
+    """Whether a checkpoint's model config is this plan's."""
+    want = {"img_size": plan.size, **plan.model}
+    if "additive" in want:
+        want["affine"] = not want.pop("additive")
+    return all(saved.get(k) == v for k, v in want.items())
 
 
 def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
@@ -71,9 +87,7 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     if ckpt.is_file():
         try:
             c = load_checkpoint(ckpt)
-            want = {"img_size": plan.size, **plan.model}
-            reused = c["step"] >= plan.train["iter"] and all(
-                c["config"]["model"].get(k) == v for k, v in want.items())
+            reused = c["step"] >= plan.train["iter"] and _matches(c["config"]["model"], plan)
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply retrained
             reused = False
     if reused:

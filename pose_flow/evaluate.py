@@ -6,7 +6,8 @@ held-out target's pose and mouth, scored against that identity rendered at that 
 answer). The condition given to every system is the answer's exact landmarks (the target pose in
 the source's face shape). Systems: the pose flow; *copy* (the source unchanged); *warp* (the
 source warped by the landmark motion, a piecewise-affine warp over a triangulation of the 68
-points plus the image border). Metrics: PSNR / SSIM / L1 against the truth; landmark error (dlib
+points plus the image border; with ``--reference warp`` also the model's own torch warp, the
+residual flow's starting point). Metrics: PSNR / SSIM / L1 against the truth; landmark error (dlib
 landmarks of the output vs dlib landmarks of the truth, in inter-ocular units: the detector's
 bias on drawn faces cancels); identity distance (dlib face descriptors of output and source).
 
@@ -32,6 +33,7 @@ COLUMNS = (("psnr", "PSNR dB ↑", 2), ("ssim", "SSIM ↑", 4), ("l1", "L1 ↓",
            ("lm_err", "landmark err ↓", 4), ("id_dist", "identity dist ↓", 3),
            ("pairs", "pairs", 0))
 SIZE_FOR_DLIB = 256
+REFERENCE_ROW = "warp source (the flow's own warp)"
 
 
 def piecewise_affine_warp(image: np.ndarray, src_lm: np.ndarray, dst_lm: np.ndarray) -> np.ndarray:
@@ -140,11 +142,16 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
         truth = _resize(_read(truth_path), size)
         lm_s, _ = read_landmarks(src_path.with_suffix(".npy"))
         lm_t, _ = read_landmarks(truth_path.with_suffix(".npy"))
+        x = _to_t([src], device)
+        ls_t = torch.from_numpy(lm_s)[None].to(device)
+        lt_t = torch.from_numpy(lm_t)[None].to(device)
         with torch.no_grad():
-            out = model.transfer(_to_t([src], device), torch.from_numpy(lm_s)[None].to(device),
-                                 torch.from_numpy(lm_t)[None].to(device))
+            out = model.transfer(x, ls_t, lt_t)
         outputs = {"pose-flow": _to_u8(out)[0], "copy source": src,
                    "warp source": piecewise_affine_warp(src, lm_s, lm_t)}
+        if getattr(model, "reference", "none") == "warp":
+            # the flow's own starting point: what the flow adds is its row minus this one
+            outputs[REFERENCE_ROW] = _to_u8(model.warp_reference(x, ls_t, lt_t))[0]
         ref_lm = scorer.landmarks(truth, lm_t) if scorer else None
         src_desc = scorer.descriptor(src, lm_s) if scorer else None
         for name, img in outputs.items():
