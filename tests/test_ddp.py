@@ -77,8 +77,9 @@ def _tiny_glow_file(path: Path, size: int = 16) -> Path:
                            weights=g.state_dict())
 
 
-def _setup(name: str, tmp: Path) -> tuple[object, Path, dict]:
-    """(model config, DATA_DIR, TrainConfig overrides) of a tiny run of recipe ``name``.
+def _setup(name: str, tmp: Path, variant: str = "") -> tuple[object, Path, dict]:
+    """(model config, DATA_DIR, TrainConfig overrides) of a tiny run of recipe ``name``
+    (``variant``: a second configuration of the same recipe, e.g. pose-flow's ``warp``).
 
     A recipe registered without a case here fails the test: new recipes must be covered."""
     recipe = registry.get(name)
@@ -108,7 +109,9 @@ def _setup(name: str, tmp: Path) -> tuple[object, Path, dict]:
 
         generate(PoseSetConfig(str(tmp / "data"), identities=4, clips=1, frames=3, size=16,
                                eval_identities=2, targets=2, drive_frames=3), log=lambda *_: None)
-        return (recipe.Config(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8),
+        # warp: each frame's partner warped to it, per rank, inside its own quadruplets
+        return (recipe.Config(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8,
+                              reference=variant or "none", affine=variant != "warp"),
                 tmp / "data", {})
     raise AssertionError(f"no DDP case for the registered recipe '{name}': add one to {__file__}")
 
@@ -152,9 +155,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name", registry.names())
-def test_two_processes_train_what_one_process_trains(name: str, tmp_path: Path,
+@pytest.mark.parametrize("case", [*registry.names(), "pose-flow:warp"])
+def test_two_processes_train_what_one_process_trains(case: str, tmp_path: Path,
                                                      one_thread) -> None:
+    name, _, variant = case.partition(":")
     recipe = registry.get(name)
     if not getattr(recipe, "DDP_EXACT", True):
         note = getattr(recipe, "DDP_NOTE", "")
@@ -166,7 +170,7 @@ def test_two_processes_train_what_one_process_trains(name: str, tmp_path: Path,
         assert not (tmp_path / "two" / "ckpt").exists(), "refused before any checkpoint"
         return
 
-    mcfg, data, extra = _setup(name, tmp_path)
+    mcfg, data, extra = _setup(name, tmp_path, variant)
     _spawn(name, copy.deepcopy(mcfg), data, tmp_path / "two", extra)
     assert not list((tmp_path / "two").glob("error_*.txt")), \
         (tmp_path / "two" / "error_0.txt").read_text()
