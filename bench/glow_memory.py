@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--affine", action="store_true", help="affine coupling (default additive)")
     p.add_argument("--low_memory", action="store_true", help="recompute activations in backward")
     p.add_argument("--steps", type=int, default=2, help="training steps (default 2)")
+    p.add_argument("--foreach", choices=["auto", "on", "off"], default="auto",
+                   help="Adam's multi-tensor path: on, off (one parameter at a time), or auto: "
+                        "what train.py uses (off with --low_memory)")
+    p.add_argument("--keep_grads", choices=["auto", "on", "off"], default="auto",
+                   help="zero the gradients in place between steps (on) or free them (off); "
+                        "auto: what train.py does (in place with --low_memory)")
     args = p.parse_args(argv)
 
     rows: list = []
@@ -90,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.rand(batch, 3, size, size) - 0.5
     model.initialize(x)
     sampler.phase("ActNorm initialisation", rows)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    foreach = {"on": True, "off": False, "auto": not args.low_memory}[args.foreach]
+    keep = {"on": True, "off": False, "auto": args.low_memory}[args.keep_grads]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, foreach=foreach)
     for i in range(args.steps):
         log_p, logdet, _ = model(x)
         loss = -(log_p + logdet).mean()
         sampler.phase(f"step {i + 1}: forward", rows)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not keep)
         loss.backward()
         del log_p, logdet, loss
         sampler.phase(f"step {i + 1}: backward", rows)
@@ -110,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mb = n_params * 4 / MIB
     print(f"{args.config} config, batch {batch}, {'affine' if args.affine else 'additive'}, "
-          f"low memory {'on' if args.low_memory else 'off'}, {n_params / 1e6:.1f}M parameters: "
+          f"low memory {'on' if args.low_memory else 'off'}, Adam foreach "
+          f"{'on' if foreach else 'off'}, gradients {'zeroed in place' if keep else 'freed'} "
+          f"between steps, {n_params / 1e6:.1f}M parameters: "
           f"weights {mb:.0f} MiB, + gradients {mb:.0f}, + Adam moments {2 * mb:.0f} "
           f"= {4 * mb:.0f} MiB must be held; allocator "
           f"{'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}")
