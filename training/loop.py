@@ -241,7 +241,13 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     model = recipe.build(model_cfg).to(device)
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
+    # --low_memory: Adam one parameter at a time (the multi-tensor path allocates temporaries
+    # the size of all weights at once) and gradients zeroed in place rather than freed and
+    # re-allocated each step (glibc then keeps the freed pages): -110 MiB peak at the thesis
+    # config (bench/glow_memory.py), no numerical change
+    low_memory = bool(getattr(model_cfg, "low_memory", False))
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps,
+                                 foreach=False if low_memory else None)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16)
 
@@ -365,7 +371,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     terms = recipe.losses(net, batch, ctx)
                 total = sum(w * terms[k].float() for k, w in weights.items() if w)
                 finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=not low_memory)
                 if not finite:
                     bad_in_row += 1
                     skipped += 1
