@@ -48,7 +48,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda,"
                         " cuda:N (default: auto)")
     parser.add_argument("--batch", type=int, default=16,
-                        help="frames per forward pass (default: 16)")
+                        help="frames per forward pass (default: 16); the first pass takes "
+                             "--first_batch frames so the first frame is written early")
+    parser.add_argument("--first_batch", type=int, default=1,
+                        help="frames in the first forward pass (default: 1; 0: --batch)")
     parser.add_argument("--out_size", type=int, default=None,
                         help="upscale the written frames and video to this size (default: the "
                              "model's resolution)")
@@ -127,6 +130,18 @@ def _grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
     return out
 
 
+def chunks(n: int, batch: int, first: int = 0) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each forward pass over ``n`` frames: ``first`` frames (when
+    ``0 < first < batch``), then ``batch`` at a time. A small first pass puts the first frame on
+    disk after one frame's work instead of a whole batch's (``bench/talking_speed.py``)."""
+    bounds, start = [], 0
+    if 0 < first < batch and n > 0:
+        bounds.append((0, min(first, n)))
+        start = bounds[0][1]
+    bounds += [(s, min(s + batch, n)) for s in range(start, n, batch)]
+    return bounds
+
+
 def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     """Run the job for ``args`` (see :func:`add_common_args`) with a model recipe.
 
@@ -138,6 +153,8 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     t0 = time.perf_counter()
     if args.batch < 1:
         raise TalkingError(f"--batch {args.batch}: must be at least 1")
+    if getattr(args, "first_batch", 0) < 0:
+        raise TalkingError(f"--first_batch {args.first_batch}: must be 0 or more")
     if args.out_size is not None and args.out_size < 1:
         raise TalkingError(f"--out_size {args.out_size}: must be positive")
     query_path, query_name = resolve_query(args.query, args.image_dir)
@@ -175,8 +192,8 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
 
         bar = progress(n, f"{source.name} -> {query_name}", unit="frame", file=sys.stderr)
     try:
-        for start in range(0, n, args.batch):
-            chunk = [read_rgb(p) for p in frames[start:start + args.batch]]
+        for start, stop in chunks(n, args.batch, getattr(args, "first_batch", 0)):
+            chunk = [read_rgb(p) for p in frames[start:stop]]
             # --no-poisson is the thesis's flag: no blending, the source frame itself.
             src_t, mix_t = model_inputs(query256, chunk, size, device,
                                         getattr(args, "blend", "poisson")

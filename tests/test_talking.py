@@ -129,7 +129,8 @@ def test_job_writes_frames_video_grid_in_batches(tmp_path, capsys) -> None:
     assert out == tmp_path / "res" / "target_img" / "talk" / "anna"
     assert sorted(p.name for p in out.glob("*.png")) == \
         [f"{i:03d}.png" for i in range(5)] + ["grid.png"]
-    assert [c[1][0] for c in r.calls] == [2, 2, 1]  # chunks of --batch frames
+    # one frame first (written early), then chunks of --batch frames
+    assert [c[1][0] for c in r.calls] == [1, 2, 2]
     assert all(c[0] == (1, 3, 32, 32) and c[2][1:] == (3, 32, 32) for c in r.calls)
     frames, fps = read_video(out / "video.mp4")
     assert len(frames) == 5 and frames[0].shape == (32, 32, 3) and fps == pytest.approx(30)
@@ -151,6 +152,29 @@ def test_job_writes_frames_video_grid_in_batches(tmp_path, capsys) -> None:
     assert o.shape == (48, 48, 3) and np.abs(o.astype(int) - 20).max() <= 1
     frames, fps = read_video(out / "video.mp4")
     assert len(frames) == 3 and fps == pytest.approx(12)
+
+
+def test_chunks_cover_every_frame_once_with_a_small_first_pass() -> None:
+    from talking.job import chunks
+
+    assert chunks(5, 2, 0) == [(0, 2), (2, 4), (4, 5)]
+    assert chunks(5, 2, 1) == [(0, 1), (1, 3), (3, 5)]
+    assert chunks(30, 16, 1) == [(0, 1), (1, 17), (17, 30)]
+    assert chunks(3, 16, 1) == [(0, 1), (1, 3)]
+    assert chunks(1, 16, 1) == [(0, 1)] and chunks(0, 16, 1) == []
+    assert chunks(5, 2, 2) == chunks(5, 2, 0)  # a first pass as large as --batch: no change
+    for n, b, f in ((7, 3, 1), (16, 16, 1), (40, 16, 4)):
+        covered = [i for s, e in chunks(n, b, f) for i in range(s, e)]
+        assert covered == list(range(n))
+
+
+def test_first_batch_zero_keeps_uniform_chunks(tmp_path) -> None:
+    from talking import run
+
+    image_dir = _image_dir(tmp_path / "image", n_frames=5)
+    r = _fake_recipe(size=32)
+    run(_args(image_dir, tmp_path, batch=2, first_batch=0), r)
+    assert [c[1][0] for c in r.calls] == [2, 2, 1]
 
 
 def test_real_faces_with_a_stand_in_model(shared_faces, tmp_path) -> None:
