@@ -73,12 +73,14 @@ def reference_step(anchor, size: int, batch: int, sep: int, device):
 def our_step(size: int, batch: int, sep: int, device):
     from content_ae import recipe
     from training.config import TrainConfig
-    from training.loop import StepContext, clip_group_gradients, step_generator
+    from training.loop import StepContext, clip_group_gradients, lean_optimizer, step_generator
 
     cfg = recipe.Config(img_size=size, sep=sep, flip=False)
     tcfg = TrainConfig(lr=2e-4)
     model = recipe.build(cfg).to(device).train()
-    opt = torch.optim.Adam(recipe.param_groups(model, cfg, tcfg), lr=tcfg.lr)
+    lean = lean_optimizer(recipe, cfg)  # as the training loop decides
+    opt = torch.optim.Adam(recipe.param_groups(model, cfg, tcfg), lr=tcfg.lr,
+                           foreach=False if lean else None)
     weights = recipe.loss_weights(cfg)
 
     def step(a, b):
@@ -86,7 +88,7 @@ def our_step(size: int, batch: int, sep: int, device):
                           generator=step_generator(0, 0))
         terms = recipe.losses(model, (a / 2, b / 2), ctx)  # the recipe takes [-0.5, 0.5]
         total = sum(w * terms[k] for k, w in weights.items() if w)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=not lean)
         total.backward()
         clip_group_gradients(opt)
         opt.step()

@@ -32,6 +32,17 @@ from .logs import JsonlLog, plot_curves
 from .progress import progress
 
 
+def lean_optimizer(recipe, model_cfg) -> bool:
+    """Whether to train with Adam one parameter at a time and gradients zeroed in place.
+
+    The multi-tensor Adam allocates temporaries for all weights at once, and gradients freed
+    and re-allocated every step leave glibc holding the old pages. Lean: ``--low_memory``
+    (-112 MiB peak at the thesis config, ``bench/glow_memory.py``) or a recipe that sets
+    ``LEAN_OPTIMIZER = True`` (none does yet: content-ae's step peak did not move, 1447 vs
+    1450 MiB). The same numbers either way (``tests/test_training.py``)."""
+    return bool(getattr(model_cfg, "low_memory", False) or getattr(recipe, "LEAN_OPTIMIZER", False))
+
+
 def _grads_finite(model: torch.nn.Module) -> bool:
     """Whether every gradient is finite (after DDP's all-reduce all ranks agree)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -241,13 +252,9 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     model = recipe.build(model_cfg).to(device)
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    # --low_memory: Adam one parameter at a time (the multi-tensor path allocates temporaries
-    # the size of all weights at once) and gradients zeroed in place rather than freed and
-    # re-allocated each step (glibc then keeps the freed pages): -110 MiB peak at the thesis
-    # config (bench/glow_memory.py), no numerical change
-    low_memory = bool(getattr(model_cfg, "low_memory", False))
+    lean = lean_optimizer(recipe, model_cfg)
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps,
-                                 foreach=False if low_memory else None)
+                                 foreach=False if lean else None)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16)
 
@@ -371,7 +378,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     terms = recipe.losses(net, batch, ctx)
                 total = sum(w * terms[k].float() for k, w in weights.items() if w)
                 finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
-                optimizer.zero_grad(set_to_none=not low_memory)
+                optimizer.zero_grad(set_to_none=not lean)
                 if not finite:
                     bad_in_row += 1
                     skipped += 1
