@@ -29,7 +29,7 @@ class PosePlan:
 # About two minutes on 2 CPU cores: a 32 px warp-residual flow with one header block (the
 # anchor's 64 px layout with 16 flows per block is far beyond a demo's budget; the anchor's own
 # model, --reference none, draws noise-like faces at this budget: docs/pose_flow.md).
-WARP = dict(reference="warp", additive=True, recc_weight=10)
+WARP = dict(reference="warp", additive=True, recc_weight=30)
 FULL = PosePlan(size=32, identities=16, frames=6,
                 model=dict(n_flow=2, n_block=3, n_header=1, hidden=32, **WARP),
                 train=dict(iter=300, batch=4, lr=1e-3))
