@@ -187,7 +187,7 @@ def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
     if want_rec:
         n = x.shape[0]
         # one reverse pass for both: own w (self) and, for the cross reconstruction, the
-        # partner's w (or with a reference, w drawn from its prior: the test-time path)
+        # partner's w (or with a reference, w at its prior mean: the test-time path)
         eps = [ctx.global_rand((2 * n, *s.shape[1:]), normal=True).to(s.dtype) for s in splits]
         if ref is None:
             w_cross = w[cross_order(n).to(w.device)]
