@@ -58,6 +58,15 @@ PRIORS = ("learned", "standard")
 REFERENCES = ("none", "warp")
 
 
+def _draw(mean: Tensor, log_sd: Tensor, temperature: float, eps: Tensor | None) -> Tensor:
+    """``mean + exp(log_sd) * temperature * eps`` (fresh standard-normal ``eps`` when None);
+    the mean itself at temperature 0."""
+    if temperature == 0:
+        return mean
+    noise = eps if eps is not None else torch.randn_like(mean)
+    return mean + torch.exp(log_sd) * (temperature * noise)
+
+
 class _OnePixelConv(torch.autograd.Function):
     """A 3x3 convolution of a 1x1 map padded with ones: ``x [B, I, 1, 1]``, ``weight
     [O, I, 3, 3]`` -> ``[B, O, 1, 1]`` = centre tap on ``x`` + the outer taps summed, + bias.
@@ -396,11 +405,7 @@ class PoseFlow(nn.Module):
 
     def prior_w(self, n: int, temperature: float = 0.0, eps: Tensor | None = None) -> Tensor:
         """``n`` draws of ``w`` from its prior at ``temperature`` (0: the mean)."""
-        w = self.w_mean.expand(n, *self.w_shape)
-        if temperature == 0:
-            return w
-        noise = eps if eps is not None else torch.randn_like(w)
-        return w + torch.exp(self.w_log_sd) * (temperature * noise)
+        return _draw(self.w_mean.expand(n, *self.w_shape), self.w_log_sd, temperature, eps)
 
     def reverse(self, w: Tensor, conds: Sequence[Tensor | None],
                 splits: Sequence[Tensor | None] | None = None, temperature: float = 0.7,
@@ -422,9 +427,7 @@ class PoseFlow(nn.Module):
                 k -= 1
                 z = splits[k]
                 if z is None:
-                    mean, log_sd = block.prior_params(out, c)
-                    noise = eps[k] if eps[k] is not None else torch.randn_like(mean)
-                    z = mean + torch.exp(log_sd) * (temperature * noise)
+                    z = _draw(*block.prior_params(out, c), temperature, eps[k])
             out = block.reverse(out, c, z)
         return self._residual(out, ref, 1)
 
