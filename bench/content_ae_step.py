@@ -78,7 +78,7 @@ def our_step(size: int, batch: int, sep: int, device):
     cfg = recipe.Config(img_size=size, sep=sep, flip=False)
     tcfg = TrainConfig(lr=2e-4)
     model = recipe.build(cfg).to(device).train()
-    lean = lean_optimizer(recipe, cfg)  # as the training loop decides
+    lean = lean_optimizer(cfg)  # as the training loop decides
     opt = torch.optim.Adam(recipe.param_groups(model, cfg, tcfg), lr=tcfg.lr,
                            foreach=False if lean else None)
     weights = recipe.loss_weights(cfg)

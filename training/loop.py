@@ -32,15 +32,13 @@ from .logs import JsonlLog, plot_curves
 from .progress import progress
 
 
-def lean_optimizer(recipe, model_cfg) -> bool:
-    """Whether to train with Adam one parameter at a time and gradients zeroed in place.
-
-    The multi-tensor Adam allocates temporaries for all weights at once, and gradients freed
-    and re-allocated every step leave glibc holding the old pages. Lean: ``--low_memory``
-    (-112 MiB peak at the thesis config, ``bench/glow_memory.py``) or a recipe that sets
-    ``LEAN_OPTIMIZER = True`` (none does yet: content-ae's step peak did not move, 1447 vs
-    1450 MiB). The same numbers either way (``tests/test_training.py``)."""
-    return bool(getattr(model_cfg, "low_memory", False) or getattr(recipe, "LEAN_OPTIMIZER", False))
+def lean_optimizer(model_cfg) -> bool:
+    """Whether to train with Adam one parameter at a time and gradients zeroed in place: with
+    ``--low_memory``. The multi-tensor Adam allocates temporaries for all weights at once, and
+    gradients freed and re-allocated every step leave glibc holding the old pages (-112 MiB
+    peak at the thesis config, ``bench/glow_memory.py``). The same numbers either way
+    (``tests/test_training.py``)."""
+    return bool(getattr(model_cfg, "low_memory", False))
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
@@ -252,7 +250,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     model = recipe.build(model_cfg).to(device)
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    lean = lean_optimizer(recipe, model_cfg)
+    lean = lean_optimizer(model_cfg)
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps,
                                  foreach=False if lean else None)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
@@ -379,37 +377,30 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                 total = sum(w * terms[k].float() for k, w in weights.items() if w)
                 finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
                 optimizer.zero_grad(set_to_none=not lean)
-                if not finite:
+                bad = None if finite else "loss"
+                if bad is None:
+                    scaler.scale(total).backward()
+                    if cfg.grad_clip > 0 or group_clip:
+                        scaler.unscale_(optimizer)
+                        if cfg.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        clip_group_gradients(optimizer)
+                    if not scaler.is_enabled() and not _grads_finite(model):
+                        # a finite loss can still overflow in backward; clipping an infinite
+                        # norm would write NaN into every parameter (fp16's scaler skips these)
+                        optimizer.zero_grad(set_to_none=True)
+                        bad = "gradient"
+                if bad is not None:  # no update: counted, warned, stopped after too many
                     bad_in_row += 1
                     skipped += 1
                     if bad_in_row >= cfg.max_bad_steps:
+                        plural = {"loss": "losses", "gradient": "gradients"}[bad]
                         raise TrainingStopped(
-                            f"{bad_in_row} non-finite losses in a row at iteration {step}; "
+                            f"{bad_in_row} non-finite {plural} in a row at iteration {step}; "
                             f"stopped. The last good checkpoint is {last_path} (try a lower "
                             "--lr, --grad_clip 5, or check the data)")
                     if main:
-                        say(f"warning: non-finite loss at iteration {step}, step skipped")
-                    step += 1
-                    continue
-                scaler.scale(total).backward()
-                if cfg.grad_clip > 0 or group_clip:
-                    scaler.unscale_(optimizer)
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    clip_group_gradients(optimizer)
-                if not scaler.is_enabled() and not _grads_finite(model):
-                    # a finite loss can still overflow in backward; clipping an infinite norm
-                    # would write NaN into every parameter (fp16's scaler skips these itself)
-                    optimizer.zero_grad(set_to_none=True)
-                    bad_in_row += 1
-                    skipped += 1
-                    if bad_in_row >= cfg.max_bad_steps:
-                        raise TrainingStopped(
-                            f"{bad_in_row} non-finite gradients in a row at iteration {step}; "
-                            f"stopped. The last good checkpoint is {last_path} (try a lower "
-                            "--lr, --grad_clip 5, or check the data)")
-                    if main:
-                        say(f"warning: non-finite gradient at iteration {step}, step skipped")
+                        say(f"warning: non-finite {bad} at iteration {step}, step skipped")
                     step += 1
                     continue
                 if hasattr(recipe, "lr_factor"):  # a schedule that is a function of the step
