@@ -68,7 +68,8 @@ class Config:
                      "Gaussians) or standard (the anchor's fixed N(0, I))", choices=list(PRIORS))
     reference: str = opt("none", "none: the anchor's model (w carries the appearance); warp: "
                          "model each frame given another frame of the face warped to its "
-                         "landmarks (the flow learns what the warp cannot draw)",
+                         "landmarks (the flow learns what the warp cannot draw; use it with "
+                         "--additive, the demo adds --recc_weight 30; no quadruplet term)",
                          choices=list(REFERENCES))
     sigma: float = opt(0.1, "heatmap sigma as a fraction of the image")
     coord_below: int = opt(8, "levels below this many px also get the landmark coordinates")
