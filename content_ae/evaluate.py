@@ -116,7 +116,8 @@ def evaluate_set(model, root: str | Path, device: torch.device, split: str = "te
             pools["copy target"]["removal"].add(truth, imgs_a[i], donor_region)
     out = {s: {k: p.summary() for k, p in v.items() if p.ssims} for s, v in pools.items()}
     out["_info"] = {"pairs": pairs, "a": len(imgs_a), "b": len(imgs_b), "size": size,
-                    "kind": manifest["kind"], "split": split}
+                    "kind": manifest["kind"], "split": split,
+                    "mask_power": model.mask_power if model.arch.mask else None}
     return out
 
 
@@ -143,6 +144,8 @@ def table(metrics: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .transfer import add_mask_power
+
     p = argparse.ArgumentParser(prog="evaluate.py --model content-ae",
                                 description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
@@ -155,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pairs", type=int, default=0, help="at most this many transfer pairs "
                    "(0: every A with every B)")
     p.add_argument("--name", help="output name (default: the run name)")
+    add_mask_power(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--checkpoint_dir", default="checkpoint", help="root of checkpoints")
     p.add_argument("--result_dir", default="result", help="root of results")
@@ -162,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, say=print) -> dict:
-    from .transfer import _device, load_model, resolve_checkpoint
+    from .transfer import _device, load_for_inference
 
     device = _device(args.device)
-    model, _, ckpt = load_model(resolve_checkpoint(args.checkpoint, args.checkpoint_dir), device)
+    model, _, ckpt = load_for_inference(args, device)
     metrics = evaluate_set(model, args.root, device, args.split, args.max_pairs)
     name = args.name or ckpt["config"].get("train", {}).get("name") or "content-ae"
     out = Path(args.result_dir) / "eval" / name
@@ -174,7 +178,9 @@ def run(args: argparse.Namespace, say=print) -> dict:
     info = metrics["_info"]
     (out / "table.md").write_text(
         f"{info['kind']}, {info['split']} split, {info['a']} A x {info['b']} B faces at "
-        f"{info['size']} px\n\n{text}\n")
+        f"{info['size']} px"
+        + (f", mask power {info['mask_power']:g}" if info["mask_power"] is not None else "")
+        + f"\n\n{text}\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     say(text)
     say(f"table: {out / 'table.md'}\nmetrics: {out / 'metrics.json'}")

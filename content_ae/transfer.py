@@ -117,7 +117,7 @@ def interpolate(model: ContentAE, a: Tensor, b: Tensor, k: int) -> Tensor:
         tiles.append(bj)
         for t in torch.linspace(0, 1, k).tolist():
             img, mask = model.decode(common, (1 - t) * s0 + t * s1)
-            tiles.append(img if mask is None else mask * img + (1 - mask) * bj)
+            tiles.append(model.blend(img, mask, bj))
     return torch.cat(tiles)
 
 
@@ -141,18 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--b", metavar="IMAGE", help="single transfer: the face to receive it")
     p.add_argument("--interpolate", type=int, default=0, metavar="K",
                    help="also write K steps between two specific codes (A_1 to A_2)")
+    add_mask_power(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--checkpoint_dir", default="checkpoint", help="root of checkpoints")
     p.add_argument("--result_dir", default="result", help="root of results")
     return p
 
 
+def add_mask_power(p: argparse.ArgumentParser) -> None:
+    from .model import MASK_POWER
+
+    p.add_argument("--mask_power", type=float, default=MASK_POWER, metavar="P",
+                   help="models trained with --mask: blend with mask**P (1: the mask as "
+                        f"trained; higher drops its soft fringe; default: {MASK_POWER})")
+
+
+def load_for_inference(args: argparse.Namespace, device: torch.device):
+    """:func:`load_model` from ``--checkpoint``/``--checkpoint_dir`` with ``--mask_power`` set."""
+    if not args.mask_power > 0:
+        raise ValueError(f"--mask_power {args.mask_power}: give a positive power (1: the mask "
+                         "as trained)")
+    model, cfg, ckpt = load_model(resolve_checkpoint(args.checkpoint, args.checkpoint_dir),
+                                  device)
+    model.mask_power = args.mask_power
+    return model, cfg, ckpt
+
+
 def run(args: argparse.Namespace, say=print) -> dict:
     from .data import find_split, split_paths
 
     device = _device(args.device)
-    model, cfg, ckpt = load_model(resolve_checkpoint(args.checkpoint, args.checkpoint_dir),
-                                  device)
+    model, cfg, ckpt = load_for_inference(args, device)
     name = ckpt["config"].get("train", {}).get("name") or Path(args.checkpoint).stem
     out = Path(args.out) if args.out else Path(args.result_dir) / "transfer" / name
     size = cfg.img_size

@@ -97,6 +97,27 @@ def test_mask_output_and_bad_flags():
             recipe.validate(tiny_cfg(**bad))
 
 
+def test_mask_power_blends_with_the_raised_mask():
+    torch.manual_seed(0)
+    m = recipe.build(tiny_cfg(mask=True)).eval()
+    a, b = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        img, mask = m.decode(m.e1(b), m.e2(a))
+        removed, _ = m.decode(m.e1(a), None)
+        _, own = m.decode(m.e1(a), m.e2(a))
+        for p in (1.0, 1.5, 3.0):
+            m.mask_power = p
+            torch.testing.assert_close(m.transfer(a, b),
+                                       mask**p * img + (1 - mask**p) * b)
+            torch.testing.assert_close(m.remove(a), own**p * removed + (1 - own**p) * a)
+    assert "mask_power" not in " ".join(m.state_dict())  # a setting, not a weight
+    plain = recipe.build(tiny_cfg(mask=False)).eval()
+    plain.mask_power = 3.0
+    with torch.no_grad():  # no mask: the decoding itself, whatever the power
+        torch.testing.assert_close(plain.transfer(a, b), plain.decode(plain.e1(b),
+                                                                      plain.e2(a))[0])
+
+
 # ---------------------------------------------------------------------------- losses
 
 @pytest.mark.parametrize("arch", ["original", "improved"])
@@ -283,6 +304,9 @@ def test_tiny_run_lowers_losses_and_writes_the_grid(synth, tmp_path):
     assert metrics["copy target"]["transfer"]["outside_psnr"] == 100.0  # untouched outside
     assert metrics["copy target"]["transfer"]["region_psnr"] < 40
     assert 0 < metrics["model"]["transfer"]["psnr"] < 100
+    assert cli("evaluate")(["--model", "content-ae", "--checkpoint", "run", str(synth),
+                            "--checkpoint_dir", str(tmp_path / "ck"), "--mask_power", "0",
+                            "--result_dir", str(tmp_path / "res")]) == 1
 
 
 def test_resume_is_bit_for_bit(synth, tmp_path):
