@@ -86,9 +86,9 @@ def our_step(size: int, batch: int, sep: int, device):
     def step(a, b):
         ctx = StepContext(step=0, rank=0, world=1, device=device, model_cfg=cfg, train_cfg=tcfg,
                           generator=step_generator(0, 0))
+        opt.zero_grad(set_to_none=not lean)  # before the forward, as the training loop does
         terms = recipe.losses(model, (a / 2, b / 2), ctx)  # the recipe takes [-0.5, 0.5]
         total = sum(w * terms[k] for k, w in weights.items() if w)
-        opt.zero_grad(set_to_none=not lean)
         total.backward()
         clip_group_gradients(opt)
         opt.step()

@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     keep = {"on": True, "off": False, "auto": args.low_memory}[args.keep_grads]
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, foreach=foreach)
     for i in range(args.steps):
+        opt.zero_grad(set_to_none=not keep)  # before the forward, as the training loop does
         log_p, logdet, _ = model(x)
         loss = -(log_p + logdet).mean()
         sampler.phase(f"step {i + 1}: forward", rows)
-        opt.zero_grad(set_to_none=not keep)
         loss.backward()
         del log_p, logdet, loss
         sampler.phase(f"step {i + 1}: backward", rows)

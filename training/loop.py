@@ -372,11 +372,13 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     break
                 batch = to_device(batch, device)
                 ctx = _ctx(step, info, model_cfg, cfg)
+                # Before the forward pass: freed gradients (the default) then do not sit beside
+                # the forward's activations at their peak (one gradient set less at peak).
+                optimizer.zero_grad(set_to_none=not lean)
                 with _autocast(cfg, device):
                     terms = recipe.losses(net, batch, ctx)
                 total = sum(w * terms[k].float() for k, w in weights.items() if w)
                 finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
-                optimizer.zero_grad(set_to_none=not lean)
                 bad = None if finite else "loss"
                 if bad is None:
                     scaler.scale(total).backward()
