@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep_grads", choices=["auto", "on", "off"], default="auto",
                    help="zero the gradients in place between steps (on) or free them (off); "
                         "auto: what train.py does (in place with --low_memory)")
+    p.add_argument("--optimizer", choices=["ours", "torch"], default="ours",
+                   help="ours: training.optim.Adam, as train.py uses (no torch._dynamo import); "
+                        "torch: torch.optim.Adam (imports torch._dynamo and triton)")
     args = p.parse_args(argv)
 
     rows: list = []
@@ -82,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     from glow import Glow
     from glow.memory import enable_low_memory
     from training.checkpoint import save_checkpoint
+    from training.loop import hide_triton_without_gpu
+    from training.optim import Adam
+
+    if args.optimizer == "ours":
+        hide_triton_without_gpu()  # as train.py does
+    else:
+        Adam = torch.optim.Adam  # noqa: N806
 
     sampler.phase("import torch + glow", rows)
     size, n_flow, n_block, batch = CONFIGS[args.config]
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler.phase("ActNorm initialisation", rows)
     foreach = {"on": True, "off": False, "auto": not args.low_memory}[args.foreach]
     keep = {"on": True, "off": False, "auto": args.low_memory}[args.keep_grads]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5, foreach=foreach)
+    opt = Adam(model.parameters(), lr=1e-5, foreach=foreach)
     for i in range(args.steps):
         opt.zero_grad(set_to_none=not keep)  # before the forward, as the training loop does
         log_p, logdet, _ = model(x)
@@ -123,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
           f"between steps, {n_params / 1e6:.1f}M parameters: "
           f"weights {mb:.0f} MiB, + gradients {mb:.0f}, + Adam moments {2 * mb:.0f} "
           f"= {4 * mb:.0f} MiB must be held; allocator "
-          f"{'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}")
+          f"{'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}; "
+          f"{args.optimizer} Adam, torch._dynamo {'im' if 'torch._dynamo' in sys.modules else 'not im'}"
+          f"ported, triton {'loaded' if sys.modules.get('triton') else 'not loaded'}")
     print(f"{'phase':28s} {'RSS after':>10s} {'peak during':>12s}  (MiB)")
     for name, now, peak in rows:
         print(f"{name:28s} {now:10.0f} {peak:12.0f}")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.utils import save_image
 
 from lrw.datasets import load_image
+from lrw.imageio import save_image
 
 from .model import ContentAE
 

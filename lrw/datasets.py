@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from lrw.imageio import thesis_transform
 from lrw.index import IMAGE_EXTENSIONS, Clip, LRWIndex
 
 __all__ = [
@@ -52,9 +52,7 @@ def load_image(path: str | Path, img_size: int) -> torch.Tensor:
             im = im.convert("RGB")  # forces a full decode: truncated files fail here
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise ValueError(f"unreadable image {path}: {e}") from None
-    im = TF.resize(im, img_size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    im = TF.center_crop(im, [img_size, img_size])
-    return TF.to_tensor(im) - 0.5
+    return thesis_transform(im, img_size) - 0.5
 
 
 def list_images(root: str | Path) -> list[Path]:

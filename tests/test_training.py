@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,3 +287,42 @@ def test_low_memory_training_matches_plain_training(tmp_path: Path) -> None:
                 glow_recipe.build(_tiny_cfgs(tmp_path, "x", 1)[0]).state_dict().items()
                 if k in weights[False] and "initialized" not in k)
     assert moved > 1e-4, "the runs must have trained"
+
+
+@pytest.mark.parametrize("kind", [dict(foreach=False), dict(foreach=True), dict(fused=True)])
+def test_lean_adam_is_torch_adam(kind):
+    """training.optim.Adam: the same weights, state and state dict as torch.optim.Adam, and
+    its calls leave torch._dynamo unimported (checked in a fresh process below)."""
+    from training.optim import Adam
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    ours = copy.deepcopy(ref)
+    args = dict(lr=1e-2, betas=(0.5, 0.999), eps=1e-6, **kind)
+    opt_ref = torch.optim.Adam(ref.parameters(), **args)
+    opt = Adam(ours.parameters(), **args)
+    for i in range(4):
+        x = torch.randn(8, 5)
+        for net, o in ((ref, opt_ref), (ours, opt)):
+            o.zero_grad(set_to_none=i % 2 == 0)
+            net(x).square().mean().backward()
+            o.step()
+    for a, b in zip(ref.parameters(), ours.parameters(), strict=True):
+        assert torch.equal(a, b)
+    sd = opt.state_dict()
+    assert str(sd["param_groups"]) == str(opt_ref.state_dict()["param_groups"])
+    back = torch.optim.Adam(copy.deepcopy(ours).parameters(), **args)
+    back.load_state_dict(sd)  # a checkpoint of ours loads into torch's, and the reverse
+    opt.load_state_dict(opt_ref.state_dict())
+    assert torch.equal(opt.state[next(ours.parameters())]["exp_avg"],
+                       opt_ref.state[next(ref.parameters())]["exp_avg"])
+
+
+def test_lean_adam_does_not_import_dynamo():
+    code = ("import sys, torch; from training.optim import Adam; "
+            "p = torch.nn.Parameter(torch.ones(3)); o = Adam([p]); p.sum().backward(); "
+            "o.step(); o.load_state_dict(o.state_dict()); o.zero_grad(); "
+            "sys.exit(1 if 'torch._dynamo' in sys.modules else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr

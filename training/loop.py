@@ -23,12 +23,14 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
-from torchvision.utils import save_image
+
+from lrw.imageio import save_image
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
+from .optim import Adam
 from .progress import progress
 
 
@@ -39,6 +41,24 @@ def lean_optimizer(model_cfg) -> bool:
     peak at the thesis config, ``bench/glow_memory.py``). The same numbers either way
     (``tests/test_training.py``)."""
     return bool(getattr(model_cfg, "low_memory", False))
+
+
+def hide_triton_without_gpu() -> bool:
+    """Keep ``import triton`` from loading when no CUDA device exists; True when it was hidden.
+
+    ``torch._dynamo`` imports triton when the package is installed (the PyPI wheel ships it):
+    ~75 MiB resident for a library that only compiles GPU kernels (docs/performance.md). The
+    loop's own optimiser no longer imports ``torch._dynamo`` (``training.optim``), but other
+    code may (torchvision, e.g. a VGG loss; DDP's runtime). Without a CUDA device
+    nothing can use it, so ``triton`` is marked absent before that import; torch then reports
+    "no triton" as on any machine without it. A no-op with a GPU or once triton is loaded.
+    """
+    import sys
+
+    if "triton" in sys.modules or torch.cuda.is_available():
+        return False
+    sys.modules["triton"] = None  # an import of it raises ImportError
+    return True
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
@@ -204,6 +224,7 @@ def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | 
     if distributed.launched_world() > 1 and not getattr(recipe, "DDP_EXACT", True):
         raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
                          f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
+    hide_triton_without_gpu()
     info = distributed.setup(cfg.device)
     try:
         return _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
@@ -251,8 +272,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
     lean = lean_optimizer(model_cfg)
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps,
-                                 foreach=False if lean else None)
+    optimizer = Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, foreach=False if lean else None)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16)
 
