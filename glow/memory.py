@@ -9,9 +9,15 @@ with autograd on, back-propagate into its input, its parameters and ``cond``, th
 At most one layer's activations are alive at a time (instead of all of them), for roughly one
 extra forward and one reverse per layer (about 1.3-1.6x the time of a normal step).
 
-Gradients arrive as ordinary ``.grad`` through autograd (the parameters are inputs of the
-autograd function), so optimisers, gradient clipping and DistributedDataParallel's hooks work
-unchanged. Gradients equal the normal ones up to floating-point rounding: the rebuilt inputs
+Parameter gradients are added into ``.grad`` as each layer's are computed (the transient is one
+layer's, not a whole block's: -110 MiB at the thesis config), as ``AccumulateGrad`` would add
+them, so optimisers and gradient clipping see ordinary ``.grad``; hooks registered on a
+parameter's gradient do not run, and ``torch.autograd.grad`` with respect to the parameters
+would not see these gradients (nothing here calls it; use ``enable_low_memory(model, False)``
+for that). Inside a ``torch.distributed`` process group they go through
+autograd instead (the parameters are inputs of the autograd function), where
+DistributedDataParallel's hooks see them. Each layer's recomputation runs over
+:data:`RECOMPUTE_PARTS` parts of the batch (the layers act on each sample alone). Gradients equal the normal ones up to floating-point rounding: the rebuilt inputs
 differ from the originals by the reverse's round-off (float32: ~1e-6 relative).
 
 Use with a Glow::
@@ -35,6 +41,18 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+# Parts of the batch one layer's recomputation runs over in backward: 2 halves the transient
+# graph for no measurable time (4: 20 MiB less again, ~10 % slower; docs/performance.md).
+RECOMPUTE_PARTS = 2
+
+
+def _direct_grads_allowed() -> bool:
+    """Whether backward may add parameter gradients straight into ``.grad``: not inside a
+    process group, where DistributedDataParallel's hooks must see them pass through autograd."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized())
+
 
 
 class _ReversibleFunction(torch.autograd.Function):
@@ -66,28 +84,51 @@ class _ReversibleFunction(torch.autograd.Function):
         cond_needs_grad = cond is not None and ctx.needs_input_grad[1]
         grad_cond = torch.zeros_like(cond) if cond_needs_grad else None
         param_grads: dict[int, Tensor] = {}
+        direct = _direct_grads_allowed()
+        # The layers act on each sample alone, so one layer's recomputation can run over parts
+        # of the batch: its transient graph (the 512-channel activations) is a part's size.
+        parts = [slice(int(a[0]), int(a[-1]) + 1) for a in
+                 torch.arange(y.shape[0]).tensor_split(min(RECOMPUTE_PARTS, y.shape[0]))]
         for layer in reversed(ctx.layers):
-            with torch.no_grad():
-                x = layer.reverse(y, cond)
             params = [p for p in layer.parameters() if p.requires_grad]
-            with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
-                c = cond.detach().requires_grad_(True) if cond_needs_grad else cond
-                out, det = layer(x, c)
-                outs, grads = [out], [grad_y]
-                if det.requires_grad:
-                    outs.append(det)
-                    grads.append(grad_logdet)
-                inputs = [x, *params] + ([c] if cond_needs_grad else [])
-                got = torch.autograd.grad(outs, inputs, grads, allow_unused=True)
-            grad_y = got[0] if got[0] is not None else torch.zeros_like(x)
-            for p, g in zip(params, got[1:1 + len(params)], strict=True):
-                if g is not None:
-                    param_grads[id(p)] = param_grads[id(p)] + g if id(p) in param_grads else g
-            if cond_needs_grad and got[-1] is not None:
-                grad_cond = grad_cond + got[-1]
-            y = x.detach()
-            del out, det, outs, got, x
+            xs, grads_x, grads_c = [], [], []
+            for sl in parts:
+                c = cond[sl] if cond is not None else None
+                with torch.no_grad():
+                    x = layer.reverse(y[sl], c)
+                with torch.enable_grad():
+                    x = x.detach().requires_grad_(True)
+                    if cond_needs_grad:
+                        c = c.detach().requires_grad_(True)
+                    out, det = layer(x, c)
+                    outs, grads = [out], [grad_y[sl]]
+                    if det.requires_grad:
+                        outs.append(det)
+                        grads.append(grad_logdet[sl])
+                    inputs = [x, *params] + ([c] if cond_needs_grad else [])
+                    got = torch.autograd.grad(outs, inputs, grads, allow_unused=True)
+                grads_x.append(got[0] if got[0] is not None else torch.zeros_like(x))
+                for p, g in zip(params, got[1:1 + len(params)], strict=True):
+                    if g is None:
+                        continue
+                    if direct:  # straight into .grad: no block-wide set of new tensors
+                        # (what AccumulateGrad would do with them; the block's return is None)
+                        if p.grad is None:
+                            p.grad = g
+                        else:
+                            p.grad.add_(g)
+                    else:
+                        param_grads[id(p)] = (param_grads[id(p)] + g if id(p) in param_grads
+                                              else g)
+                if cond_needs_grad:
+                    grads_c.append(got[-1] if got[-1] is not None else torch.zeros_like(c))
+                xs.append(x.detach())
+                del out, det, outs, got, x
+            one = len(parts) == 1
+            grad_y = grads_x[0] if one else torch.cat(grads_x)
+            y = xs[0] if one else torch.cat(xs)
+            if cond_needs_grad:
+                grad_cond = grad_cond + (grads_c[0] if one else torch.cat(grads_c))
         all_params = [p for layer in ctx.layers for p in layer.parameters()]
         seen: set[int] = set()
         out_grads = []

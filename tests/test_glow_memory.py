@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from glow import Coupling, Flow, Glow
+from glow import Coupling, Flow, Glow, memory
 from glow.memory import enable_low_memory, reversible_forward
 
 
@@ -28,28 +28,39 @@ def _glow(affine: bool, conv_lu: bool, seed: int = 0) -> tuple[Glow, torch.Tenso
     return model, x
 
 
-def _loss_and_grads(model: Glow, x: torch.Tensor):
+def _loss_and_grads(model: Glow, x: torch.Tensor, keep: bool = False):
     x = x.clone().requires_grad_(True)
     log_p, logdet, z = model(x)
     # Touch every output so every gradient path is exercised.
     loss = -(log_p + logdet).mean() + 1e-2 * sum((zi**2).sum() for zi in z)
-    model.zero_grad(set_to_none=True)
+    if not keep:
+        model.zero_grad(set_to_none=True)
     loss.backward()
-    return loss.detach(), x.grad, {n: p.grad for n, p in model.named_parameters()}
+    return loss.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("affine,conv_lu", [(False, True), (True, True), (True, False)])
-def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool) -> None:
+@pytest.mark.parametrize("parts,direct", [(1, False), (1, True), (2, True), (3, False)])
+def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool, parts: int,
+                                           direct: bool, monkeypatch) -> None:
+    """Recomputed in parts of the batch or whole; gradients written straight into ``.grad``
+    (no process group) or returned through autograd (what DDP needs): the same gradients."""
+    monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
+    monkeypatch.setattr(memory, "_direct_grads_allowed", lambda: direct)
     model, x = _glow(affine, conv_lu)
+    x = torch.cat([x, x.flip(-1)[:1]])  # batch 3: parts of unequal size
     low = enable_low_memory(copy.deepcopy(model))
     loss_a, gx_a, g_a = _loss_and_grads(model, x)
     loss_b, gx_b, g_b = _loss_and_grads(low, x)
+    # twice: the second backward adds into the .grad that the first one left
+    _, _, g_b2 = _loss_and_grads(low, x, keep=True)
     assert loss_a.item() == loss_b.item()
     torch.testing.assert_close(gx_b, gx_a, rtol=1e-9, atol=1e-11)
     assert g_a.keys() == g_b.keys()
     for name in g_a:
         assert g_b[name] is not None, name
         torch.testing.assert_close(g_b[name], g_a[name], rtol=1e-9, atol=1e-11, msg=name)
+        torch.testing.assert_close(g_b2[name], 2 * g_a[name], rtol=1e-9, atol=1e-11, msg=name)
 
 
 def test_low_memory_keeps_state_dict_and_round_trip() -> None:
@@ -78,8 +89,11 @@ def test_low_memory_can_be_switched_off_and_needs_a_block() -> None:
         enable_low_memory(torch.nn.Linear(2, 2))
 
 
-def test_reversible_forward_with_condition() -> None:
+@pytest.mark.parametrize("parts,direct", [(1, True), (2, True), (2, False)])
+def test_reversible_forward_with_condition(parts: int, direct: bool, monkeypatch) -> None:
     """The conditional use: flows whose couplings take ``cond``; cond gets its gradient."""
+    monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
+    monkeypatch.setattr(memory, "_direct_grads_allowed", lambda: direct)
     torch.manual_seed(1)
     flows = torch.nn.ModuleList(
         Flow(4, coupling=Coupling(4, affine=True, hidden=8, cond_channel=3)) for _ in range(3)
