@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     from glow.memory import enable_low_memory
     from training.checkpoint import save_checkpoint
     from training.loop import hide_triton_without_gpu
-    from training.optim import Adam
+    from training.optim import Adam as LeanAdam
 
     if args.optimizer == "ours":
         hide_triton_without_gpu()  # as train.py does
-    else:
-        Adam = torch.optim.Adam  # noqa: N806
+    adam = LeanAdam if args.optimizer == "ours" else torch.optim.Adam
 
     sampler.phase("import torch + glow", rows)
     size, n_flow, n_block, batch = CONFIGS[args.config]
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler.phase("ActNorm initialisation", rows)
     foreach = {"on": True, "off": False, "auto": not args.low_memory}[args.foreach]
     keep = {"on": True, "off": False, "auto": args.low_memory}[args.keep_grads]
-    opt = Adam(model.parameters(), lr=1e-5, foreach=foreach)
+    opt = adam(model.parameters(), lr=1e-5, foreach=foreach)
     for i in range(args.steps):
         opt.zero_grad(set_to_none=not keep)  # before the forward, as the training loop does
         log_p, logdet, _ = model(x)

@@ -27,7 +27,7 @@ from torch import Tensor
 from lrw.datasets import load_image
 from lrw.imageio import save_image
 
-from .model import ContentAE
+from .model import MASK_POWER, ContentAE
 
 
 def resolve_checkpoint(spec: str, checkpoint_dir: str) -> Path:
@@ -149,8 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_mask_power(p: argparse.ArgumentParser) -> None:
-    from .model import MASK_POWER
-
     p.add_argument("--mask_power", type=float, default=MASK_POWER, metavar="P",
                    help="models trained with --mask: blend with mask**P (1: the mask as "
                         f"trained; higher drops its soft fringe; default: {MASK_POWER})")

@@ -9,16 +9,17 @@ with autograd on, back-propagate into its input, its parameters and ``cond``, th
 At most one layer's activations are alive at a time (instead of all of them), for roughly one
 extra forward and one reverse per layer (about 1.3-1.6x the time of a normal step).
 
-Parameter gradients are added into ``.grad`` as each layer's are computed (the transient is one
-layer's, not a whole block's: -110 MiB at the thesis config), as ``AccumulateGrad`` would add
-them, so optimisers and gradient clipping see ordinary ``.grad``; hooks registered on a
-parameter's gradient do not run, and ``torch.autograd.grad`` with respect to the parameters
-would not see these gradients (nothing here calls it; use ``enable_low_memory(model, False)``
-for that). Inside a ``torch.distributed`` process group they go through
-autograd instead (the parameters are inputs of the autograd function), where
+Parameter gradients are added into ``.grad`` as each layer's are computed, as
+``AccumulateGrad`` would add them (the transient is one layer's gradients, not a whole block's:
+-80 MiB at the thesis config), so optimisers and gradient clipping see ordinary ``.grad``.
+Hooks registered on a parameter's gradient do not run, and ``torch.autograd.grad`` with respect
+to the parameters would not see these gradients (nothing here calls it; use
+``enable_low_memory(model, False)`` for that). Inside a ``torch.distributed`` process group
+they go through autograd instead (the parameters are inputs of the autograd function), where
 DistributedDataParallel's hooks see them. Each layer's recomputation runs over
-:data:`RECOMPUTE_PARTS` parts of the batch (the layers act on each sample alone). Gradients equal the normal ones up to floating-point rounding: the rebuilt inputs
-differ from the originals by the reverse's round-off (float32: ~1e-6 relative).
+:data:`RECOMPUTE_PARTS` parts of the batch (the layers act on each sample alone). Gradients
+equal the normal ones up to floating-point rounding: the rebuilt inputs differ from the
+originals by the reverse's round-off (float32: ~1e-6 relative).
 
 Use with a Glow::
 
@@ -54,7 +55,6 @@ def _direct_grads_allowed() -> bool:
     return not (dist.is_available() and dist.is_initialized())
 
 
-
 class _ReversibleFunction(torch.autograd.Function):
     """(x, cond, *params) -> (y, logdet); see :func:`reversible_forward`.
 
@@ -87,8 +87,8 @@ class _ReversibleFunction(torch.autograd.Function):
         direct = _direct_grads_allowed()
         # The layers act on each sample alone, so one layer's recomputation can run over parts
         # of the batch: its transient graph (the 512-channel activations) is a part's size.
-        parts = [slice(int(a[0]), int(a[-1]) + 1) for a in
-                 torch.arange(y.shape[0]).tensor_split(min(RECOMPUTE_PARTS, y.shape[0]))]
+        n, k = y.shape[0], min(RECOMPUTE_PARTS, y.shape[0])
+        parts = [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
         for layer in reversed(ctx.layers):
             params = [p for p in layer.parameters() if p.requires_grad]
             xs, grads_x, grads_c = [], [], []

@@ -36,7 +36,7 @@ def thesis_transform(im: Image.Image, size: int) -> Tensor:
     left = int(round((new_w - size) / 2.0))
     if (top, left, new_h, new_w) != (0, 0, size, size):
         im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.uint8).reshape(size, size, -1)
+    arr = np.asarray(im, dtype=np.uint8)  # [size, size, 3]
     return torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255)
 
 
