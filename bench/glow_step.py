@@ -99,6 +99,56 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> tuple[float, float, i
     return best, best_cpu, torch.get_num_threads()
 
 
+def step_products(img_size: int, n_flow: int, n_block: int, batch: int, hidden: int = HIDDEN,
+                  in_channel: int = 3, affine: bool = False) -> list[tuple[int, int, int, int]]:
+    """The matrix products of one forward pass, ``(M, K, N, count)``: every convolution as the
+    BLAS product it amounts to ([pixels, taps x inputs] x [taps x inputs, outputs])."""
+    out: list[tuple[int, int, int, int]] = []
+    c, size = in_channel, img_size
+    for i in range(n_block):
+        c4, size = c * 4, size // 2
+        m = batch * size * size
+        cout = c4 if affine else c4 // 2
+        out += [(m, c4, c4, n_flow), (m, 9 * (c4 // 2), hidden, n_flow),
+                (m, hidden, hidden, n_flow), (m, hidden, 9 * cout, n_flow)]
+        split = i < n_block - 1
+        prior_in, prior_out = (c4 // 2, c4) if split else (c4, c4 * 2)
+        out.append((m, 9 * prior_in, prior_out, 1))
+        c = c4 // 2 if split else c4
+    return out
+
+
+def gemm_floor(config: str, affine: bool = False, repeats: int = 3) -> tuple[float, float]:
+    """Seconds that the BLAS products alone take: (training step, encode + reverse).
+
+    A training step is each product forward plus its two backward products (input and weight
+    gradients: ``[M, N] x [N, K]`` and ``[K, M] x [M, N]``); encode + reverse is each forward
+    product twice (the priors once). Timed with ``torch.mm`` into preallocated outputs, the
+    best of ``repeats`` per shape: no implementation that computes these products in float32
+    with this BLAS runs below it, so ``reference step / floor`` bounds the reachable speed-up.
+    """
+    import torch
+
+    def best(a, b, o) -> float:
+        torch.mm(a, b, out=o)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(a, b, out=o)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    train = infer = 0.0
+    with torch.no_grad():
+        for m, k, n, count in step_products(*CONFIGS[config], affine=affine):
+            x, w, g = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
+            fwd = best(x, w, torch.empty(m, n))
+            bwd = best(g, w.t(), torch.empty(m, k)) + best(x.t(), g, torch.empty(k, n))
+            train += count * (fwd + bwd)
+            infer += count * fwd * (1 if count == 1 else 2)
+    return train, infer
+
+
 # --------------------------------------------------------------------------- worker
 def _rss_mib() -> float:
     """Current resident set size (MiB) from /proc, 0 where unavailable."""
@@ -395,6 +445,18 @@ def main(argv: list[str] | None = None) -> int:
                        f"{med['sample']:.3f}", ratio("sample"), f"{sys_per_step:.2f}"]
                 print(_fmt_row(row, widths))
                 summary.append(dict(zip(head, row, strict=True)))
+    for config in configs:
+        floor_step, floor_infer = gemm_floor(config, args.affine)
+        line = (f"{config}: GEMM floor {floor_step:.3f} s per training step, {floor_infer:.3f} s "
+                f"per encode + reverse (the products alone, torch.mm, best of 3 per shape)")
+        peer_rs = results.get((config, allocs[0][0], "peer"))
+        if peer_rs:
+            ps = statistics.median(r["step"] for r in peer_rs)
+            pi = statistics.median(r["encode"] + r["reconstruct"] for r in peer_rs)
+            line += (f"; the reference's times over it, the most any fp32 implementation with this "
+                     f"BLAS can gain: step {ps / floor_step:.2f}x, encode + reverse "
+                     f"{pi / floor_infer:.2f}x")
+        print(line)
     print("\n'warm' = warm-up steps before measuring (median over processes); 'x peer' = "
           "reference time / this time, the median over repeats of each back-to-back pair "
           "(reference under the first allocator listed), >1 is faster than the reference. "

@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from glow.layers import (
+    ConditionerNet,
     Flow,
     InvConv2d,
     InvConv2dLU,
     ZeroConv2d,
     border_correction,
     conv1x1,
+    coupling_net,
 )
 
 D = torch.float64
@@ -72,6 +74,56 @@ def test_zeroconv_matches_padding_with_ones_values_and_grads() -> None:
     want = torch.autograd.grad(ref, params, g)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _plain_conditioner(net: ConditionerNet, x: torch.Tensor) -> torch.Tensor:
+    """The conditioner written out: conv3x3 (zero padding), ReLU, conv1x1, ReLU, and the
+    ZeroConv2d as a convolution of the input padded with ones, times exp(3 scale)."""
+    c1, _, c2, _, zc = net
+    h = F.relu(F.conv2d(x, c1.weight, c1.bias, padding=1))
+    h = F.relu(F.conv2d(h, c2.weight, c2.bias))
+    return F.conv2d(F.pad(h, (1, 1, 1, 1), value=1.0), zc.conv.weight, zc.conv.bias) \
+        * torch.exp(3 * zc.scale)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 5, 7), (2, 12, 1, 1), (1, 3, 2, 9), (4, 5, 8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conditioner_products_match_the_convolutions(shape, channels_last: bool) -> None:
+    """The matrix-product conditioner (training on the CPU) against the plain convolutions:
+    values, and the gradients of the input and of every parameter, in float64."""
+    n, cin, h, w = shape
+    net = coupling_net(cin, 2 * cin - 1, hidden=16).to(D)
+    _perturb(net, seed=cin)  # ZeroConv2d starts at zero: nothing would be tested
+    x = torch.randn(n, cin, h, w, dtype=D, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    assert net._fast(x)  # the path under test is the one taken
+    out, ref = net(x), _plain_conditioner(net, x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    params = [x, *net.parameters()]
+    got = torch.autograd.grad(out, params, g)
+    want = torch.autograd.grad(ref, params, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_conditioner_takes_the_modules_where_the_products_do_not_apply() -> None:
+    """Inference, autocast and forward hooks run the plain modules (hooks must fire)."""
+    net = coupling_net(4, 4, hidden=8)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    assert net._fast(x)
+    with torch.no_grad():
+        assert not net._fast(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not net._fast(x)
+    seen = []
+    handle = net[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert not net._fast(x)
+    net(x)
+    handle.remove()
+    assert seen == [torch.Size([2, 8, 6, 6])] and net._fast(x)
 
 
 def _plain_flow(flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

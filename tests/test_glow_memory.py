@@ -54,7 +54,9 @@ def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool, parts: i
     loss_b, gx_b, g_b = _loss_and_grads(low, x)
     # twice: the second backward adds into the .grad that the first one left
     _, _, g_b2 = _loss_and_grads(low, x, keep=True)
-    assert loss_a.item() == loss_b.item()
+    # the no-grad forward runs the conditioner as modules, the plain one as matrix products:
+    # equal to float64 rounding, not bit for bit
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-13, atol=0)
     torch.testing.assert_close(gx_b, gx_a, rtol=1e-9, atol=1e-11)
     assert g_a.keys() == g_b.keys()
     for name in g_a:
