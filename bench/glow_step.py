@@ -187,6 +187,11 @@ def _build(impl: str, root: str, size: int, n_flow: int, n_block: int, affine: b
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    if os.environ.get("_BENCH_KEEP_PAGES"):
+        sys.path.insert(0, str(ROOT))
+        from training.allocator import keep_freed_pages
+
+        assert keep_freed_pages(), "glibc's mallopt refused the settings"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -322,8 +327,12 @@ def main(argv: list[str] | None = None) -> int:
                    "the step time still falls by more than 5%% (default 3)")
     p.add_argument("--affine", action="store_true",
                    help="affine coupling in both implementations (default additive)")
-    p.add_argument("--allocator", choices=["system", "jemalloc", "both"], default="system",
-                   help="glibc malloc, jemalloc (if installed) or both (default system)")
+    p.add_argument("--allocator", choices=["system", "keep", "jemalloc", "both", "all"],
+                   default="system",
+                   help="glibc malloc; keep: glibc with the entry points' settings when jemalloc "
+                   "is missing (training.allocator.keep_freed_pages, both implementations); "
+                   "jemalloc (if installed); both: system and jemalloc; all: the three "
+                   "(default system)")
     p.add_argument("--low_memory", action="store_true", help="also time our low-memory mode")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads in the measured processes (default: torch's choice); "
@@ -349,9 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--peer {args.peer}: no model.py there")
 
     allocs: list[tuple[str, dict | None]] = []
-    if args.allocator in ("system", "both"):
+    if args.allocator in ("system", "both", "all"):
         allocs.append(("glibc", None))
-    if args.allocator in ("jemalloc", "both"):
+    if args.allocator in ("keep", "all"):
+        allocs.append(("glibc+keep", {"_BENCH_KEEP_PAGES": "1"}))
+    if args.allocator in ("jemalloc", "both", "all"):
         je = _jemalloc_env()
         if je is None:
             print("jemalloc is not installed; measuring glibc only")
@@ -387,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_one(impl, root, config, args.steps, alloc_env, args.threads,
                                 args.warmup, args.affine)
                     results.setdefault((config, alloc_name, impl), []).append(r)
-                    print(f"  [{config} rep {rep + 1}/{args.repeats}] {impl:11s} {alloc_name:8s}"
+                    print(f"  [{config} rep {rep + 1}/{args.repeats}] {impl:11s} {alloc_name:10s}"
                           f" step {r['step']:7.3f}s  peak {r['peak_mib']:7.0f} MiB  reconstruct "
                           f"{r['reconstruct']:6.3f}s (cpu {r['reconstruct_cpu']:.2f}s)  sample {r['sample']:6.3f}s  cpu/step "
                           f"{r['cpu']:.2f}s  load {r['load']:.1f}", flush=True)
@@ -398,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     head = ["config", "impl", "alloc", "warm", "step s", "x peer (min-max)", "cpu s", "x peer",
             "%peak", "%cpupk", "peak MiB", "step+MiB", "infer s", "x peer", "%cpupk",
             "recon s", "x peer", "sample s", "x peer", "sys s/step"]
-    widths = [9, 11, 8, 4, 7, 16, 6, 6, 5, 6, 8, 8, 7, 6, 6, 7, 6, 8, 6, 10]
+    widths = [9, 11, 10, 4, 7, 16, 6, 6, 5, 6, 8, 8, 7, 6, 6, 7, 6, 8, 6, 10]
     print("\n" + _fmt_row(head, widths))
     summary = []
     for config in configs:

@@ -369,6 +369,17 @@ def _tap_sum(z: Tensor, n: int, h: int, w: int, mirror: bool) -> Tensor:
     return out
 
 
+def _relu_grad_(grad: Tensor, out: Tensor) -> Tensor:
+    """ReLU's backward in place on a fresh gradient: zero where the ReLU's output ``out`` is.
+
+    Out of place under ``vmap`` (batched Jacobians), which has no rule for the ``out=`` form.
+    """
+    try:
+        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+    except RuntimeError:
+        return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
 class _ConditionerFn(torch.autograd.Function):
     """conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3 (zero padding), as matrix products on
     channels-last [N*H*W, C] matrices, forward and backward.
@@ -377,7 +388,8 @@ class _ConditionerFn(torch.autograd.Function):
     ~60 %) and the few-channel 3x3 ones at 20-40 % on a 2-core AMD EPYC; the same products as
     BLAS matrix products (the 3x3 ones through a [N*H*W, 9*C] neighbourhood matrix of the
     few-channel side) ran at 80-90 %. The backward also masks the ReLUs without autograd's
-    extra buffers. Saved: the input and the two ReLU outputs, as autograd would save.
+    extra buffers (in place on the fresh gradients). Saved: the input and the two ReLU outputs,
+    as autograd would save.
     """
 
     @staticmethod
@@ -407,11 +419,11 @@ class _ConditionerFn(torch.autograd.Function):
                         for i in range(3) for j in range(3)], -1).reshape(n * h * w, 9 * cout)
         dbz = gh.sum((0, 1, 2))
         dwz = (h2.t() @ dz).view(-1, 3, 3, cout).permute(3, 0, 1, 2)
-        g2 = torch.ops.aten.threshold_backward(dz @ wzm.t(), h2, 0)
+        g2 = _relu_grad_(dz @ wzm.t(), h2)
         del dz
         dw2 = (g2.t() @ h1)[:, :, None, None]
         db2 = g2.sum(0)
-        g1 = torch.ops.aten.threshold_backward(g2 @ w2m, h1, 0)
+        g1 = _relu_grad_(g2 @ w2m, h1)
         del g2
         cols = _im2col(xh)
         dw1 = (g1.t() @ cols).view(w1_shape[0], 3, 3, cin).permute(0, 3, 1, 2)
