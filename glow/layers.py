@@ -384,12 +384,13 @@ class _ConditionerFn(torch.autograd.Function):
     """conv3x3 -> ReLU -> conv1x1 -> ReLU -> conv3x3 (zero padding), as matrix products on
     channels-last [N*H*W, C] matrices, forward and backward.
 
-    oneDNN's convolutions ran the 512x512 1x1 convolution at ~65 % of the GEMM peak (backward
-    ~60 %) and the few-channel 3x3 ones at 20-40 % on a 2-core AMD EPYC; the same products as
-    BLAS matrix products (the 3x3 ones through a [N*H*W, 9*C] neighbourhood matrix of the
-    few-channel side) ran at 80-90 %. The backward also masks the ReLUs without autograd's
-    extra buffers (in place on the fresh gradients). Saved: the input and the two ReLU outputs,
-    as autograd would save.
+    The 3x3 convolutions go through a [N*H*W, 9*C] neighbourhood matrix of their few-channel
+    side (the first one's input, the ZeroConv's output), where oneDNN ran them at 20-40 % of
+    the GEMM rate; the backward masks the ReLUs in place on the fresh gradients instead of
+    autograd's extra buffers. Measured on a 2-core AMD EPYC (jemalloc, docs/performance.md,
+    round 5): a level-1 conditioner's forward + backward 300 -> 268 ms, the thesis training step
+    1.09x; inference was not faster (0.90-1.03x), so it keeps the modules. Saved: the input and
+    the two ReLU outputs, as autograd would save.
     """
 
     @staticmethod
