@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glow import layers
 from glow.layers import (
     ConditionerNet,
     Flow,
@@ -88,9 +89,11 @@ def _plain_conditioner(net: ConditionerNet, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape", [(3, 6, 5, 7), (2, 12, 1, 1), (1, 3, 2, 9), (4, 5, 8, 8)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conditioner_products_match_the_convolutions(shape, channels_last: bool) -> None:
+def test_conditioner_products_match_the_convolutions(shape, channels_last: bool,
+                                                     monkeypatch) -> None:
     """The matrix-product conditioner (training on the CPU) against the plain convolutions:
     values, and the gradients of the input and of every parameter, in float64."""
+    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 1)  # small nets too, for the test
     n, cin, h, w = shape
     net = coupling_net(cin, 2 * cin - 1, hidden=16).to(D)
     _perturb(net, seed=cin)  # ZeroConv2d starts at zero: nothing would be tested
@@ -109,10 +112,13 @@ def test_conditioner_products_match_the_convolutions(shape, channels_last: bool)
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_conditioner_takes_the_modules_where_the_products_do_not_apply() -> None:
-    """Inference, autocast and forward hooks run the plain modules (hooks must fire)."""
+def test_conditioner_takes_the_modules_where_the_products_do_not_apply(monkeypatch) -> None:
+    """Inference, autocast, forward hooks and narrow nets run the plain modules (hooks must
+    fire)."""
     net = coupling_net(4, 4, hidden=8)
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    assert not net._fast(x)  # narrower than PRODUCTS_MIN_HIDDEN
+    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 8)
     assert net._fast(x)
     with torch.no_grad():
         assert not net._fast(x)
@@ -124,6 +130,19 @@ def test_conditioner_takes_the_modules_where_the_products_do_not_apply() -> None
     net(x)
     handle.remove()
     assert seen == [torch.Size([2, 8, 6, 6])] and net._fast(x)
+
+
+def test_conditioner_products_under_vmap(monkeypatch) -> None:
+    """Batched Jacobians (``vmap`` over the backward, as MI-flow's log-det test uses) work on
+    the products and equal the modules'."""
+    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 1)
+    net = coupling_net(2, 3, hidden=5).to(D)
+    _perturb(net, seed=3)
+    x = torch.randn(1, 2, 3, 4, dtype=D)
+    got = torch.autograd.functional.jacobian(net, x, vectorize=True)
+    want = torch.autograd.functional.jacobian(lambda v: _plain_conditioner(net, v), x,
+                                              vectorize=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def _plain_flow(flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from glow import Coupling, Flow, Glow, memory
+from glow import Coupling, Flow, Glow, layers, memory
 from glow.memory import enable_low_memory, reversible_forward
 
 
@@ -46,6 +46,7 @@ def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool, parts: i
     """Recomputed in parts of the batch or whole; gradients written straight into ``.grad``
     (no process group) or returned through autograd (what DDP needs): the same gradients."""
     monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
+    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 1)  # the products, as at hidden 512
     monkeypatch.setattr(memory, "_direct_grads_allowed", lambda: direct)
     model, x = _glow(affine, conv_lu)
     x = torch.cat([x, x.flip(-1)[:1]])  # batch 3: parts of unequal size
@@ -95,6 +96,7 @@ def test_low_memory_can_be_switched_off_and_needs_a_block() -> None:
 def test_reversible_forward_with_condition(parts: int, direct: bool, monkeypatch) -> None:
     """The conditional use: flows whose couplings take ``cond``; cond gets its gradient."""
     monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
+    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 1)  # the products, as at hidden 512
     monkeypatch.setattr(memory, "_direct_grads_allowed", lambda: direct)
     torch.manual_seed(1)
     flows = torch.nn.ModuleList(
