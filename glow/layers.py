@@ -332,23 +332,30 @@ class ZeroConv2d(nn.Module):
         self.conv.bias.data.zero_()
         self.scale = nn.Parameter(torch.zeros(1, out_channel, 1, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        weight, bias = self.conv.weight, self.conv.bias
-        h, w = x.shape[2], x.shape[3]
-        # exp(3 scale) is folded into the (small) weight, bias and correction instead of
-        # multiplying the output: one pass over the output less, forward and backward.
+    def folded(self, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(weight, bias, ones-padding correction [O, h, w]) with ``exp(3 scale)`` folded in.
+
+        Folding the gain into the (small) weight, bias and correction instead of multiplying
+        the output saves one pass over the output, forward and backward.
+        """
         gain = torch.exp(self.scale * 3).reshape(-1)
-        correction = border_correction(weight.sum(1), h, w) * gain[:, None, None]
-        return F.conv2d(x, weight * gain[:, None, None, None], bias * gain, padding=1) \
-            + correction.to(x.dtype)
+        correction = border_correction(self.conv.weight.sum(1), h, w) * gain[:, None, None]
+        return self.conv.weight * gain[:, None, None, None], self.conv.bias * gain, correction
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias, correction = self.folded(x.shape[2], x.shape[3])
+        return F.conv2d(x, weight, bias, padding=1) + correction.to(x.dtype)
 
 
-def _im2col(xh: Tensor) -> Tensor:
-    """[N, H, W, C] -> [N*H*W, 9*C]: the 3x3 zero-padded neighbourhoods, taps (row, col) major."""
+def _im2col(xh: Tensor, mirror: bool = False) -> Tensor:
+    """[N, H, W, C] -> [N*H*W, 9*C]: the 3x3 zero-padded neighbourhoods, taps (row, col) major;
+    with ``mirror`` tap (k, l) holds the neighbour at (2-k, 2-l) (a convolution's transpose)."""
     n, h, w, c = xh.shape
     p = F.pad(xh, (0, 0, 1, 1, 1, 1))
-    return torch.cat([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1) \
-        .reshape(n * h * w, 9 * c)
+    taps = [(i, j) for i in range(3) for j in range(3)]
+    if mirror:
+        taps.reverse()
+    return torch.cat([p[:, i:i + h, j:j + w] for i, j in taps], -1).reshape(n * h * w, 9 * c)
 
 
 def _tap_sum(z: Tensor, n: int, h: int, w: int, mirror: bool) -> Tensor:
@@ -414,10 +421,7 @@ class _ConditionerFn(torch.autograd.Function):
         n, h, w, cin = xh.shape
         cout = wz_shape[0]
         gh = grad.permute(0, 2, 3, 1).contiguous()  # [N, H, W, Cout]
-        # ZeroConv: d(taps) are the output gradient's neighbourhoods, mirrored.
-        gp = F.pad(gh, (0, 0, 1, 1, 1, 1))
-        dz = torch.cat([gp[:, 2 - i:2 - i + h, 2 - j:2 - j + w]
-                        for i in range(3) for j in range(3)], -1).reshape(n * h * w, 9 * cout)
+        dz = _im2col(gh, mirror=True)  # ZeroConv: d(taps) = the gradient's mirrored neighbours
         dbz = gh.sum((0, 1, 2))
         dwz = (h2.t() @ dz).view(-1, 3, 3, cout).permute(3, 0, 1, 2)
         g2 = _relu_grad_(dz @ wzm.t(), h2)
@@ -469,18 +473,15 @@ class ConditionerNet(nn.Sequential):
         if any(c.stride != (1, 1) or c.dilation != (1, 1) or c.groups != 1
                or c.padding_mode != "zeros" for c in (c1, c2)):
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in (self, *self)) \
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self) \
             and all(p.dtype == x.dtype for p in self.parameters())
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._fast(x):
             return super().forward(x)
         c1, _, c2, _, zc = self
-        gain = torch.exp(zc.scale * 3).reshape(-1)
-        out = _ConditionerFn.apply(x, c1.weight, c1.bias, c2.weight, c2.bias,
-                                   zc.conv.weight * gain[:, None, None, None], zc.conv.bias * gain)
-        correction = border_correction(zc.conv.weight.sum(1), x.shape[2], x.shape[3])
-        return out + correction * gain[:, None, None]
+        wz, bz, correction = zc.folded(x.shape[2], x.shape[3])
+        return _ConditionerFn.apply(x, c1.weight, c1.bias, c2.weight, c2.bias, wz, bz) + correction
 
 
 def coupling_net(in_channel: int, out_channel: int, hidden: int = 512) -> nn.Sequential:
