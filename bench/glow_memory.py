@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep_grads", choices=["auto", "on", "off"], default="auto",
                    help="zero the gradients in place between steps (on) or free them (off); "
                         "auto: what train.py does (in place with --low_memory)")
+    p.add_argument("--step_in_backward", choices=["auto", "on", "off"], default="auto",
+                   help="step Adam on each flow's parameters inside the recomputing backward "
+                        "and free their gradients there (on), or once after backward (off); "
+                        "auto: what train.py does (on with --low_memory, without clipping)")
     p.add_argument("--optimizer", choices=["ours", "torch"], default="ours",
                    help="ours: training.optim.Adam, as train.py uses (no torch._dynamo import); "
                         "torch: torch.optim.Adam (imports torch._dynamo and triton)")
@@ -83,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     from glow_step import CONFIGS, HIDDEN
 
     from glow import Glow
-    from glow.memory import enable_low_memory
+    from glow.memory import enable_low_memory, on_grads_ready
     from training.checkpoint import save_checkpoint
     from training.loop import hide_triton_without_gpu
     from training.optim import Adam as LeanAdam
+    from training.optim import StepInBackward
 
     if args.optimizer == "ours":
         hide_triton_without_gpu()  # as train.py does
@@ -107,17 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     sampler.phase("ActNorm initialisation", rows)
     foreach = {"on": True, "off": False, "auto": not args.low_memory}[args.foreach]
     keep = {"on": True, "off": False, "auto": args.low_memory}[args.keep_grads]
+    in_backward = {"on": True, "off": False, "auto": args.low_memory}[args.step_in_backward]
+    if in_backward and not args.low_memory:
+        p.error("--step_in_backward on needs --low_memory (the recomputing backward)")
     opt = adam(model.parameters(), lr=1e-5, foreach=foreach)
     for i in range(args.steps):
         opt.zero_grad(set_to_none=not keep)  # before the forward, as the training loop does
         log_p, logdet, _ = model(x)
         loss = -(log_p + logdet).mean()
         sampler.phase(f"step {i + 1}: forward", rows)
-        loss.backward()
+        if in_backward:
+            with on_grads_ready(StepInBackward(opt)):
+                loss.backward()
+        else:
+            loss.backward()
         del log_p, logdet, loss
         sampler.phase(f"step {i + 1}: backward", rows)
         opt.step()
-        sampler.phase(f"step {i + 1}: Adam step", rows)
+        sampler.phase(f"step {i + 1}: Adam step" + (" (the rest)" if in_backward else ""), rows)
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(Path(tmp) / "last.pt", model_name="glow", model_config=model.config(),
                         train_config={}, weights=model.state_dict(),
@@ -129,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.config} config, batch {batch}, {'affine' if args.affine else 'additive'}, "
           f"low memory {'on' if args.low_memory else 'off'}, Adam foreach "
           f"{'on' if foreach else 'off'}, gradients {'zeroed in place' if keep else 'freed'} "
-          f"between steps, {n_params / 1e6:.1f}M parameters: "
-          f"weights {mb:.0f} MiB, + gradients {mb:.0f}, + Adam moments {2 * mb:.0f} "
-          f"= {4 * mb:.0f} MiB must be held; allocator "
+          f"between steps, Adam {'inside' if in_backward else 'after'} backward, "
+          f"{n_params / 1e6:.1f}M parameters: "
+          f"weights {mb:.0f} MiB, + gradients {mb:.0f}"
+          f"{' (one flow at a time)' if in_backward else ''}, + Adam moments {2 * mb:.0f} "
+          f"= {(3 if in_backward else 4) * mb:.0f} MiB must be held; allocator "
           f"{'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}; "
           f"{args.optimizer} Adam, torch._dynamo {'im' if 'torch._dynamo' in sys.modules else 'not im'}"
           f"ported, triton {'loaded' if sys.modules.get('triton') else 'not loaded'}")

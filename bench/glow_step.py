@@ -204,14 +204,25 @@ def worker(args: argparse.Namespace) -> None:
         else:
             model.initialize(x)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lean = args.impl == "ours_lowmem"  # what train.py --low_memory runs
+    if lean:
+        from glow.memory import on_grads_ready
+        from training.optim import Adam, StepInBackward
+
+        opt = Adam(model.parameters(), lr=1e-4, foreach=False)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     n_dims = x[0].numel()
 
     def step() -> float:
         log_p, logdet, _ = model(x)
         loss = -(log_p + logdet).mean() / n_dims
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        opt.zero_grad(set_to_none=not lean)
+        if lean:  # one parameter at a time, each flow's inside backward
+            with on_grads_ready(StepInBackward(opt)):
+                loss.backward()
+        else:
+            loss.backward()
         opt.step()
         return float(loss)
 

@@ -12,6 +12,9 @@ extra forward and one reverse per layer (about 1.3-1.6x the time of a normal ste
 Parameter gradients are added into ``.grad`` as each layer's are computed, as
 ``AccumulateGrad`` would add them (the transient is one layer's gradients, not a whole block's:
 -80 MiB at the thesis config), so optimisers and gradient clipping see ordinary ``.grad``.
+Inside :func:`on_grads_ready` the backward also hands each layer's parameters, once their
+gradients are final, to a callback: the training loop steps Adam on them there and frees the
+gradients, so a whole model's gradients are never held at once (``training.optim``).
 Hooks registered on a parameter's gradient do not run, and ``torch.autograd.grad`` with respect
 to the parameters would not see these gradients (nothing here calls it; use
 ``enable_low_memory(model, False)`` for that). Inside a ``torch.distributed`` process group
@@ -38,7 +41,8 @@ stochastic. Inference (``no_grad``, or nothing requiring grad) takes the plain p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +50,30 @@ from torch import Tensor, nn
 # Parts of the batch one layer's recomputation runs over in backward: 2 halves the transient
 # graph for no measurable time (4: 20 MiB less again, ~10 % slower; docs/performance.md).
 RECOMPUTE_PARTS = 2
+
+
+# The callback of :func:`on_grads_ready` (one at a time; a plain global, not thread-local:
+# autograd may run a backward on its own device threads).
+_GRADS_READY: list[Callable[[list[Tensor]], None]] = []
+
+
+@contextmanager
+def on_grads_ready(fn: Callable[[list[Tensor]], None]) -> Iterator[None]:
+    """While active, the recomputing backward calls ``fn(params)`` after each layer with that
+    layer's parameters whose gradients in ``.grad`` are now final: parameters that belong to
+    that one layer of the sequence (a parameter shared between layers is left in ``.grad``).
+    Only on the direct path (not inside a process group, where DDP must see the gradients) and
+    only for ``reversible_forward`` sequences: everything else keeps ordinary ``.grad``. ``fn``
+    may step an optimiser on them and set ``.grad`` to None; nothing here reads them after.
+    A parameter must not also be used outside its layer, where a later gradient would arrive
+    after ``fn`` has seen it (true of every Glow flow)."""
+    if _GRADS_READY:
+        raise RuntimeError("on_grads_ready: already active")
+    _GRADS_READY.append(fn)
+    try:
+        yield
+    finally:
+        _GRADS_READY.clear()
 
 
 def _direct_grads_allowed() -> bool:
@@ -85,6 +113,12 @@ class _ReversibleFunction(torch.autograd.Function):
         grad_cond = torch.zeros_like(cond) if cond_needs_grad else None
         param_grads: dict[int, Tensor] = {}
         direct = _direct_grads_allowed()
+        ready = _GRADS_READY[0] if direct and _GRADS_READY else None
+        if ready is not None:  # parameters that belong to one layer alone
+            owners: dict[int, int] = {}
+            for layer in ctx.layers:
+                for q in layer.parameters():  # each once per layer
+                    owners[id(q)] = owners.get(id(q), 0) + 1
         # The layers act on each sample alone, so one layer's recomputation can run over parts
         # of the batch: its transient graph (the 512-channel activations) is a part's size.
         n, k = y.shape[0], min(RECOMPUTE_PARTS, y.shape[0])
@@ -124,6 +158,10 @@ class _ReversibleFunction(torch.autograd.Function):
                     grads_c.append(got[-1] if got[-1] is not None else torch.zeros_like(c))
                 xs.append(x.detach())
                 del out, det, outs, got, x
+            if ready is not None:
+                own = [p for p in params if owners[id(p)] == 1 and p.grad is not None]
+                if own:
+                    ready(own)
             one = len(parts) == 1
             grad_y = grads_x[0] if one else torch.cat(grads_x)
             y = xs[0] if one else torch.cat(xs)

@@ -75,6 +75,17 @@ def build(cfg: Config) -> nn.Module:
     return model
 
 
+def step_in_backward(cfg: Config):
+    """With --low_memory, the loop steps Adam on each flow's parameters as soon as the
+    recomputing backward has their gradients (``glow.memory.on_grads_ready``): the same update,
+    without the whole model's gradients held at once."""
+    if not cfg.low_memory:
+        return None
+    from glow.memory import on_grads_ready
+
+    return on_grads_ready
+
+
 def dataset(cfg: Config, data_dir: Path):
     from lrw.datasets import ImageFolderDataset, training_root
 

@@ -66,6 +66,77 @@ def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool, parts: i
         torch.testing.assert_close(g_b2[name], 2 * g_a[name], rtol=1e-9, atol=1e-11, msg=name)
 
 
+@pytest.mark.parametrize("parts", [1, 2])
+def test_grads_ready_hands_over_each_flow_once_with_final_gradients(parts: int,
+                                                                     monkeypatch) -> None:
+    """Inside ``on_grads_ready`` every flow's parameters reach the callback exactly once, with
+    their whole gradient (what a plain backward gives), while the gradients handed over before
+    were freed: at no point are more than one flow's gradients alive in the flows."""
+    monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
+    model, x = _glow(True, True)
+    low = enable_low_memory(copy.deepcopy(model))
+    _, _, plain = _loss_and_grads(model, x)
+    names = {id(p): n for n, p in low.named_parameters()}
+    flow_params = {id(p) for b in low.blocks for p in b.flows.parameters()}
+    seen: list[str] = []
+    alive: list[int] = []
+
+    def ready(params):
+        for p in params:
+            seen.append(names[id(p)])
+            torch.testing.assert_close(p.grad, plain[names[id(p)]], rtol=1e-9, atol=1e-11)
+        alive.append(sum(1 for p in low.parameters()
+                         if id(p) in flow_params and p.grad is not None))
+        for p in params:
+            p.grad = None
+
+    low.zero_grad(set_to_none=True)
+    with memory.on_grads_ready(ready):
+        x2 = x.clone().requires_grad_(True)
+        log_p, logdet, z = low(x2)
+        (-(log_p + logdet).mean() + 1e-2 * sum((zi**2).sum() for zi in z)).backward()
+    assert sorted(seen) == sorted(names[i] for i in flow_params)  # each once, all of them
+    per_flow = len(list(low.blocks[0].flows[0].parameters()))
+    assert max(alive) == per_flow
+    # outside the flows (the learned priors) the gradients stay in .grad, as always
+    for n, p in low.named_parameters():
+        assert (p.grad is None) == (id(p) in flow_params), n
+    # and nothing is handed over outside the context
+    low.zero_grad(set_to_none=True)
+    _loss_and_grads(low, x)
+    assert all(p.grad is not None for p in low.parameters())
+
+
+def test_grads_ready_leaves_shared_parameters_and_the_autograd_path(monkeypatch) -> None:
+    """A parameter used by two layers is not final after the first: it stays in ``.grad``.
+    Inside a process group (gradients through autograd, for DDP) nothing is handed over."""
+    torch.manual_seed(2)
+    flows = torch.nn.ModuleList(
+        Flow(4, coupling=Coupling(4, affine=True, hidden=8)) for _ in range(2)).double()
+    flows[1].coupling = flows[0].coupling  # shared
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for f in flows:
+            f.actnorm.initialize(x)
+    shared = {id(p) for p in flows[0].coupling.parameters()}
+    for direct in (True, False):
+        monkeypatch.setattr(memory, "_direct_grads_allowed", lambda d=direct: d)
+        got: list[int] = []
+        flows.zero_grad(set_to_none=True)
+        with memory.on_grads_ready(lambda ps, got=got: got.extend(id(p) for p in ps)):
+            y, ld = reversible_forward(flows, x.clone().requires_grad_(True))
+            ((y**2).sum() + ld.sum()).backward()
+        if direct:
+            assert got and not shared & set(got)
+            assert len(got) == len(set(got))
+        else:
+            assert got == []
+        assert all(p.grad is not None for p in flows.parameters())
+    with memory.on_grads_ready(lambda ps: None), pytest.raises(RuntimeError):
+        with memory.on_grads_ready(lambda ps: None):
+            pass
+
+
 def test_low_memory_keeps_state_dict_and_round_trip() -> None:
     model, x = _glow(True, True)
     keys = list(model.state_dict())

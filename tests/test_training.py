@@ -211,6 +211,64 @@ def test_infinite_gradients_skip_the_step_and_keep_the_weights_finite(tmp_path: 
     assert all(torch.isfinite(v).all() for v in ck["weights"].values())
 
 
+def test_low_memory_infinite_gradients_step_nothing(tmp_path: Path) -> None:
+    """With Adam stepped inside a low-memory backward, an overflowing gradient still skips the
+    whole step: the weights after the bad steps are the last good ones, bit for bit."""
+    built = []
+
+    def build(cfg):
+        built.append(glow_recipe.build(cfg))
+        return built[-1]
+
+    def losses(model, batch, ctx):
+        terms = glow_recipe.losses(model, batch, ctx)
+        if ctx.step >= 2:
+            terms["bpd"] = _InfGrad.apply(terms["bpd"])
+        return terms
+
+    rec = SimpleNamespace(**{k: getattr(glow_recipe, k) for k in dir(glow_recipe)
+                             if not k.startswith("_")})
+    rec.build, rec.losses = build, losses
+    data = _png_folder(tmp_path / "data", n=8, size=8)
+    mcfg, tcfg = _tiny_cfgs(tmp_path, "inf", 50, max_bad_steps=3)
+    tcfg.save_every = 2
+    mcfg.low_memory = True
+    with pytest.raises(TrainingStopped, match="3 non-finite gradients in a row"):
+        train(rec, mcfg, tcfg, data, say=lambda *a: None)
+    good = load_checkpoint(tmp_path / "ckpt/inf/step_0000002.pt")["weights"]
+    now = built[0].state_dict()
+    for k, v in good.items():
+        assert torch.equal(now[k], v), k
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in built[0].parameters())
+
+
+def test_step_only_is_step_for_those_parameters() -> None:
+    """training.optim.step_only: the chosen parameters get exactly what step() gives them (with
+    their own group's lr), the others and their state stay untouched."""
+    from training.optim import Adam, step_only
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(3, 2)) for _ in range(4)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    start = [p.detach().clone() for p in a]
+    opt_a = Adam([{"params": a[:2]}, {"params": a[2:], "lr": 0.5}], lr=0.1, foreach=False)
+    opt_b = Adam([{"params": b[:2]}, {"params": b[2:], "lr": 0.5}], lr=0.1, foreach=False)
+    for _ in range(2):
+        for ps in (a, b):
+            for i, p in enumerate(ps):
+                p.grad = torch.full_like(p, float(i + 1))
+        opt_a.step()
+        step_only(opt_b, [b[1], b[3]])
+        step_only(opt_b, [b[0]])
+    for i in (0, 1, 3):
+        assert torch.equal(a[i], b[i]), i
+    assert torch.equal(b[2], start[2]) and b[2] not in opt_b.state
+    assert not torch.equal(a[2], start[2])
+    assert len(opt_b.param_groups) == 2 and opt_b.param_groups[1]["lr"] == 0.5
+    with pytest.raises(ValueError, match="not in the optimiser"):
+        step_only(opt_b, [torch.nn.Parameter(torch.ones(1))])
+
+
 def test_ctrl_c_writes_a_checkpoint(tmp_path: Path) -> None:
     tcfg = TrainConfig(name="int", batch=2, iter=50, device="cpu", workers=0, sample_every=0,
                        save_every=0, progress=False,
@@ -267,22 +325,43 @@ def test_dry_run_prints_resolved_config(tmp_path: Path, capsys) -> None:
     assert '"conv_lu": false' in out and '"affine": true' in out and '"batch": 16' in out
 
 
-def test_low_memory_training_matches_plain_training(tmp_path: Path) -> None:
-    """--low_memory also switches Adam to one parameter at a time and zeroes gradients in place;
-    neither may change a number: three steps land on the same weights as the plain run (Adam's
+@pytest.mark.parametrize("grad_clip", [0.0, 5.0])
+def test_low_memory_training_matches_plain_training(tmp_path: Path, grad_clip,
+                                                    monkeypatch) -> None:
+    """--low_memory also switches Adam to one parameter at a time, zeroes gradients in place
+    and (without clipping) steps each flow's parameters inside backward; none of it may change
+    a number: three steps land on the same weights and Adam state as the plain run (Adam's
     eps 1 keeps the update linear in the gradient, so float32 rounding in the recomputed
     backward is not amplified where a gradient is ~0)."""
+    import training.loop as loop
+
+    handed: list[int] = []
+
+    class Spy(loop.StepInBackward):
+        def __call__(self, params):
+            handed.append(len(params))
+            super().__call__(params)
+
+    monkeypatch.setattr(loop, "StepInBackward", Spy)
     data = _png_folder(tmp_path / "data", n=8, size=8)
-    weights = {}
+    weights, states = {}, {}
     for low in (False, True):
-        mcfg, tcfg = _tiny_cfgs(tmp_path / str(low), "lm", 3, adam_eps=1.0)
+        mcfg, tcfg = _tiny_cfgs(tmp_path / str(low), "lm", 3, adam_eps=1.0, grad_clip=grad_clip)
         tcfg.lr = 1e-2
         mcfg.low_memory = low
         train(glow_recipe, mcfg, tcfg, data, say=lambda *a: None)
-        weights[low] = load_checkpoint(tmp_path / str(low) / "ckpt/lm/last.pt")["weights"]
+        ck = load_checkpoint(tmp_path / str(low) / "ckpt/lm/last.pt")
+        weights[low], states[low] = ck["weights"], ck["optimizer"]["state"]
+    # in backward only with --low_memory and no clipping: 3 steps x 4 flows
+    assert len(handed) == (12 if grad_clip == 0 else 0)
     assert weights[True].keys() == weights[False].keys()
     for k, v in weights[False].items():
         torch.testing.assert_close(weights[True][k], v, rtol=1e-5, atol=1e-6)
+    assert states[True].keys() == states[False].keys()
+    for i, st in states[False].items():  # every parameter stepped exactly 3 times
+        assert float(states[True][i]["step"]) == float(st["step"]) == 3.0
+        torch.testing.assert_close(states[True][i]["exp_avg"], st["exp_avg"], rtol=1e-4,
+                                   atol=1e-7)
     moved = max(float((weights[False][k] - v).abs().max()) for k, v in
                 glow_recipe.build(_tiny_cfgs(tmp_path, "x", 1)[0]).state_dict().items()
                 if k in weights[False] and "initialized" not in k)

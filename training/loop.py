@@ -30,7 +30,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
-from .optim import Adam
+from .optim import Adam, StepInBackward
 from .progress import progress
 
 
@@ -324,6 +324,13 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
 
     weights = recipe.loss_weights(model_cfg)
     group_clip = any(g.get("clip_norm", 0) > 0 for g in optimizer.param_groups)
+    # Adam stepped layer by layer inside a low-memory backward (a whole gradient set never
+    # alive at once): where the recipe offers it and nothing needs all gradients first
+    # (clipping by a norm, fp16 loss scaling).
+    offer = getattr(recipe, "step_in_backward", None)
+    grads_ready = offer(model_cfg) if offer is not None else None
+    if not lean or cfg.grad_clip > 0 or group_clip or scaler.is_enabled():
+        grads_ready = None
     bad_in_row = skipped = 0
     t0 = time.time()
     bar = None
@@ -392,6 +399,10 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     break
                 batch = to_device(batch, device)
                 ctx = _ctx(step, info, model_cfg, cfg)
+                if hasattr(recipe, "lr_factor"):  # a schedule that is a function of the step
+                    factor = recipe.lr_factor(model_cfg, cfg, step)
+                    for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                        g["lr"] = base * factor
                 # Before the forward pass: freed gradients (the default) then do not sit beside
                 # the forward's activations at their peak (one gradient set less at peak).
                 optimizer.zero_grad(set_to_none=not lean)
@@ -401,13 +412,18 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                 finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
                 bad = None if finite else "loss"
                 if bad is None:
-                    scaler.scale(total).backward()
+                    stepper = StepInBackward(optimizer) if grads_ready is not None else None
+                    with grads_ready(stepper) if stepper else contextlib.nullcontext():
+                        scaler.scale(total).backward()
+                    if stepper is not None and stepper.bad:
+                        bad = "gradient"  # the rest of the step is skipped (StepInBackward)
+                        optimizer.zero_grad(set_to_none=True)
                     if cfg.grad_clip > 0 or group_clip:
                         scaler.unscale_(optimizer)
                         if cfg.grad_clip > 0:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         clip_group_gradients(optimizer)
-                    if not scaler.is_enabled() and not _grads_finite(model):
+                    if bad is None and not scaler.is_enabled() and not _grads_finite(model):
                         # a finite loss can still overflow in backward; clipping an infinite
                         # norm would write NaN into every parameter (fp16's scaler skips these)
                         optimizer.zero_grad(set_to_none=True)
@@ -425,11 +441,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                         say(f"warning: non-finite {bad} at iteration {step}, step skipped")
                     step += 1
                     continue
-                if hasattr(recipe, "lr_factor"):  # a schedule that is a function of the step
-                    factor = recipe.lr_factor(model_cfg, cfg, step)
-                    for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                        g["lr"] = base * factor
-                scaler.step(optimizer)
+                scaler.step(optimizer)  # (after StepInBackward: the parameters it left)
                 scaler.update()
                 bad_in_row = 0
                 step += 1

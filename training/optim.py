@@ -8,6 +8,11 @@ resident (150 MiB with triton) in every training process (docs/performance.md). 
 calls the wrapped methods directly, in the grad mode ``torch.optim`` would set: the same
 arithmetic, state dict and checkpoints as ``torch.optim.Adam`` (``tests/test_training.py``).
 Nothing here compiles an optimiser; code that does should use ``torch.optim.Adam``.
+
+:class:`StepInBackward` steps an optimiser on a few parameters at a time during a low-memory
+backward (``glow.memory.on_grads_ready``) and frees their gradients there: the same update as
+one ``step()`` after backward, parameter by parameter, without a whole model's gradients alive
+at once (-284 MiB at the thesis config, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,3 +43,58 @@ class Adam(torch.optim.Adam):
 
     def load_state_dict(self, state_dict: dict) -> None:
         _plain(torch.optim.Optimizer.load_state_dict)(self, state_dict)
+
+
+def group_of(optimizer: torch.optim.Optimizer) -> dict[int, int]:
+    """``{id(parameter): index of its param group}``."""
+    return {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+
+
+def step_only(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+              owner: dict[int, int] | None = None) -> None:
+    """``optimizer.step()`` for ``params`` alone, each with its own group's settings (lr,
+    betas, ...); every other parameter and its state is left as it is. For optimisers whose
+    update of a parameter reads only that parameter's gradient and state (Adam, SGD).
+    ``owner``: :func:`group_of` the optimiser, when the caller keeps it between calls."""
+    owner = group_of(optimizer) if owner is None else owner
+    picked: dict[int, list[torch.Tensor]] = {}
+    for p in params:
+        if id(p) not in owner:
+            raise ValueError("step_only: a parameter that is not in the optimiser")
+        picked.setdefault(owner[id(p)], []).append(p)
+    groups = optimizer.param_groups
+    optimizer.param_groups = [{**groups[i], "params": ps} for i, ps in picked.items()]
+    try:
+        optimizer.step()
+    finally:
+        optimizer.param_groups = groups
+
+
+class StepInBackward:
+    """The callback for ``glow.memory.on_grads_ready``: steps ``optimizer`` on each batch of
+    parameters whose gradients are final, then frees those gradients.
+
+    A non-finite gradient stops the updates for the rest of this backward (``bad`` is then
+    True; the loop skips the step and counts it). Layers already stepped keep their update:
+    backward reaches the layers from the last to the first, and a gradient that overflows
+    inside the network is non-finite in every layer before it, so in practice a bad step
+    changes nothing or only the layers behind the overflow. Parameters the callback never sees
+    (outside the recomputed flows, or shared between layers) keep ``.grad``: one ordinary
+    ``optimizer.step()`` after backward updates them and skips the freed ones."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.owner = group_of(optimizer)
+        self.bad = False
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        params = [p for p in params if id(p) in self.owner]  # others keep .grad
+        if not params:
+            return
+        if not self.bad:
+            self.bad = not bool(torch.isfinite(
+                torch.stack([p.grad.float().abs().max() for p in params]).sum()))
+        if not self.bad:
+            step_only(self.optimizer, params, self.owner)
+        for p in params:
+            p.grad = None

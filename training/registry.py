@@ -31,6 +31,10 @@ and optionally:
     generate(model, query, mix, source, args) -> frames   # the talking-face job (test.py)
     diagnostics(model, ctx) -> dict[str, float]   # at step 0 and every sample grid: diagnostics.jsonl/.png
     lr_factor(model_cfg, train_cfg, step) -> float   # learning rate = --lr * factor at step
+    step_in_backward(model_cfg) -> context factory | None   # ``factory(fn)`` makes backward
+                                # call fn(params) as groups of parameter gradients become final;
+                                # the loop then steps Adam there (not with clipping or fp16
+                                # scaling), e.g. the Glow's --low_memory (glow.memory)
     test_cli(argv) -> int       # test.py delegates its whole argv (a recipe's own test job)
     evaluate_cli(argv) -> int   # evaluate.py delegates its whole argv (not with --compare)
 
