@@ -216,17 +216,19 @@ class ADFlow(nn.Module):
         self._query_cache = None  # new encoder weights: the cached face parts are stale
         return super().load_state_dict(*args, **kwargs)
 
-    @torch.no_grad()
-    def query_faces(self, query: Tensor) -> list[Tensor]:
-        """Face parts of the query [1, 3, S, S], cached for repeated calls with the same query.
-
-        The key covers the query and the encoder's weights (their version counters and sums, so
-        an optimiser step, ``load_state_dict`` or an in-place ``.data`` edit all invalidate it).
-        """
+    def _query_key(self, query: Tensor) -> tuple:
+        """The query cache's key: the query and the encoder's weights (their version counters
+        and sums, so an optimiser step, ``load_state_dict`` or an in-place ``.data`` edit all
+        invalidate it)."""
         weights = tuple((p._version, float(p.detach().double().sum()))
                         for p in self.encoder.parameters())
-        key = (query.data_ptr(), query._version, tuple(query.shape), query.device,
-               float(query.double().sum()), weights)
+        return (query.data_ptr(), query._version, tuple(query.shape), query.device,
+                float(query.double().sum()), weights)
+
+    @torch.no_grad()
+    def query_faces(self, query: Tensor) -> list[Tensor]:
+        """Face parts of the query [1, 3, S, S], cached for repeated calls with the same query."""
+        key = self._query_key(query)
         if self._query_cache is None or self._query_cache[0] != key:
             faces, _ = self.encoder.split(self.glow.encode(query))
             self._query_cache = (key, faces)
@@ -236,10 +238,20 @@ class ADFlow(nn.Module):
     def transfer(self, query: Tensor, mix: Tensor) -> Tensor:
         """Query [1, 3, S, S] and mouth-mixed frames [T, 3, S, S] -> [T, 3, S, S].
 
-        Per level ``z = face(query) + lip(mix)``, inverted exactly by the Glow.
+        Per level ``z = face(query) + lip(mix)``, inverted exactly by the Glow. On the first
+        call for a query it is encoded in one pass with these frames (one Glow pass less
+        before the first frame; every layer acts on each sample alone, so the values are those
+        of separate passes up to float rounding), and its face parts are cached.
         """
-        q_faces = self.query_faces(query)
-        _, lips = self.encoder.split(self.glow.encode(mix))
+        key = self._query_key(query)
+        if self._query_cache is None or self._query_cache[0] != key:
+            faces, lips = self.encoder.split(self.glow.encode(torch.cat([query, mix])))
+            n = query.shape[0]  # (copies: the cache must not hold the chunk's latents)
+            self._query_cache = (key, [f[:n].clone() for f in faces])
+            lips = [m[n:] for m in lips]
+        else:
+            _, lips = self.encoder.split(self.glow.encode(mix))
+        q_faces = self._query_cache[1]
         z = [f + m for f, m in zip(q_faces, lips, strict=True)]
         return self.glow.reverse(z, reconstruct=True)
 

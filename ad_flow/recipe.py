@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from glow import CheckpointError, Glow, load_glow, safe_load
-from glow.io import file_sha256, is_ours, recorded_n_bits
+from glow.io import file_sha256, file_sha256_soon, is_ours, recorded_n_bits
 from training.config import from_dict, opt
 from training.recipe_helpers import dequantised, unwrap
 
@@ -340,10 +340,12 @@ def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
     cfg.affine = bool(getattr(args, "affine", False))
     cfg.conv_lu = bool(getattr(args, "conv_lu", True))
     gpath = glow_path(args, recorded)
+    # the digest is read beside the load (the same file, already in the page cache after it)
+    digest = file_sha256_soon(gpath) if recorded.get("sha256") and gpath.is_file() else None
     glow = load_glow(gpath, n_flow=cfg.n_flow, n_block=cfg.n_block,
                      affine=True if cfg.affine else None,
                      conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
-    if recorded.get("sha256") and gpath.is_file() and file_sha256(gpath) != recorded["sha256"]:
+    if digest is not None and digest() != recorded["sha256"]:
         print(f"warning: {gpath} is not the Glow file this AD-flow model was trained on "
               f"({recorded.get('path')}); results may be poor", file=sys.stderr)
     model = from_glow(glow, cfg)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 
 from faces.align import UPSCALE_WARN, alignment_params, crop_with_params
 from faces.landmarks import LandmarkDetector, as_rgb, box_from_landmarks, box_relation
@@ -133,6 +132,10 @@ def smooth_params(params: np.ndarray, valid: np.ndarray, window: int = 5) -> np.
     for j in range(work.shape[1]):
         work[:, j] = np.interp(idx, idx[valid], work[valid, j])
     if window > 1 and len(work) > 1:
+        # imported here: scipy.ndimage costs ~0.2 s, and `import faces` (test.py's mouth mix)
+        # does not need it
+        from scipy.ndimage import uniform_filter1d
+
         work = uniform_filter1d(work, size=int(window), axis=0, mode="nearest")
     work[:, 2] = np.exp(work[:, 2])
     return work

@@ -232,9 +232,16 @@ def test_query_is_encoded_once(tmp_path, monkeypatch) -> None:
     calls = []
     real = model.glow.encode
     monkeypatch.setattr(model.glow, "encode", lambda x: calls.append(x.shape[0]) or real(x))
-    for _ in range(3):
-        ad.generate(model, query, torch.rand(2, 3, SIZE, SIZE) - 0.5, None, None)
-    assert calls == [1, 2, 2, 2]
+    mixes = [torch.rand(2, 3, SIZE, SIZE) - 0.5 for _ in range(3)]
+    outs = [ad.generate(model, query, mix, None, None) for mix in mixes]
+    assert calls == [3, 2, 2]  # the query in one pass with the first chunk, then cached
+    with torch.no_grad():  # the same as separate passes, to float rounding
+        faces, _ = model.encoder.split(real(query))
+        for mix, out in zip(mixes, outs, strict=True):
+            _, lips = model.encoder.split(real(mix))
+            want = model.glow.reverse([f + m for f, m in zip(faces, lips, strict=True)],
+                                      reconstruct=True).clamp(-0.5, 0.5)
+            torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
 
 
 def test_build_refuses_an_uninitialised_glow_and_checks_given_flags(tmp_path) -> None:
@@ -290,6 +297,37 @@ def _thesis_dict(model: ADFlow) -> dict:
                for k, v in sd.items() if k.startswith("classifier.")}
     return {"iteration": 10000, "f_encoder": f_enc, "f_optim": {"state": {}, "param_groups": []},
             "s_class": s_class, "s_optim": {"state": {}, "param_groups": []}}
+
+
+def test_load_for_test_warns_about_another_glow_and_skips_random_init(tmp_path,
+                                                                      capsys) -> None:
+    """The Glow's digest (read beside its load) is checked against the one recorded at
+    training: a different file with the same architecture gets a warning, the same file
+    none. Under skip_init (as test.py loads) nothing is drawn and the model is the same."""
+    from glow.io import skip_init
+
+    glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
+    other = save_glow(tmp_path / "other.pt", tiny_glow(seed=1))
+    cfg = tiny_cfg(glow_path)
+    model = ad.build(cfg)
+    ours = save_checkpoint(tmp_path / "ours.pt", model_name="ad-flow",
+                           model_config=cfg.__dict__ | {}, train_config={},
+                           weights=model.state_dict(), extra=ad.checkpoint_extra(model, cfg))
+    args = SimpleNamespace(checkpoint=str(ours), glow=None, checkpoint_dir=str(tmp_path))
+    plain = ad.load_for_test(args, "cpu")
+    assert "not the Glow file" not in capsys.readouterr().err
+    state = torch.random.get_rng_state()
+    with skip_init():
+        fast = ad.load_for_test(args, "cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing was drawn
+    assert fast.classifier is not None
+    for k, v in plain.state_dict().items():
+        assert torch.equal(fast.state_dict()[k], v), k
+    query, mix = torch.rand(1, 3, SIZE, SIZE) - 0.5, torch.rand(3, 3, SIZE, SIZE) - 0.5
+    assert torch.equal(ad.generate(fast, query, mix, mix), ad.generate(plain, query, mix, mix))
+    ad.load_for_test(SimpleNamespace(**{**vars(args), "glow": str(other)}), "cpu")
+    err = capsys.readouterr().err
+    assert "not the Glow file" in err and str(other) in err
 
 
 def test_thesis_checkpoint_loads_and_generates_like_ours(tmp_path) -> None:
