@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--affine", action="store_true", help="affine coupling (default additive)")
     p.add_argument("--low_memory", action="store_true", help="recompute activations in backward")
     p.add_argument("--steps", type=int, default=2, help="training steps (default 2)")
-    p.add_argument("--foreach", choices=["auto", "on", "off"], default="auto",
-                   help="Adam's multi-tensor path: on, off (one parameter at a time), or auto: "
-                        "what train.py uses (off with --low_memory)")
+    p.add_argument("--foreach", choices=["auto", "on", "off", "fused"], default="auto",
+                   help="Adam's multi-tensor path: on, off (one parameter at a time), fused "
+                        "(torch's fused kernel), or auto: what train.py uses (fused)")
     p.add_argument("--keep_grads", choices=["auto", "on", "off"], default="auto",
                    help="zero the gradients in place between steps (on) or free them (off); "
                         "auto: what train.py does (in place with --low_memory)")
@@ -110,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.rand(batch, 3, size, size) - 0.5
     model.initialize(x)
     sampler.phase("ActNorm initialisation", rows)
-    foreach = {"on": True, "off": False, "auto": not args.low_memory}[args.foreach]
+    foreach = {"on": True, "off": False, "fused": "fused", "auto": "fused"}[args.foreach]
     keep = {"on": True, "off": False, "auto": args.low_memory}[args.keep_grads]
     in_backward = {"on": True, "off": False, "auto": args.low_memory}[args.step_in_backward]
     if in_backward and not args.low_memory:
         p.error("--step_in_backward on needs --low_memory (the recomputing backward)")
-    opt = adam(model.parameters(), lr=1e-5, foreach=foreach)
+    opt = (adam(model.parameters(), lr=1e-5, fused=True) if foreach == "fused"
+           else adam(model.parameters(), lr=1e-5, foreach=foreach))
     for i in range(args.steps):
         opt.zero_grad(set_to_none=not keep)  # before the forward, as the training loop does
         log_p, logdet, _ = model(x)
@@ -139,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mb = n_params * 4 / MIB
     print(f"{args.config} config, batch {batch}, {'affine' if args.affine else 'additive'}, "
-          f"low memory {'on' if args.low_memory else 'off'}, Adam foreach "
-          f"{'on' if foreach else 'off'}, gradients {'zeroed in place' if keep else 'freed'} "
+          f"low memory {'on' if args.low_memory else 'off'}, Adam "
+          f"{'fused' if foreach == 'fused' else 'foreach on' if foreach else 'foreach off'}, "
+          f"gradients {'zeroed in place' if keep else 'freed'} "
           f"between steps, Adam {'inside' if in_backward else 'after'} backward, "
           f"{n_params / 1e6:.1f}M parameters: "
           f"weights {mb:.0f} MiB, + gradients {mb:.0f}"

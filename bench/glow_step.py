@@ -205,13 +205,13 @@ def worker(args: argparse.Namespace) -> None:
             model.initialize(x)
     model.train()
     lean = args.impl == "ours_lowmem"  # what train.py --low_memory runs
-    if lean:
-        from glow.memory import on_grads_ready
-        from training.optim import Adam, StepInBackward
-
-        opt = Adam(model.parameters(), lr=1e-4, foreach=False)
-    else:
+    if args.impl == "peer":  # what the reference's train.py builds
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    else:  # what train.py builds
+        from glow.memory import on_grads_ready
+        from training.optim import StepInBackward, training_adam
+
+        opt = training_adam([{"params": list(model.parameters())}], lr=1e-4, eps=1e-8)
     n_dims = x[0].numel()
 
     def step() -> float:

@@ -147,8 +147,11 @@ class _ReversibleFunction(torch.autograd.Function):
                         continue
                     if direct:  # straight into .grad: no block-wide set of new tensors
                         # (what AccumulateGrad would do with them; the block's return is None)
-                        if p.grad is None:
-                            p.grad = g
+                        if p.grad is None:  # in the parameter's layout, as AccumulateGrad
+                            # stores it (a channels-last conv's weight gradient is channels-last;
+                            # torch's fused Adam reads a gradient as laid out like its parameter)
+                            p.grad = g if g.stride() == p.stride() else \
+                                torch.empty_like(p).copy_(g)
                         else:
                             p.grad.add_(g)
                     else:

@@ -60,8 +60,11 @@ def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool, parts: i
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-13, atol=0)
     torch.testing.assert_close(gx_b, gx_a, rtol=1e-9, atol=1e-11)
     assert g_a.keys() == g_b.keys()
+    params = dict(low.named_parameters())
     for name in g_a:
         assert g_b[name] is not None, name
+        # laid out like the parameter, as autograd's accumulation stores it (fused Adam needs it)
+        assert params[name].grad.stride() == params[name].stride(), name
         torch.testing.assert_close(g_b[name], g_a[name], rtol=1e-9, atol=1e-11, msg=name)
         torch.testing.assert_close(g_b2[name], 2 * g_a[name], rtol=1e-9, atol=1e-11, msg=name)
 

@@ -30,15 +30,15 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
-from .optim import Adam, StepInBackward
+from .optim import StepInBackward, training_adam
 from .progress import progress
 
 
 def lean_optimizer(model_cfg) -> bool:
-    """Whether to train with Adam one parameter at a time and gradients zeroed in place: with
-    ``--low_memory``. The multi-tensor Adam allocates temporaries for all weights at once, and
-    gradients freed and re-allocated every step leave glibc holding the old pages (-112 MiB
-    peak at the thesis config, ``bench/glow_memory.py``). The same numbers either way
+    """Whether to zero the gradients in place between steps (and let the recipe step Adam
+    inside backward, ``step_in_backward``): with ``--low_memory``. Gradients freed and
+    re-allocated every step leave glibc holding the old pages (part of -112 MiB peak at the
+    thesis config, ``bench/glow_memory.py``). The same numbers either way
     (``tests/test_training.py``)."""
     return bool(getattr(model_cfg, "low_memory", False))
 
@@ -272,7 +272,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
               else [{"params": [p for p in model.parameters() if p.requires_grad]}])
     lean = lean_optimizer(model_cfg)
-    optimizer = Adam(groups, lr=cfg.lr, eps=cfg.adam_eps, foreach=False if lean else None)
+    optimizer = training_adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16)
 

@@ -45,6 +45,26 @@ class Adam(torch.optim.Adam):
         _plain(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
 
+def fused_applies(params) -> bool:
+    """Whether torch's fused Adam kernel takes all these parameters: floating point, on the CPU
+    or a CUDA device."""
+    params = list(params)
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                for p in params)
+
+
+def training_adam(groups: list[dict], lr: float, eps: float) -> Adam:
+    """The training loop's Adam: torch's fused kernel where it applies (one pass over each
+    tensor: 0.11 s per step against 0.31-0.41 s for the one-tensor-at-a-time loop that
+    ``torch.optim.Adam`` runs on the CPU by default, and 0.43-0.56 s for its multi-tensor
+    path, at 138M parameters on a 2-core AMD EPYC; no temporaries the size of the model),
+    else the one-tensor-at-a-time loop. The same update to float rounding."""
+    params = [p for g in groups for p in g["params"]]
+    if fused_applies(params):
+        return Adam(groups, lr=lr, eps=eps, fused=True)
+    return Adam(groups, lr=lr, eps=eps, foreach=False)
+
+
 def group_of(optimizer: torch.optim.Optimizer) -> dict[int, int]:
     """``{id(parameter): index of its param group}``."""
     return {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
