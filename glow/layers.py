@@ -36,8 +36,10 @@ def no_random_init() -> Iterator[None]:
     (~110M normal and uniform draws) was most of the second it takes to build a Glow, for
     weights that ``load_state_dict`` overwrites at once. Any other ``torch.nn`` layer built
     in the context (``nn.Linear``, ``nn.GRU``, ...) also skips the random draws of
-    ``torch.nn.init`` (AD-flow's encoders and classifier: 0.3 s at the thesis size). Load
-    every tensor (a strict ``load_state_dict``) before using a model built here.
+    ``torch.nn.init`` (AD-flow's encoders and classifier: 0.3 s at the thesis size); those
+    functions are replaced process-wide while the outermost context is active, so do not
+    build layers that need their random start in another thread meanwhile. Load every tensor
+    (a strict ``load_state_dict``) before using a model built here.
     """
     outermost = _RANDOM_INIT.get()
     token = _RANDOM_INIT.set(False)

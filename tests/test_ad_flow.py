@@ -320,6 +320,8 @@ def test_load_for_test_warns_about_another_glow_and_skips_random_init(tmp_path,
     with skip_init():
         fast = ad.load_for_test(args, "cpu")
     assert torch.equal(torch.random.get_rng_state(), state)  # nothing was drawn
+    torch.nn.Linear(3, 3)  # and torch.nn.init draws again once the context is left
+    assert not torch.equal(torch.random.get_rng_state(), state)
     assert fast.classifier is not None
     for k, v in plain.state_dict().items():
         assert torch.equal(fast.state_dict()[k], v), k
