@@ -226,15 +226,6 @@ class ADFlow(nn.Module):
                 float(query.double().sum()), weights)
 
     @torch.no_grad()
-    def query_faces(self, query: Tensor) -> list[Tensor]:
-        """Face parts of the query [1, 3, S, S], cached for repeated calls with the same query."""
-        key = self._query_key(query)
-        if self._query_cache is None or self._query_cache[0] != key:
-            faces, _ = self.encoder.split(self.glow.encode(query))
-            self._query_cache = (key, faces)
-        return self._query_cache[1]
-
-    @torch.no_grad()
     def transfer(self, query: Tensor, mix: Tensor) -> Tensor:
         """Query [1, 3, S, S] and mouth-mixed frames [T, 3, S, S] -> [T, 3, S, S].
 

@@ -204,22 +204,29 @@ def worker(args: argparse.Namespace) -> None:
         else:
             model.initialize(x)
     model.train()
-    lean = args.impl == "ours_lowmem"  # what train.py --low_memory runs
-    if args.impl == "peer":  # what the reference's train.py builds
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    else:  # what train.py builds
-        from glow.memory import on_grads_ready
-        from training.optim import StepInBackward, training_adam
+    # Each side with the optimiser its train.py builds (an --ours checkout from before the
+    # fused Adam and the in-backward step gets torch's default and a plain backward).
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    in_backward = None
+    if args.impl != "peer":
+        try:
+            from training.optim import StepInBackward, training_adam
 
-        opt = training_adam([{"params": list(model.parameters())}], lr=1e-4, eps=1e-8)
+            opt = training_adam([{"params": list(model.parameters())}], lr=1e-4, eps=1e-8)
+            if args.impl == "ours_lowmem":  # what train.py --low_memory runs
+                from glow.memory import on_grads_ready
+
+                in_backward = lambda: on_grads_ready(StepInBackward(opt))  # noqa: E731
+        except ImportError:
+            pass
     n_dims = x[0].numel()
 
     def step() -> float:
         log_p, logdet, _ = model(x)
         loss = -(log_p + logdet).mean() / n_dims
-        opt.zero_grad(set_to_none=not lean)
-        if lean:  # one parameter at a time, each flow's inside backward
-            with on_grads_ready(StepInBackward(opt)):
+        opt.zero_grad(set_to_none=in_backward is None)
+        if in_backward is not None:  # each flow's parameters stepped inside backward
+            with in_backward():
                 loss.backward()
         else:
             loss.backward()

@@ -31,15 +31,16 @@ _RANDOM_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("glow_random
 def no_random_init() -> Iterator[None]:
     """Layers built inside this context draw no random numbers; for weights loaded next.
 
-    Convolution weights are left uninitialised and the 1x1 convolutions start from the
-    identity instead of a random rotation. At the thesis size the random initialisation
-    (~110M normal and uniform draws) was most of the second it takes to build a Glow, for
-    weights that ``load_state_dict`` overwrites at once. Any other ``torch.nn`` layer built
-    in the context (``nn.Linear``, ``nn.GRU``, ...) also skips the random draws of
-    ``torch.nn.init`` (AD-flow's encoders and classifier: 0.3 s at the thesis size); those
-    functions are replaced process-wide while the outermost context is active, so do not
-    build layers that need their random start in another thread meanwhile. Load every tensor
-    (a strict ``load_state_dict``) before using a model built here.
+    ``torch.nn.init``'s random fills are skipped, so every ``torch.nn`` layer built here
+    (the Glow's convolutions, AD-flow's ``nn.Linear``/``nn.GRU``) keeps its weights as
+    allocated, and the 1x1 convolutions start from the identity instead of a random rotation.
+    At the thesis size the random initialisation (~110M normal and uniform draws) was most of
+    the second it takes to build a Glow (AD-flow's encoders and classifier: 0.3 s more), for
+    weights that ``load_state_dict`` overwrites at once. The ``torch.nn.init`` functions are
+    replaced process-wide while the outermost context is active, so do not build layers that
+    need their random start in another thread meanwhile. Not ``torch.nn.utils.skip_init``: its
+    meta-device detour costs ~0.5 s on first use. Load every tensor (a strict
+    ``load_state_dict``) before using a model built here.
     """
     outermost = _RANDOM_INIT.get()
     token = _RANDOM_INIT.set(False)
@@ -64,23 +65,6 @@ _RANDOM_INITS = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "ka
 
 def _leave_as_is(tensor: Tensor, *args, **kwargs) -> Tensor:
     return tensor
-
-
-class _UninitConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose constructor leaves the weights as allocated (no random draws)."""
-
-    def reset_parameters(self) -> None:
-        pass
-
-
-def _conv2d(*args, **kwargs) -> nn.Conv2d:
-    """``nn.Conv2d``; without its random initialisation inside :func:`no_random_init`."""
-    if _RANDOM_INIT.get():
-        return nn.Conv2d(*args, **kwargs)
-    # Not torch.nn.utils.skip_init: its meta-device detour costs ~0.5 s on first use.
-    conv = _UninitConv2d(*args, **kwargs)
-    conv.__class__ = nn.Conv2d  # an ordinary convolution from here on
-    return conv
 
 
 def _start_rotation(n: int) -> Tensor:
@@ -349,7 +333,7 @@ class ZeroConv2d(nn.Module):
 
     def __init__(self, in_channel: int, out_channel: int) -> None:
         super().__init__()
-        self.conv = _conv2d(in_channel, out_channel, 3, padding=0)
+        self.conv = nn.Conv2d(in_channel, out_channel, 3, padding=0)
         self.conv.weight.data.zero_()
         self.conv.bias.data.zero_()
         self.scale = nn.Parameter(torch.zeros(1, out_channel, 1, 1))
@@ -509,9 +493,9 @@ class ConditionerNet(nn.Sequential):
 def coupling_net(in_channel: int, out_channel: int, hidden: int = 512) -> nn.Sequential:
     """The Glow conditioner: conv3x3 -> ReLU -> conv1x1 -> ReLU -> ZeroConv2d."""
     net = ConditionerNet(
-        _conv2d(in_channel, hidden, 3, padding=1),
+        nn.Conv2d(in_channel, hidden, 3, padding=1),
         nn.ReLU(inplace=True),
-        _conv2d(hidden, hidden, 1),
+        nn.Conv2d(hidden, hidden, 1),
         nn.ReLU(inplace=True),
         ZeroConv2d(hidden, out_channel),
     )

@@ -30,7 +30,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
-from .optim import StepInBackward, training_adam
+from .optim import StepInBackward, grads_finite, training_adam
 from .progress import progress
 
 
@@ -59,14 +59,6 @@ def hide_triton_without_gpu() -> bool:
         return False
     sys.modules["triton"] = None  # an import of it raises ImportError
     return True
-
-
-def _grads_finite(model: torch.nn.Module) -> bool:
-    """Whether every gradient is finite (after DDP's all-reduce all ranks agree)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack([g.float().abs().max() for g in grads]).sum()))
 
 
 class TrainingStopped(RuntimeError):
@@ -423,7 +415,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                         if cfg.grad_clip > 0:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         clip_group_gradients(optimizer)
-                    if bad is None and not scaler.is_enabled() and not _grads_finite(model):
+                    if bad is None and not scaler.is_enabled() and not grads_finite(model.parameters()):
                         # a finite loss can still overflow in backward; clipping an infinite
                         # norm would write NaN into every parameter (fp16's scaler skips these)
                         optimizer.zero_grad(set_to_none=True)
