@@ -51,7 +51,8 @@ class Config(GlowFlags):
     """Glow hyper-parameters (thesis names and defaults)."""
 
     low_memory: bool = opt(False, "recompute activations from the invertible outputs during "
-                           "backward instead of storing them (much lower peak memory)")
+                           "backward instead of storing them, and step Adam on each flow inside "
+                           "backward unless --grad_clip is set (much lower peak memory)")
 
 
 def validate(cfg: GlowFlags) -> None:
