@@ -319,6 +319,31 @@ def test_train_cli_bad_input_is_one_line_error(tmp_path: Path, monkeypatch, caps
             "resume": "last.pt"}[case] in err
 
 
+def test_amp_on_a_cpu_without_fast_bf16_is_refused_before_anything_is_touched(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without oneDNN bf16 (an AVX2-only CPU) torch's bf16 runs a Glow step ~17x slower than
+    float32: --amp is a one-line error, and an earlier run's files stay."""
+    import training.loop as loop
+
+    monkeypatch.chdir(tmp_path)
+    data = _png_folder(tmp_path / "data", n=4)
+    old = tmp_path / "checkpoint/amp/last.pt"  # what --force would delete
+    old.parent.mkdir(parents=True)
+    old.write_text("earlier run")
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)
+    rc = train_cli.main(["-n", "amp", "--device", "cpu", "--no_progress", "--force", "--amp",
+                         str(data), "--img_size", "8", "--n_block", "2", "--n_flow", "1", "--batch", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("error: --amp") and "\n" not in err
+    assert "drop --amp" in err and old.read_text() == "earlier run"
+    cfg = TrainConfig(amp=True, device="cpu")
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: True)
+    assert loop.amp_dtype(cfg, torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        loop.amp_dtype(TrainConfig(amp=True, amp_dtype="fp16"), torch.device("cpu"))
+    assert loop.amp_dtype(TrainConfig(amp=False), torch.device("cpu")) is None
+
+
 def test_dry_run_prints_resolved_config(tmp_path: Path, capsys) -> None:
     assert train_cli.main(["-n", "x", str(tmp_path), "--dry-run", "--no_lu", "--affine"]) == 0
     out = capsys.readouterr().out

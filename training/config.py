@@ -78,8 +78,10 @@ class TrainConfig:
     device: str = opt("auto", "auto (CUDA when available), cpu, cuda, cuda:N")
     amp: bool = opt(False, "mixed precision: only the networks inside the flows run in low "
                     "precision; log-dets, priors and the invertible path stay float32")
-    amp_dtype: str = opt("auto", "low-precision type of --amp: auto (bf16 on the CPU and on GPUs "
-                         "that support it, else fp16 with loss scaling), bf16, fp16 (CUDA only)",
+    amp_dtype: str = opt("auto", "low-precision type of --amp: auto (bf16 on CPUs with AVX-512 or "
+                         "AMX and on GPUs that support it, else fp16 with loss scaling), bf16, "
+                         "fp16 (CUDA only); an AVX2-only CPU refuses --amp (bf16 runs 17x "
+                         "slower there)",
                          choices=["auto", "bf16", "fp16"])
     workers: int = opt(2, "data-loading worker processes")
     grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off)")

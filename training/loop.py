@@ -123,11 +123,25 @@ def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     return Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.result_dir) / f"sample_{cfg.name}"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether torch's CPU bf16 convolutions and products go through oneDNN here.
+
+    Without it (an AVX2-only CPU) they take torch's generic fallback: on a 2-core AMD EPYC
+    (Zen 3, AVX2; ``bench/cpu_bf16.py``) a 1024^2 bf16 product ran at 0.9 GFLOP/s against 102
+    in float32, and a small Glow's training step under bf16 autocast took 16.2 s against
+    0.93 s (17x slower; docs/performance.md, round 7).
+    """
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and (check is None or check()))
+
+
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp``/``--amp_dtype`` on ``device`` (None: AMP off).
 
-    ``auto`` is bf16 wherever it is supported (the CPU, recent GPUs): it needs no loss scaling.
-    fp16 (CUDA only) trains with a GradScaler, saved in the checkpoint.
+    ``auto`` is bf16 wherever it is supported (CPUs whose oneDNN has bf16, recent GPUs): it needs
+    no loss scaling. fp16 (CUDA only) trains with a GradScaler, saved in the checkpoint. On a CPU
+    without fast bf16 (:func:`cpu_has_fast_bf16`) ``--amp`` is refused rather than run many
+    times slower than float32.
     """
     if not cfg.amp:
         return None
@@ -135,7 +149,15 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"--amp: not supported on {device.type}; drop --amp")
     if cfg.amp_dtype == "fp16" and device.type != "cuda":
         raise ValueError("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")
-    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        if not cpu_has_fast_bf16():
+            raise ValueError(
+                "--amp: this CPU has no bf16 support in oneDNN (it needs AVX-512 or AMX), so "
+                "torch runs bf16 convolutions and products on a slow fallback (a small Glow's "
+                "training step 17x slower than float32); drop --amp")
+        bf16_ok = True
+    else:
+        bf16_ok = torch.cuda.is_bf16_supported()
     if cfg.amp_dtype == "bf16" and not bf16_ok:
         raise ValueError("--amp_dtype bf16: this GPU has no bf16; use --amp_dtype fp16")
     if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not bf16_ok):
@@ -228,6 +250,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     device, rank, world = info.device, info.rank, info.world
     main = info.is_main
     validate_train(cfg)
+    amp_dtype(cfg, device)  # refused here, before a fresh start clears the run's folders
     if cfg.batch % world:
         raise ValueError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     local_batch = cfg.batch // world
