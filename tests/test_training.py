@@ -342,6 +342,9 @@ def test_amp_on_a_cpu_without_fast_bf16_is_refused_before_anything_is_touched(
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         loop.amp_dtype(TrainConfig(amp=True, amp_dtype="fp16"), torch.device("cpu"))
     assert loop.amp_dtype(TrainConfig(amp=False), torch.device("cpu")) is None
+    monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)  # no advice to try bf16
+    with pytest.raises(ValueError, match="drop --amp"):
+        loop.amp_dtype(TrainConfig(amp=True, amp_dtype="fp16"), torch.device("cpu"))
 
 
 def test_dry_run_prints_resolved_config(tmp_path: Path, capsys) -> None:

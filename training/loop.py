@@ -147,17 +147,14 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
         return None
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"--amp: not supported on {device.type}; drop --amp")
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        raise ValueError(
+            "--amp: this CPU has no bf16 support in oneDNN (it needs AVX-512 or AMX), so "
+            "torch runs bf16 convolutions and products on a slow fallback (a small Glow's "
+            "training step 17x slower than float32); drop --amp")
     if cfg.amp_dtype == "fp16" and device.type != "cuda":
         raise ValueError("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")
-    if device.type == "cpu":
-        if not cpu_has_fast_bf16():
-            raise ValueError(
-                "--amp: this CPU has no bf16 support in oneDNN (it needs AVX-512 or AMX), so "
-                "torch runs bf16 convolutions and products on a slow fallback (a small Glow's "
-                "training step 17x slower than float32); drop --amp")
-        bf16_ok = True
-    else:
-        bf16_ok = torch.cuda.is_bf16_supported()
+    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
     if cfg.amp_dtype == "bf16" and not bf16_ok:
         raise ValueError("--amp_dtype bf16: this GPU has no bf16; use --amp_dtype fp16")
     if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not bf16_ok):
