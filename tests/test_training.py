@@ -332,7 +332,8 @@ def test_amp_on_a_cpu_without_fast_bf16_is_refused_before_anything_is_touched(
     old.write_text("earlier run")
     monkeypatch.setattr(loop, "cpu_has_fast_bf16", lambda: False)
     rc = train_cli.main(["-n", "amp", "--device", "cpu", "--no_progress", "--force", "--amp",
-                         str(data), "--img_size", "8", "--n_block", "2", "--n_flow", "1", "--batch", "2"])
+                         str(data), "--img_size", "8", "--n_block", "2", "--n_flow", "1",
+                         "--batch", "2"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.startswith("error: --amp") and "\n" not in err
     assert "drop --amp" in err and old.read_text() == "earlier run"
@@ -356,8 +357,8 @@ def test_dry_run_prints_resolved_config(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize("grad_clip", [0.0, 5.0])
 def test_low_memory_training_matches_plain_training(tmp_path: Path, grad_clip,
                                                     monkeypatch) -> None:
-    """--low_memory also switches Adam to one parameter at a time, zeroes gradients in place
-    and (without clipping) steps each flow's parameters inside backward; none of it may change
+    """--low_memory also zeroes gradients in place and (without clipping) steps Adam on each
+    flow's parameters inside backward; none of it may change
     a number: three steps land on the same weights and Adam state as the plain run (Adam's
     eps 1 keeps the update linear in the gradient, so float32 rounding in the recomputed
     backward is not amplified where a gradient is ~0)."""

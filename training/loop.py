@@ -162,8 +162,7 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    dtype = amp_dtype(cfg, device)
+def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -247,7 +246,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     device, rank, world = info.device, info.rank, info.world
     main = info.is_main
     validate_train(cfg)
-    amp_dtype(cfg, device)  # refused here, before a fresh start clears the run's folders
+    low_dtype = amp_dtype(cfg, device)  # refused here, before a fresh start clears the run
     if cfg.batch % world:
         raise ValueError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     local_batch = cfg.batch // world
@@ -286,7 +285,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     lean = lean_optimizer(model_cfg)
     optimizer = training_adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(cfg, device) == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=low_dtype == torch.float16)
 
     sampler = distributed.ResumableSampler(dataset, world, rank, cfg.seed)
     steps_per_epoch = sampler.num_samples // local_batch
@@ -418,7 +417,7 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                 # Before the forward pass: freed gradients (the default) then do not sit beside
                 # the forward's activations at their peak (one gradient set less at peak).
                 optimizer.zero_grad(set_to_none=not lean)
-                with _autocast(cfg, device):
+                with _autocast(device, low_dtype):
                     terms = recipe.losses(net, batch, ctx)
                 total = sum(w * terms[k].float() for k, w in weights.items() if w)
                 finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
@@ -435,7 +434,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                         if cfg.grad_clip > 0:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         clip_group_gradients(optimizer)
-                    if bad is None and not scaler.is_enabled() and not grads_finite(model.parameters()):
+                    if bad is None and not scaler.is_enabled() \
+                            and not grads_finite(model.parameters()):
                         # a finite loss can still overflow in backward; clipping an infinite
                         # norm would write NaN into every parameter (fp16's scaler skips these)
                         optimizer.zero_grad(set_to_none=True)
