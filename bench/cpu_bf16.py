@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mm", type=int, default=1024, help="side of the square product (1024)")
     args = p.parse_args(argv)
 
+    from training.allocator import active_allocator, maybe_use_jemalloc
+
+    if argv is None:
+        maybe_use_jemalloc()  # float32 timed under train.py's allocator
     import torch
     from glow_step import CONFIGS, HIDDEN
     from quality import cpu_name
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"ATen capability {torch.backends.cpu.get_cpu_capability()}, oneDNN bf16: "
-          f"{'yes' if cpu_has_fast_bf16() else 'no'}")
+          f"{'yes' if cpu_has_fast_bf16() else 'no'}; allocator {active_allocator()}")
     n = args.mm
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

@@ -50,12 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     # Profile what train.py runs: the allocator decides whether fresh activation buffers fault
     # their pages in again on every pass (jemalloc preloaded without decay off gave the
     # few-channel products 30 % of the GEMM peak instead of 68 %, small config).
-    from training.allocator import active_allocator, keep_freed_pages, maybe_use_jemalloc
+    from training.allocator import active_allocator, maybe_use_jemalloc
 
     if args.allocator == "train" and argv is None:
-        maybe_use_jemalloc()  # re-executes this command once, with jemalloc preloaded
-        if active_allocator() == "system":
-            keep_freed_pages()
+        maybe_use_jemalloc()  # as train.py: re-executed once with jemalloc, else glibc kept
 
     import torch
     from torch.profiler import ProfilerActivity, profile
