@@ -99,3 +99,7 @@ class TrainConfig:
     result_dir: str = opt("result", "root of samples and logs")
     image_dir: str = opt("image", "root of query/source images")
     progress: bool = opt(True, "hide the progress bar", flag="--no_progress")
+    tensorboard: bool = opt(False, "also write every logged term, the sample grids and the "
+                            "diagnostics as TensorBoard events into RESULT_DIR/sample_NAME "
+                            "(needs the tensorboard package; view with: tensorboard --logdir "
+                            "RESULT_DIR)")

@@ -2,7 +2,8 @@
 
 Seeded, resumable bit for bit, DDP under torchrun, AMP on CUDA, NaN-skipping, Ctrl-C safe;
 writes ``CHECKPOINT_DIR/NAME/{last.pt, step_NNNNNNN.pt}`` and the run folder
-``RESULT_DIR/sample_NAME/`` (``config.json``, ``log.jsonl``, ``loss.png``, ``NNNNNN.png``).
+``RESULT_DIR/sample_NAME/`` (``config.json``, ``log.jsonl``, ``loss.png``, ``NNNNNN.png``; with
+``--tensorboard`` also TensorBoard event files, ``training.tensorboard``).
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ def _start_fresh(cfg: TrainConfig, ckpt_dir: Path, run_dir: Path, delete: bool =
         p.unlink()
     for p in run_dir.glob("[0-9]*.png"):
         p.unlink()
+    for p in run_dir.glob("events.out.tfevents.*"):  # an earlier run's TensorBoard events
+        p.unlink()
 
 
 def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
@@ -314,6 +317,11 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
 
     log = JsonlLog(run_dir / "log.jsonl")
     diag_log = JsonlLog(run_dir / "diagnostics.jsonl")  # recipe.diagnostics at sample steps
+    events = None  # --tensorboard: the same records as TensorBoard events (imported only then)
+    if main and cfg.tensorboard:
+        from .tensorboard import EventLog
+
+        events = EventLog(run_dir, step if resumed is not None else None)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -373,6 +381,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
         model.train()
         save_image((images.float().cpu() + 0.5).clamp(0, 1), run_dir / f"{step:06d}.png",
                    nrow=nrow)
+        if events is not None:
+            events.image("samples", run_dir / f"{step:06d}.png", step)
         write_diagnostics()
         plot_curves(log.read(), run_dir / "loss.png")
 
@@ -385,7 +395,10 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
             diag = recipe.diagnostics(model, _ctx(step, info, model_cfg, cfg))
         model.train()
         if diag:  # their own log and plot: the loss log keeps one record shape
-            diag_log.write({"step": step, **{k: float(v) for k, v in diag.items()}})
+            drec = {"step": step, **{k: float(v) for k, v in diag.items()}}
+            diag_log.write(drec)
+            if events is not None:
+                events.scalars(drec, step, "diagnostics/")
             plot_curves(diag_log.read(), run_dir / "diagnostics.png")
             say(f"[{recipe.NAME}] step {step}: " + ", ".join(
                 f"{k} {float(v):.4g}" for k, v in diag.items()))
@@ -464,6 +477,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                            **{k: float(v.detach()) for k, v in terms.items()},
                            "lr": optimizer.param_groups[0]["lr"], "skipped": skipped}
                     log.write(rec)
+                    if events is not None:
+                        events.scalars(rec, step)
                     if bar is not None:
                         post = {"loss": f"{rec['loss']:.4f}"}
                         if "bpd" in rec:
@@ -481,11 +496,15 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     finally:
         if bar is not None:
             bar.close()
+        if events is not None:  # what was logged survives a stopped run
+            events.flush()
     if main:
         save(None)
         if not interrupted:
             write_samples()
         plot_curves(log.read(), run_dir / "loss.png")
+        if events is not None:
+            events.close()
     records = log.read() if main else []
     summary = {"step": step, "skipped": skipped, "interrupted": interrupted,
                "checkpoint": str(last_path), "run_dir": str(run_dir),
