@@ -321,9 +321,10 @@ class Demo:
             rows = read_csv(s["table_dir"] / "metrics.csv")
             label_keys = ("run", "system") if any("run" in r for r in rows) else ("system",)
             lines += ["", "Scores on held-out identities of the synthetic set, against the exact "
-                      "ground truth. 'motion err' is how far the mouth states read back from "
-                      "the output are from the true ones (1 = a static mouth, as copying the "
-                      "query; 0 = the true motion); 'PSNR' and 'dPSNR vs copy' say how well "
+                      "ground truth. 'motion err' compares the mouth states read back from "
+                      "the output, as deviations from their temporal mean, with the truth's (1 "
+                      "= any static mouth; 0 = the true motion); 'state err' compares the "
+                      "states themselves; 'PSNR' and 'dPSNR vs copy' say how well "
                       "the face is kept. Baselines: copying the query unchanged, and the mouth "
                       "blend the models start from.", "",
                       format_table(_short(rows), label_keys).rstrip(), "",

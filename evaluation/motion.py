@@ -2,28 +2,36 @@
 
 PSNR, even inside the mouth box, is dominated by lip and skin colour: an output that keeps the
 query's closed mouth in every frame scores *better* than one whose mouth moves correctly in a
-slightly wrong colour. The two metrics here look at the motion itself, and a static mouth fails
-both by construction.
+slightly wrong colour. The metrics here look at the motion itself.
 
-* **Geometric motion error** (:func:`motion_error`, the headline). For every output frame the
-  mouth state ``(open, width)`` is read back by analysis-by-synthesis: the query's identity is
-  rendered (:mod:`synthface.face`) at a grid of mouth states, brought to the model's size exactly
-  like the ground truth, and the state whose mouth box is nearest (least squares, with a
-  parabolic refinement between grid points) is the estimate. With ``s_t`` the true state of
-  frame ``t`` and ``q`` the query's own (neutral) state::
+* **Motion error** (:func:`motion_deviation_error`, the headline). For every output frame the
+  mouth state ``(open, width)`` is read back by analysis-by-synthesis (:class:`MouthReader`: the
+  query's identity is rendered (:mod:`synthface.face`) at a grid of mouth states, brought to the
+  model's size exactly like the ground truth, and the state whose mouth box is nearest, least
+  squares with a parabolic refinement between grid points, is the estimate). The read-back
+  states' deviations from their own temporal mean are compared with the truth's::
 
-      motion error = sum_t |est_t - s_t|^2 / sum_t |q - s_t|^2
+      motion error = sum_t |(est_t - mean est) - (s_t - mean s)|^2 / sum_t |s_t - mean s|^2
 
-  Copying the query reads back ``q`` in every frame: error 1 (no motion). The ground truth reads
-  back ``s_t``: error 0. A mouth blend, whose mouth has the source's geometry in the source's lip
-  colour, lands in between. Above 1 means motion worse than none (e.g. the wrong mouth).
-  ``motion carried = 1 - error`` is the fraction of the true motion (clipped below at 0).
-* **Pixel motion error** (:func:`pixel_motion_error`): the same normalisation on the mouth box's
-  deviation from its own temporal mean, ``sum_t |(o_t - mean o) - (g_t - mean g)|^2 /
-  sum_t |g_t - mean g|^2``: any static sequence scores exactly 1, the truth 0. It needs no
-  renderer but mixes colour into the motion.
+  Any static sequence reads back one state in every frame, so its deviations are 0 and it scores
+  exactly 1 *whatever state it holds* (closed, half open at the truth's mean, fully open);
+  copying the query is one. The ground truth reads back ``s_t``: error 0. Above 1 means motion
+  worse than none (e.g. motion at the wrong times).
+* **State error** (:func:`motion_error`, beside it): the read-back states against the truth's,
+  normalised by the query's own (neutral) state ``q``::
 
-Neither rewards identity: a different face with the right mouth motion scores well here, which is
+      state error = sum_t |est_t - s_t|^2 / sum_t |q - s_t|^2
+
+  Copying the query reads back ``q`` in every frame: error 1; the truth 0. It also sees an
+  offset (a mouth that moves right but is always a little too open), which the motion error
+  does not; but it rewards a mouth held still near the truth's mean state (it scores well
+  below 1 there), which is why it is not the headline.
+* **Pixel motion error** (:func:`pixel_motion_error`): the motion error's normalisation on the
+  mouth box's pixels, ``sum_t |(o_t - mean o) - (g_t - mean g)|^2 / sum_t |g_t - mean g|^2``:
+  any static sequence scores exactly 1, the truth 0. It needs no renderer but mixes colour
+  into the motion.
+
+None of them rewards identity: a different face with the right mouth motion scores well here, which is
 why every table also reports whole-frame PSNR/SSIM against the ground truth and the PSNR
 difference to copying the query (the identity columns).
 """
@@ -38,8 +46,8 @@ import numpy as np
 
 from faces.blend import mouth_box
 
-__all__ = ["MouthReader", "mouth_reader", "motion_error", "pixel_motion_error",
-           "state_array"]
+__all__ = ["MouthReader", "motion_deviation_error", "motion_error", "mouth_reader",
+           "pixel_motion_error", "state_array"]
 
 OPEN_GRID = np.round(np.linspace(0.0, 1.0, 25), 4)  # step 1/24
 WIDTH_GRID = np.round(np.linspace(-1.0, 1.0, 25), 4)  # step 1/12
@@ -181,7 +189,7 @@ def mouth_reader(identity, size: int) -> MouthReader:
 
 def motion_error(estimated: np.ndarray, truth: np.ndarray, rest: np.ndarray
                  ) -> tuple[float, float]:
-    """``(numerator, denominator)`` of the geometric motion error of one sequence.
+    """``(numerator, denominator)`` of the state error of one sequence.
 
     ``estimated``, ``truth`` [T, 2] mouth states; ``rest`` [2] the query's own state. The error
     is ``numerator / denominator``; pool several sequences by summing both.
@@ -190,6 +198,19 @@ def motion_error(estimated: np.ndarray, truth: np.ndarray, rest: np.ndarray
     num = float(((estimated - truth) ** 2).sum())
     den = float(((np.asarray(rest, float)[None] - truth) ** 2).sum())
     return num, den
+
+
+def motion_deviation_error(estimated: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """``(numerator, denominator)`` of the motion error of one sequence (module docstring).
+
+    ``estimated``, ``truth`` [T, 2] mouth states of the same frames. Each is taken relative to
+    its own temporal mean, so every static ``estimated`` gives ``numerator == denominator``
+    (error exactly 1). Pool several sequences by summing both (each with its own means).
+    """
+    estimated, truth = np.asarray(estimated, float), np.asarray(truth, float)
+    de = estimated - estimated.mean(0, keepdims=True)
+    dt = truth - truth.mean(0, keepdims=True)
+    return float(((de - dt) ** 2).sum()), float((dt**2).sum())
 
 
 def pixel_motion_error(outputs: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -26,9 +26,13 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("motion", "motion err", "lower", 3,
-           "geometric mouth-motion error: mouth states read back from the output vs the truth "
-           "(1 = static mouth, as copying the query; 0 = the true motion)"),
+    Metric("motion_dev", "motion err", "lower", 3,
+           "mouth-motion error: the mouth states read back from the output, as deviations from "
+           "their temporal mean, vs the truth's (1 = any static mouth, whatever state it holds; "
+           "0 = the true motion)"),
+    Metric("motion", "state err", "lower", 3,
+           "mouth-state error: the read-back states vs the true ones, normalised by the query's "
+           "neutral state (1 = copying the query; a mouth held still half open scores below 1)"),
     Metric("psnr", "PSNR dB", "higher", 2,
            "PSNR of the mean squared error against the synthetic ground truth (identity)"),
     Metric("dpsnr", "dPSNR vs copy", "higher", 2,

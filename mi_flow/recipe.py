@@ -133,7 +133,8 @@ def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
         args = types.SimpleNamespace(mode=mode)
         scores = heldout_scores(root, lambda q, mix, src, a=args: generate(m, q, mix, src, a),
                                 m.img_size, ctx.device, cfg.diag_pairs)
-        out.update({f"{mode}_{k}": v for k, v in scores.items() if k in ("motion", "dpsnr")})
+        out.update({f"{mode}_{k}": v for k, v in scores.items()
+                    if k in ("motion_dev", "motion", "dpsnr")})
     return out
 
 

@@ -12,7 +12,7 @@ part constant over each clip, a mouth part that moves in a few positions):
 Only the structural term rejects all three, and its minimiser is linear in z: the closed form of
 ``ad_flow.init`` reaches it exactly, where Adam from a random start first learns E ~ 0.
 The end-to-end research test trains a tiny Glow and AD-flow on a synthetic set and asserts that
-the held-out motion error is clearly below copying the query's.
+the held-out state error is clearly below copying the query's.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_classifier_cannot_read_a_zero_lip_part():
 @pytest.mark.slow
 def test_tiny_run_carries_the_mouth_motion_on_unseen_faces(tmp_path):
     """Research test (deterministic, not timed): a tiny Glow and AD-flow with the least-squares
-    init on a synthetic set; on its held-out identities the motion error must be below 0.7 (copying
+    init on a synthetic set; on its held-out identities the state error must be below 0.7 (copying
     the query scores 1) and the face no more than 1.5 dB below copying the query."""
     import train as train_cli
     from evaluation.models import System

@@ -8,6 +8,7 @@ import pytest
 
 from evaluation.models import System, like_model_input
 from evaluation.motion import (
+    motion_deviation_error,
     motion_error,
     mouth_reader,
     pixel_motion_error,
@@ -67,6 +68,45 @@ def test_truth_scores_zero_and_static_scores_one(synth):
             assert ratio(*pixel_motion_error(static, truth)) == pytest.approx(1.0)
 
 
+def test_every_static_sequence_fails_the_motion_error(synth):
+    """Mouths held still at rest, at the truth's mean state and fully open all score at least
+    0.95 on the motion error (exactly 1 up to the reader's rounding); the state error, by
+    contrast, rewards the one held at the mean; the truth scores about 0."""
+    for q in synth.query_names:
+        ident, reader = synth.identity(q), mouth_reader(synth.identity(q), 32)
+        for s in synth.source_names:
+            n = synth.n_source_frames(s)
+            states = state_array(synth.source_states(s))
+            truth = np.stack([like_model_input(synth.ground_truth(q, s, t), 32)
+                              for t in range(n)])
+            assert ratio(*motion_deviation_error(reader.read(truth), states)) < 0.02
+            mean = states.mean(0)
+            held = {"rest": MouthState(), "mean": MouthState(*map(float, mean)),
+                    "open": MouthState(1.0, 0.0), "open spread": MouthState(1.0, 1.0)}
+            state_errs = {}
+            for name, m in held.items():
+                frame = like_model_input(render(ident, m, 256), 32)
+                est = reader.read(np.repeat(frame[None], n, 0))
+                assert ratio(*motion_deviation_error(est, states)) >= 0.95, (q, s, name)
+                state_errs[name] = ratio(*motion_error(est, states, np.zeros(2)))
+            assert state_errs["mean"] < 0.9, state_errs  # the flaw the motion error fixes
+
+
+def test_motion_error_is_exactly_one_for_any_constant_states():
+    truth = np.array([[0.0, 0.0], [0.4, 0.2], [0.9, -0.3], [0.2, 0.5], [0.0, 0.1]])
+    for held in ([0.0, 0.0], [0.5, 0.1], [1.0, 1.0]):
+        est = np.repeat(np.array([held]), len(truth), 0)
+        assert ratio(*motion_deviation_error(est, truth)) == pytest.approx(1.0, abs=1e-12)
+    assert ratio(*motion_deviation_error(truth, truth)) == 0.0
+    # an offset the motion error ignores and the state error sees
+    shifted = truth + np.array([0.2, 0.0])
+    assert ratio(*motion_deviation_error(shifted, truth)) == pytest.approx(0.0, abs=1e-12)
+    assert ratio(*motion_error(shifted, truth, np.zeros(2))) > 0.0
+    # half the motion: a quarter of the error
+    half = truth.mean(0) + 0.5 * (truth - truth.mean(0))
+    assert ratio(*motion_deviation_error(half, truth)) == pytest.approx(0.25)
+
+
 def test_table_orders_copy_blend_and_wrong_face(synth):
     """Pooled over every pair: copying the query has no motion (1), the mouth blend carries some
     (between 0 and 1), and the source frames themselves (the right motion on the wrong face)
@@ -75,18 +115,20 @@ def test_table_orders_copy_blend_and_wrong_face(synth):
     rows, details = evaluate_synthetic(synth.root, [wrong_face], 32, progress=False)
     copy, blend, wrong = (rows["baseline: copy query"], rows["baseline: mouth blend"],
                           rows["source frames"])
+    assert copy["motion_dev"] == 1.0  # exactly: one read-back state in every frame
     assert copy["motion"] == pytest.approx(1.0)
     assert copy["motion_px"] == pytest.approx(1.0)
     assert copy["dpsnr"] == 0.0
     assert 0.0 < blend["motion"] < 1.0 and 0.0 < blend["motion_px"] < 1.0
+    assert 0.0 < blend["motion_dev"] < 1.0
     assert wrong["dpsnr"] < -8.0 and wrong["ssim"] < copy["ssim"] - 0.2
     assert len(details) == 3 * len(synth.query_names) * len(synth.source_names)
-    assert all("motion" in d and "dpsnr" in d for d in details)
+    assert all("motion_dev" in d and "motion" in d and "dpsnr" in d for d in details)
 
 
 def test_generator_output_runs_through_the_scorer(synth):
     """A system that returns the query unchanged scores exactly as the copy baseline."""
     same = System("query again", lambda q, mix, src: q.expand_as(mix).clone())
     rows, _ = evaluate_synthetic(synth.root, [same], 32, progress=False, pairs=1)
-    for k in ("motion", "motion_px", "psnr", "ssim"):
+    for k in ("motion_dev", "motion", "motion_px", "psnr", "ssim"):
         assert rows["query again"][k] == pytest.approx(rows["baseline: copy query"][k])
