@@ -3,6 +3,7 @@
 Three modes (see ``python preprocess.py --help`` and docs/preprocess.md):
 
 * photos:   ``python preprocess.py PHOTO_OR_FOLDER ...``  -> ``IMAGE_DIR/ref_img/STEM_256.jpg``
+            and its alignment record ``STEM_256.json`` (for ``test.py --full_frame``)
 * sequence: ``python preprocess.py --source NAME VIDEO_OR_FRAME_FOLDER``
             -> ``IMAGE_DIR/source_img/NAME/000.jpg ...`` and ``fps.txt``
 * LRW:      ``python preprocess.py --lrw LRW_ROOT --out DATA_DIR``
@@ -21,7 +22,8 @@ from pathlib import Path
 EXAMPLES = """\
 examples:
   python preprocess.py photos/me.jpg photos/friends/
-      align every photo to image/ref_img/STEM_256.jpg (folders are walked)
+      align every photo to image/ref_img/STEM_256.jpg (folders are walked), with the
+      alignment record STEM_256.json beside it (test.py --full_frame pastes back with it)
   python preprocess.py --source ellen clips/ellen.mp4
       driving sequence image/source_img/ellen/000.jpg, 001.jpg, ... plus fps.txt
   python preprocess.py --source ellen frames/ellen/ --fps 30
@@ -220,6 +222,7 @@ def run_photos(cfg: PreprocessConfig) -> int:
             notes.append(f"name taken in this batch, wrote {name}")
         used.add(name)
         out = write_image(out_dir / f"{name}_{cfg.size}.jpg", aligned.image)
+        write_alignment_record(out, path, image.shape, aligned.matrix, cfg.size)
         if detection.several_faces:
             notes.append(f"{detection.n_faces} faces, took the largest")
         if aligned.upscaled:
@@ -232,62 +235,60 @@ def run_photos(cfg: PreprocessConfig) -> int:
     return 1 if failed else 0
 
 
+def write_alignment_record(crop: Path, photo: Path, shape: tuple, matrix, size: int) -> Path:
+    """``NAME_SIZE.json`` beside the crop: the original photo (its path relative to the
+    record's folder and absolute), its size and the similarity transform from photo pixels to
+    crop pixels (``test.py --full_frame`` pastes the face back into the photo with it)."""
+    import json
+    import os
+
+    from faces.io import write_bytes_atomic
+
+    record = {
+        "photo": os.path.relpath(Path(photo).resolve(), crop.parent.resolve()),
+        "photo_absolute": str(Path(photo).resolve()),
+        "photo_size": [int(shape[1]), int(shape[0])],
+        "crop_size": int(size),
+        "photo_to_crop": [[float(v) for v in row] for row in matrix],
+    }
+    return write_bytes_atomic(crop.with_suffix(".json"),
+                              (json.dumps(record, indent=1) + "\n").encode())
+
+
 # -- sequences ----------------------------------------------------------------------------------
-def _read_sequence(path: Path, cfg: PreprocessConfig) -> tuple[list, float, str]:
-    """Frames (RGB uint8), the frame rate and a note about where it came from."""
-    from faces.io import read_image, sorted_frames
-
-    if path.is_dir():
-        files = sorted_frames(path)
-        if not files:
-            raise ValueError(f"{path}: no image files in this folder (expected frames such as "
-                             f"000.jpg, 001.jpg, ...)")
-        return [read_image(f) for f in files], cfg.fps, "fps from --fps"
-    if not path.exists():
-        raise ValueError(f"{path}: no such file or folder (give a video file or a folder of "
-                         f"frames)")
-    from lrw.video import read_video
-
-    frames, fps = read_video(path)
-    if fps is None:
-        return frames, cfg.fps, "the video states no frame rate, used --fps"
-    return frames, fps, "fps from the video"
-
-
 def run_source(cfg: PreprocessConfig) -> int:
-    from tqdm import tqdm
-
-    from faces.io import write_image
-    from faces.sequence import align_sequence
+    """Streamed in two passes (talking.video_source): memory does not grow with the video."""
+    from lrw.video import TruncatedVideoError
+    from talking.video_source import open_frames, write_sequence
 
     src = Path(cfg.paths[0])
     try:
-        frames, fps, fps_note = _read_sequence(src, cfg)
+        frames = open_frames(src)
     except ValueError as err:
         _error(str(err))
         return 1
+    if frames.video:
+        fps, fps_note = (frames.fps, "fps from the video") if frames.fps else (
+            cfg.fps, "the video states no frame rate, used --fps")
+    else:
+        fps, fps_note = cfg.fps, "fps from --fps"
+    frames.fps = fps
     detector = _detector(cfg)
     start = time.perf_counter()
-    with tqdm(total=len(frames), desc="landmarks", unit="frame", file=sys.stderr,
-              disable=not cfg.progress or len(frames) < 10) as bar:
-        try:
-            result = align_sequence(frames, detector, cfg.size, smooth=cfg.smooth,
-                                    detect_every=cfg.detect_every, border=cfg.border,
-                                    progress=bar.update)
-        except ValueError as err:
-            bar.close()
-            _error(f"{src}: {err} (is the face frontal and large enough? try a larger "
-                   f"--detect_width)")
-            return 1
     out_dir = Path(cfg.image_dir) / "source_img" / cfg.source
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old = [p for p in out_dir.iterdir() if re.fullmatch(r"\d+\.jpg", p.name)]
-    for p in old:
-        p.unlink()
-    digits = max(3, len(str(len(result.crops) - 1)))
-    for i, crop in enumerate(result.crops):
-        write_image(out_dir / f"{i:0{digits}d}.jpg", crop)
-    (out_dir / "fps.txt").write_text(f"{fps:g}\n")
+    old = [p for p in out_dir.iterdir() if re.fullmatch(r"\d+\.jpg", p.name)] \
+        if out_dir.is_dir() else []
+    try:
+        result = write_sequence(frames, out_dir, cfg.size, smooth=cfg.smooth,
+                                detect_every=cfg.detect_every, border=cfg.border,
+                                detector=detector, progress=cfg.progress)
+    except TruncatedVideoError as err:
+        _error(str(err))
+        return 1
+    except ValueError as err:
+        _error(f"{src}: {err} (is the face frontal and large enough? try a larger "
+               f"--detect_width)")
+        return 1
     seconds = time.perf_counter() - start
     notes = [result.report.summary(), f"{fps:g} fps ({fps_note})"]
     if old:

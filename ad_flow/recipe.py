@@ -29,6 +29,7 @@ NAME = "ad-flow"
 DEFAULT_CHECKPOINT = "ad-flow_total_checkpoint.tar"
 DEFAULT_GLOW = "glow_checkpoint.pt"
 NEEDS_MIX = True
+PASTE_REGION = "mouth"  # test.py --paste_back region: the mouth box the mix replaced
 # Thesis: Adam, lr 1e-5 (encoders) and 1e-4 (classifier), 200k iterations, one clip per step,
 # samples every 200 and checkpoints every 10k iterations. Here 4 clips per step by default:
 # the cycle term pairs each clip with another one of the same batch.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["MOUTH_BOX_256", "mouth_box", "mouth_mix", "mouth_mix_many"]
+__all__ = ["MOUTH_BOX_256", "gain_match", "mouth_box", "mouth_mix", "mouth_mix_many"]
 
 MOUTH_BOX_256 = (140, 188, 90, 166)
 """Mouth box of a 256 px aligned face: ``(top, bottom, left, right)``, rows ``top:bottom`` and
@@ -117,6 +117,13 @@ def _gain_matched(s: np.ndarray, q: np.ndarray, box: tuple[int, int, int, int]) 
     ring = np.zeros(s.shape[:2], bool)
     ring[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
     ring[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = False
+    return gain_match(s, q, ring)
+
+
+def gain_match(s: np.ndarray, q: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """``s`` (``uint8 [H, W, 3]``) scaled per channel so that its pixels under the boolean
+    ``ring [H, W]`` have ``q``'s mean colour there: the colour matching of the mouth blend and
+    of the paste-back (:mod:`faces.paste`)."""
     sm = s[ring].astype(np.float64).mean(0) + 1.0
     qm = q[ring].astype(np.float64).mean(0) + 1.0
     return np.clip(s.astype(np.float64) * (qm / sm), 0, 255).round().astype(np.uint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = [
     "is_image",
     "read_image",
     "sorted_frames",
+    "write_bytes_atomic",
     "write_image",
 ]
 
@@ -47,14 +49,36 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> Path:
     """Write an RGB ``uint8 [H, W, 3]`` image (JPEG quality ``quality`` for .jpg); returns
-    the path. The parent folder is created."""
+    the path. The parent folder is created. The file is written under a temporary name in the
+    same folder and renamed into place, so a full disk or a kill never leaves a partial or
+    zero-byte image under ``path`` (``OSError`` from the write is raised as it is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if path.suffix.lower() in (
         ".jpg", ".jpeg") else []
-    if not cv2.imwrite(str(path), bgr, params):
-        raise ValueError(f"cannot write {path}: OpenCV refused the file name or folder")
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", bgr, params)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot write {path}: OpenCV cannot encode a {path.suffix!r} image")
+    write_bytes_atomic(path, buf.tobytes())
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename:
+    ``path`` holds either its old content or all of ``data``, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

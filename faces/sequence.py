@@ -10,7 +10,7 @@ transform, not the pixels, keeps the mouth motion and removes the crop's frame-t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +18,8 @@ import numpy as np
 from faces.align import UPSCALE_WARN, alignment_params, crop_with_params
 from faces.landmarks import LandmarkDetector, as_rgb, box_from_landmarks, box_relation
 
-__all__ = ["SequenceReport", "SequenceResult", "align_sequence", "smooth_params",
-           "track_landmarks"]
+__all__ = ["SequencePlan", "SequenceReport", "SequenceResult", "align_sequence", "crops_of",
+           "plan_sequence", "smooth_params", "track_landmarks"]
 
 
 @dataclass
@@ -68,7 +68,7 @@ class SequenceResult:
     report: SequenceReport
 
 
-def track_landmarks(frames: Sequence[np.ndarray], detector: LandmarkDetector,
+def track_landmarks(frames: Iterable[np.ndarray], detector: LandmarkDetector,
                     detect_every: int = 1,
                     progress: Callable[[int], None] | None = None,
                     ) -> tuple[list[np.ndarray | None], int]:
@@ -139,6 +139,57 @@ def smooth_params(params: np.ndarray, valid: np.ndarray, window: int = 5) -> np.
         work = uniform_filter1d(work, size=int(window), axis=0, mode="nearest")
     work[:, 2] = np.exp(work[:, 2])
     return work
+
+
+@dataclass
+class SequencePlan:
+    """Pass one of a streamed sequence (:func:`plan_sequence`): the smoothed crop parameters of
+    every frame and what was found. Pass two crops with :func:`crops_of`."""
+
+    params: np.ndarray  # [N, 4]
+    landmarks: list[np.ndarray | None]
+    report: SequenceReport
+
+
+def plan_sequence(frames: Iterable[np.ndarray], detector: LandmarkDetector | None = None,
+                  smooth: int = 5, detect_every: int = 1,
+                  progress: Callable[[int], None] | None = None) -> SequencePlan:
+    """Landmarks and smoothed crop parameters for a stream of frames, holding one frame at a
+    time (a long video never sits in memory whole). ``ValueError`` when there is no frame or
+    no frame has a face."""
+    if detector is None:
+        detector = LandmarkDetector()
+    landmarks, several = track_landmarks(frames, detector, detect_every, progress)
+    if not landmarks:
+        raise ValueError("the sequence has no frames")
+    valid = np.array([lm is not None for lm in landmarks])
+    if not valid.any():
+        raise ValueError(f"no face found in any of the {len(landmarks)} frames")
+    raw = np.zeros((len(landmarks), 4))
+    for i, lm in enumerate(landmarks):
+        if lm is not None:
+            raw[i] = alignment_params(lm)
+    params = smooth_params(raw, valid, smooth)
+    missing = [int(i) for i in np.flatnonzero(~valid)]
+    report = SequenceReport(frames=len(landmarks), detected=int(valid.sum()),
+                            missing=len(missing), missing_frames=missing,
+                            several_faces=several)
+    return SequencePlan(params, landmarks, report)
+
+
+def crops_of(frames: Iterable[np.ndarray], plan: SequencePlan, out_size: int = 256,
+             border: str = "reflect") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pass two: ``(crop, matrix)`` for each frame of the same stream, in order; updates
+    ``plan.report.max_scale``. ``ValueError`` when the stream yields more frames than pass
+    one saw."""
+    for i, frame in enumerate(frames):
+        if i >= len(plan.params):
+            raise ValueError(f"the sequence changed between passes ({i + 1} frames or more, "
+                             f"{len(plan.params)} before)")
+        crop, matrix = crop_with_params(frame, plan.params[i], out_size, border)
+        plan.report.max_scale = max(plan.report.max_scale,
+                                    float(np.hypot(matrix[0, 0], matrix[0, 1])))
+        yield crop, matrix
 
 
 def align_sequence(frames: Sequence[np.ndarray], detector: LandmarkDetector | None = None,

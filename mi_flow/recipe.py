@@ -47,6 +47,7 @@ TRAIN_DEFAULTS = {"batch": 10, "lr": 1e-4, "iter": 200000, "grad_clip": 5.0,
                   "sample_every": 100, "save_every": 10000}
 DEFAULT_CHECKPOINT = "mi-flow_total_checkpoint.pt"
 NEEDS_MIX = True
+PASTE_REGION = "mouth"  # test.py --paste_back region: the mouth box the mix replaced
 ESTIMATORS = ["club", "club_sample"]
 
 

@@ -48,6 +48,7 @@ from .model import PRIORS, REFERENCES, PoseFlow
 NAME = "pose-flow"
 DEFAULT_CHECKPOINT = "pose-flow.pt"
 NEEDS_MIX = False
+PASTE_REGION = "face"  # test.py --paste_back region: the pose flow changes the whole face
 # The anchor trained batch 16 quadruplets per GPU at lr 1e-4; one CPU/GPU here: 8.
 TRAIN_DEFAULTS = {"batch": 8, "lr": 1e-4, "iter": 100000, "sample_every": 500,
                   "save_every": 10000, "grad_clip": 5.0}

@@ -77,16 +77,31 @@ def _frame_key(p: Path) -> tuple:
 
 @dataclass
 class Source:
+    """A driving sequence: its frames in order and their rate. From a video file: ``video``
+    is the file (the frames are its cached crops) and ``audio`` the file again when it has a
+    sound track."""
+
     name: str
     folder: Path
     frames: list[Path]
     fps: float
     fps_known: bool
+    video: Path | None = None
+    audio: Path | None = None
 
 
-def resolve_source(name: str, image_dir: str | Path) -> Source:
-    """IMAGE_DIR/source_img/NAME/ (or a folder path): frames in numeric order, fps.txt or 25."""
+def resolve_source(name: str, image_dir: str | Path, progress: bool = False,
+                   say=print) -> Source:
+    """IMAGE_DIR/source_img/NAME/ (or a folder path): frames in numeric order, fps.txt or 25.
+
+    A video file (any container ffmpeg reads) is detected, aligned and cropped as
+    ``preprocess.py --source`` does, once: the crops are cached under
+    IMAGE_DIR/source_img/.video/ (see :mod:`talking.video_source`)."""
     folder = Path(name)
+    if folder.is_file() and not _is_image(folder):
+        from .video_source import video_source
+
+        return video_source(folder, image_dir, progress=progress, say=say)
     if not folder.is_dir() or not any(map(_is_image, folder.iterdir())):
         folder = Path(image_dir) / "source_img" / name
     frames = sorted((p for p in folder.iterdir() if _is_image(p)), key=_frame_key) \
@@ -108,12 +123,13 @@ def resolve_source(name: str, image_dir: str | Path) -> Source:
     return Source(Path(folder).name, folder, frames, fps, known)
 
 
-def read_rgb(path: Path, size: int = THESIS_SIZE) -> np.ndarray:
-    """An image as ``uint8 [size, size, 3]`` RGB (bilinear resize when needed)."""
+def read_rgb(path: Path, size: int | None = THESIS_SIZE) -> np.ndarray:
+    """An image as ``uint8 [size, size, 3]`` RGB (bilinear resize when needed; ``size=None``:
+    at its own size)."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            if im.size != (size, size):
+            if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im).copy()
     except OSError as exc:
@@ -135,3 +151,45 @@ def resolve_checkpoint(value: str | None, checkpoint_dir: str | Path, default: s
     if p.suffix or "/" in value or "\\" in value:
         return p
     return ckdir / value / "last.pt"
+
+
+def load_alignment(query_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``--full_frame``: the original photo a query was aligned from and the ``[2, 3]`` map from
+    crop pixels at 256 to photo pixels, from the record ``NAME_SIZE.json`` that ``preprocess.py
+    PHOTO`` writes beside ``NAME_SIZE.jpg``. One-line :class:`TalkingError` when the record or
+    the photo is missing or the photo changed size."""
+    import json
+
+    record_path = Path(query_path).with_suffix(".json")
+    how = ("align the original photo with `python preprocess.py PHOTO` (it writes "
+           "ref_img/NAME_256.jpg and the record NAME_256.json)")
+    if not record_path.is_file():
+        raise TalkingError(f"--full_frame: {query_path} has no alignment record "
+                           f"({record_path.name}): {how}")
+    try:
+        rec = json.loads(record_path.read_text())
+        matrix = np.asarray(rec["photo_to_crop"], dtype=np.float64).reshape(2, 3)
+        crop_size = float(rec["crop_size"])
+        rel, absolute = rec.get("photo"), rec.get("photo_absolute")
+        w, h = (int(v) for v in rec["photo_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TalkingError(f"--full_frame: {record_path} is not a readable alignment record "
+                           f"({type(exc).__name__}); {how}") from None
+    candidates = [record_path.parent / rel] if rel else []
+    candidates += [Path(absolute)] if absolute else []
+    photo_path = next((p for p in candidates if p.is_file()), None)
+    if photo_path is None:
+        raise TalkingError(f"--full_frame: the original photo {absolute or rel} (recorded in "
+                           f"{record_path}) is missing; put it back there or {how}")
+    from faces.io import read_image
+
+    try:
+        photo = read_image(photo_path)
+    except ValueError as exc:
+        raise TalkingError(f"--full_frame: {exc}; {how}") from None
+    if photo.shape[:2] != (h, w):
+        raise TalkingError(f"--full_frame: the photo {photo_path} is {photo.shape[1]}x"
+                           f"{photo.shape[0]} but was {w}x{h} when {query_path.name} was "
+                           f"aligned; {how}")
+    to_crop256 = np.vstack([matrix * (256.0 / crop_size), [0.0, 0.0, 1.0]])
+    return photo, np.linalg.inv(to_crop256)[:2]

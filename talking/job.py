@@ -52,9 +52,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "--first_batch frames so the first frame is written early")
     parser.add_argument("--first_batch", type=int, default=1,
                         help="frames in the first forward pass (default: 1; 0: --batch)")
+    parser.add_argument("--paste_back", default="region", choices=PASTE_BACK,
+                        help="region (default): the region the model changes (the mouth with a "
+                             "margin; pose-flow: the face) is upsampled and blended into the "
+                             "query at the query's own resolution, every other pixel is the "
+                             "query's; none: the model's frame as it is, at its size")
+    parser.add_argument("--full_frame", action="store_true",
+                        help="paste back into the original photo the query was aligned from "
+                             "(the alignment record NAME_256.json that `preprocess.py PHOTO` "
+                             "writes): frames at the photo's size")
     parser.add_argument("--out_size", type=int, default=None,
-                        help="upscale the written frames and video to this size (default: the "
-                             "model's resolution)")
+                        help="resize the written frames and video so that their longer side "
+                             "is this (default: the query's size with --paste_back region, "
+                             "the model's with none)")
     parser.add_argument("--no-poisson", "--no_poisson", dest="poisson", action="store_false",
                         help="no mouth blending: feed the source frame itself (thesis flag)")
     parser.add_argument("--blend", default="poisson", choices=list(BLENDS[:3]),
@@ -69,6 +79,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_progress", dest="progress", action="store_false",
                         help="hide the progress bar")
 
+
+PASTE_BACK = ("region", "none")
+MIN_TILE = 128  # grid tiles are at least this many pixels, so a person can see the mouth
 
 BLENDS = ("poisson", "poisson_plain", "paste", "none")
 """Mouth-mix methods of :func:`model_inputs` (``none``: the source frame itself)."""
@@ -86,13 +99,15 @@ def to_tensor(images: list[np.ndarray], size: int) -> Tensor:
 
 
 def model_inputs(query256: np.ndarray, frames256: list[np.ndarray], size: int,
-                 device: torch.device, blend: str = "poisson") -> tuple[Tensor, Tensor]:
+                 device: torch.device, blend: str = "poisson",
+                 mixes256: list[np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
     """(source, mix) tensors [T, 3, size, size] in [-0.5, 0.5] for a chunk of source frames.
 
     ``blend``: "poisson" clones each frame's mouth box into the query (seamless cloning at
     256 px, after a gain matches the source's skin colour to the query's), "poisson_plain" the
     plain seamless clone, "paste" pastes it, "none" feeds the source frame itself (then mix is
-    source).
+    source). ``mixes256``: when given, the 256 px mixes are appended to it (the source
+    frames themselves for "none").
     """
     from faces.blend import mouth_mix
 
@@ -100,9 +115,13 @@ def model_inputs(query256: np.ndarray, frames256: list[np.ndarray], size: int,
         raise ValueError(f"unknown blend {blend!r}; choose one of {', '.join(BLENDS)}")
     src_t = to_tensor(frames256, size).to(device)
     if blend == "none":
+        if mixes256 is not None:
+            mixes256.extend(frames256)
         return src_t, src_t
     mixed = [mouth_mix(query256, f, poisson=blend != "paste", gain=blend == "poisson")
              for f in frames256]
+    if mixes256 is not None:
+        mixes256.extend(mixed)
     return src_t, to_tensor(mixed, size).to(device)
 
 
@@ -113,9 +132,15 @@ def to_uint8(x: Tensor) -> np.ndarray:
 
 
 def _upscale(img: np.ndarray, size: int | None) -> np.ndarray:
-    if not size or img.shape[0] == size:
+    """``img`` resized (bicubic) so that its longer side is ``size`` (aspect kept)."""
+    if not size:
         return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+    h, w = img.shape[:2]
+    if max(h, w) == size:
+        return img
+    k = size / max(h, w)
+    new = (max(1, round(w * k)), max(1, round(h * k)))
+    return np.asarray(Image.fromarray(img).resize(new, Image.BICUBIC))
 
 
 def _grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -145,10 +170,15 @@ def chunks(n: int, batch: int, first: int = 0) -> list[tuple[int, int]]:
 def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     """Run the job for ``args`` (see :func:`add_common_args`) with a model recipe.
 
-    Returns a summary dict (frames, seconds, seconds_per_frame, out_dir, video, grid).
+    Returns a summary dict (frames, seconds, seconds_per_frame, out_dir, video, grid, fps,
+    size: the model's, frame_size: ``(w, h)`` of the written frames).
     Raises :class:`TalkingError` or ``glow.CheckpointError`` with one-line messages.
+    Frames are written under a temporary name and renamed, the video under a temporary name
+    and moved into place at the end: an interrupted job leaves whole frames and no video.
     """
-    from lrw.video import write_video
+    from faces.io import write_image
+    from faces.paste import PasteRegion, paste_back
+    from lrw.video import VideoWriter
 
     t0 = time.perf_counter()
     if args.batch < 1:
@@ -157,8 +187,20 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
         raise TalkingError(f"--first_batch {args.first_batch}: must be 0 or more")
     if args.out_size is not None and args.out_size < 1:
         raise TalkingError(f"--out_size {args.out_size}: must be positive")
+    paste = getattr(args, "paste_back", "region")
+    full_frame = bool(getattr(args, "full_frame", False))
+    if full_frame and paste != "region":
+        raise TalkingError("--full_frame pastes the face back into the photo: it needs "
+                           "--paste_back region (the default)")
     query_path, query_name = resolve_query(args.query, args.image_dir)
-    source = resolve_source(args.source, args.image_dir)
+    photo, crop_to_photo = (None, None)
+    if full_frame:
+        from .inputs import load_alignment
+
+        photo, crop_to_photo = load_alignment(query_path)
+    source = resolve_source(args.source, args.image_dir,
+                            progress=getattr(args, "progress", True), say=say)
+    args.source = str(source.folder)  # a video's cached crops, for recipes that read the frames
     frames = source.frames[: args.max_frames] if args.max_frames else source.frames
     fps = args.fps if args.fps else source.fps
     args.checkpoint = str(resolve_checkpoint(args.checkpoint, args.checkpoint_dir,
@@ -171,20 +213,33 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
         model = recipe.load_for_test(args, device)
     size = int(recipe.model_size(model))
     needs_mix = getattr(recipe, "NEEDS_MIX", True)
+    region = PasteRegion.named(getattr(recipe, "PASTE_REGION", "mouth"))
 
     out_dir = Path(args.result_dir) / "target_img" / source.name / query_name
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.iterdir():  # frames of an earlier, longer run would linger
-        if re.fullmatch(r"\d+\.png", old.name):
+        if re.fullmatch(r"\d+\.png", old.name) or old.name in ("video.mp4", "grid.png"):
             old.unlink()
 
     query256 = read_rgb(query_path)
+    query_full = read_rgb(query_path, None)
+    picture = photo if full_frame else query_full
     query = to_tensor([query256], size).to(device)
     n = len(frames)
     width = max(3, len(str(n - 1)))
     show = set(np.unique(np.linspace(0, n - 1, min(GRID_FRAMES, n)).round().astype(int)).tolist())
     grid_rows: list[list[np.ndarray]] = [[], [], []]
-    video: list[np.ndarray] = []
+    tile = max(MIN_TILE, args.out_size or (max(query_full.shape[:2]) if paste == "region"
+                                           else size))
+    audio = source.audio
+    if source.video is not None and audio is None:
+        say(f"note: {source.video} has no sound track; the video is silent")
+    if audio is not None and args.fps and abs(args.fps - source.fps) > 1e-3:
+        say(f"note: --fps {args.fps:g} differs from the source's {source.fps:g} fps, so its "
+            "sound would not match the picture; the video is silent")
+        audio = None
+    writer = VideoWriter(out_dir / "video.mp4", fps, audio_from=audio)
+    frame_size = None
 
     bar = None
     if getattr(args, "progress", True):
@@ -194,39 +249,58 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     try:
         for start, stop in chunks(n, args.batch, getattr(args, "first_batch", 0)):
             chunk = [read_rgb(p) for p in frames[start:stop]]
+            mixes256: list[np.ndarray] = []
             # --no-poisson is the thesis's flag: no blending, the source frame itself.
             src_t, mix_t = model_inputs(query256, chunk, size, device,
                                         getattr(args, "blend", "poisson")
-                                        if needs_mix and args.poisson else "none")
+                                        if needs_mix and args.poisson else "none", mixes256)
             with torch.inference_mode():
                 out = recipe.generate(model, query, mix_t, src_t, args)
             out8 = to_uint8(out)
             for k, img in enumerate(out8):
                 i = start + k
-                img_out = _upscale(img, args.out_size)
-                Image.fromarray(img_out).save(out_dir / f"{i:0{width}d}.png")
-                video.append(img_out)
+                if paste == "region":
+                    frame = paste_back(picture, img, region, crop_to_photo)
+                    shown = frame if not full_frame else paste_back(query_full, img, region)
+                else:
+                    frame = shown = img
+                frame = _upscale(frame, args.out_size)
+                frame_size = frame.shape[1], frame.shape[0]
+                write_image(out_dir / f"{i:0{width}d}.png", frame)
+                writer.write(frame)
                 if i in show:
-                    grid_rows[0].append(to_uint8(src_t[k:k + 1])[0])
-                    grid_rows[1].append(to_uint8(mix_t[k:k + 1])[0])
-                    grid_rows[2].append(img)
+                    grid_rows[0].append(chunk[k])
+                    grid_rows[1].append(mixes256[k])
+                    grid_rows[2].append(shown)
             if bar is not None:
                 bar.update(len(chunk))
+        video_path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
 
-    video_path = write_video(out_dir / "video.mp4", video, fps)
-    grid_path = out_dir / "grid.png"
-    Image.fromarray(_upscale_grid(grid_rows, args.out_size)).save(grid_path)
+    grid_path = write_image(out_dir / "grid.png", _grid([[_upscale(_square(img), tile)
+                                                          for img in row] for row in grid_rows]))
     seconds = time.perf_counter() - t0
     summary = {"frames": n, "seconds": seconds, "seconds_per_frame": seconds / n,
                "out_dir": str(out_dir), "video": str(video_path), "grid": str(grid_path),
-               "fps": fps, "size": size}
-    say(f"{n} frames in {seconds:.1f} s ({seconds / n:.3f} s/frame, {size} px, "
-        f"{fps:g} fps video) -> {out_dir}")
+               "fps": fps, "size": size, "frame_size": frame_size,
+               "audio": audio is not None, "source_video": source.video}
+    fw, fh = frame_size
+    sound = ", with the source's sound" if audio is not None else ""
+    say(f"{n} frames in {seconds:.1f} s ({seconds / n:.3f} s/frame, model {size} px, frames "
+        f"{fw}x{fh}, {fps:g} fps video{sound}) -> {out_dir}")
     return summary
 
 
-def _upscale_grid(rows: list[list[np.ndarray]], size: int | None) -> np.ndarray:
-    return _grid([[_upscale(img, size) for img in row] for row in rows])
+def _square(img: np.ndarray) -> np.ndarray:
+    """A grid tile: ``img`` as it is when square, else centre-cropped to a square."""
+    h, w = img.shape[:2]
+    if h == w:
+        return img
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    return img[y:y + s, x:x + s]

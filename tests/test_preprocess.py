@@ -39,7 +39,9 @@ def test_photos_batch_reports_failures(tmp_path, shared_faces, capsys):
     assert "grey.png" in err and "no face" in err
     assert len(err.strip().splitlines()) == 1  # one line, no traceback
     written = sorted(p.name for p in (image_dir / "ref_img").iterdir())
-    assert written == ["leo_256.jpg", "obama_256.jpg"]
+    # each crop with its alignment record (test.py --full_frame)
+    assert written == ["leo_256.jpg", "leo_256.json", "obama_256.jpg", "obama_256.json"]
+    written = written[::2]
     for name in written:
         image = read_image(image_dir / "ref_img" / name)
         assert image.shape == (256, 256, 3)

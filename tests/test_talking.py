@@ -124,7 +124,7 @@ def test_job_writes_frames_video_grid_in_batches(tmp_path, capsys) -> None:
 
     image_dir = _image_dir(tmp_path / "image", n_frames=5)
     r = _fake_recipe(size=32)
-    summary = run(_args(image_dir, tmp_path, batch=2), r)
+    summary = run(_args(image_dir, tmp_path, batch=2, paste_back="none"), r)
     out = Path(summary["out_dir"])
     assert out == tmp_path / "res" / "target_img" / "talk" / "anna"
     assert sorted(p.name for p in out.glob("*.png")) == \
@@ -135,7 +135,8 @@ def test_job_writes_frames_video_grid_in_batches(tmp_path, capsys) -> None:
     frames, fps = read_video(out / "video.mp4")
     assert len(frames) == 5 and frames[0].shape == (32, 32, 3) and fps == pytest.approx(30)
     grid = np.asarray(Image.open(out / "grid.png"))
-    assert grid.shape[0] == 3 * 34 + 2 and grid.shape[1] == 5 * 34 + 2  # 3 rows, 5 frames
+    # 3 rows, 5 frames, tiles of at least 128 px (a 32 px model's frames are upscaled)
+    assert grid.shape[0] == 3 * 130 + 2 and grid.shape[1] == 5 * 130 + 2
     assert "5 frames" in capsys.readouterr().out.strip().splitlines()[-1]
 
     # Outside the mouth box the mix is the query (blending touches only the box).
@@ -146,7 +147,7 @@ def test_job_writes_frames_video_grid_in_batches(tmp_path, capsys) -> None:
 
     # --no-poisson feeds the source frame itself; --out_size upscales; --max_frames trims.
     run(_args(image_dir, tmp_path, **{"no-poisson": True, "out_size": 48, "max_frames": 3,
-                                      "fps": 12}), r)
+                                      "fps": 12, "paste_back": "none"}), r)
     assert sorted(p.name for p in out.glob("0*.png")) == ["000.png", "001.png", "002.png"]
     o = np.asarray(Image.open(out / "002.png"))
     assert o.shape == (48, 48, 3) and np.abs(o.astype(int) - 20).max() <= 1
@@ -184,6 +185,11 @@ def test_real_faces_with_a_stand_in_model(shared_faces, tmp_path) -> None:
     args.source, args.query = "ellen", "obama"
     summary = run(args, _fake_recipe(size=64))
     assert summary["frames"] == 3 and summary["fps"] == 25
+    # pasted back at the query's own 256 px (the default)
+    assert Image.open(Path(summary["out_dir"]) / "000.png").size == (256, 256)
+    args = _args(shared_faces, tmp_path, max_frames=3, paste_back="none")
+    args.source, args.query = "ellen", "obama"
+    summary = run(args, _fake_recipe(size=64))
     assert Image.open(Path(summary["out_dir"]) / "000.png").size == (64, 64)
 
 
@@ -225,7 +231,9 @@ def test_test_py_with_a_tiny_trained_model(trained, tmp_path, capsys) -> None:
     out = tmp_path / "res" / "target_img" / source / query
     n = syn.n_source_frames(source)
     assert len(list(out.glob("0*.png"))) == n
-    assert Image.open(out / "000.png").size == (SIZE, SIZE)
+    # the model works at SIZE; the frames are pasted back at the query's 256 px
+    assert Image.open(syn.query_path(query)).size == (256, 256)
+    assert Image.open(out / "000.png").size == (256, 256)
     frames, _ = read_video(out / "video.mp4")
     assert len(frames) == n
     assert (out / "grid.png").is_file()
