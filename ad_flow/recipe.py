@@ -138,8 +138,8 @@ def from_glow(glow: Glow, cfg: Config) -> ADFlow:
 def build(cfg: Config) -> nn.Module:
     glow = load_frozen_glow(cfg.glow, cfg)
     model = from_glow(glow, cfg)
-    model.glow_info = {"path": str(cfg.glow), "sha256": file_sha256(cfg.glow),
-                       "config": glow.config()}
+    model.glow_info = {"path": str(cfg.glow), "absolute": str(Path(cfg.glow).resolve()),
+                       "sha256": file_sha256(cfg.glow), "config": glow.config()}
     model.words = getattr(cfg, "_words", None)
     return model
 
@@ -287,8 +287,10 @@ def sample(model: nn.Module, batch, ctx) -> tuple[Tensor, int]:
 def add_test_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model: ad-flow")
     g.add_argument("--glow", default=None,
-                   help="the Glow (default: the one recorded in the AD-flow checkpoint when that "
-                        f"file exists, else CHECKPOINT_DIR/{DEFAULT_GLOW})")
+                   help="the Glow (default: the one the AD-flow checkpoint records, found by its "
+                        "path, absolute or relative to the checkpoint's folder, and checked by "
+                        "its sha256; for a checkpoint without a record (the thesis's): "
+                        f"CHECKPOINT_DIR/{DEFAULT_GLOW})")
     g.add_argument("--n_flow", type=int, default=None,
                    help="flows per block of a thesis-format Glow (inferred; checked when given)")
     g.add_argument("--n_block", type=int, default=None,
@@ -299,16 +301,62 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                    help="assert that a thesis-format Glow uses the plain 1x1 conv")
 
 
-def glow_path(args, recorded: dict) -> Path:
+def _recorded_candidates(rec: str, absolute: str | None, checkpoint: Path) -> list[Path]:
+    """Where the Glow recorded as ``rec`` may be: the absolute path recorded at training;
+    ``rec`` itself if absolute, else relative to the checkpoint's folder and to the current
+    one; and, for a run tree moved as a whole, the tail of ``rec`` under each folder above the
+    checkpoint (every candidate is then checked by its sha256)."""
+    p = Path(rec)
+    here = checkpoint.resolve().parent
+    cands = [Path(absolute)] if absolute else []
+    cands += [p] if p.is_absolute() else [here / p, p]
+    parts = p.parts
+    for up in (here, *list(here.parents)[:3]):
+        for k in range(min(2, len(parts)), min(3, len(parts)) + 1):  # RUN/FILE, a level more
+            cands.append(up.joinpath(*parts[-k:]))
+    seen, out = {str(checkpoint.resolve())}, []
+    for c in cands:
+        key = str(c.resolve()) if c.exists() else str(c)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def glow_path(args, recorded: dict) -> tuple[Path, bool]:
     """The Glow file of an AD-flow model at test time (the one resolution of it): ``--glow``;
-    else the path recorded in the AD-flow checkpoint when that file exists; else
-    CHECKPOINT_DIR/glow_checkpoint.pt. ``load_for_test`` keeps it as ``model.glow_path``."""
+    else the Glow the AD-flow checkpoint records (its path absolute, or relative to the
+    checkpoint's folder), when a file there has the recorded sha256; else, for a checkpoint that
+    records none (the thesis's), CHECKPOINT_DIR/glow_checkpoint.pt. Returns ``(path, verify)``:
+    with ``verify`` the caller checks the file's sha256 against the record (read beside the
+    load) and refuses a mismatch with :func:`changed_glow`. A recorded Glow that is nowhere is a
+    one-line ``CheckpointError`` naming it and ``--glow``. ``load_for_test`` keeps the path as
+    ``model.glow_path``."""
     if getattr(args, "glow", None):
-        return Path(args.glow)
+        return Path(args.glow), False
     rec = recorded.get("path")
-    if rec and Path(rec).is_file():
-        return Path(rec)
-    return Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_GLOW
+    if not rec:
+        return Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_GLOW, False
+    ckpt = Path(args.checkpoint)
+    existing = [c for c in _recorded_candidates(rec, recorded.get("absolute"), ckpt)
+                if c.is_file()]
+    want = recorded.get("sha256")
+    if len(existing) == 1 or (existing and not want):
+        return existing[0], bool(want)
+    for c in existing:  # several files could be it: the digest decides
+        if file_sha256(c) == want:
+            return c, False
+    if existing:
+        raise changed_glow(ckpt, rec, existing[0])
+    raise CheckpointError(
+        f"{ckpt}: the Glow it was trained on ({rec}) is not there (looked beside the checkpoint "
+        "and in the current folder); pass it with --glow PATH")
+
+
+def changed_glow(ckpt: Path, rec: str, found: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{ckpt}: the Glow it was trained on ({rec}) has changed since (the sha256 of {found} "
+        "differs from the recorded one); pass the Glow it was trained on with --glow PATH")
 
 
 def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
@@ -340,13 +388,16 @@ def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
     cfg.n_block = getattr(args, "n_block", None)
     cfg.affine = bool(getattr(args, "affine", False))
     cfg.conv_lu = bool(getattr(args, "conv_lu", True))
-    gpath = glow_path(args, recorded)
-    # the digest is read beside the load (the same file, already in the page cache after it)
+    gpath, verify = glow_path(args, recorded)
+    # the digest is read beside the load (the same file, already in the page cache after it):
+    # the recorded Glow must match it; an explicit --glow that differs gets a warning
     digest = file_sha256_soon(gpath) if recorded.get("sha256") and gpath.is_file() else None
     glow = load_glow(gpath, n_flow=cfg.n_flow, n_block=cfg.n_block,
                      affine=True if cfg.affine else None,
                      conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
     if digest is not None and digest() != recorded["sha256"]:
+        if verify:
+            raise changed_glow(path, recorded.get("path"), gpath)
         print(f"warning: {gpath} is not the Glow file this AD-flow model was trained on "
               f"({recorded.get('path')}); results may be poor", file=sys.stderr)
     model = from_glow(glow, cfg)

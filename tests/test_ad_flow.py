@@ -387,3 +387,46 @@ def test_thesis_ablation_layouts_and_refusals(tmp_path) -> None:
     with pytest.raises(CheckpointError) as err:
         ad.load_for_test(args, "cpu")
     assert "\n" not in str(err.value) and "--glow" in str(err.value)
+
+
+def test_test_time_finds_the_recorded_glow_or_says_how(tmp_path, monkeypatch) -> None:
+    """No --glow: the Glow the checkpoint records is found from another folder, after the run
+    tree moved, and checked by its sha256; a changed or missing file is a one-line error
+    naming the recorded path and --glow (never a silent fall-back to checkpoint/)."""
+    import shutil
+
+    run = tmp_path / "demo"
+    (run / "checkpoint" / "glow").mkdir(parents=True)
+    (run / "checkpoint" / "ad").mkdir()
+    monkeypatch.chdir(tmp_path)
+    glow_rel = Path("demo/checkpoint/glow/last.pt")  # recorded as given: relative to the cwd
+    save_glow(glow_rel, tiny_glow())
+    cfg = tiny_cfg(glow_rel)
+    model = ad.build(cfg)
+    ck = save_checkpoint(run / "checkpoint" / "ad" / "last.pt", model_name="ad-flow",
+                         model_config=cfg.__dict__ | {}, train_config={},
+                         weights=model.state_dict(), extra=ad.checkpoint_extra(model, cfg))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def load(checkpoint: Path):
+        return ad.load_for_test(SimpleNamespace(checkpoint=str(checkpoint), glow=None,
+                                                checkpoint_dir="checkpoint"), "cpu")
+
+    assert Path(load(ck).glow_path).resolve() == (run / "checkpoint" / "glow" / "last.pt")
+    moved = tmp_path / "moved" / "demo"
+    shutil.move(str(run), str(moved))  # the absolute path recorded is gone now
+    found = load(moved / "checkpoint" / "ad" / "last.pt").glow_path
+    assert Path(found).resolve() == moved / "checkpoint" / "glow" / "last.pt"
+    save_glow(moved / "checkpoint" / "glow" / "last.pt", tiny_glow(seed=3))  # file changed
+    with pytest.raises(CheckpointError) as err:
+        load(moved / "checkpoint" / "ad" / "last.pt")
+    msg = str(err.value)
+    assert "\n" not in msg and str(glow_rel) in msg and "--glow" in msg and "changed" in msg
+    (moved / "checkpoint" / "glow" / "last.pt").unlink()
+    with pytest.raises(CheckpointError) as err:
+        load(moved / "checkpoint" / "ad" / "last.pt")
+    msg = str(err.value)
+    assert "\n" not in msg and str(glow_rel) in msg and "--glow" in msg
+    assert "glow_checkpoint.pt" not in msg
