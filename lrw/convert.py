@@ -5,7 +5,9 @@ itself or its parent). Output: ``out_dir/SPLIT/WORD/WORD_NNNNN_FF.jpg`` with ``F
 (two digits, or more for clips longer than 99 frames; 1-based, one JPEG per video frame, quality
 95).
 
-Resumable: every frame is written under a hidden temporary name and renamed, and a clip's marker
+Streaming: a clip is decoded one frame at a time. A clip that decodes fewer frames than its
+container states (a truncated download) is a counted failure, its frames removed, never marked
+done. Resumable: every frame is written under a hidden temporary name and renamed, and a clip's marker
 ``out_dir/SPLIT/.done/WORD/WORD_NNNNN`` (holding its frame count) is written last. A clip with a
 marker is skipped; a clip without one (never started, interrupted, failed) is converted again,
 overwriting whatever frames it had. The index ignores the hidden ``.done`` folder and ``.``-files.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import cv2
 
-from lrw.video import read_video
+from lrw.video import VideoReader
 
 __all__ = ["ConvertReport", "convert_lrw", "find_lrw_root", "list_videos"]
 
@@ -78,15 +80,20 @@ def _marker(out_split: Path, video: Path) -> Path:
 
 
 def _convert_one(video: Path, out_split: Path) -> tuple[str, int, str | None]:
-    """Convert one clip. Returns ``(video, frames written, error or None)``; never raises."""
+    """Convert one clip, streaming (one decoded frame in memory at a time). Returns ``(video,
+    frames written, error or None)``; never raises. A clip that decodes fewer frames than its
+    container states (truncated) is a failure: its frames are removed and it is not marked
+    done, so it is converted again once the file is whole."""
+    written: list[Path] = []
     try:
-        frames, _fps = read_video(video)
+        reader = VideoReader(video)
         word = video.parent.parent.name
         word_dir = out_split / word
         word_dir.mkdir(parents=True, exist_ok=True)
-        width = max(2, len(str(len(frames))))
+        # the name width needs the count before the end: the container's, else two digits
+        width = max(2, len(str(reader.declared)))
         params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-        for i, rgb in enumerate(frames, start=1):
+        for i, rgb in enumerate(reader, start=1):
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
             if not ok:
                 raise ValueError(f"JPEG encoding failed for frame {i}")
@@ -94,13 +101,16 @@ def _convert_one(video: Path, out_split: Path) -> tuple[str, int, str | None]:
             tmp = word_dir / f".{final.name}.part"
             tmp.write_bytes(buf.tobytes())
             os.replace(tmp, final)
+            written.append(final)
         marker = _marker(out_split, video)
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_name(f".{marker.name}.part")
-        tmp.write_text(f"{len(frames)}\n")
+        tmp.write_text(f"{len(written)}\n")
         os.replace(tmp, marker)
-        return str(video), len(frames), None
+        return str(video), len(written), None
     except Exception as e:  # one bad clip must not stop a batch of 500k
+        for f in written:  # a short read leaves no frames for the index to train on
+            f.unlink(missing_ok=True)
         msg = " ".join(str(e).split()) or type(e).__name__
         return str(video), 0, msg
 

@@ -134,12 +134,19 @@ def landmark_folder(root: str | Path, workers: int = 1, force: bool = False,
 def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int = 5,
                 detect_every: int = 2, predictor: str | None = None,
                 say=print) -> dict[str, int]:
-    """``VIDEOS/IDENTITY/VIDEO.ext`` -> ``OUT/IDENTITY/VIDEO/NNNNN.png`` + ``.npy``."""
+    """``VIDEOS/IDENTITY/VIDEO.ext`` -> ``OUT/IDENTITY/VIDEO/NNNNN.png`` + ``.npy``.
+
+    Each video is streamed in two passes (``faces.sequence.plan_sequence``/``crops_of``: one
+    decoded frame in memory at a time) into a temporary folder that is moved into place with
+    its ``.done`` marker; an unreadable, truncated or faceless video is a counted failure that
+    leaves nothing behind and is tried again next time."""
+    import shutil
+
     from faces.align import apply_transform
     from faces.io import write_image
     from faces.landmarks import LandmarkDetector
-    from faces.sequence import align_sequence
-    from lrw.video import read_video
+    from faces.sequence import crops_of, plan_sequence
+    from lrw.video import VideoReader
 
     videos, out = Path(videos), Path(out)
     if not videos.is_dir():
@@ -153,24 +160,33 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
             if (folder / ".done").is_file():
                 counts["videos"] += 1
                 continue
+            tmp = folder.parent / f".{folder.name}.part{os.getpid()}"
             try:
-                frames, _ = read_video(video)
-                result = align_sequence(frames, detector, out_size=size, smooth=smooth,
-                                        detect_every=detect_every)
+                reader = VideoReader(video)
+                plan = plan_sequence(reader, detector, smooth=smooth, detect_every=detect_every)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                frames = skipped = 0
+                for i, (crop, matrix) in enumerate(crops_of(reader, plan, size)):
+                    lm = plan.landmarks[i]
+                    if lm is None:
+                        skipped += 1
+                        continue
+                    pts = apply_transform(np.asarray(lm), matrix) / size
+                    write_image(tmp / f"{i:05d}.png", crop)
+                    save_landmarks(tmp / f"{i:05d}.npy", pts)
+                    frames += 1
+                (tmp / ".done").write_text("ok\n")
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(tmp, folder)
             except (ValueError, OSError) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
                 say(f"warning: {video}: {exc}; skipped")
                 counts["failed"] += 1
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, (crop, lm) in enumerate(zip(result.crops, result.landmarks, strict=True)):
-                if lm is None:
-                    counts["skipped"] += 1
-                    continue
-                pts = apply_transform(np.asarray(lm), result.matrices[i]) / size
-                write_image(folder / f"{i:05d}.png", crop)
-                save_landmarks(folder / f"{i:05d}.npy", pts)
-                counts["frames"] += 1
-            (folder / ".done").write_text("ok\n")
+            counts["frames"] += frames
+            counts["skipped"] += skipped
             counts["videos"] += 1
     if counts["videos"] == 0:
         raise ValueError(f"--from_video {videos}: no readable video in any IDENTITY folder")

@@ -275,3 +275,24 @@ def test_convert_lrw_workers(tmp_path: Path):
         write_video(mp4 / "ABOUT" / "val" / f"ABOUT_{cid}.mp4", _frames(3), 25)
     report = convert_lrw(mp4, tmp_path / "out", split="val", workers=2, progress=False)
     assert (report.clips_converted, report.frames_written) == (3, 9)
+
+
+def test_convert_lrw_never_marks_a_truncated_clip_done(tmp_path: Path):
+    """A cut-off download decodes fewer frames than its container states: a counted failure,
+    its frames removed, no marker (so the index never trains on the short clip and the next run
+    converts it again once it is whole)."""
+    mp4 = tmp_path / "lipread_mp4"
+    whole = write_video(mp4 / "ABOUT" / "train" / "ABOUT_00001.mp4", _frames(12), 25)
+    data = whole.read_bytes()
+    cut = mp4 / "ABOUT" / "train" / "ABOUT_00002.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "out"
+    report = convert_lrw(mp4, out, split="train", progress=False)
+    assert report.clips_converted == 1 and len(report.failures) == 1
+    assert report.failures[0][0].endswith("ABOUT_00002.mp4")
+    assert "truncated" in report.failures[0][1]
+    assert not (out / "train" / ".done" / "ABOUT" / "ABOUT_00002").exists()
+    assert not list((out / "train" / "ABOUT").glob("ABOUT_00002_*"))
+    cut.write_bytes(data)  # the download completed: converted on the next run
+    again = convert_lrw(mp4, out, split="train", progress=False)
+    assert (again.clips_converted, again.clips_skipped, len(again.failures)) == (1, 1, 0)

@@ -75,3 +75,21 @@ def test_from_video_writes_aligned_frames_with_landmarks(shared_faces, tmp_path)
     # aligned crop: the mouth centre lands near the crop's (0.5, 0.625)
     assert np.allclose(lm[48:68].mean(0), (0.5, 0.625), atol=0.06)
     assert np.asarray(Image.open(out[0])).shape == (64, 64, 3)
+
+
+def test_from_video_counts_a_truncated_video_and_leaves_nothing(shared_faces, tmp_path):
+    from faces.io import read_image, sorted_frames
+    from lrw.video import write_video
+
+    frames = [read_image(p) for p in sorted_frames(shared_faces / "source_img" / "ellen")[:6]]
+    whole = write_video(tmp_path / "videos" / "ellen" / "talk.mp4", frames, 25)
+    data = whole.read_bytes()
+    (tmp_path / "videos" / "ellen" / "cut.mp4").write_bytes(data[: len(data) * 2 // 3])
+    lines: list[str] = []
+    from pose_flow.preprocess import from_videos
+
+    counts = from_videos(tmp_path / "videos", tmp_path / "data", size=64, say=lines.append)
+    assert counts["failed"] == 1 and counts["videos"] == 1
+    assert any("cut.mp4" in line and "truncated" in line for line in lines)
+    assert not (tmp_path / "data" / "ellen" / "cut").exists()
+    assert [p.name for p in (tmp_path / "data" / "ellen").iterdir()] == ["talk"]
