@@ -226,11 +226,33 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         raise ValueError("nothing was scored (a Glow alone is scored by bits/dim on DATA)")
     title = f"Evaluation of {name} ({args.model})"
     paths = write_report(out_dir, table_rows, title, header, details)
+    paths["html"] = _html(args, ev, out_dir, title, paths["table"], synthetic, sources,
+                          queries, image_dir, ckpt, device)
     say("\n" + format_table(table_rows))
-    say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}")
+    say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}\n"
+        f"report: {paths['html']}")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"rows": table_rows, "paths": paths, "out_dir": out_dir}
+
+
+def _html(args, ev, out_dir: Path, title: str, table: Path, synthetic: list[str],
+          sources: list[str], queries: list[str], image_dir: Path, ckpt: Path, device) -> Path:
+    """``report.html`` beside ``table.md``: the table, the first pair side by side with the
+    baselines (grid and video), the charts and the checkpoint's training curves."""
+    from evaluation.html import talking_report
+    from evaluation.visuals import real_rows, synthetic_rows
+
+    example = None
+    if ev.systems and synthetic:
+        example = synthetic_rows(synthetic[0], ev.systems, ev.size, device, args.batch,
+                                 args.seq_frames, args.blend)
+    elif ev.systems and sources:
+        example = real_rows(image_dir, sources[0], queries[0], ev.systems, ev.size, device,
+                            args.batch, args.seq_frames)
+    run = Path(args.result_dir) / f"sample_{ckpt.parent.name}"
+    return talking_report(out_dir, title, table, getattr(args, "command", None), example,
+                          [run] if run.is_dir() else [])
 
 
 def compare(args: argparse.Namespace, say=print) -> dict:
@@ -239,8 +261,14 @@ def compare(args: argparse.Namespace, say=print) -> dict:
     eval_root = Path(args.result_dir) / "eval"
     name = args.name or "compare_" + "_".join(args.compare)
     rows, paths = compare_runs(eval_root, args.compare, eval_root / name)
+    from evaluation.html import compare_report
+
+    paths["html"] = compare_report(eval_root / name, paths["table"],
+                                   [eval_root / run for run in args.compare],
+                                   getattr(args, "command", None))
     say(format_table(rows, ("run", "system")))
-    say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}")
+    say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}\n"
+        f"report: {paths['html']}")
     return {"rows": rows, "paths": paths, "out_dir": eval_root / name}
 
 
@@ -263,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         known.model = None
     args = build_parser(known.model if known.compare is None else None).parse_args(argv)
 
+    from evaluation.html import command_line
     from training.cli import report_errors
 
+    args.command = command_line("evaluate.py", argv)
     return report_errors(lambda: compare(args) if args.compare else evaluate(args))
 
 

@@ -35,7 +35,7 @@ def _cli(name: str):
 
 
 def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
-    """Returns ``{"grid": path, "table": markdown, "seconds": float}``; raises RuntimeError when
+    """Returns ``{"grid": path, "table": markdown, "eval": folder, "seconds": float}``; raises RuntimeError when
     a step fails."""
     from synthface.attributes import write_attribute_set
 
@@ -72,4 +72,5 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
         raise RuntimeError("content-ae evaluate.py failed")
     table = (result_dir / "eval" / name / "table.md").read_text().strip()
     return {"grid": result_dir / "transfer" / name / "grid.png", "table": table,
+            "eval": result_dir / "eval" / name,
             "seconds": round(time.time() - t0, 1)}

@@ -30,6 +30,9 @@ import torch
 
 from evaluation.metrics import PSNR_CAP, psnr_from_mse, ssim
 
+EXAMPLES = 8
+"""Transfers shown side by side in ``report.html``."""
+
 
 class _Pool:
     """Squared errors (whole, inside, outside a region) and SSIMs, pooled over pairs."""
@@ -75,8 +78,11 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 def evaluate_set(model, root: str | Path, device: torch.device, split: str = "test",
-                 max_pairs: int = 0) -> dict:
-    """``{system: {"transfer": {...}, "removal": {...}}}`` (see the module docstring)."""
+                 max_pairs: int = 0, examples: dict[str, list] | None = None) -> dict:
+    """``{system: {"transfer": {...}, "removal": {...}}}`` (see the module docstring).
+
+    ``examples``: when given, the first :data:`EXAMPLES` transfers are appended to it, one
+    uint8 image per row label (the answer, the model, both baselines), for the report."""
     from synthface.attributes import (
         inputs,
         read_manifest,
@@ -111,6 +117,12 @@ def evaluate_set(model, root: str | Path, device: torch.device, split: str = "te
                 pools["model"]["transfer"].add(truth, _to_uint8(t[j]), reg)
                 pools["copy target"]["transfer"].add(truth, imgs_b[j], reg)
                 pools["paste region"]["transfer"].add(truth, pasted, reg)
+                if examples is not None and pairs <= EXAMPLES:
+                    for lab, img in (("exact answer", truth), ("model", _to_uint8(t[j])),
+                                     ("baseline: copy target", imgs_b[j]),
+                                     ("baseline: paste region", pasted),
+                                     ("donor A", imgs_a[i])):
+                        examples.setdefault(lab, []).append(img)
             truth = removal_truth(manifest, i, split, size)
             pools["model"]["removal"].add(truth, _to_uint8(removed[i]), donor_region)
             pools["copy target"]["removal"].add(truth, imgs_a[i], donor_region)
@@ -170,7 +182,8 @@ def run(args: argparse.Namespace, say=print) -> dict:
 
     device = _device(args.device)
     model, _, ckpt = load_for_inference(args, device)
-    metrics = evaluate_set(model, args.root, device, args.split, args.max_pairs)
+    examples: dict[str, list] = {}
+    metrics = evaluate_set(model, args.root, device, args.split, args.max_pairs, examples)
     name = args.name or ckpt["config"].get("train", {}).get("name") or "content-ae"
     out = Path(args.result_dir) / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -182,13 +195,46 @@ def run(args: argparse.Namespace, say=print) -> dict:
         + (f", mask power {info['mask_power']:g}" if info["mask_power"] is not None else "")
         + f"\n\n{text}\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    report = _html(out, name, examples, args)
     say(text)
-    say(f"table: {out / 'table.md'}\nmetrics: {out / 'metrics.json'}")
-    return {"metrics": metrics, "table": text, "out": out}
+    say(f"table: {out / 'table.md'}\nmetrics: {out / 'metrics.json'}\nreport: {report}")
+    return {"metrics": metrics, "table": text, "out": out, "html": report}
+
+
+def _html(out: Path, name: str, examples: dict[str, list], args: argparse.Namespace) -> Path:
+    """``report.html``: the table, the first transfers beside the answer and both baselines
+    (tiles of at least 128 px), the training curves."""
+    from evaluation.html import Section, write_html
+    from evaluation.visuals import comparison_grid
+
+    sections = [Section("Scores", (out / "table.md").read_text())]
+    if examples:
+        order = ["donor A", "baseline: copy target", "exact answer", "model",
+                 "baseline: paste region"]
+        grid = comparison_grid({lab: np.stack(examples[lab]) for lab in order},
+                               out / "compare_grid.png", columns=EXAMPLES)
+        sections.append(Section(
+            "Transfers beside the answer and the baselines",
+            "Columns: the first transfers (donor A_i's attribute onto target B_j); rows: the "
+            "donor, the target (= copying it, a baseline), the exact answer, the model, "
+            "pasting the donor's region (a baseline). Tiles enlarged by pixel repetition.",
+            [(grid, "transfers")]))
+    run_dir = Path(args.result_dir) / f"sample_{name}"
+    curves = [(run_dir / "loss.png", "loss curves")] if (run_dir / "loss.png").is_file() else []
+    grid_png = Path(args.result_dir) / "transfer" / name / "grid.png"
+    if grid_png.is_file():
+        curves.insert(0, (grid_png, "test.py's transfer grid"))
+    if curves:
+        sections.append(Section("Transfer grid and training", "", curves))
+    return write_html(out, f"content-ae evaluation: {name}", sections,
+                      getattr(args, "command", None))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation.html import command_line
     from training.cli import report_errors
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command = command_line("evaluate.py", argv)
     return report_errors(lambda: run(args))

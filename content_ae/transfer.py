@@ -81,6 +81,10 @@ def load_images(paths: list[Path], size: int, n: int, say=print) -> tuple[Tensor
     return torch.stack(out), skipped
 
 
+GRID_TILE = 128
+"""Smallest tile side of ``grid.png`` in pixels (smaller models' tiles are enlarged)."""
+
+
 def _save(x: Tensor, path: Path, nrow: int = 8) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(((x.float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
@@ -99,7 +103,10 @@ def write_grid(model: ContentAE, a: Tensor, b: Tensor, out: Path) -> Path:
         for j in range(n):
             _save(grid[(i + 1) * (n + 1) + 1 + j], out / "cells" / f"A{i + 1}_B{j + 1}.png")
         _save(removed[i], out / "removal" / f"A{i + 1}.png")
-    _save(rows, out / "grid.png", nrow=n + 1)
+    # the grid at a size a person can see: tiles of at least GRID_TILE px (pixel repetition;
+    # the cells keep the model's size)
+    k = max(1, -(-GRID_TILE // rows.shape[-1]))
+    _save(rows.repeat_interleave(k, 2).repeat_interleave(k, 3), out / "grid.png", nrow=n + 1)
     return out / "grid.png"
 
 

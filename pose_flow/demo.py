@@ -123,4 +123,4 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     say(f"[pose-flow] {seconds:.0f} s; grid {pose_results / 'transfer_grid' / 'grid.png'}")
     return {"grid": pose_results / "transfer_grid" / "grid.png",
             "table": table.split("\n", 2)[-1].strip(), "seconds": seconds,
-            "video": video, "reused": reused}
+            "video": video, "reused": reused, "eval": result_dir / "eval" / RUN}

@@ -124,9 +124,17 @@ def _to_u8(x: torch.Tensor) -> list[np.ndarray]:
     return list(to_uint8(x))
 
 
+EXAMPLES = 8
+"""Pairs shown side by side in ``report.html``."""
+
+
 def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
-                       pairs: int | None = None) -> tuple[list[dict], list[dict]]:
-    """(rows per system, one detail row per system and pair) on a pose set at ``root``."""
+                       pairs: int | None = None, examples: dict[str, list] | None = None
+                       ) -> tuple[list[dict], list[dict]]:
+    """(rows per system, one detail row per system and pair) on a pose set at ``root``.
+
+    ``examples``: when given, the first :data:`EXAMPLES` pairs' images are appended to it per
+    row label (the source, the exact answer, every system), for the report."""
     from evaluation.metrics import psnr, ssim
 
     from .data import read_landmarks
@@ -152,6 +160,9 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
         if getattr(model, "reference", "none") == "warp":
             # the flow's own starting point: what the flow adds is its row minus this one
             outputs[REFERENCE_ROW] = _to_u8(model.warp_reference(x, ls_t, lt_t))[0]
+        if examples is not None and len(examples.get("exact answer", [])) < EXAMPLES:
+            for lab, img in (("exact answer", truth), *outputs.items()):
+                examples.setdefault(lab, []).append(img)
         ref_lm = scorer.landmarks(truth, lm_t) if scorer else None
         src_desc = scorer.descriptor(src, lm_s) if scorer else None
         for name, img in outputs.items():
@@ -284,8 +295,10 @@ def evaluate_cli(argv: list[str]) -> int:
         model = load_pose_flow(ckpt, device)
         scorer = FaceScorer() if a.dlib or a.source else None
         rows, details = [], []
+        examples: dict[str, list] = {}
         for d in a.data:
-            r, dt = evaluate_synthetic(model, Path(d), device, scorer, a.pairs)
+            r, dt = evaluate_synthetic(model, Path(d), device, scorer, a.pairs,
+                                       examples if d == a.data[0] else None)
             rows += r
             details += dt
         if a.source and a.query:
@@ -298,6 +311,34 @@ def evaluate_cli(argv: list[str]) -> int:
     name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
     table = write(Path(a.result_dir) / "eval" / name, rows, details,
                   f"pose-flow evaluation: {name}")
+    report = _html(table.parent, name, examples, a, ckpt, argv)
     print(format_table(rows))
-    print(f"-> {table}")
+    print(f"-> {table}\nreport: {report}")
     return 0
+
+
+def _html(out: Path, name: str, examples: dict[str, list], a: argparse.Namespace, ckpt: Path,
+          argv: list[str]) -> Path:
+    """``report.html`` beside ``table.md``: the table, the first pairs beside the exact answer
+    and the baselines (tiles of at least 128 px), the run's training curves."""
+    from evaluation.html import Section, command_line, write_html
+    from evaluation.visuals import comparison_grid
+
+    sections = [Section("Scores", (out / "table.md").read_text().split("\n", 1)[-1])]
+    if examples:
+        order = ["copy source", "exact answer",
+                 *(k for k in examples if k not in ("copy source", "exact answer"))]
+        grid = comparison_grid({lab: np.stack(examples[lab]) for lab in order},
+                               out / "compare_grid.png", columns=EXAMPLES)
+        sections.append(Section(
+            "Pose transfers beside the answer and the baselines",
+            "Columns: the first source x target pairs; rows: the source (= copying it, a "
+            "baseline), the exact answer, then each system. Tiles enlarged by pixel "
+            "repetition.", [(grid, "pose transfers")]))
+    run_dir = Path(a.result_dir) / f"sample_{ckpt.parent.name}"
+    media = [(run_dir / n, f"{n} of {run_dir.name}") for n in ("loss.png", "diagnostics.png")
+             if (run_dir / n).is_file()]
+    if media:
+        sections.append(Section("Training", "", media))
+    return write_html(out, f"pose-flow evaluation: {name}", sections,
+                      command_line("evaluate.py", argv))

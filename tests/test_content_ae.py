@@ -281,13 +281,16 @@ def test_tiny_run_lowers_losses_and_writes_the_grid(synth, tmp_path):
                         "--checkpoint_dir", str(tmp_path / "ck"), "--out", str(out),
                         "--n_display", "3", "--interpolate", "4"]) == 0
     grid = Image.open(out / "grid.png")
-    assert grid.size == (4 * 18 + 2, 5 * 18 + 2)  # n + 1 columns; header, 3 rows, removals
+    # n + 1 columns; header, 3 rows, removals; 16 px tiles enlarged 8x to 128 px
+    assert grid.size == (4 * 130 + 2, 5 * 130 + 2)
     assert len(list((out / "cells").glob("A*_B*.png"))) == 9
     assert len(list((out / "removal").glob("A*.png"))) == 3
+    assert Image.open(out / "cells" / "A1_B1.png").size == (16, 16)  # cells at model size
     g = np.asarray(grid.convert("RGB")).astype(int)
-    assert g[2:18, 2:18].max() == 0  # the blank top-left tile
+    assert g[2:130, 2:130].max() == 0  # the blank top-left tile
     b1 = np.asarray(Image.open(synth / "testB/00000.png").convert("RGB")).astype(int)
-    assert np.abs(g[2:18, 20:36] - b1).max() <= 1  # row 0 holds B_1 next
+    b1 = b1.repeat(8, 0).repeat(8, 1)
+    assert np.abs(g[2:130, 132:260] - b1).max() <= 1  # row 0 holds B_1 next
     assert Image.open(out / "interpolation.png").size == (5 * 18 + 2, 3 * 18 + 2)
     # single transfer with --a/--b
     assert cli("test")(["--model", "content-ae", "--checkpoint", "run", "--checkpoint_dir",
