@@ -63,6 +63,11 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                         help="the mouth mix given to the models and scored as the blend "
                              "baseline on the synthetic set (as test.py --blend; default: "
                              "poisson, gain-matched)")
+    parser.add_argument("--paste_back", default="region", choices=["region", "none"],
+                        help="synthetic: also score what test.py writes, pasted back at 256 px "
+                             "against the 256 px truth, beside the query and the mouth blend at "
+                             "256 px (rows '@256 px'; default: region); none: the model's size "
+                             "only")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the dequantisation noise for bits/dim (default: 0)")
     g = parser.add_argument_group("what is scored")
@@ -131,7 +136,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
 
     from evaluation.likelihood import bits_per_dim_over, heldout_frames
     from evaluation.metrics import PSNR_CAP, SSIM_WINDOW
-    from evaluation.models import BASELINE_BLEND, BASELINE_COPY, load_model
+    from evaluation.models import BASELINE_BLEND, BASELINE_COPY, load_model, pasted_label
     from evaluation.real import evaluate_real
     from evaluation.report import format_table, write_report
     from evaluation.synthetic import evaluate_synthetic, is_synthetic
@@ -197,7 +202,8 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         per_set = []
         for root in synthetic:
             r, det = evaluate_synthetic(root, ev.systems, ev.size, device, args.batch,
-                                        args.pairs, args.seq_frames, args.progress, args.blend)
+                                        args.pairs, args.seq_frames, args.progress, args.blend,
+                                        paste=args.paste_back == "region")
             per_set.append(r)
             details += det
         merged = _weighted(per_set, "frames")
@@ -209,6 +215,12 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
             f"pairs); ground truth = query identity with the source frame's mouth, resized like "
             f"the model input; SSIM window {SSIM_WINDOW}x{SSIM_WINDOW} uniform, per channel, "
             f"data_range 255; PSNR of identical images capped at {PSNR_CAP:g} dB")
+        if args.paste_back == "region":
+            header.append(
+                "rows '@256 px': what test.py writes, scored at 256 px against the 256 px "
+                "truth: each model pasted back into the query (--paste_back region), the query "
+                "itself and the mouth blend made at 256 px; dPSNR against the query at 256 px; "
+                f"mouth states read back from the frames brought to {ev.size} px")
     if sources:
         r, det = evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
                                args.batch, args.seq_frames, args.face_box == "detect",
@@ -221,6 +233,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
                       f"{'detector' if args.face_box == 'detect' else 'aligned crop box'}")
 
     order = labels + [lab for lab in (BASELINE_COPY, BASELINE_BLEND) if lab in rows]
+    order += [pasted_label(lab) for lab in order if pasted_label(lab) in rows]
     table_rows = [{"system": lab, **rows[lab]} for lab in order if rows[lab]]
     if not table_rows:
         raise ValueError("nothing was scored (a Glow alone is scored by bits/dim on DATA)")

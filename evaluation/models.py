@@ -23,7 +23,7 @@ from glow import CheckpointError, bits_per_dim
 from glow.io import recorded_n_bits
 
 __all__ = ["BASELINE_BLEND", "BASELINE_COPY", "EvalModel", "System", "load_model",
-           "run_sequence"]
+           "pasted_label", "run_sequence"]
 
 BASELINE_COPY = "baseline: copy query"
 BASELINE_BLEND = "baseline: mouth blend"
@@ -38,6 +38,7 @@ class System:
 
     label: str
     fn: Callable[[Tensor, Tensor, Tensor], Tensor]
+    region: str = "mouth"  # what test.py pastes back (faces.paste.PasteRegion.named)
 
 
 @dataclass
@@ -103,10 +104,12 @@ def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> Eva
     size = _model_image_size(recipe, model)
     needs_mix = getattr(recipe, "NEEDS_MIX", True)
 
+    region = getattr(recipe, "PASTE_REGION", "mouth")
+
     def system(label: str, run_args: argparse.Namespace) -> System:
         def fn(query: Tensor, mix: Tensor, source: Tensor) -> Tensor:
             return recipe.generate(model, query, mix if needs_mix else source, source, run_args)
-        return System(label, fn)
+        return System(label, fn, region)
 
     if hasattr(recipe, "eval_systems"):
         entries = recipe.eval_systems(model, args)
@@ -121,32 +124,54 @@ def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> Eva
                      [system(label, a) for label, a in entries], list(notes))
 
 
+def pasted_label(label: str) -> str:
+    """The row of ``label``'s output as people see it: pasted back at 256 px (a baseline: made
+    at 256 px)."""
+    return f"{label} @256 px"
+
+
 def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: int,
                  systems: Sequence[System], device: torch.device | str = "cpu",
-                 batch: int = 16, blend: str = "poisson") -> dict[str, np.ndarray]:
+                 batch: int = 16, blend: str = "poisson",
+                 paste: bool = False) -> dict[str, np.ndarray]:
     """Every system's output for one query and one source sequence, plus both baselines.
 
     ``query256``: uint8 [256, 256, 3]; ``frames256``: source frames uint8 [256, 256, 3].
     Returns ``{label: uint8 [T, size, size, 3]}`` with :data:`BASELINE_COPY` (the query as the
     model sees it, every frame) and :data:`BASELINE_BLEND` (the mouth blend at 256 brought to
     the model's size, i.e. the model's ``mix`` input, made with ``blend``, one of
-    ``talking.job.BLENDS``), and one entry per system.
+    ``talking.job.BLENDS``), and one entry per system. With ``paste`` also, under
+    :func:`pasted_label`, each at 256 px as ``test.py`` writes it: the systems' outputs pasted
+    back into the query (``test.py --paste_back region``), the query itself and the mouth blend
+    made at 256 px (``uint8 [T, 256, 256, 3]``).
     """
+    from faces.paste import PasteRegion, paste_back
     from talking.job import model_inputs, to_tensor, to_uint8
 
     query_t = to_tensor([query256], size).to(device)
     query8 = to_uint8(query_t)[0]
     outs: dict[str, list[np.ndarray]] = {BASELINE_COPY: [], BASELINE_BLEND: []}
     outs.update({s.label: [] for s in systems})
+    if paste:
+        outs.update({pasted_label(k): [] for k in list(outs)})
     for start in range(0, len(frames256), batch):
         chunk = list(frames256[start:start + batch])
-        src_t, mix_t = model_inputs(query256, chunk, size, device, blend)
+        mixes256: list[np.ndarray] = []
+        src_t, mix_t = model_inputs(query256, chunk, size, device, blend, mixes256)
         outs[BASELINE_BLEND].extend(to_uint8(mix_t))
         outs[BASELINE_COPY].extend([query8] * len(chunk))
+        if paste:
+            outs[pasted_label(BASELINE_BLEND)].extend(mixes256)
+            outs[pasted_label(BASELINE_COPY)].extend([query256] * len(chunk))
         for s in systems:
             with torch.inference_mode():
                 out = s.fn(query_t, mix_t, src_t)
-            outs[s.label].extend(to_uint8(out))
+            out8 = to_uint8(out)
+            outs[s.label].extend(out8)
+            if paste:
+                region = PasteRegion.named(s.region)
+                outs[pasted_label(s.label)].extend(paste_back(query256, o, region)
+                                                   for o in out8)
     return {k: np.stack(v) if v else np.zeros((0, size, size, 3), np.uint8)
             for k, v in outs.items()}
 

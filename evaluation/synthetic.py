@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import mean_finite, mouth_crop, mse, psnr_from_mse, ssim
-from .models import BASELINE_BLEND, BASELINE_COPY, System, like_model_input, run_sequence
+from .models import (
+    BASELINE_BLEND,
+    BASELINE_COPY,
+    System,
+    like_model_input,
+    pasted_label,
+    run_sequence,
+)
 from .motion import mouth_reader, ratio, state_array
 
 __all__ = ["MIN_READER_SIZE", "evaluate_synthetic", "heldout_scores", "is_synthetic",
@@ -45,7 +52,8 @@ def is_synthetic(path: str | Path) -> bool:
 def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
                        device="cpu", batch: int = 16, pairs: int | None = None,
                        seq_frames: int | None = None, progress: bool = True,
-                       blend: str = "poisson") -> tuple[dict[str, dict[str, float]], list[dict]]:
+                       blend: str = "poisson", paste: bool = False
+                       ) -> tuple[dict[str, dict[str, float]], list[dict]]:
     """Score every system and both baselines on query x source pairs of the set at ``root``.
 
     ``pairs``: the first N pairs in (query, source) order (default all); ``seq_frames``: the
@@ -54,6 +62,12 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     holds ``psnr`` and ``psnr_mouth`` (PSNR of the MSE averaged over every scored frame, in the
     whole image and in the mouth box), ``ssim`` (mean over frames) and ``frames``; ``details``
     one dict per (pair, system) with the same figures over that pair's frames.
+
+    ``paste``: also score what ``test.py`` writes, at 256 px against the 256 px truth, under
+    ``models.pasted_label(label)``: each system pasted back into the query, the query itself and
+    the mouth blend made at 256 px (their ``dpsnr`` against the query at 256 px). PSNR, SSIM
+    and the mouth-box PSNR are taken at 256 px; the mouth states are read back from the frames
+    brought to the model's size (the reader at 256 px costs seconds per frame).
     """
     from lrw.synthetic import SyntheticSet
     from talking.inputs import read_rgb, resolve_source
@@ -65,6 +79,9 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     if not todo:
         raise ValueError(f"{root}: the synthetic set has no query x source pair")
     labels = [BASELINE_COPY, BASELINE_BLEND, *(s.label for s in systems)]
+    base_labels = list(labels)
+    if paste:
+        labels += [pasted_label(lab) for lab in base_labels]
     keys = ("mse", "ssim", "mse_mouth", "motion_num", "motion_den", "dev_num", "dev_den",
             "mpx_num", "mpx_den")
     per_frame: dict[str, dict[str, list[float]]] = {lab: {k: [] for k in keys} for lab in labels}
@@ -82,15 +99,19 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             paths = source.frames[:seq_frames] if seq_frames else source.frames
             frames = [read_rgb(p) for p in paths]
             query = read_rgb(syn.query_path(q))
-            outs = run_sequence(query, frames, size, systems, device, batch, blend)
-            truth = np.stack([like_model_input(syn.ground_truth(q, s, t, 256), size)
-                              for t in range(len(frames))])
+            outs = run_sequence(query, frames, size, systems, device, batch, blend, paste)
+            truth256 = [syn.ground_truth(q, s, t, 256) for t in range(len(frames))]
+            truth = np.stack([like_model_input(t256, size) for t256 in truth256])
             states = state_array(syn.source_states(s))[:len(frames)]
             # the geometric reader needs the mouth box to have some pixels (8 x 11 at 32 px)
             reader = (mouth_reader(syn.identity(q), size)
                       if size >= MIN_READER_SIZE and 256 % size == 0 else None)
             for lab in labels:
-                vals = _frame_values(outs[lab], truth, states, reader)
+                if lab in base_labels:
+                    vals = _frame_values(outs[lab], truth, states, reader)
+                else:
+                    vals = _frame_values(outs[lab], np.stack(truth256), states, reader,
+                                         read_size=size)
                 for k, v in vals.items():
                     per_frame[lab][k].extend(v)
                 details.append({"data": str(root), "query": q, "source": s, "system": lab,
@@ -102,12 +123,14 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             bar.close()
     rows = {lab: {**_summary(per_frame[lab]), "frames": len(per_frame[lab]["mse"])}
             for lab in labels}
-    copy_psnr = rows[BASELINE_COPY]["psnr"]
+    def copy_of(lab: str) -> str:
+        return BASELINE_COPY if lab in base_labels else pasted_label(BASELINE_COPY)
+
     for lab in labels:
-        rows[lab]["dpsnr"] = rows[lab]["psnr"] - copy_psnr
+        rows[lab]["dpsnr"] = rows[lab]["psnr"] - rows[copy_of(lab)]["psnr"]
     for d in details:
         ref = next(r for r in details if r["query"] == d["query"] and
-                   r["source"] == d["source"] and r["system"] == BASELINE_COPY)
+                   r["source"] == d["source"] and r["system"] == copy_of(d["system"]))
         d["dpsnr"] = d["psnr"] - ref["psnr"]
     return rows, details
 
@@ -135,11 +158,17 @@ def heldout_scores(root: str | Path, fn, size: int, device="cpu", pairs: int = 2
     return {k: r[k] for k in ("motion_dev", "motion", "motion_px", "psnr", "dpsnr")}
 
 
-def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader
-                  ) -> dict[str, list[float]]:
+def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader,
+                  read_size: int | None = None) -> dict[str, list[float]]:
     """Per-frame squared errors, SSIM and the motion errors' per-frame terms (``out``,
-    ``truth``, ``states``: one whole sequence, whose temporal means the motion errors use)."""
-    est = reader.read(out) if reader is not None else np.full_like(states, np.nan)
+    ``truth``, ``states``: one whole sequence, whose temporal means the motion errors use).
+    ``read_size``: the mouth states are read from ``out`` brought to this size."""
+    if reader is None:
+        est = np.full_like(states, np.nan)
+    elif read_size is not None and out.shape[1] != read_size:
+        est = reader.read(np.stack([like_model_input(o, read_size) for o in out]))
+    else:
+        est = reader.read(out)
     m_num = ((est - states) ** 2).sum(1)
     m_den = (states**2).sum(1)  # the query's own mouth is neutral, (0, 0)
     de, ds = est - est.mean(0, keepdims=True), states - states.mean(0, keepdims=True)

@@ -12,7 +12,7 @@ import torch
 
 import evaluate
 from evaluation import metrics as M
-from evaluation.models import BASELINE_BLEND, BASELINE_COPY, System, run_sequence
+from evaluation.models import BASELINE_BLEND, BASELINE_COPY, System, pasted_label, run_sequence
 from evaluation.report import compare_runs, format_table, read_csv, write_report
 from evaluation.synthetic import evaluate_synthetic
 
@@ -248,7 +248,8 @@ def test_evaluate_glow_writes_table_csv_chart(tiny_runs, synthetic):
         log_p, logdet, _ = glow(x)
     want = float(bits_per_dim(log_p, logdet, x[0].numel(), n_bits).mean())
     assert rows["glow"]["bpd"] == pytest.approx(want, abs=1e-3)
-    assert set(rows) == {"glow", BASELINE_COPY, BASELINE_BLEND}
+    assert set(rows) == {"glow", BASELINE_COPY, BASELINE_BLEND, pasted_label(BASELINE_COPY),
+                         pasted_label(BASELINE_BLEND)}
 
 
 def test_evaluate_ad_flow_and_compare(tiny_runs, synthetic):
@@ -257,12 +258,25 @@ def test_evaluate_ad_flow_and_compare(tiny_runs, synthetic):
                           str(synthetic), "--result_dir", str(res), "--max_frames", "4",
                           "--pairs", "1", "--name", "ad1", "--no_progress"]) == 0
     rows = {r["system"]: r for r in read_csv(res / "eval" / "ad1" / "metrics.csv")}
-    assert set(rows) == {"ad-flow", BASELINE_COPY, BASELINE_BLEND}
+    plain = {"ad-flow", BASELINE_COPY, BASELINE_BLEND}
+    assert set(rows) == plain | {pasted_label(lab) for lab in plain}
     ad = rows["ad-flow"]
     assert ad["frames"] == 6 and 0 < ad["ssim"] <= 1 and 0 < ad["psnr"] < M.PSNR_CAP
     assert "bpd" in ad  # its Glow's
+    # what test.py writes, at 256 px: the copy baseline is the query itself (dPSNR 0 by
+    # definition), the pasted model differs from the query only in its mouth region
+    at256 = rows[pasted_label("ad-flow")]
+    assert at256["frames"] == 6 and rows[pasted_label(BASELINE_COPY)]["dpsnr"] == 0
+    assert at256["dpsnr"] == pytest.approx(
+        at256["psnr"] - rows[pasted_label(BASELINE_COPY)]["psnr"], abs=1e-3)
     with open(res / "eval" / "ad1" / "details.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 3
+        assert len(list(csv.DictReader(fh))) == 6
+    assert evaluate.main(["--model", "ad-flow", "--checkpoint", str(tiny_runs["ad"]),
+                          str(synthetic), "--result_dir", str(res), "--max_frames", "4",
+                          "--pairs", "1", "--name", "ad0", "--no_progress",
+                          "--paste_back", "none"]) == 0
+    rows = {r["system"]: r for r in read_csv(res / "eval" / "ad0" / "metrics.csv")}
+    assert set(rows) == plain
     assert evaluate.main(["--compare", "g", "ad1", "--result_dir", str(res)]) == 0
     merged = read_csv(res / "eval" / "compare_g_ad1" / "metrics.csv")
     assert {(r["run"], r["system"]) for r in merged} >= {("g", "glow"), ("ad1", "ad-flow")}
