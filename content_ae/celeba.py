@@ -122,6 +122,8 @@ def convert_celeba(root: str | Path, attr: str, out: str | Path, negate: bool = 
                    size: int = 128, crop: int = 178, n_test: int = 64,
                    limit: int = 0, say=print) -> Report:
     """Write ``out/{train,test}{A,B}/FILE.jpg`` (see the module docstring)."""
+    from faces.io import save_pil
+
     root, out = Path(root), Path(out)
     if attr not in CELEBA_ATTRS and attr not in RULES:
         raise ValueError(f"--attr {attr}: not a CelebA attribute; choose one of "
@@ -172,7 +174,7 @@ def convert_celeba(root: str | Path, attr: str, out: str | Path, negate: bool = 
             continue
         if split == "test" and not partition:
             held[side] += 1
-        img.save(out / f"{split}{side}" / (Path(name).stem + ".jpg"), quality=95)
+        save_pil(img, out / f"{split}{side}" / (Path(name).stem + ".jpg"), quality=95)
         report.written[f"{split}{side}"] += 1
     if report.written["trainA"] == 0 or report.written["trainB"] == 0:
         raise ValueError(f"{root}: no readable face on the {'A' if not report.written['trainA'] else 'B'}"

@@ -153,8 +153,13 @@ def plot(path: Path, rows: Sequence[dict], label_keys: Sequence[str], title: str
         axes.flat[0].text(0.5, 0.5, "no metric", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    tmp = Path(path).with_name(f".{Path(path).stem}.part.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)  # never a partial chart under its name
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def write_report(out_dir: str | Path, rows: Sequence[dict], title: str,

@@ -17,6 +17,7 @@ __all__ = [
     "frame_sort_key",
     "is_image",
     "read_image",
+    "save_pil",
     "sorted_frames",
     "write_bytes_atomic",
     "write_image",
@@ -65,6 +66,20 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> Path:
         raise ValueError(f"cannot write {path}: OpenCV cannot encode a {path.suffix!r} image")
     write_bytes_atomic(path, buf.tobytes())
     return path
+
+
+def save_pil(image: Image.Image, path: str | Path, **params) -> Path:
+    """Save a PIL image (format from the suffix, ``params`` as ``Image.save`` takes them)
+    through :func:`write_bytes_atomic`: never a partial file under ``path``."""
+    import io
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write {path}: no image format has the suffix {path.suffix!r}")
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **params)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

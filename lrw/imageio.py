@@ -64,4 +64,6 @@ def save_image(images: Tensor, path: str | Path, nrow: int = 8, padding: int = 2
     """Write ``images`` (values in ``[0, 1]``) as one PNG grid (:func:`make_grid`)."""
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding)
     arr = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
-    Image.fromarray(arr).save(path)
+    from faces.io import save_pil
+
+    save_pil(Image.fromarray(arr), path)  # temporary name + rename: never a partial grid

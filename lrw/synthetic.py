@@ -231,7 +231,9 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
         ok, buf = cv2.imencode(path.suffix, bgr)
     if not ok:
         raise RuntimeError(f"encoding {path} failed")
-    path.write_bytes(buf.tobytes())
+    from faces.io import write_bytes_atomic
+
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def _write_word(args: tuple[str, dict, list[dict], int]) -> int:

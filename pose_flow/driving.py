@@ -192,7 +192,9 @@ def _grid_cli(argv: list[str]) -> int:
         return 1
     out = Path(a.result_dir) / "transfer_grid" / f"{a.name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(out)
+    from faces.io import save_pil
+
+    save_pil(Image.fromarray(grid), out)
     print(f"{len(srcs)} sources x {len(tgts)} targets -> {out}")
     return 0
 

@@ -28,11 +28,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from faces.io import write_image
 from synthface.face import Identity, MouthState, sample_identity
 from synthface.pose import HeadPose, render_posed, sample_pose
+
+from .preprocess import save_landmarks
 
 FORMAT = "flowdisentangle-pose-synthetic/1"
 FPS = 25
@@ -70,8 +72,8 @@ def _mouth(rng: np.random.Generator) -> MouthState:
 def _write(path: Path, ident: Identity, mouth: MouthState, pose: HeadPose, size: int) -> None:
     img, lm = render_posed(ident, mouth, pose, size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    np.save(path.with_suffix(".npy"), lm.astype(np.float32))
+    write_image(path, img)  # temporary name + rename, as every frame writer
+    save_landmarks(path.with_suffix(".npy"), lm)
 
 
 def _frame(ident: str, mouth: MouthState, pose: HeadPose) -> dict:

@@ -244,6 +244,8 @@ def write_attribute_set(out: str | Path, kind: str = "glasses", size: int = 64,
     """Write the A/B set (see the module docstring); returns ``out/manifest.json``."""
     from PIL import Image
 
+    from faces.io import save_pil
+
     if kind not in KINDS:
         raise ValueError(f"unknown attribute kind {kind!r}; choose one of {', '.join(KINDS)}")
     if size < 16:
@@ -261,7 +263,7 @@ def write_attribute_set(out: str | Path, kind: str = "glasses", size: int = 64,
             ident = _identity(rng)
             attr = sample_attribute(rng, kind) if split.endswith("A") else None
             name = f"{k:05d}.png"
-            Image.fromarray(render_with(ident, attr, size)).save(folder / name)
+            save_pil(Image.fromarray(render_with(ident, attr, size)), folder / name)
             items.append({"file": f"{split}/{name}", "identity": ident.to_dict(),
                           "attribute": attr.to_dict() if attr else None})
         manifest["sets"][split] = items
