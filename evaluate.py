@@ -28,6 +28,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from cliargs import add_no_progress, nonnegative_int, positive_int, seed  # noqa: E402
 from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402 (import-light)
 
 
@@ -56,7 +57,7 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                         help="root of checkpoints, for run names (default: checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N "
                         "(default: auto)")
-    parser.add_argument("--batch", type=int, default=16, help="frames per forward pass "
+    parser.add_argument("--batch", type=positive_int, default=16, help="frames per forward pass "
                         "(default: 16)")
     parser.add_argument("--blend", default="poisson",
                         choices=["poisson", "poisson_plain", "paste"],
@@ -68,15 +69,15 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                              "against the 256 px truth, beside the query and the mouth blend at "
                              "256 px (rows '@256 px'; default: region); none: the model's size "
                              "only")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the dequantisation noise for bits/dim (default: 0)")
     g = parser.add_argument_group("what is scored")
-    g.add_argument("--max_frames", type=int, default=512,
+    g.add_argument("--max_frames", type=nonnegative_int, default=512,
                    help="bits/dim: at most N frames per DATA folder, evenly spaced "
                         "(default: 512; 0: all)")
-    g.add_argument("--pairs", type=int, default=None,
+    g.add_argument("--pairs", type=positive_int, default=None,
                    help="synthetic: the first N query x source pairs (default: all)")
-    g.add_argument("--seq_frames", type=int, default=None,
+    g.add_argument("--seq_frames", type=positive_int, default=None,
                    help="synthetic and real: the first N frames of each source (default: all)")
     g.add_argument("--source", action="append", default=None, metavar="NAME",
                    help="real: a driving sequence IMAGE_DIR/source_img/NAME (repeatable)")
@@ -90,8 +91,7 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
     g.add_argument("--face_box", choices=["aligned", "detect"], default="aligned",
                    help="real: how dlib finds the face in generated frames: the aligned crop's "
                         "box (default; they are aligned crops) or its detector")
-    parser.add_argument("--no_progress", dest="progress", action="store_false",
-                        help="hide the progress bars")
+    add_no_progress(parser)
     if model is not None:
         recipe = registry.get(model)
         if hasattr(recipe, "add_test_args"):
@@ -192,6 +192,10 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
             wheres.append(where)
         bpd, n = bits_per_dim_over(ev.bits_per_dim, paths, ev.size, ev.n_bits, args.batch,
                                    args.seed, device, args.progress)
+        if n == 0:  # an empty score is a failed job, not a table of NaN
+            raise ValueError(f"{', '.join(map(str, args.data))}: none of the {len(paths)} image "
+                             "files could be read, nothing was scored; give a folder of "
+                             "readable frames")
         for lab in labels:
             rows[lab].update(bpd=bpd, bpd_frames=n)
         header.append(f"bits/dim: {n} frames of {'; '.join(wheres)}, {ev.n_bits}-bit, "
@@ -226,6 +230,10 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
                                args.batch, args.seq_frames, args.face_box == "detect",
                                args.progress)
         details += det
+        if all(row["no_face"] >= row["real_frames"] for row in r.values()):
+            raise ValueError(f"{image_dir}: no face found in any frame of "
+                             f"{', '.join(sources)} with {', '.join(queries)}, nothing was "
+                             "scored; give aligned face crops (preprocess.py --source NAME)")
         for lab, row in r.items():
             rows.setdefault(lab, {}).update(row)
         header.append(f"real: {image_dir}, sources {', '.join(sources)}; queries "

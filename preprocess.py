@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from cliargs import MAX_SIZE, add_no_progress, image_size, positive, positive_int
+
 EXAMPLES = """\
 examples:
   python preprocess.py photos/me.jpg photos/friends/
@@ -90,36 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--image_dir", default="image",
                     help="root of ref_img/ and source_img/ (default: %(default)s, relative to "
                          "the current directory)")
-    io.add_argument("--size", type=int, default=256,
-                    help="output side in pixels; the crop geometry scales with it "
-                         "(default: %(default)s)")
+    io.add_argument("--size", type=image_size, default=256,
+                    help=f"output side in pixels, 32 to {MAX_SIZE}; the crop geometry scales "
+                         "with it (default: %(default)s)")
     io.add_argument("--out", metavar="DATA_DIR", help="--lrw: where the converted data goes")
     io.add_argument("--split", default="train", help="--lrw: which split (default: %(default)s)")
-    io.add_argument("--workers", type=int, default=1,
+    io.add_argument("--workers", type=positive_int, default=1,
                     help="--lrw: parallel processes (default: %(default)s)")
     det = p.add_argument_group("detection and alignment")
     det.add_argument("--landmarks", metavar="PATH",
                      help="dlib 68-point .dat file (default: the one shipped by "
                           "face_recognition_models)")
-    det.add_argument("--detect_width", type=int, default=640,
+    det.add_argument("--detect_width", type=image_size, default=640,
                      help="detect faces on a copy this wide (landmarks use full resolution); "
                           "raise it for small faces in large photos (default: %(default)s)")
     det.add_argument("--border", choices=("reflect", "replicate", "constant"),
                      default="reflect",
                      help="fill for crop pixels outside the photo (default: %(default)s)")
     seq = p.add_argument_group("sequences (--source)")
-    seq.add_argument("--fps", type=float, default=25.0,
+    seq.add_argument("--fps", type=positive, default=25.0,
                      help="frame rate written to fps.txt for a frame folder, or for a video "
                           "that does not state one (default: %(default)s)")
-    seq.add_argument("--smooth", type=int, default=5,
+    seq.add_argument("--smooth", type=positive_int, default=5,
                      help="moving-average window over time for the crop, in frames; 1 turns "
                           "smoothing off (default: %(default)s)")
-    seq.add_argument("--detect_every", type=int, default=2,
+    seq.add_argument("--detect_every", type=positive_int, default=2,
                      help="run the face detector every N frames and follow the face in "
                           "between (default: %(default)s)")
     misc = p.add_argument_group("misc")
-    misc.add_argument("--no-progress", dest="progress", action="store_false",
-                      help="no progress bars")
+    add_no_progress(misc, "no progress bars")
     misc.add_argument("--dry-run", action="store_true",
                       help="print the resolved configuration and exit")
     return p

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(model)
     args = parser.parse_args(argv)
 
-    from training.config import TrainConfig, from_args
+    from training.config import TrainConfig, check_fields, from_args
     from training.loop import TrainingStopped, train, validate_train
 
     try:
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the checkpoint")
         tcfg = from_args(TrainConfig, args)
         mcfg = from_args(recipe.Config, args)
+        check_fields(tcfg)
+        check_fields(mcfg)
         validate_train(tcfg)
         recipe.validate(mcfg)
         if args.data_dir is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cliargs import model_size, nonnegative, positive, positive_int, whole
 from glow import CheckpointError, Glow, load_glow, safe_load
 from glow.io import file_sha256, file_sha256_soon, is_ours, recorded_n_bits
 from training.config import from_dict, opt
@@ -45,36 +46,39 @@ class Config:
     glow: str = opt("checkpoint/glow_checkpoint.pt", "the trained Glow (ours or the thesis's "
                     "state dict)")
     n_flow: int | None = opt(None, "flows per block of a thesis-format Glow (inferred; checked "
-                             "when given)")
+                             "when given)", check=positive_int)
     n_block: int | None = opt(None, "blocks of a thesis-format Glow (inferred; checked when "
-                              "given)")
+                              "given)", check=positive_int)
     affine: bool = opt(False, "assert that a thesis-format Glow uses affine coupling")
     conv_lu: bool = opt(True, "assert that a thesis-format Glow uses the plain 1x1 conv",
                         flag="--no_lu")
     img_size: int | None = opt(None, "image size (default: the Glow checkpoint's; a "
                                "thesis-format Glow: 64). A different value is an error for a "
-                               "project Glow checkpoint")
+                               "project Glow checkpoint", check=model_size)
     encoder: str = opt("linear", "feature encoder: linear (thesis), conv or mlp (ablations)",
                        choices=list(ENCODERS))
     encoder_target: str = opt("lip", "what the encoder outputs: lip (lip = E(z), face = z - lip)"
                               " or face (the thesis's conv ablation)", choices=["lip", "face"])
-    n_frames: int = opt(29, "frames per clip (LRW clips have 29)")
+    n_frames: int = opt(29, "frames per clip (LRW clips have 29)", check=whole(2))
     n_classes: int = opt(0, "word classes (0: the number of words in DATA_DIR)")
     cls_hidden: str = opt("2048,1024", "hidden widths of the classifier's MLP head")
-    cls_lr: float = opt(1e-4, "Adam learning rate of the classifier (--lr is the encoders')")
+    cls_lr: float = opt(1e-4, "Adam learning rate of the classifier (--lr is the encoders')",
+                        check=positive)
     n_bits: int = opt(0, "dequantise frames to this many bits like Glow training (0: off, as "
-                      "the thesis)")
-    w_rec: float = opt(1.0, "weight of the sequential random-pair reconstruction term")
-    w_struct: float = opt(1.0, "weight of the structural-perceptual term")
-    w_cycle: float = opt(1.0, "weight of the cycle-consistency term")
-    w_cls: float = opt(1.0, "weight of the sequential classification term")
-    n_sample_clips: int = opt(2, "clips shown with the reference in each sample grid")
+                      "the thesis)", check=whole(0, 8))
+    w_rec: float = opt(1.0, "weight of the sequential random-pair reconstruction term",
+                       check=nonnegative)
+    w_struct: float = opt(1.0, "weight of the structural-perceptual term", check=nonnegative)
+    w_cycle: float = opt(1.0, "weight of the cycle-consistency term", check=nonnegative)
+    w_cls: float = opt(1.0, "weight of the sequential classification term", check=nonnegative)
+    n_sample_clips: int = opt(2, "clips shown with the reference in each sample grid (0: the "
+                              "first alone)")
     init: str = opt("lstsq", "encoder initialisation: lstsq (ours: the closed-form minimiser of "
                     "the structural term over the training clips, linear encoders only) or "
                     "random (the thesis)", choices=["lstsq", "random"])
     init_ridge: float = opt(0.01, "ridge of the least-squares init, relative to the latents' "
                             "mean variance (larger: the lip part moves less, the face is kept "
-                            "better)")
+                            "better)", check=positive)
     init_clips: int = opt(0, "clips the least-squares init reads (0: every training clip)")
     diag_pairs: int = opt(2, "held-out query x source pairs scored (motion, PSNR) at every "
                           "sample grid when DATA is a synthetic set's train/ (0: off)")
@@ -291,9 +295,9 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                         "path, absolute or relative to the checkpoint's folder, and checked by "
                         "its sha256; for a checkpoint without a record (the thesis's): "
                         f"CHECKPOINT_DIR/{DEFAULT_GLOW})")
-    g.add_argument("--n_flow", type=int, default=None,
+    g.add_argument("--n_flow", type=positive_int, default=None,
                    help="flows per block of a thesis-format Glow (inferred; checked when given)")
-    g.add_argument("--n_block", type=int, default=None,
+    g.add_argument("--n_block", type=positive_int, default=None,
                    help="blocks of a thesis-format Glow (inferred; checked when given)")
     g.add_argument("--affine", action="store_true",
                    help="assert that a thesis-format Glow uses affine coupling")

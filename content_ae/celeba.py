@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cliargs import add_no_progress, image_size, model_size, nonnegative_int, positive_int
+
 CELEBA_ATTRS = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
     "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
@@ -266,13 +268,14 @@ def build_parser():
     p.add_argument("--negate", action="store_true", help="swap A and B (A: without the attribute)")
     p.add_argument("--out", required=True, metavar="DATA", help="output folder (trainA/ trainB/"
                    " testA/ testB/)")
-    p.add_argument("--size", type=int, default=128, help="output size in pixels (default: 128)")
-    p.add_argument("--crop", type=int, default=178, help="--celeba: centre crop before resizing "
+    p.add_argument("--size", type=model_size, default=128, help="output size in pixels (default: 128)")
+    p.add_argument("--crop", type=image_size, default=178, help="--celeba: centre crop before resizing "
                    "(default: 178, the original's)")
-    p.add_argument("--n_test", type=int, default=64, help="--celeba without a partition file: "
+    p.add_argument("--n_test", type=positive_int, default=64, help="--celeba without a partition file: "
                    "faces of each side held out for testing (default: 64)")
-    p.add_argument("--limit", type=int, default=0, help="--celeba: read only the first N faces "
+    p.add_argument("--limit", type=nonnegative_int, default=0, help="--celeba: read only the first N faces "
                    "(0: all)")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     return p
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cliargs import add_no_progress, nonnegative_int
 from evaluation.metrics import PSNR_CAP, psnr_from_mse, ssim
 
 EXAMPLES = 8
@@ -167,19 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run name")
     p.add_argument("--split", default="test", choices=("test", "train"),
                    help="which faces (default: test, identities training never saw)")
-    p.add_argument("--max_pairs", type=int, default=0, help="at most this many transfer pairs "
+    p.add_argument("--max_pairs", type=nonnegative_int, default=0, help="at most this many transfer pairs "
                    "(0: every A with every B)")
     p.add_argument("--name", help="output name (default: the run name)")
     add_mask_power(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--checkpoint_dir", default="checkpoint", help="root of checkpoints")
     p.add_argument("--result_dir", default="result", help="root of results")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     return p
 
 
 def run(args: argparse.Namespace, say=print) -> dict:
+    from synthface.attributes import read_manifest
+
     from .transfer import _device, load_for_inference
 
+    read_manifest(args.root)  # not a synthetic set: say so before loading the model
     device = _device(args.device)
     model, _, ckpt = load_for_inference(args, device)
     examples: dict[str, list] = {}

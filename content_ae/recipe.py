@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cliargs import grid_count, model_size, nonnegative, positive_int
 from training.config import opt
 
 from .model import Arch, ContentAE, _ints, bce_logits
@@ -59,10 +60,10 @@ class Config:
                     "decoder, MLP discriminator) or improved (the remake: residual blocks, "
                     "upsampling + ILN, spectral-norm discriminator)",
                     choices=list(ARCH_DEFAULTS))
-    img_size: int = opt(128, "image size (a multiple of 2^n_down)")
+    img_size: int = opt(128, "image size (a multiple of 2^n_down)", check=model_size)
     n_down: int = opt(0, "stride-2 downsamplings per encoder (0: 6 original, 4 improved); "
                       "the code grid is img_size / 2^n_down")
-    code: int = opt(512, "code channels per grid cell (common + specific)")
+    code: int = opt(512, "code channels per grid cell (common + specific)", check=positive_int)
     sep: int = opt(0, "specific channels per grid cell (0: 25 original, 128 improved)")
     e1_widths: str = opt("", "E1 widths of the first layers; the rest are code - sep "
                          "(empty: 32,64,128,256)")
@@ -74,25 +75,27 @@ class Config:
     n_res: int = opt(6, "improved: residual blocks at the end of each encoder")
     dec_res: int = opt(3, "improved: residual blocks at the start of the decoder")
     w_adv: float = opt(1e-3, "weight of the adversarial term on the common code (the "
-                       "original's --discweight)")
-    disc_lr: float = opt(0.0, "discriminator learning rate (0: 2e-4 original, 4e-4 improved)")
-    eps: float = opt(0.0, "Adam epsilon of both groups (0: 1e-8 original, 1e-6 improved)")
-    ae_clip: float = opt(5.0, "gradient-norm clip of the auto-encoder (0: off)")
+                       "original's --discweight)", check=nonnegative)
+    disc_lr: float = opt(0.0, "discriminator learning rate (0: 2e-4 original, 4e-4 improved)",
+                         check=nonnegative)
+    eps: float = opt(0.0, "Adam epsilon of both groups (0: 1e-8 original, 1e-6 improved)",
+                     check=nonnegative)
+    ae_clip: float = opt(5.0, "gradient-norm clip of the auto-encoder (0: off)", check=nonnegative)
     disc_clip: float = opt(5.0, "gradient-norm clip of the discriminator (0: off; the original "
-                           "meant 5 but its clip saw no parameters)")
+                           "meant 5 but its clip saw no parameters)", check=nonnegative)
     mask: bool = opt(False, "the decoder also predicts a soft mask; a transfer or removal "
                      "changes only the masked region")
     mask_weight: float = opt(0.01, "--mask: weight of the masks' means (sparsity): A's own "
                              "mask (mask_l1) and the mask of B's code (mask_b; B has nothing "
-                             "to add, so its mask should vanish)")
+                             "to add, so its mask should vanish)", check=nonnegative)
     mask_warmup: int = opt(0, "--mask: iterations over which the sparsity weight rises "
                            "linearly from 0 (a mask pushed to zero before the attribute has left "
                            "E1 stays there: its sigmoid saturates)")
     w_rec_a: float = opt(1.0, "weight of rec_a, the plain decoding of A's code; with --mask "
                          "mask_rec rebuilds A too, and 0 leaves the decoder's image free "
-                         "outside the mask")
+                         "outside the mask", check=nonnegative)
     flip: bool = opt(True, "no random horizontal flips of the training images", flag="--no_flip")
-    n_display: int = opt(8, "faces per side in the sample grids")
+    n_display: int = opt(8, "faces per side in the sample grids", check=grid_count)
 
 
 def arch_of(cfg: Config) -> Arch:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cliargs import MAX_GRID, add_no_progress, finite, grid_count, whole
 from lrw.datasets import load_image
 from lrw.imageio import save_image
 
@@ -143,20 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train"),
                    help="which split of DATA to show (falls back to train when DATA has no "
                         "test split; default: test)")
-    p.add_argument("--n_display", type=int, default=8, help="faces per side (default: 8)")
+    p.add_argument("--n_display", type=grid_count, default=8, help="faces per side (default: 8)")
     p.add_argument("--a", metavar="IMAGE", help="single transfer: the face with the attribute")
     p.add_argument("--b", metavar="IMAGE", help="single transfer: the face to receive it")
-    p.add_argument("--interpolate", type=int, default=0, metavar="K",
-                   help="also write K steps between two specific codes (A_1 to A_2)")
+    p.add_argument("--interpolate", type=whole(0, MAX_GRID - 1), default=0, metavar="K",
+                   help="also write K steps between two specific codes (A_1 to A_2; 0: none; at most 255)")
     add_mask_power(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--checkpoint_dir", default="checkpoint", help="root of checkpoints")
     p.add_argument("--result_dir", default="result", help="root of results")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     return p
 
 
 def add_mask_power(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mask_power", type=float, default=MASK_POWER, metavar="P",
+    p.add_argument("--mask_power", type=finite, default=MASK_POWER, metavar="P",
                    help="models trained with --mask: blend with mask**P (1: the mask as "
                         f"trained; higher drops its soft fringe; default: {MASK_POWER})")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cliargs import grid_count, model_size, nonnegative, positive_int, whole
 from training.config import opt
 from training.recipe_helpers import dequantised, images
 
@@ -34,16 +35,16 @@ class GlowFlags:
     """The Glow architecture and likelihood flags (thesis names and defaults), shared by every
     model that trains a Glow-shaped flow (Glow itself, MI-flow)."""
 
-    n_flow: int = opt(32, "flows per block (K)")
-    n_block: int = opt(4, "number of blocks (L)")
+    n_flow: int = opt(32, "flows per block (K)", check=positive_int)
+    n_block: int = opt(4, "number of blocks (L)", check=positive_int)
     conv_lu: bool = opt(True, "use the plain invertible 1x1 conv instead of its LU form",
                         flag="--no_lu")
     affine: bool = opt(False, "affine coupling instead of additive")
-    hidden: int = opt(512, "hidden channels of the coupling networks")
-    n_bits: int = opt(5, "bits per colour channel after quantisation")
-    img_size: int = opt(64, "image size (must be divisible by 2^n_block)")
-    temp: float = opt(0.7, "temperature of the sample grids")
-    n_sample: int = opt(20, "images per sample grid")
+    hidden: int = opt(512, "hidden channels of the coupling networks", check=positive_int)
+    n_bits: int = opt(5, "bits per colour channel after quantisation", check=whole(1, 8))
+    img_size: int = opt(64, "image size (must be divisible by 2^n_block)", check=model_size)
+    temp: float = opt(0.7, "temperature of the sample grids", check=nonnegative)
+    n_sample: int = opt(20, "images per sample grid", check=grid_count)
 
 
 @dataclass

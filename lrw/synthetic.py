@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cliargs import add_no_progress, image_size, model_size, positive_int, seed
 from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's public names)
     CLOSED_MOUTH_WIDTH_256,
     MOUTH_BOX_256,
@@ -404,20 +405,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write a procedural talking-face set with exact ground truth.")
     p.add_argument("out", help="output folder (created)")
     defaults = SyntheticConfig(out="")
-    p.add_argument("--words", type=int, default=defaults.words, help="words (classes)")
-    p.add_argument("--speakers", type=int, default=defaults.speakers, help="training speakers")
-    p.add_argument("--clips", type=int, default=defaults.clips, help="clips per word and speaker")
-    p.add_argument("--frames", type=int, default=defaults.frames, help="frames per clip")
-    p.add_argument("--size", type=int, default=defaults.size, help="training frame size (px)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--queries", type=int, default=defaults.queries,
+    p.add_argument("--words", type=positive_int, default=defaults.words, help="words (classes)")
+    p.add_argument("--speakers", type=positive_int, default=defaults.speakers, help="training speakers")
+    p.add_argument("--clips", type=positive_int, default=defaults.clips, help="clips per word and speaker")
+    p.add_argument("--frames", type=positive_int, default=defaults.frames, help="frames per clip")
+    p.add_argument("--size", type=model_size, default=defaults.size, help="training frame size (px)")
+    p.add_argument("--seed", type=seed, default=defaults.seed)
+    p.add_argument("--queries", type=positive_int, default=defaults.queries,
                    help="held-out query identities")
-    p.add_argument("--sources", type=int, default=defaults.sources,
+    p.add_argument("--sources", type=positive_int, default=defaults.sources,
                    help="held-out driving sequences (one identity each)")
-    p.add_argument("--query-size", type=int, default=defaults.query_size,
+    p.add_argument("--query-size", type=image_size, default=defaults.query_size,
                    help="size of query and source images (px)")
-    p.add_argument("--workers", type=int, default=defaults.workers, help="processes")
+    p.add_argument("--workers", type=positive_int, default=defaults.workers, help="processes")
     p.add_argument("--force", action="store_true", help="regenerate even when up to date")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     args = p.parse_args(argv)
     cfg = SyntheticConfig(out=args.out, words=args.words, speakers=args.speakers,
                           clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cliargs import grid_count, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_prefix
 from glow.recipe import GlowFlags
@@ -55,25 +56,32 @@ ESTIMATORS = ["club", "club_sample"]
 class Config(GlowFlags):
     """MI-flow hyper-parameters: the Glow ones (thesis names and defaults) and the MI terms."""
 
-    n_block: int = opt(4, "number of blocks (L, at least 2)")
-    n_sample: int = opt(10, "images per row of the sample grids (at most the batch)")
+    n_block: int = opt(4, "number of blocks (L, at least 2)", check=whole(2))
+    n_sample: int = opt(10, "images per row of the sample grids (at most the batch)",
+                        check=grid_count)
     beta: float = opt(0.0, "extra weight of the condition-relevant term: adds beta * "
-                      "bits/dim of the split latents under their conditional priors (thesis: 0)")
+                      "bits/dim of the split latents under their conditional priors (thesis: 0)",
+                      check=nonnegative)
     recon_weight: float = opt(1.0, "weight of the MSE between x and its reconstruction from "
-                              "the top latent with sampled split latents (thesis: 1)")
-    recon_temp: float = opt(0.7, "temperature of the split latents in that reconstruction")
+                              "the top latent with sampled split latents (thesis: 1)",
+                              check=nonnegative)
+    recon_temp: float = opt(0.7, "temperature of the split latents in that reconstruction",
+                            check=nonnegative)
     prior_kept: bool = opt(False, "also condition the split priors on the kept half "
                            "(standard Glow; ablation, not the thesis)")
     mi_weight: float = opt(0.0, "weight of the condition-irrelevant term: the CLUB upper bound "
-                           "on I(top latent; mouth crop) in nats (ours; thesis: 0)")
+                           "on I(top latent; mouth crop) in nats (ours; thesis: 0)",
+                           check=nonnegative)
     mi_estimator: str = opt("club", "MI estimator: CLUB over all pairs of the batch, or "
                             "CLUB-sample (one shuffled partner each)", choices=ESTIMATORS)
-    mi_hidden: int = opt(256, "hidden width of the estimator's q(c|z) network")
+    mi_hidden: int = opt(256, "hidden width of the estimator's q(c|z) network", check=positive_int)
     mi_cond_pool: int = opt(4, "the estimator's condition: the mouth window average-pooled "
-                            "to N x N (3 N^2 numbers)")
+                            "to N x N (3 N^2 numbers)", check=positive_int)
     mi_q_weight: float = opt(1.0, "weight of the estimator's own NLL (trains only the "
-                             "estimator; scales its share of the clipped gradient norm)")
-    mi_lr_scale: float = opt(1.0, "the estimator's learning rate as a multiple of --lr")
+                             "estimator; scales its share of the clipped gradient norm)",
+                             check=nonnegative)
+    mi_lr_scale: float = opt(1.0, "the estimator's learning rate as a multiple of --lr",
+                             check=positive)
     mi_monitor: bool = opt(False, "build and train the estimator and log the MI estimate "
                            "even when --mi_weight is 0")
     diag_pairs: int = opt(2, "held-out query x source pairs scored at every sample grid in "
@@ -228,17 +236,17 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                         "exactly; cond: the query's top latent with the split latents at the "
                         "conditional prior means under each source frame's mouth (no mix "
                         "needed). Default: thesis")
-    g.add_argument("--n_flow", type=int, default=None,
+    g.add_argument("--n_flow", type=positive_int, default=None,
                    help="thesis-format state dicts: flows per block (default: read from the "
                         "file; the thesis used 32)")
-    g.add_argument("--n_block", type=int, default=None,
+    g.add_argument("--n_block", type=positive_int, default=None,
                    help="thesis-format state dicts: blocks (default: read from the file; 4)")
     g.add_argument("--affine", action="store_true", default=None,
                    help="thesis-format state dicts: affine couplings (default: read from the "
                         "file; the thesis used additive)")
     g.add_argument("--no_lu", dest="no_lu", action="store_true", default=None,
                    help="thesis-format state dicts: plain 1x1 convs (default: read from the file)")
-    g.add_argument("--img_size", type=int, default=None,
+    g.add_argument("--img_size", type=model_size, default=None,
                    help="thesis-format state dicts: image size the model was trained at "
                         "(default 64); our checkpoints record it")
 

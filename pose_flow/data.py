@@ -36,7 +36,8 @@ def landmark_path(frame: Path) -> Path:
 
 def read_landmarks(path: str | Path) -> tuple[np.ndarray | None, str]:
     """``(landmarks float32 [68, 2], "")`` or ``(None, reason)`` with reason one of
-    ``missing``, ``unreadable``, ``shape``, ``nan``."""
+    ``missing``, ``unreadable``, ``shape``, ``nan``, ``range`` (a value outside [0, 1]: pixel
+    coordinates, or not landmarks at all)."""
     path = Path(path)
     if not path.is_file():
         return None, "missing"
@@ -48,7 +49,16 @@ def read_landmarks(path: str | Path) -> tuple[np.ndarray | None, str]:
         return None, "shape"
     if not np.isfinite(lm).all():
         return None, "nan"
+    if lm.min() < 0 or lm.max() > 1:
+        return None, "range"
     return lm.astype(np.float32), ""
+
+
+REASONS = {"missing": "no landmark file", "unreadable": "its landmark file is unreadable",
+           "shape": "its landmark file is not 68 x 2", "nan": "its landmark file is not finite",
+           "range": "its landmark file holds values outside [0, 1] (landmarks are x / width, "
+                    "y / height)"}
+"""What :func:`read_landmarks`' reasons mean, for messages."""
 
 
 def _scan_clip(clip: Path) -> tuple[list[str], dict[str, int]]:

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import landmark_path, read_landmarks
+from cliargs import MAX_SIZE, add_no_progress, check_fits, image_size, nonnegative
+
+from .data import REASONS, landmark_path, read_landmarks
 
 
 def add_test_args(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +31,7 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--retarget", action="store_true",
                    help="move the query's landmarks by the source's motion relative to its "
                         "first frame instead of using the source's landmarks as they are")
-    g.add_argument("--temp", type=float, default=0.0,
+    g.add_argument("--temp", type=nonnegative, default=0.0,
                    help="temperature of the split latents (0: their prior means; default 0)")
 
 
@@ -48,11 +50,18 @@ def landmarks_for(path: Path, what: str) -> np.ndarray:
         image = read_image(path)
     except (OSError, ValueError) as exc:
         raise TalkingError(f"cannot read {what} {path} ({exc})") from None
-    found = normalised_landmarks(image, _detector())
+    detector = _detector()
+    found = normalised_landmarks(image, detector)
     if found is None:
-        why = "no landmark file" if reason == "missing" else f"its landmark file is {reason}"
-        raise TalkingError(f"{what} {path}: {why} and dlib finds no face; run `python "
-                           f"preprocess.py --landmarks {path.parent}` or give aligned faces")
+        # The narrowest fix: this one image (never its folder, which may be real data). A
+        # larger detection width can find a small face in a large image; else nothing can.
+        fix = "give an aligned face crop (python preprocess.py PHOTO writes one)"
+        width = image.shape[1]
+        if width > detector.detect_width:
+            fix = (f"try `python preprocess.py --landmarks {path} --detect_width {width}` "
+                   f"(writes {landmark_path(path).name} beside it, nothing else), or " + fix)
+        raise TalkingError(f"{what} {path}: {REASONS[reason]} and dlib finds no face at "
+                           f"--detect_width {detector.detect_width}; {fix}")
     return found
 
 
@@ -178,14 +187,21 @@ def _grid_cli(argv: list[str]) -> int:
                    "NAME.png (default: result)")
     p.add_argument("--name", default="grid", help="file name of the grid (default: grid)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--temp", type=float, default=0.0, help="split-latent temperature")
-    p.add_argument("--out_size", type=int, default=None, help="upscale each cell to this size")
+    p.add_argument("--temp", type=nonnegative, default=0.0, help="split-latent temperature")
+    p.add_argument("--out_size", type=image_size, default=None,
+                   help=f"upscale each cell to this size (at most {MAX_SIZE}; the grid must fit "
+                        "in memory, checked before it is made)")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
     try:
         device = resolve_device(a.device)
         model = load_pose_flow(resolve_checkpoint(a.checkpoint, a.checkpoint_dir,
                                                   DEFAULT_CHECKPOINT), device)
         srcs, tgts = (_images_in(Path(d)) for d in a.transfer_grid)
+        if a.out_size:
+            cells = (len(srcs) + 1) * (len(tgts) + 1)
+            check_fits(cells * a.out_size ** 2 * 3 * 2, f"--out_size {a.out_size} for a grid of "
+                       f"{cells} cells", "lower --out_size or give fewer faces")
         grid = transfer_grid(model, srcs, tgts, device, a.temp, a.out_size)
     except (ValueError, CheckpointError, TalkingError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cliargs import add_no_progress, positive_int
+
 COLUMNS = (("psnr", "PSNR dB ↑", 2), ("ssim", "SSIM ↑", 4), ("l1", "L1 ↓", 4),
            ("lm_err", "landmark err ↓", 4), ("id_dist", "identity dist ↓", 3),
            ("pairs", "pairs", 0))
@@ -269,7 +271,7 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument("--name", default=None, help="output folder under RESULT_DIR/eval "
                    "(default: the checkpoint's run name)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--pairs", type=int, default=None, help="synthetic: first N source x target "
+    p.add_argument("--pairs", type=positive_int, default=None, help="synthetic: first N source x target "
                    "pairs (default: all)")
     p.add_argument("--no_dlib", dest="dlib", action="store_false",
                    help="skip the dlib landmark and identity metrics")
@@ -278,9 +280,10 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument("--query", action="append", default=None, help="real: a query (repeatable)")
     p.add_argument("--image_dir", default="image",
                    help="real: root of ref_img/ and source_img/ (default: image)")
-    p.add_argument("--seq_frames", type=int, default=None, help="real: first N frames")
+    p.add_argument("--seq_frames", type=positive_int, default=None, help="real: first N frames")
     p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
-    p.add_argument("--batch", type=int, default=16, help="real: frames per pass (default: 16)")
+    p.add_argument("--batch", type=positive_int, default=16, help="real: frames per pass (default: 16)")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
     try:
         if not a.data and not (a.source and a.query):

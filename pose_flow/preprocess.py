@@ -1,6 +1,7 @@
 """Landmark files for the pose flow (``preprocess.py --landmarks DATA`` / ``--from_video``).
 
-* ``--landmarks DATA``: for every frame ``DATA/.../FRAME.{png,jpg}`` without ``FRAME.npy``,
+* ``--landmarks DATA``: for every frame ``DATA/.../FRAME.{png,jpg}`` without ``FRAME.npy``
+  (or for one image: ``--landmarks FRAME.png`` writes ``FRAME.npy`` and touches nothing else),
   detect the face with :mod:`faces` (dlib) and write its 68 landmarks normalised to [0, 1]
   (``float32 [68, 2]``, x by the width, y by the height). Resumable (existing files are kept,
   frames already found faceless are listed in ``DATA/.no_face.txt`` and not retried without
@@ -20,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from cliargs import add_no_progress, image_size, positive_int
 
 from .data import IMAGE_EXTENSIONS, landmark_path, read_landmarks
 
@@ -45,7 +48,8 @@ def normalised_landmarks(image: np.ndarray, detector) -> np.ndarray | None:
     if det is None:
         return None
     h, w = image.shape[:2]
-    return (det.landmarks / np.array([w, h], dtype=np.float64)).astype(np.float32)
+    # points dlib puts just past the image's edge are clipped: landmark files hold [0, 1]
+    return np.clip(det.landmarks / np.array([w, h], dtype=np.float64), 0, 1).astype(np.float32)
 
 
 _WORKER: dict = {}
@@ -85,16 +89,19 @@ def landmark_folder(root: str | Path, workers: int = 1, force: bool = False,
                     predictor: str | None = None, detect_width: int = 640,
                     say=print) -> dict[str, int]:
     """Write the missing ``FRAME.npy`` files under ``root``; returns counts
-    ``{frames, existing, written, no_face, unreadable, retried_bad}``."""
+    ``{frames, existing, written, no_face, unreadable, retried_bad}``. ``root`` may also be
+    one image: then only its ``.npy`` is written (no ``.no_face.txt``)."""
     root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root}: no such folder (--landmarks DATA takes the root of "
-                         "DATA/IDENTITY/CLIP/FRAME.png)")
-    frames = frames_under(root)
+    single = root.is_file() and root.suffix.lower() in IMAGE_EXTENSIONS
+    if not single and not root.is_dir():
+        raise ValueError(f"{root}: no such folder or image (--landmarks DATA takes the root of "
+                         "DATA/IDENTITY/CLIP/FRAME.png, or one FRAME.png)")
+    frames = [root] if single else frames_under(root)
     if not frames:
         raise ValueError(f"{root}: no .png/.jpg frames found")
-    no_face_file = root / NO_FACE
-    known_bad = set() if force or not no_face_file.is_file() else set(
+    base = root.parent if single else root
+    no_face_file = base / NO_FACE
+    known_bad = set() if single or force or not no_face_file.is_file() else set(
         no_face_file.read_text().split("\n"))
     counts = {"frames": len(frames), "existing": 0, "written": 0, "no_face": 0,
               "unreadable": 0, "retried_bad": 0}
@@ -103,10 +110,10 @@ def landmark_folder(root: str | Path, workers: int = 1, force: bool = False,
         lm, reason = read_landmarks(landmark_path(f))
         if lm is not None and not force:
             counts["existing"] += 1
-        elif str(f.relative_to(root)) in known_bad:
+        elif str(f.relative_to(base)) in known_bad:
             counts["no_face"] += 1
         else:
-            counts["retried_bad"] += reason in ("shape", "nan", "unreadable")
+            counts["retried_bad"] += reason in ("shape", "nan", "unreadable", "range")
             todo.append(str(f))
     bad = set(known_bad) if not force else set()
     if todo:
@@ -121,13 +128,14 @@ def landmark_folder(root: str | Path, workers: int = 1, force: bool = False,
             key = "written" if status == "ok" else status
             counts[key] += 1
             if status != "ok":
-                bad.add(str(Path(path).relative_to(root)))
+                bad.add(str(Path(path).relative_to(base)))
     bad.discard("")
-    if bad:
+    if bad and not single:
         no_face_file.write_text("\n".join(sorted(bad)) + "\n")
     say(f"{root}: {counts['written']} landmark files written, {counts['existing']} already "
         f"there, {counts['no_face']} frames without a detectable face and "
-        f"{counts['unreadable']} unreadable skipped (listed in {no_face_file.name})")
+        f"{counts['unreadable']} unreadable skipped"
+        + ("" if single else f" (listed in {no_face_file.name})"))
     return counts
 
 
@@ -154,11 +162,13 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
                          "VIDEOS/IDENTITY/VIDEO.mp4)")
     detector = LandmarkDetector(predictor)
     counts = {"videos": 0, "frames": 0, "skipped": 0, "failed": 0}
+    done_before = 0
     for ident in sorted(d for d in videos.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for video in sorted(v for v in ident.iterdir() if v.suffix.lower() in VIDEO_EXTENSIONS):
             folder = out / ident.name / video.stem
             if (folder / ".done").is_file():
                 counts["videos"] += 1
+                done_before += 1
                 continue
             tmp = folder.parent / f".{folder.name}.part{os.getpid()}"
             try:
@@ -172,7 +182,7 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
                     if lm is None:
                         skipped += 1
                         continue
-                    pts = apply_transform(np.asarray(lm), matrix) / size
+                    pts = np.clip(apply_transform(np.asarray(lm), matrix) / size, 0, 1)
                     write_image(tmp / f"{i:05d}.png", crop)
                     save_landmarks(tmp / f"{i:05d}.npy", pts)
                     frames += 1
@@ -190,6 +200,10 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
             counts["videos"] += 1
     if counts["videos"] == 0:
         raise ValueError(f"--from_video {videos}: no readable video in any IDENTITY folder")
+    if counts["frames"] == 0 and done_before == 0:  # nothing came out: a failed job
+        raise ValueError(f"--from_video {videos}: no frame of any video had a detectable face "
+                         f"({counts['skipped']} frames without one); give videos of frontal "
+                         "faces")
     say(f"{out}: {counts['frames']} aligned frames with landmarks from {counts['videos']} "
         f"videos ({counts['skipped']} frames without a face skipped, {counts['failed']} videos "
         "failed)")
@@ -204,16 +218,17 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--from_video", metavar="VIDEOS",
                    help="aligned frames and landmarks from VIDEOS/IDENTITY/VIDEO.mp4 (needs --out)")
     p.add_argument("--out", metavar="DATA", help="--from_video: output root")
-    p.add_argument("--size", type=int, default=64, help="--from_video: crop size (default: 64)")
-    p.add_argument("--smooth", type=int, default=5, help="--from_video: temporal smoothing "
+    p.add_argument("--size", type=image_size, default=64, help="--from_video: crop size (default: 64)")
+    p.add_argument("--smooth", type=positive_int, default=5, help="--from_video: temporal smoothing "
                    "window of the crop (default: 5)")
-    p.add_argument("--detect_every", type=int, default=2,
+    p.add_argument("--detect_every", type=positive_int, default=2,
                    help="--from_video: run the detector every N frames (default: 2)")
     p.add_argument("--predictor", default=None, help="dlib 68-point .dat file (default: the "
                    "one shipped by face_recognition_models)")
-    p.add_argument("--workers", type=int, default=1, help="--landmarks: processes (default: 1)")
-    p.add_argument("--detect_width", type=int, default=640, help="detect on a copy this wide")
+    p.add_argument("--workers", type=positive_int, default=1, help="--landmarks: processes (default: 1)")
+    p.add_argument("--detect_width", type=image_size, default=640, help="detect on a copy this wide")
     p.add_argument("--force", action="store_true", help="--landmarks: recompute every file")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     try:
         a = p.parse_args(argv)
     except SystemExit as exit_:
@@ -247,8 +262,8 @@ def wants(argv: list[str]) -> bool:
             return True
         if key == "--landmarks":
             value = value or (argv[i + 1] if i + 1 < len(argv) else "")
-            # a folder, or a missing path that is not a .dat predictor file: ours
-            if value and (Path(value).is_dir() or (not Path(value).is_file()
-                                                    and not value.endswith(".dat"))):
+            # a folder, an image, or a missing path that is not a .dat predictor file: ours
+            if value and (Path(value).is_dir() or Path(value).suffix.lower() in IMAGE_EXTENSIONS
+                          or (not Path(value).is_file() and not value.endswith(".dat"))):
                 return True
     return False

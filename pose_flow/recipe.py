@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from training.config import from_dict, opt
 from training.recipe_helpers import dequantised, unwrap
@@ -58,9 +59,11 @@ TRAIN_DEFAULTS = {"batch": 8, "lr": 1e-4, "iter": 100000, "sample_every": 500,
 class Config:
     """Pose-flow hyper-parameters (anchor defaults unless said)."""
 
-    img_size: int = opt(64, "image size (divisible by 2^(n_block + n_header))")
-    n_flow: int = opt(16, "flows per block (the first, unconditioned block gets half)")
-    n_block: int = opt(4, "split blocks (squeeze, conditioned flows, split half off)")
+    img_size: int = opt(64, "image size (divisible by 2^(n_block + n_header))", check=model_size)
+    n_flow: int = opt(16, "flows per block (the first, unconditioned block gets half)",
+                      check=positive_int)
+    n_block: int = opt(4, "split blocks (squeeze, conditioned flows, split half off)",
+                       check=positive_int)
     n_header: int = opt(2, "header blocks after the splits (squeeze, no split), down to w")
     hidden: int = opt(0, "hidden channels of every coupling network (0: the anchor's per-level "
                       "widths 64,128,128,256,256,512,512)")
@@ -72,24 +75,29 @@ class Config:
                          "landmarks (the flow learns what the warp cannot draw; use it with "
                          "--additive, the demo adds --recc_weight 30; no quadruplet term)",
                          choices=list(REFERENCES))
-    sigma: float = opt(0.1, "heatmap sigma as a fraction of the image")
+    sigma: float = opt(0.1, "heatmap sigma as a fraction of the image", check=positive)
     coord_below: int = opt(8, "levels below this many px also get the landmark coordinates")
-    n_bits: int = opt(8, "bits per colour channel after quantisation")
-    quad_weight: float = opt(5.0, "weight of the quadruplet loss on w")
-    margin_pos: float = opt(0.0, "quadruplet loss: same-identity distances below this are free")
-    margin_neg: float = opt(0.3, "quadruplet loss: identity means are pushed this far apart")
-    recs_weight: float = opt(1.0, "weight of the L1 self reconstruction")
-    recc_weight: float = opt(1.0, "weight of the L1 cross reconstruction")
-    recon_temp: float = opt(0.7, "temperature of the split latents in the reconstructions")
+    n_bits: int = opt(8, "bits per colour channel after quantisation", check=whole(1, 8))
+    quad_weight: float = opt(5.0, "weight of the quadruplet loss on w", check=nonnegative)
+    margin_pos: float = opt(0.0, "quadruplet loss: same-identity distances below this are free",
+                            check=nonnegative)
+    margin_neg: float = opt(0.3, "quadruplet loss: identity means are pushed this far apart",
+                            check=nonnegative)
+    recs_weight: float = opt(1.0, "weight of the L1 self reconstruction", check=nonnegative)
+    recc_weight: float = opt(1.0, "weight of the L1 cross reconstruction", check=nonnegative)
+    recon_temp: float = opt(0.7, "temperature of the split latents in the reconstructions",
+                            check=nonnegative)
     vgg_weights: str = opt("", "torchvision VGG19 state dict for the perceptual loss on the "
                            "cross reconstructions (empty: off)")
-    perc_weight: float = opt(1.0, "weight of the perceptual loss (with --vgg_weights)")
+    perc_weight: float = opt(1.0, "weight of the perceptual loss (with --vgg_weights)",
+                             check=nonnegative)
     id_net: str = opt("", "TorchScript face-embedding network for the identity loss on the "
                       "cross reconstructions (empty: off)")
-    id_weight: float = opt(1.0, "weight of the identity loss (with --id_net)")
-    id_size: int = opt(112, "input size of the face-embedding network")
-    lr_min: float = opt(1e-7, "the cosine learning-rate decay ends at this rate (at --iter)")
-    n_sample: int = opt(4, "quadruplets in the sample grids")
+    id_weight: float = opt(1.0, "weight of the identity loss (with --id_net)", check=nonnegative)
+    id_size: int = opt(112, "input size of the face-embedding network", check=model_size)
+    lr_min: float = opt(1e-7, "the cosine learning-rate decay ends at this rate (at --iter)",
+                        check=nonnegative)
+    n_sample: int = opt(4, "quadruplets in the sample grids", check=grid_count)
 
 
 def validate(cfg: Config) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cliargs import add_no_progress, model_size, nonnegative_int, positive_int, seed
 from faces.io import write_image
 from synthface.face import Identity, MouthState, sample_identity
 from synthface.pose import HeadPose, render_posed, sample_pose
@@ -185,10 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ("targets", 4, "held-out target frames (each its own identity)"),
                     ("drive", 1, "driving sequences"), ("drive_frames", 16, "their length"),
                     ("seed", 0, "random seed")):
-        p.add_argument(f"--{f}", type=int, default=d, help=f"{h} (default: {d})")
+        kind = {"size": model_size, "seed": seed, "drive": nonnegative_int}.get(f, positive_int)
+        p.add_argument(f"--{f}", type=kind, default=d, help=f"{h} (default: {d})")
     p.add_argument("--force", action="store_true", help="rewrite even when up to date")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
-    cfg = PoseSetConfig(**{k: v for k, v in vars(a).items() if k != "force"})
+    cfg = PoseSetConfig(**{k: v for k, v in vars(a).items() if k not in ("force", "progress")})
     try:
         generate(cfg, a.force)
     except (ValueError, OSError) as exc:

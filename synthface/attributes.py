@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cliargs import MAX_SIZE, add_no_progress, image_size, positive_int, seed
+
 from .face import NEUTRAL, Identity, _cover, _ellipse, _grid, render, sample_identity
 
 __all__ = [
@@ -274,8 +276,14 @@ def write_attribute_set(out: str | Path, kind: str = "glasses", size: int = 64,
 
 def read_manifest(root: str | Path) -> dict:
     """The set's manifest; one-line ``ValueError`` when missing or not ours."""
-    path = Path(root) / "manifest.json"
+    root = Path(root)
+    path = root / "manifest.json"
     if not path.is_file():
+        if root.is_dir() and any(root.iterdir()):  # real faces, or anything else: never write
+            new = root.with_name(root.name + "_synthetic")  # the generator into it
+            raise ValueError(f"{path}: no manifest, so {root} is not a synthetic set (real "
+                             "faces have no exact answers to score against); write one into a "
+                             f"new folder: python -m synthface.attributes {new}")
         raise ValueError(f"{path}: no manifest; make the set with python -m synthface.attributes "
                          f"{root}")
     try:
@@ -338,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", metavar="OUT", help="output folder (trainA/ trainB/ testA/ testB/, "
                    "manifest.json)")
     p.add_argument("--kind", default="glasses", choices=KINDS, help="attribute (default: glasses)")
-    p.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64)")
-    p.add_argument("--train_a", type=int, default=300, help="training faces with the attribute")
-    p.add_argument("--train_b", type=int, default=300, help="training faces without it")
-    p.add_argument("--test_a", type=int, default=8, help="held-out faces with the attribute")
-    p.add_argument("--test_b", type=int, default=8, help="held-out faces without it")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--size", type=image_size, default=64,
+                   help=f"image size in pixels, 16 to {MAX_SIZE} (default: 64)")
+    p.add_argument("--train_a", type=positive_int, default=300, help="training faces with the attribute")
+    p.add_argument("--train_b", type=positive_int, default=300, help="training faces without it")
+    p.add_argument("--test_a", type=positive_int, default=8, help="held-out faces with the attribute")
+    p.add_argument("--test_b", type=positive_int, default=8, help="held-out faces without it")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
+    add_no_progress(p, "accepted in every script; this job shows no progress bar")
     args = p.parse_args(argv)
     try:
         path = write_attribute_set(args.out, args.kind, args.size, args.train_a, args.train_b,

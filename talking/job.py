@@ -20,6 +20,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from cliargs import (
+    MAX_SIZE,
+    add_no_progress,
+    check_fits,
+    image_size,
+    nonnegative_int,
+    positive,
+    positive_int,
+)
 from training.distributed import resolve_device
 
 from .inputs import TalkingError, read_rgb, resolve_checkpoint, resolve_query, resolve_source
@@ -47,10 +56,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "(default: result)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda,"
                         " cuda:N (default: auto)")
-    parser.add_argument("--batch", type=int, default=16,
+    parser.add_argument("--batch", type=positive_int, default=16,
                         help="frames per forward pass (default: 16); the first pass takes "
                              "--first_batch frames so the first frame is written early")
-    parser.add_argument("--first_batch", type=int, default=1,
+    parser.add_argument("--first_batch", type=nonnegative_int, default=1,
                         help="frames in the first forward pass (default: 1; 0: --batch)")
     parser.add_argument("--paste_back", default="region", choices=PASTE_BACK,
                         help="region (default): the region the model changes (the mouth with a "
@@ -61,10 +70,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="paste back into the original photo the query was aligned from "
                              "(the alignment record NAME_256.json that `preprocess.py PHOTO` "
                              "writes): frames at the photo's size")
-    parser.add_argument("--out_size", type=int, default=None,
+    parser.add_argument("--out_size", type=image_size, default=None,
                         help="resize the written frames and video so that their longer side "
                              "is this (default: the query's size with --paste_back region, "
-                             "the model's with none)")
+                             f"the model's with none; at most {MAX_SIZE}, and a frame and the "
+                             "grid at that size must fit in memory, which is checked before "
+                             "the first is made)")
     parser.add_argument("--no-poisson", "--no_poisson", dest="poisson", action="store_false",
                         help="no mouth blending: feed the source frame itself (thesis flag)")
     parser.add_argument("--blend", default="poisson", choices=list(BLENDS[:3]),
@@ -72,12 +83,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "after matching the skins' colour by a gain; ours), poisson_plain "
                              "(the plain seamless clone, as the thesis), paste (default: "
                              "poisson)")
-    parser.add_argument("--max_frames", type=int, default=None,
-                        help="use only the first N source frames")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--max_frames", type=positive_int, default=None,
+                        help="use only the first N source frames (default: all)")
+    parser.add_argument("--fps", type=positive, default=None,
                         help="frame rate of video.mp4 (default: the source's fps.txt, else 25)")
-    parser.add_argument("--no_progress", dest="progress", action="store_false",
-                        help="hide the progress bar")
+    add_no_progress(parser, "hide the progress bar")
 
 
 PASTE_BACK = ("region", "none")
@@ -212,6 +222,10 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     with skip_init():  # the Glow's weights come from the checkpoint: no random init first
         model = recipe.load_for_test(args, device)
     size = int(recipe.model_size(model))
+    if args.out_size:  # a frame, its resized copies and the grid's tiles at --out_size
+        check_fits((3 * GRID_FRAMES + 4) * args.out_size ** 2 * 3,
+                   f"--out_size {args.out_size} (a frame and the {3 * GRID_FRAMES}-tile grid at "
+                   "that size)", "lower --out_size")
     needs_mix = getattr(recipe, "NEEDS_MIX", True)
     region = PasteRegion.named(getattr(recipe, "PASTE_REGION", "mouth"))
 

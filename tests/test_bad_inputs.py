@@ -25,7 +25,8 @@ Adding a row
   ``{syn}`` a tiny ``lrw.synthetic`` set, ``{ad}`` a tiny AD-flow's ``last.pt`` (run ``ad``);
   and every key of ``make``.
 - ``make``: ``{placeholder: kind}``: a fresh bad input of that kind (a key of ``MAKERS``) made
-  under the row's own folder and named by the placeholder in ``args``.
+  under the row's own folder and named by the placeholder in ``args`` (a maker gets the path
+  ``ROW_FOLDER/placeholder`` and may return another, e.g. with a suffix).
 - ``names``: a string the error line must contain (the flag, or the file's name).
 - ``code``: the exact exit status expected; ``None`` means any non-zero status. ``code=0``
   rows are jobs that succeed with a warning: ``names`` must then appear on stderr or stdout.
@@ -95,7 +96,12 @@ def _unreadable_images(path: Path) -> None:
     (path / "c.png").write_bytes(buf.getvalue()[:20])
 
 
-MAKERS: dict[str, Callable[[Path], None]] = {
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "missing": lambda p: None,
     "empty_dir": lambda p: p.mkdir(parents=True),
     "text_file": lambda p: p.write_text("hello\n"),
@@ -103,6 +109,8 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "good_pngs": _good_pngs,
     "unreadable_images": _unreadable_images,
     "bad_json": lambda p: p.write_text("{not json"),
+    "config_fractional": lambda p: p.write_text('{"n_flow": 2.5}\n'),
+    "config_nan": lambda p: _write(p.with_suffix(".yaml"), "lr: .nan\n"),
 }
 
 
@@ -122,6 +130,10 @@ class World:
             self._cache[key] = str(getattr(self, "_make_" + key)())
         return self._cache[key]
 
+    def _dirs(self) -> list[str]:
+        return ["--checkpoint_dir", str(self.root / "checkpoint"),
+                "--result_dir", str(self.root / "result")]
+
     def _make_data(self) -> Path:
         _good_pngs(self.root / "data")
         return self.root / "data"
@@ -133,7 +145,7 @@ class World:
                 "--n_flow", "1", "--n_block", "2", "--hidden", "4", "--n_sample", "2",
                 "--batch", "4", "--iter", "2", "--device", "cpu", "--workers", "0",
                 "--sample_every", "1", "--save_every", "1", "--log_every", "1",
-                "--no_progress"]
+                "--no_progress", *self._dirs()]
         with _quiet():
             assert train.main(args) == 0
         return self.root / "checkpoint" / "g" / "last.pt"
@@ -153,7 +165,7 @@ class World:
         args = ["--model", "ad-flow", "-n", "ad", self["syn"], "--glow", self["glow"],
                 "--img_size", str(SIZE), "--n_frames", "4", "--cls_hidden", "8", "--iter", "2",
                 "--batch", "2", "--device", "cpu", "--workers", "0", "--sample_every", "0",
-                "--save_every", "0", "--no_progress"]
+                "--save_every", "0", "--no_progress", *self._dirs()]
         with _quiet():
             assert train.main(args) == 0
         return self.root / "checkpoint" / "ad" / "last.pt"
@@ -237,6 +249,77 @@ CASES: list[Case] = [
     Case("train-abbreviated-flag", "train", "--mod glow -n x {data} --dry-run", "--mod"),
     Case("lrw.synthetic-abbreviated-flag", "lrw.synthetic", "{w}/s --word 2", "--word"),
     Case("train-batch-not-a-number", "train", "-n x {data} --batch two --dry-run", "--batch"),
+    # -- class 4: counts validated (negative refused naming the flag; 0 what --help says)
+    Case("test-max_frames-negative", "test", "q --source s --max_frames -2", "--max_frames"),
+    Case("test-batch-zero", "test", "q --source s --batch 0", "--batch"),
+    Case("test-first_batch-negative", "test", "q --source s --first_batch -1", "--first_batch"),
+    Case("train-n_sample-negative", "train", "-n x {data} --n_sample -1 --dry-run",
+         "--n_sample", code=1),
+    Case("train-hidden-zero", "train", "-n x {data} --hidden 0 --dry-run", "--hidden", code=1),
+    Case("train-ad-n_sample_clips-negative", "train",
+         "--model ad-flow -n x {data} --n_sample_clips -1 --dry-run", "--n_sample_clips",
+         code=1),
+    Case("train-pose-n_sample-negative", "train",
+         "--model pose-flow -n x {data} --n_sample -4 --dry-run", "--n_sample", code=1),
+    Case("train-content-ae-n_display-negative", "train",
+         "--model content-ae -n x {data} --n_display -1 --dry-run", "--n_display", code=1),
+    Case("train-mi-mi_hidden-zero", "train", "--model mi-flow -n x {data} --mi_hidden 0 --dry-run",
+         "--mi_hidden", code=1),
+    Case("evaluate-max_frames-negative", "evaluate",
+         "--model glow --checkpoint {glow} {data} --max_frames -3 --device cpu", "--max_frames"),
+    Case("evaluate-batch-zero", "evaluate",
+         "--model glow --checkpoint {glow} {data} --batch 0 --device cpu", "--batch"),
+    Case("evaluate-pairs-negative", "evaluate",
+         "--model glow --checkpoint {glow} {data} --pairs -1 --device cpu", "--pairs"),
+    Case("evaluate-content-ae-max_pairs-negative", "evaluate",
+         "--model content-ae --checkpoint c {data} --max_pairs -1", "--max_pairs"),
+    Case("preprocess-detect_width-negative", "preprocess", "{data} --detect_width -5",
+         "--detect_width"),
+    Case("preprocess-celeba-n_test-negative", "preprocess",
+         "--celeba {data} --attr Eyeglasses --out {w}/ab --n_test -1", "--n_test"),
+    Case("preprocess-celeba-limit-negative", "preprocess",
+         "--celeba {data} --attr Eyeglasses --out {w}/ab --limit -1", "--limit"),
+    Case("preprocess-landmarks-workers-zero", "preprocess", "--landmarks {data} --workers 0",
+         "--workers"),
+    Case("lrw.synthetic-queries-negative", "lrw.synthetic", "{w}/s --queries -1", "--queries"),
+    Case("lrw.synthetic-workers-zero", "lrw.synthetic", "{w}/s --workers 0", "--workers"),
+    Case("synthface.attributes-test_a-negative", "synthface.attributes", "{w}/s --test_a -2",
+         "--test_a"),
+    Case("pose_flow.synthetic-drive-negative", "pose_flow.synthetic", "{w}/s --drive -1",
+         "--drive"),
+    Case("test-content-ae-interpolate-negative", "test",
+         "--model content-ae --checkpoint c {data} --interpolate -3", "--interpolate"),
+    Case("test-pose-flow-grid-out_size-zero", "test",
+         "--model pose-flow --transfer_grid {data} {data} --out_size 0", "--out_size"),
+    # -- non-finite and non-integral numbers (flags and config files)
+    Case("test-fps-nan", "test", "q --source s --fps nan", "--fps"),
+    Case("train-temp-nan", "train", "-n x {data} --temp nan --dry-run", "--temp"),
+    Case("train-grad_clip-inf", "train", "-n x {data} --grad_clip inf --dry-run", "--grad_clip"),
+    Case("train-config-fractional-int", "train", "--config {cfg} {data} --dry-run", "n_flow",
+         make={"cfg": "config_fractional"}),
+    Case("train-config-nan", "train", "--config {cfg} {data} --dry-run", "lr",
+         make={"cfg": "config_nan"}),
+    Case("test-content-ae-mask_power-inf", "test",
+         "--model content-ae --checkpoint c {data} --mask_power inf", "--mask_power"),
+    # -- class 5: sizes that cannot fit are refused before anything is allocated
+    Case("test-out_size-huge", "test", "q --source s --out_size 100000", "--out_size"),
+    Case("train-img_size-huge", "train", "-n x {data} --img_size 65536 --n_block 2 --dry-run",
+         "--img_size", code=1),
+    Case("test-pose-flow-grid-out_size-huge", "test",
+         "--model pose-flow --transfer_grid {data} {data} --out_size 100000", "--out_size"),
+    Case("lrw.synthetic-query-size-huge", "lrw.synthetic", "{w}/s --query-size 100000",
+         "--query-size"),
+    Case("preprocess-size-huge", "preprocess", "{data} --size 100000", "--size"),
+    Case("synthface.attributes-size-huge", "synthface.attributes", "{w}/s --size 100000",
+         "--size"),
+    Case("train-n_sample-huge", "train", "-n x {data} --n_sample 1000000 --dry-run",
+         "--n_sample", code=1),
+    Case("test-content-ae-interpolate-huge", "test",
+         "--model content-ae --checkpoint c {data} --interpolate 1000000", "--interpolate"),
+    # -- class 6: a job that produced nothing has failed
+    Case("evaluate-glow-no-readable-image", "evaluate",
+         "--model glow --checkpoint {glow} {bad} --device cpu --no_progress", "{bad}",
+         make={"bad": "unreadable_images"}, code=1),
 ]
 
 
@@ -244,8 +327,8 @@ def _run(case: Case, world: World, tmp: Path) -> tuple[int, str, str]:
     values = dict(world._cache)
     for key, kind in case.make.items():
         path = tmp / key
-        MAKERS[kind](path)
-        values[key] = str(path)
+        made = MAKERS[kind](path)
+        values[key] = str(made if isinstance(made, Path) else path)  # or another name
 
     class Lazy(dict):
         def __missing__(self, key: str) -> str:
@@ -294,3 +377,179 @@ def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
 def test_the_table_covers_every_script() -> None:
     assert {c.script for c in CASES} >= {"train", "evaluate", "lrw.synthetic"}
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+# --------------------------------------------------------------------------------------------
+# What a table row cannot show: the shared validators, both spellings of --no_progress, the
+# memory check of test.py --out_size, and fix-hints run as given
+
+
+def test_validators_refuse_what_cannot_work() -> None:
+    import argparse
+
+    from cliargs import BadValue, finite, image_size, nonnegative_int, positive_int, whole
+
+    assert positive_int("3") == 3 and positive_int(3.0) == 3 and nonnegative_int("0") == 0
+    for bad in ("-2", "2.5", 2.5, "nan", "inf", "two", True):
+        with pytest.raises(BadValue):
+            positive_int(bad)
+    with pytest.raises(BadValue, match="at least|>= 1"):
+        positive_int(0)
+    with pytest.raises(BadValue, match="at most 8192"):
+        image_size("100000")
+    assert whole(2, 5)("5") == 5
+    for bad in ("nan", "inf", "-inf", float("nan")):
+        with pytest.raises(BadValue, match="finite"):
+            finite(bad)
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--n", type=positive_int)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--n", "-2"])
+
+
+_NO_PROGRESS_CALLS = [  # (script, argv that parses fully and then fails or exits quickly)
+    ("train", ["-n", "x", "nodata", "--dry-run"]),
+    ("test", ["q", "--source", "s"]),
+    ("test", ["--model", "content-ae", "--checkpoint", "c", "d"]),
+    ("test", ["--model", "pose-flow", "--transfer_grid", "a", "b"]),
+    ("evaluate", ["--model", "glow", "--checkpoint", "c", "d"]),
+    ("evaluate", ["--model", "content-ae", "--checkpoint", "c", "d"]),
+    ("evaluate", ["--model", "pose-flow", "--checkpoint", "c", "d"]),
+    ("preprocess", ["nothere.jpg"]),
+    ("preprocess", ["--celeba", "nothere", "--attr", "Eyeglasses", "--out", "o"]),
+    ("preprocess", ["--landmarks", "nothere_folder"]),
+    ("lrw.synthetic", ["o", "--words", "100000"]),
+    ("synthface.attributes", ["o", "--size", "8"]),
+    ("pose_flow.synthetic", ["o", "--identities", "1"]),
+]
+
+
+@pytest.mark.parametrize("flag", ["--no_progress", "--no-progress"])
+def test_every_script_and_mode_accepts_both_no_progress_spellings(flag: str, tmp_path: Path
+                                                                  ) -> None:
+    for script, argv in _NO_PROGRESS_CALLS:
+        main = importlib.import_module(SCRIPTS[script][0]).main
+        err = io.StringIO()
+        with _chdir(tmp_path), contextlib.redirect_stderr(err), _quiet_stdout():
+            try:
+                main([*argv, flag])
+            except SystemExit:
+                pass
+        assert "unrecognized" not in err.getvalue(), (script, argv, err.getvalue())
+        assert flag not in err.getvalue(), (script, argv, err.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def test_out_size_that_cannot_fit_in_memory_is_refused_before_any_frame(
+        world: World, tmp_path: Path, monkeypatch) -> None:
+    """A frame and the 24-tile grid at --out_size beyond the memory available is refused (one
+    line naming --out_size) before the output folder exists."""
+    import cliargs
+    from talking.cli import main
+
+    syn = Path(world["syn"])
+    source = next((syn / "image" / "source_img").iterdir())
+    query = next((syn / "image" / "ref_img").glob("*.png"))
+    args = ["--model", "ad-flow", "--checkpoint", world["ad"], "--glow", world["glow"],
+            str(query), "--source", str(source), "--device", "cpu", "--no_progress",
+            "--result_dir", str(tmp_path / "res"), "--out_size", "4096"]
+    monkeypatch.setattr(cliargs, "available_memory", lambda: 200 * 2**20)  # 200 MiB
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), _quiet_stdout():
+        assert main(args) == 1
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --out_size 4096"), lines
+    assert "GiB" in lines[0] and "lower --out_size" in lines[0]
+    assert not (tmp_path / "res").exists()
+    monkeypatch.setattr(cliargs, "available_memory", lambda: 64 * 2**30)
+    args[-1] = "16"
+    with contextlib.redirect_stderr(io.StringIO()), _quiet_stdout():
+        assert main(args) == 0
+    assert len(list((tmp_path / "res").rglob("*.png"))) > 1
+
+
+def _hint_command(message: str) -> list[str]:
+    """The command a message advises: between backticks, or after ``: `` up to the end."""
+    import re
+
+    found = re.search(r"`python ([^`]+)`", message) or re.search(r": python (.+)$", message)
+    assert found, message
+    return shlex.split(found.group(1))
+
+
+def _run_hint(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``python SCRIPT.py ...`` or ``python -m MODULE ...`` in a child process."""
+    cmd = [sys.executable, *([str(ROOT / argv[0])] if argv[0].endswith(".py") else argv[:2])]
+    rest = argv[1:] if argv[0].endswith(".py") else argv[2:]
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([*cmd, *rest], cwd=cwd, capture_output=True, text=True, env=env,
+                         timeout=300)
+    return out.returncode, out.stdout + out.stderr
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_content_ae_evaluate_on_real_faces_advises_a_new_folder_and_the_advice_works(
+        tmp_path: Path) -> None:
+    """A real A/B folder has no exact answers: the message says so and advises writing a
+    synthetic set into a NEW folder; running that advice works and leaves the real one alone."""
+    import evaluate
+
+    real = tmp_path / "celeba_glasses"
+    for split in ("trainA", "trainB", "testA", "testB"):
+        _good_pngs(real / split, n=2)
+    before = _tree(real)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), _quiet_stdout():
+        code = evaluate.main(["--model", "content-ae", "--checkpoint", str(tmp_path / "c.pt"),
+                              str(real), "--result_dir", str(tmp_path / "res")])
+    line = err.getvalue().strip()
+    assert code == 1 and line.count("\n") == 0 and str(real) in line, line
+    assert "not a synthetic set" in line
+    hint = _hint_command(line)
+    assert hint[:2] == ["-m", "synthface.attributes"] and Path(hint[2]) != real
+    hint += ["--train_a", "2", "--train_b", "2", "--test_a", "1", "--test_b", "1",
+             "--size", "16"]  # the advice as given, at a test's size
+    code, out = _run_hint(hint, tmp_path)
+    assert code == 0, out
+    assert (Path(hint[2]) / "manifest.json").is_file()
+    assert _tree(real) == before  # the real faces: nothing written, nothing replaced
+
+
+def test_pose_flow_query_without_landmarks_advises_that_one_image_and_the_advice_works(
+        shared_faces: Path, tmp_path: Path) -> None:
+    """A small face in a large query image: dlib misses it at the default detection width;
+    the advice names that image (never its folder) and a width that finds it, and running it
+    writes that image's landmark file and nothing else."""
+    from pose_flow.driving import landmarks_for
+    from talking.inputs import TalkingError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    face = Image.open(shared_faces / "ref_img" / "obama_256.jpg").convert("RGB")
+    canvas = Image.new("RGB", (1400, 1000), (128, 128, 128))
+    canvas.paste(face.resize((100, 100)), (600, 400))
+    canvas.save(folder / "query.png")
+    _png(folder / "other.png", size=64)  # a neighbour the advice must not touch
+    before = _tree(folder)
+    with pytest.raises(TalkingError) as exc:
+        landmarks_for(folder / "query.png", "query")
+    message = str(exc.value)
+    assert "--landmarks " + str(folder) + " " not in message + " "
+    hint = _hint_command(message)
+    assert hint[:3] == ["preprocess.py", "--landmarks", str(folder / "query.png")]
+    code, out = _run_hint(hint, tmp_path)
+    assert code == 0, out
+    after = _tree(folder)
+    assert set(after) == set(before) | {"query.npy"}
+    assert all(after[k] == v for k, v in before.items())
+    lm = np.load(folder / "query.npy")
+    assert lm.shape == (68, 2) and 0.4 < lm[:, 0].mean() < 0.55  # the face near x = 650/1400

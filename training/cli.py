@@ -105,8 +105,12 @@ def apply_config(parser: argparse.ArgumentParser, ns: argparse.Namespace, values
             if not isinstance(value, bool):
                 raise ValueError(f"{source}: {key} must be true or false, not {value!r}")
         elif value is not None and action.type is not None:
+            from cliargs import BadValue
+
             try:
                 value = action.type(value)
+            except BadValue as exc:  # the message says what is wanted (a whole number, ...)
+                raise ValueError(f"{source}: {key} = {value!r}: {exc}") from None
             except (TypeError, ValueError):
                 raise ValueError(f"{source}: {key} = {value!r} is not a valid "
                                  f"{getattr(action.type, '__name__', 'value')}") from None
