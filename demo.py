@@ -51,7 +51,7 @@ class Plan:
     ad_flow: dict = field(default_factory=dict)
     mi_flow: dict = field(default_factory=dict)
     eval_frames: int = 128  # bits/dim frames
-    out_size: int = 128  # size of the written test.py frames, video and grid tiles
+    out_size: int | None = None  # test.py --out_size (None: pasted back at the query's 256 px)
     seed: int = 0  # of the synthetic set (identities, words) and of every training run
     others: bool = True  # also run content-ae and pose-flow (bench/quality.py turns it off)
 
@@ -71,7 +71,7 @@ TINY = Plan(
     glow=dict(n_flow=2, n_block=2, hidden=16, iter=3, batch=4, lr=1e-3),
     ad_flow=dict(iter=2, batch=2, n_frames=6, cls_hidden="16", lr=1e-3, cls_lr=1e-3),
     mi_flow=dict(n_flow=2, n_block=2, hidden=16, iter=3, batch=4, lr=1e-3),
-    eval_frames=8, out_size=32,
+    eval_frames=8, out_size=64,
 )
 
 
@@ -181,9 +181,23 @@ class Demo:
         else:
             argv = ["--model", model, query, "--source", source, "--checkpoint",
                     str(checkpoint), "--image_dir", str(self.data / "image"),
-                    "--result_dir", str(out_root), "--out_size", str(self.plan.out_size)]
+                    "--result_dir", str(out_root), "--audio", str(self.tone(source))]
+            if self.plan.out_size:
+                argv += ["--out_size", str(self.plan.out_size)]
             self._run("test", argv)
         self.outputs.setdefault(model, {}).update(video=video, grid=out_dir / "grid.png")
+
+    def tone(self, source: str) -> Path:
+        """A tone as long as the synthetic source (which has no sound of its own), for the
+        talking face's video: test.py --audio."""
+        from lrw.video import write_tone
+        from talking.inputs import resolve_source
+
+        src = resolve_source(source, self.data / "image")
+        path = self.data / "audio" / f"{source}.m4a"
+        if not path.is_file():
+            write_tone(path, len(src.frames) / src.fps)
+        return path
 
     def evaluate(self, model: str, checkpoint: Path, name: str) -> Path:
         csv = self.result / "eval" / name / "metrics.csv"
@@ -368,7 +382,7 @@ class Demo:
         lines += ["", f"Talking faces ({s['query']} with the mouth motion of {s['source']}):"]
         for model, o in s["outputs"].items():
             if "video" in o:
-                lines.append(f"  {model:8s} video {o['video']}")
+                lines.append(f"  {model:8s} video {o['video']}{_video_facts(o['video'])}")
                 lines.append(f"  {'':8s} grid  {o['grid']}  (rows: source, mouth blend, "
                              "output)")
         if s["table_dir"] is not None and (s["table_dir"] / "metrics.csv").is_file():
@@ -393,6 +407,18 @@ class Demo:
                   "", "These are demo-sized models trained for minutes; docs/demo.md explains "
                   "how to go from here to real data.", ""]
         return "\n".join(lines)
+
+
+def _video_facts(path: Path) -> str:
+    """`` (256x256 px, 15 frames, with sound)`` for a written video ('' when unreadable)."""
+    from lrw.video import VideoReader, has_audio
+
+    try:
+        v = VideoReader(path)
+        return (f"  ({v.width}x{v.height} px, {v.declared} frames, "
+                f"{'with sound' if has_audio(path) else 'silent'})")
+    except (ValueError, OSError):
+        return ""
 
 
 def _short(rows: list[dict]) -> list[dict]:

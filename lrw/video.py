@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["TruncatedVideoError", "VideoReader", "VideoWriter", "audio_duration",
            "ffmpeg_exe", "has_audio", "media_durations", "read_video", "video_codec",
-           "with_tone", "write_video"]
+           "with_tone", "write_tone", "write_video"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".ts")
@@ -220,11 +220,15 @@ class VideoWriter:
     clean exit; an exception removes the temporary file and leaves ``path`` as it was).
     ``audio_from``: a file whose first audio track is added (AAC), padded or trimmed to the
     video's length; a file without one gives a silent video (``has_audio`` tells first).
+    ``quality``: imageio-ffmpeg's 0-10 (8: x264 CRF 10, near lossless; 5: CRF 25) and
+    ``preset`` x264's speed preset (``None``: its default), for large sources made in benches.
     """
 
     def __init__(self, path: str | Path, fps: float = 25.0,
-                 audio_from: str | Path | None = None) -> None:
+                 audio_from: str | Path | None = None, quality: float = 8,
+                 preset: str | None = None) -> None:
         self.path = Path(path)
+        self.quality, self.preset = quality, preset
         self.fps = float(fps) if fps and fps > 0 else 25.0
         self.audio_from = Path(audio_from) if audio_from is not None else None
         self.frames = 0
@@ -250,8 +254,9 @@ class VideoWriter:
             ew, eh = w + w % 2, h + h % 2
             writer = imageio_ffmpeg.write_frames(
                 str(self._tmp), (ew, eh), fps=self.fps, codec="libx264", pix_fmt_out="yuv420p",
-                macro_block_size=2, quality=8, ffmpeg_log_level="error",
-                output_params=["-movflags", "+faststart"])
+                macro_block_size=2, quality=self.quality, ffmpeg_log_level="error",
+                output_params=["-movflags", "+faststart",
+                               *(["-preset", self.preset] if self.preset else [])])
             writer.send(None)
             return _Encoder("h264", writer, (w, h), (ew, eh))
         except (ImportError, OSError, RuntimeError) as exc:
@@ -354,6 +359,24 @@ def with_tone(video: str | Path, out: str | Path, frequency: float = 440.0) -> P
         raise ValueError(f"cannot add a tone to {video}: {last}")
     os.replace(tmp, out)
     return out
+
+
+def write_tone(path: str | Path, seconds: float, frequency: float = 440.0) -> Path:
+    """An audio file (AAC in .m4a) holding a sine tone of ``seconds``: sound for sources that
+    have none (the synthetic demo). Written under a temporary name and moved into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+           f"sine=frequency={frequency:g}:sample_rate=44100:duration={seconds:.6f}",
+           "-c:a", "aac", str(tmp)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        last = (res.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
+        raise ValueError(f"cannot write a tone to {path}: {last}")
+    os.replace(tmp, path)
+    return path
 
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray] | Iterable[np.ndarray],

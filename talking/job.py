@@ -85,6 +85,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "poisson)")
     parser.add_argument("--max_frames", type=positive_int, default=None,
                         help="use only the first N source frames (default: all)")
+    parser.add_argument("--audio", default=None, metavar="FILE",
+                        help="sound for video.mp4 (any file with an audio track), trimmed or "
+                             "padded to the video's length (default: a video source's own "
+                             "sound)")
     parser.add_argument("--fps", type=positive, default=None,
                         help="frame rate of video.mp4 (default: the source's fps.txt, else 25)")
     add_no_progress(parser, "hide the progress bar")
@@ -213,6 +217,22 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     args.source = str(source.folder)  # a video's cached crops, for recipes that read the frames
     frames = source.frames[: args.max_frames] if args.max_frames else source.frames
     fps = args.fps if args.fps else source.fps
+    audio = source.audio
+    if getattr(args, "audio", None):
+        from lrw.video import has_audio
+
+        audio = Path(args.audio)
+        if not audio.is_file():
+            raise TalkingError(f"--audio {audio}: no such file")
+        if not has_audio(audio):
+            raise TalkingError(f"--audio {audio}: the file has no audio track")
+    elif source.video is not None and audio is None:
+        say(f"note: {source.video} has no sound track; the video is silent")
+    if audio is not None and audio == source.audio and args.fps and \
+            abs(args.fps - source.fps) > 1e-3:
+        say(f"note: --fps {args.fps:g} differs from the source's {source.fps:g} fps, so its "
+            "sound would not match the picture; the video is silent")
+        audio = None
     args.checkpoint = str(resolve_checkpoint(args.checkpoint, args.checkpoint_dir,
                                              recipe.DEFAULT_CHECKPOINT))
     device = resolve_device(args.device)
@@ -245,13 +265,6 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     grid_rows: list[list[np.ndarray]] = [[], [], []]
     tile = max(MIN_TILE, args.out_size or (max(query_full.shape[:2]) if paste == "region"
                                            else size))
-    audio = source.audio
-    if source.video is not None and audio is None:
-        say(f"note: {source.video} has no sound track; the video is silent")
-    if audio is not None and args.fps and abs(args.fps - source.fps) > 1e-3:
-        say(f"note: --fps {args.fps:g} differs from the source's {source.fps:g} fps, so its "
-            "sound would not match the picture; the video is silent")
-        audio = None
     writer = VideoWriter(out_dir / "video.mp4", fps, audio_from=audio)
     frame_size = None
 

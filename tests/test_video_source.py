@@ -148,3 +148,26 @@ def test_unreadable_and_faceless_videos_are_one_line_errors(clips, capsys) -> No
                             "--no_progress", "--checkpoint", str(clips["tmp"] / "none.pt")])
         err = capsys.readouterr().err.strip()
         assert rc == 1 and "\n" not in err and expect in err, err
+
+
+def test_audio_flag_gives_a_frame_folder_source_its_sound(clips, capsys) -> None:
+    from lrw.video import write_tone
+    from preprocess import main as preprocess
+    from talking import run
+
+    assert preprocess(["--source", "loud", str(clips["loud"]), "--image_dir",
+                       str(clips["image"]), "--no-progress"]) == 0
+    tone = write_tone(clips["tmp"] / "tone.m4a", 3.0)  # longer than the clip: trimmed
+    args = test_cli.build_parser("ad-flow").parse_args(
+        ["--source", "loud", "obama", "--image_dir", str(clips["image"]), "--result_dir",
+         str(clips["tmp"] / "t"), "--no_progress", "--audio", str(tone), "--max_frames", "6"])
+    summary = run(args, _recipe(), say=lambda *_: None)
+    d = media_durations(summary["video"])
+    assert d["video"] == pytest.approx(6 / FPS, abs=0.5 / FPS)
+    assert abs(d["audio"] - d["video"]) < 1 / FPS, d
+    rc = test_cli.main(["--source", "loud", "obama", "--image_dir", str(clips["image"]),
+                        "--result_dir", str(clips["tmp"] / "t"), "--no_progress",
+                        "--checkpoint", str(clips["tmp"] / "none.pt"), "--audio",
+                        str(clips["silent"])])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err and "no audio track" in err
