@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     from glow.io import CheckpointError
-    from training.cli import apply_config, checkpoint_values, given_dests, read_config_file
+    from training.cli import (
+        apply_config,
+        checkpoint_values,
+        given_dests,
+        plain_warnings,
+        read_config_file,
+    )
 
     try:
         from training import registry
@@ -83,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         file_values.pop("model", None)
         given |= apply_config(parser, args, file_values, given, f"--config {known.config}")
         if args.resume:  # flags given nowhere continue the saved run's
-            from training.loop import run_paths
+            from training.loop import resume_source, run_paths
 
-            saved = checkpoint_values(run_paths(from_args(TrainConfig, args))[0] / "last.pt")
+            source = resume_source(run_paths(from_args(TrainConfig, args))[0])
+            saved = checkpoint_values(source) if source is not None else {}
             dests = {a.dest for a in parser._actions}
             apply_config(parser, args, {k: v for k, v in saved.items() if k in dests}, given,
                          "the checkpoint")
@@ -106,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(args.data_dir)
         if not data_dir.exists():
             raise ValueError(f"{data_dir}: no such folder (give the folder of training frames)")
-        summary = train(recipe, mcfg, tcfg, data_dir)
+        with plain_warnings():
+            summary = train(recipe, mcfg, tcfg, data_dir)
     except (ValueError, CheckpointError, TrainingStopped, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

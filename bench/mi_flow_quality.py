@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from faces.blend import mouth_box, mouth_mix  # noqa: E402
+from faces.io import read_image  # noqa: E402
 from glow import quantize  # noqa: E402
 from lrw.synthetic import SyntheticConfig, SyntheticSet, generate  # noqa: E402
 from mi_flow import CLUB  # noqa: E402
@@ -140,11 +141,11 @@ def evaluate(model: R.MIFlow, ds: SyntheticSet, size: int) -> dict:
     box = mouth_box(size)
     res: dict[str, list[torch.Tensor]] = {}
     for q in ds.query_names:
-        q256 = np.asarray(Image.open(ds.query_path(q)).convert("RGB"))
+        q256 = read_image(ds.query_path(q))
         query = to_tensor(q256, size)[None]
         for s in ds.source_names:
             folder = ds.source_folder(s)
-            frames = [np.asarray(Image.open(folder / f"{t:03d}.png").convert("RGB"))
+            frames = [read_image(folder / f"{t:03d}.png")
                       for t in range(ds.n_source_frames(s))]
             source = torch.stack([to_tensor(f, size) for f in frames])
             mix = torch.stack([to_tensor(mouth_mix(q256, f), size) for f in frames])
@@ -184,10 +185,10 @@ def main(argv=None) -> int:
     ds = SyntheticSet.load(root)
     data = R.dataset(R.Config(img_size=size), root / "train")
     images = torch.stack([data[i][0] for i in range(len(data))])
-    held_out = torch.stack([to_tensor(np.asarray(Image.open(f).convert("RGB")), size)
+    held_out = torch.stack([to_tensor(read_image(f), size)
                             for s in ds.source_names
                             for f in sorted(ds.source_folder(s).glob("*.png"))]
-                           + [to_tensor(np.asarray(Image.open(ds.query_path(q)).convert("RGB")),
+                           + [to_tensor(read_image(ds.query_path(q)),
                                         size) for q in ds.query_names])
     print(f"synthetic set {root}: {len(images)} training frames at {size} px; "
           f"{len(held_out)} held-out frames")

@@ -232,14 +232,15 @@ def run_peer(peer: str, work: Path, setup: dict) -> dict:
 def agreement(a: Path, b: Path) -> tuple[float, int]:
     """Mean PSNR (dB) between same-named frames of two output folders."""
     import numpy as np
-    from PIL import Image
+
+    from faces.io import read_image
 
     vals = []
     for p in sorted(a.glob("[0-9]*.png")):
         q = b / p.name
         if q.is_file():
-            x = np.asarray(Image.open(p).convert("RGB"), np.float64)
-            y = np.asarray(Image.open(q).convert("RGB"), np.float64)
+            x = read_image(p).astype(np.float64)
+            y = read_image(q).astype(np.float64)
             mse = max(((x - y) ** 2).mean(), 1e-10)
             vals.append(10 * np.log10(255**2 / mse))
     return (float(np.mean(vals)) if vals else float("nan")), len(vals)
@@ -277,6 +278,7 @@ def quality(work: Path, glow_iter: int, ad_iter: int, size: int, seed: int) -> d
 
     s = SyntheticSet.load(syn)
     from faces.blend import mouth_box, mouth_mix
+    from faces.io import read_image
     from talking.inputs import read_rgb
 
     top, bottom, left, right = mouth_box(size)
@@ -305,7 +307,7 @@ def quality(work: Path, glow_iter: int, ad_iter: int, size: int, seed: int) -> d
             q = small(q256)
             for t, fp in enumerate(sorted(out.glob("[0-9]*.png"))):
                 gt = small(s.ground_truth(qn, sn, t, 256))
-                gen = np.asarray(Image.open(fp).convert("RGB"))
+                gen = read_image(fp)
                 src = read_rgb(s.source_folder(sn) / f"{t:03d}.png")
                 errs["adflow"].append(sq(gen, gt))
                 errs["copy_query"].append(sq(q, gt))

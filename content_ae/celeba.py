@@ -106,12 +106,13 @@ def side_of(values: list[int], names: list[str], attr: str, negate: bool) -> str
 
 
 def _crop_resize(path: Path, size: int, crop: int):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from faces.io import ImageReadError, open_rgb
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        im = open_rgb(path)
+    except ImageReadError:
         return None
     w, h = im.size
     c = min(crop, w, h)

@@ -106,3 +106,12 @@ class PairDataset(Dataset):
     def skipped_summary(self) -> str:
         parts = [s for s in (self.a.skipped_summary(), self.b.skipped_summary()) if s]
         return "; ".join(parts)
+
+    def record_unreadable(self, path) -> None:
+        """Both sides' unreadable files go to ``path`` (``FrameDataset.record_unreadable``)."""
+        self.a.record_unreadable(path)
+        self.b.record_unreadable(path)
+
+    def unreadable_summary(self) -> str:
+        """:meth:`skipped_summary` (the training loop reports it at the end of a run)."""
+        return self.skipped_summary()

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "BACKGROUND",
     "IMAGE_EXTENSIONS",
+    "ImageReadError",
     "find_images",
     "frame_sort_key",
     "is_image",
+    "open_rgb",
     "read_image",
     "save_pil",
     "sorted_frames",
+    "umask_mode",
     "write_bytes_atomic",
     "write_image",
 ]
@@ -33,19 +38,133 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as RGB ``uint8 [H, W, 3]``, turned upright by its EXIF orientation.
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded; the message is one line naming the file."""
 
-    Raises ``ValueError`` (one line, naming the file) when it cannot be read.
+
+# Transparent pixels are composited on white: what image viewers show for a cut-out face and
+# what ``convert -flatten`` gives. PIL's own ``convert("RGB")`` instead drops the alpha and shows
+# whatever colour the transparent pixels happen to hold (often black, often garbage).
+BACKGROUND = (255, 255, 255)
+
+# EXIF orientation tag -> the transpose that turns the stored pixels upright.
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
+
+
+def _grey16_to_rgb(values: np.ndarray) -> Image.Image:
+    """16-bit grey levels (0..65535) -> RGB, rounded to the nearest 8-bit level."""
+    level = ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(level, mode="L").convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any decoded PIL image -> 8-bit RGB with its colours kept (see :func:`read_image`).
+
+    Raises ``ValueError`` (a reason, without the file name) for pixels that have no sound
+    8-bit reading.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("P", "L", "1", "RGB") and img.info.get("transparency") is not None:
+        img, mode = img.convert("RGBA"), "RGBA"  # a palette or colour key with transparency
+    if mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        back = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(back, rgba).convert("RGB")
+    if mode in _PLAIN_MODES:
+        return img.convert("RGB")
+    if mode.startswith("I;16"):
+        return _grey16_to_rgb(np.asarray(img))
+    if mode == "I":  # 32-bit integers: how PIL holds 16-bit grey from some formats
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"32-bit integer pixels outside 0..65535 (range {values.min()}.."
+                             f"{values.max()}); save it as 8- or 16-bit")
+        return _grey16_to_rgb(values)
+    if mode == "F":  # 32-bit float grey, read as 0..1
+        values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("floating-point pixels that are NaN or infinite")
+        if values.size and (values.min() < 0 or values.max() > 1):
+            raise ValueError(f"floating-point pixels outside 0..1 (range {values.min():.4g}.."
+                             f"{values.max():.4g}); save it as 8- or 16-bit")
+        level = np.floor(values * 255 + 0.5).astype(np.uint8)
+        return Image.fromarray(level, mode="L").convert("RGB")
+    raise ValueError(f"colour mode {mode} is not supported; save it as 8-bit RGB")
+
+
+def _reason(err: BaseException, path: Path) -> str:
+    if isinstance(err, FileNotFoundError) or not path.exists():
+        return "no such file"
+    if isinstance(err, IsADirectoryError) or path.is_dir():
+        return "a folder, not an image"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        return (f"{size}, over the {Image.MAX_IMAGE_PIXELS:,}-pixel limit for one image "
+                "(a guard against decompression bombs); shrink it first")
+    if isinstance(err, UnidentifiedImageError):
+        return "not a readable image (unknown format)"
+    line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, ValueError):
+        return line
+    return f"not a readable image ({line})"
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image file as an 8-bit RGB PIL image: the one image reader of the project.
+
+    Every mode PIL decodes is read for what it means: 16-bit grey (``I;16*``, and ``I`` with
+    values in 0..65535) is scaled to 8 bits rather than clipped; float grey (``F``) is read as
+    0..1; palettes, CMYK and YCbCr are converted; transparency (an alpha channel, a palette's or
+    a colour key's) is composited on white (:data:`BACKGROUND`); the EXIF orientation turns the
+    picture upright; a multi-frame file gives its first frame. Anything else (an unknown mode,
+    pixels outside those ranges, a truncated or corrupt file, an image over PIL's
+    ``MAX_IMAGE_PIXELS``) raises :class:`ImageReadError`, one line naming the file.
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        reason = "no such file" if not path.exists() else "not a readable image"
-        raise ValueError(f"cannot read {path}: {reason}") from err
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # the full decode: truncated files fail here
+                orientation = img.getexif().get(0x0112)
+                rgb = _to_rgb(img)
+                if rgb is img:
+                    rgb = img.copy()  # outlives the closed file
+        if orientation in _ORIENTATION:
+            rgb = rgb.transpose(_ORIENTATION[orientation])
+        return rgb
+    except MemoryError:
+        raise ImageReadError(f"cannot read {path}: not enough memory to decode it") from None
+    except Exception as err:  # PIL's plugins raise many types on malformed files
+        raise ImageReadError(f"cannot read {path}: {_reason(err, path)}") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as RGB ``uint8 [H, W, 3]`` (:func:`open_rgb`: every mode, upright).
+
+    Raises :class:`ImageReadError` (a ``ValueError``; one line naming the file) when it
+    cannot be read.
+    """
+    return np.asarray(open_rgb(path))
+
+
+def umask_mode(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always 0600) the mode a plain ``open`` would
+    have given it (0666 less the umask), so renamed-into-place outputs are shared as usual."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> Path:

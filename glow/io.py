@@ -36,8 +36,12 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
                               "pass the right path)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint (re-save or re-download it)")
+    what = _sniff(path)
+    if what:
+        raise CheckpointError(f"{path}: {what}, not a PyTorch checkpoint; pass the .pt file "
+                              "train.py wrote")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
@@ -46,10 +50,52 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
                 "its origin") from None
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc}); it may be truncated or "
                               "not a PyTorch file") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, TypeError, AttributeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({msg}); "
                               "re-save or re-download it") from None
+    if is_ours(obj):
+        _check_complete(obj, path)
+    return obj
+
+
+# What torch.save writes first: a zip archive (the default since torch 1.6) or, in the legacy
+# format, a pickle (protocol 2+ opcode).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _sniff(path: Path) -> str:
+    """"" for a file that starts as torch.save's output does, else what it looks like."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(_TORCH_MAGIC):
+        return ""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the 512-byte mark
+            return "a binary file of unknown content"
+    return "a text file"
+
+
+def _check_complete(obj: Mapping, path: str | Path) -> None:
+    """A project checkpoint must hold its weights and its model config (one-line error)."""
+    config = obj.get("config")
+    problems = []
+    if not isinstance(obj.get("model"), str):
+        problems.append("'model' (the model name)")
+    if not isinstance(config, Mapping) or (obj.get("model") != "glow"
+                                           and not isinstance(config.get("model"), Mapping)):
+        problems.append("'config' (the model configuration)")
+    if not isinstance(obj.get("weights"), Mapping):
+        problems.append("'weights' (the state dict)")
+    if "step" in obj and not isinstance(obj["step"], int):
+        problems.append("a whole-number 'step'")
+    if problems:
+        raise CheckpointError(f"{path}: a project checkpoint without {' or '.join(problems)}; "
+                              "it is damaged or was written by other code: pass a checkpoint "
+                              "train.py wrote")
 
 
 def is_ours(obj: Any) -> bool:

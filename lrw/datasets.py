@@ -4,13 +4,18 @@ Every image goes through the thesis transform: ``Resize(img_size)`` (shorter sid
 antialiasing), ``CenterCrop(img_size)``, ``ToTensor`` (``[0, 1]``), then ``- 0.5``, so tensors are
 float32 ``[3, H, W]`` in ``[-0.5, 0.5]``.
 
-Unreadable frames (corrupt, truncated, empty, not an image) are skipped: :class:`FrameDataset`
+Images are decoded by the project's one reader, :func:`faces.io.open_rgb` (16-bit, grey,
+palette, CMYK, transparency, EXIF orientation; oversized images refused). Unreadable frames
+(corrupt, truncated, empty, not an image, too large) are skipped: :class:`FrameDataset`
 returns the next readable item instead, :class:`ClipDataset` the nearest readable neighbour in
-the clip. Each dataset counts distinct unreadable files in ``dataset.n_skipped`` and warns once
+the clip; when not one can be read, :class:`NoReadableItemError` (one line). Each dataset counts
+distinct unreadable files in ``dataset.n_skipped`` and warns once
 (:class:`UnreadableFrameWarning`) on the first one; ``dataset.skipped_summary()`` gives the line
 ``"skipped N unreadable frames (first: PATH)"`` for a log. The counter lives in the process that
-read the frame: with ``DataLoader(num_workers > 0)`` each worker counts (and warns) on its own
-copy and the main process's counter stays 0.
+read the frame: with ``DataLoader(num_workers > 0)`` each worker counts on its own copy and the
+main process's counter stays 0. :meth:`~FrameDataset.record_unreadable` adds a log file that
+every process appends to (the training loop's ``unreadable.txt``): the run then warns once in
+all and counts every unreadable file at its end.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from faces.io import open_rgb
 from lrw.imageio import thesis_transform
 from lrw.index import IMAGE_EXTENSIONS, Clip, LRWIndex
 
@@ -32,8 +37,10 @@ __all__ = [
     "ClipDataset",
     "FrameDataset",
     "ImageFolderDataset",
+    "NoReadableItemError",
     "UnreadableFrameWarning",
     "list_images",
+    "read_unreadable_log",
     "load_image",
 ]
 
@@ -42,17 +49,20 @@ class UnreadableFrameWarning(UserWarning):
     """A frame could not be decoded and was replaced (see the module docstring)."""
 
 
+class NoReadableItemError(ValueError, RuntimeError):
+    """Not one item of a dataset can be read; the message is one line naming the first file
+    and why it failed. (A ``RuntimeError`` as it always was, and a ``ValueError``, the
+    scripts' one-line user error.)"""
+
+
 def load_image(path: str | Path, img_size: int) -> torch.Tensor:
     """Read an image as float32 ``[3, img_size, img_size]`` in ``[-0.5, 0.5]`` (thesis transform).
 
-    Raises ``ValueError`` (one line, naming the file) when it cannot be decoded.
+    Every image mode is read through the project's one reader (:func:`faces.io.open_rgb`:
+    16-bit, grey, palette, CMYK, transparency, EXIF orientation). Raises ``ValueError`` (one
+    line, naming the file) when it cannot be decoded.
     """
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")  # forces a full decode: truncated files fail here
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ValueError(f"unreadable image {path}: {e}") from None
-    return thesis_transform(im, img_size) - 0.5
+    return thesis_transform(open_rgb(path), img_size) - 0.5
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -74,24 +84,55 @@ class _SkipCounter:
     def __init__(self) -> None:
         self.bad: set[str] = set()
         self.first: str | None = None
+        self.first_reason = ""
         self._warned = False
+        self.log: Path | None = None
 
-    def add(self, path: Path | str, kind: str) -> None:
+    def add(self, path: Path | str, kind: str, reason: str = "") -> None:
         key = str(path)
         if key in self.bad:
             return
         self.bad.add(key)
         if self.first is None:
             self.first = key
-        if not self._warned:
+            self.first_reason = reason or f"cannot read {key}"
+        # With a shared log only the process that writes its first line warns (once per run).
+        first_in_log = self._append(key) if self.log is not None else True
+        if not self._warned and first_in_log:
             self._warned = True
-            warnings.warn(
-                f"skipped unreadable {kind} {key}; further ones are counted in n_skipped",
-                UnreadableFrameWarning, stacklevel=3)
+            warnings.warn(f"skipped an unreadable {kind} ({self.first_reason}); further ones "
+                          "are skipped and counted", UnreadableFrameWarning, stacklevel=3)
+
+
+    def _append(self, key: str) -> bool:
+        """Append ``key`` to the shared log; True when it is the log's first line."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        line = (key.replace("\n", " ") + "\n").encode()
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            os.write(fd, line)
+            return os.lseek(fd, 0, os.SEEK_CUR) == len(line)
+        finally:
+            os.close(fd)
+
+
+def read_unreadable_log(path: Path) -> list[str]:
+    """The distinct paths a dataset's shared log (:meth:`record_unreadable`) holds, in order."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return list(dict.fromkeys(x for x in lines if x))
 
 
 class _SkippingDataset(Dataset):
     _skips: _SkipCounter
+
+    def record_unreadable(self, path: str | Path) -> None:
+        """Also append every unreadable file to ``path`` (one per line), from whichever process
+        reads it (data-loader workers, DDP ranks), so a run can count them all
+        (:func:`read_unreadable_log`); the warning is then shown once for the whole log."""
+        self._skips.log = Path(path)
 
     @property
     def n_skipped(self) -> int:
@@ -104,6 +145,10 @@ class _SkippingDataset(Dataset):
         if n == 0:
             return ""
         return f"skipped {n} unreadable frame{'s' if n != 1 else ''} (first: {self._skips.first})"
+
+    def unreadable_summary(self) -> str:
+        """:meth:`skipped_summary` (the training loop reports it at the end of a run)."""
+        return self.skipped_summary()
 
 
 class FrameDataset(_SkippingDataset):
@@ -139,10 +184,11 @@ class FrameDataset(_SkippingDataset):
                 continue
             try:
                 return load_image(path, self.img_size), int(label)
-            except ValueError:
-                self._skips.add(path, "frame")
-        raise RuntimeError(f"FrameDataset: none of its {n} frames can be read "
-                           f"(first: {self._skips.first})")
+            except ValueError as exc:
+                self._skips.add(path, "frame", str(exc))
+        raise NoReadableItemError(
+            f"none of the {n} training images can be read (first: {self._skips.first_reason})"
+            "; check the files, or give the folder of the right frames")
 
 
 class ImageFolderDataset(FrameDataset):
@@ -227,8 +273,8 @@ class ClipDataset(_SkippingDataset):
                 else:
                     try:
                         loaded[j] = load_image(paths[j], self.img_size)
-                    except ValueError:
-                        self._skips.add(paths[j], "frame")
+                    except ValueError as exc:
+                        self._skips.add(paths[j], "frame", str(exc))
                         loaded[j] = None
             return loaded[j]
 
@@ -253,8 +299,10 @@ class ClipDataset(_SkippingDataset):
             frames = self._load_clip(clip)
             if frames is not None:
                 return frames, clip.label
-        raise RuntimeError(f"ClipDataset: none of its {n} clips has a readable frame "
-                           f"(first unreadable: {self._skips.first})")
+        raise NoReadableItemError(
+            f"none of the {n} training clips has a readable frame (first: "
+            f"{self._skips.first_reason}); check the files, or give the folder of the right "
+            "clips")
 
 
 def training_root(path: str | Path, split: str = "train") -> Path:

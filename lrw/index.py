@@ -285,10 +285,13 @@ def _read_cache(path: Path) -> dict[str, dict]:
 
 def _write_cache(path: Path, words: dict[str, dict]) -> bool:
     """Write atomically (temp file + rename); False when the location is not writable."""
+    from faces.io import umask_mode
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".lrw_index.", suffix=".tmp", dir=path.parent)
         try:
+            umask_mode(fd)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"format": CACHE_FORMAT, "words": words}, f, separators=(",", ":"))
             os.replace(tmp, path)

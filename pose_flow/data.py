@@ -92,9 +92,12 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, clips: dict) -> bool:
+    from faces.io import umask_mode
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".pose_index.", suffix=".tmp", dir=path.parent)
+        umask_mode(fd)
         with os.fdopen(fd, "w") as f:
             json.dump({"format": CACHE_FORMAT, "clips": clips}, f, separators=(",", ":"))
         os.replace(tmp, path)

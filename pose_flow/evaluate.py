@@ -102,10 +102,9 @@ def landmark_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _read(path: Path) -> np.ndarray:
-    from PIL import Image
+    from faces.io import read_image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).copy()
+    return read_image(path)
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:

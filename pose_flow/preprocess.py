@@ -32,8 +32,11 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def save_landmarks(path: Path, lm: np.ndarray) -> None:
     """Write ``lm`` atomically (a crash never leaves a truncated .npy behind)."""
+    from faces.io import umask_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
     try:
+        umask_mode(fd)
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.asarray(lm, dtype=np.float32))
         os.replace(tmp, path)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from faces.io import ImageReadError, open_rgb
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 25.0
 THESIS_SIZE = 256  # query and source frames are brought to 256 x 256, as the thesis did
@@ -127,13 +129,12 @@ def read_rgb(path: Path, size: int | None = THESIS_SIZE) -> np.ndarray:
     """An image as ``uint8 [size, size, 3]`` RGB (bilinear resize when needed; ``size=None``:
     at its own size)."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im).copy()
-    except OSError as exc:
-        raise TalkingError(f"cannot read image {path} ({exc})") from None
+        im = open_rgb(path)  # every mode, upright (faces.io)
+    except ImageReadError as exc:
+        raise TalkingError(str(exc)) from None
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im).copy()
 
 
 def resolve_checkpoint(value: str | None, checkpoint_dir: str | Path, default: str) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from faces.io import umask_mode
 from glow.io import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, is_ours, safe_load
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state",
@@ -31,6 +32,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask_mode(fd)
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()

@@ -11,21 +11,47 @@ flag given neither in the file nor on the command line is taken from the checkpo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Show the project's warnings to a user as one ``warning: ...`` line on stderr, instead of
+    Python's ``FILE:LINE: Category: message`` and the source line of whichever library frame
+    triggered it (e.g. a data-loader's fetch for an unreadable frame). Restored on exit.
+    Deprecation-style warnings keep Python's format (they are for developers)."""
+    dev = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, SyntaxWarning)
+    before = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, dev):
+            return before(message, category, filename, lineno, file, line)
+        text = str(message).strip().splitlines()
+        print(f"warning: {text[0] if text else category.__name__}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = before
+
+
 def report_errors(job: Callable[[], object], *extra: type[BaseException]) -> int:
     """Run ``job()``; a user error (``ValueError``, ``CheckpointError``, ``FileNotFoundError``,
-    or one of ``extra``) becomes one ``error: ...`` line on stderr and exit status 1, else 0."""
+    or one of ``extra``) becomes one ``error: ...`` line on stderr and exit status 1, else 0.
+    Warnings meanwhile are one line each (:func:`plain_warnings`)."""
     from glow.io import CheckpointError
 
     try:
-        job()
+        with plain_warnings():
+            job()
     except (ValueError, CheckpointError, FileNotFoundError, *extra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import sys
 import time
@@ -25,6 +26,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
+from lrw.datasets import read_unreadable_log
 from lrw.imageio import save_image
 
 from . import distributed
@@ -33,6 +35,7 @@ from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
 from .optim import StepInBackward, grads_finite, training_adam
 from .progress import progress
+from .runlock import RunLock
 
 
 def lean_optimizer(model_cfg) -> bool:
@@ -210,20 +213,51 @@ def validate_train(cfg: TrainConfig) -> None:
         raise ValueError(f"--amp_dtype {cfg.amp_dtype}: use auto, bf16 or fp16")
 
 
-def _start_fresh(cfg: TrainConfig, ckpt_dir: Path, run_dir: Path, delete: bool = True) -> None:
+UNREADABLE_LOG = "unreadable.txt"  # in the run folder: the training files that could not be read
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """``step_NNNNNNN.pt`` files of a run, oldest first."""
+    return sorted(ckpt_dir.glob("step_*.pt"))
+
+
+def resume_source(ckpt_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` continues from: ``last.pt``, or when it is missing (deleted,
+    or lost with a disk) the newest ``step_*.pt``; None when the run has no checkpoint."""
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        return last
+    steps = step_checkpoints(ckpt_dir)
+    return steps[-1] if steps else None
+
+
+def _start_fresh(cfg: TrainConfig, ckpt_dir: Path, run_dir: Path, delete: bool = True,
+                 say=print) -> None:
     """Refuse to train over an existing run NAME, or with --force delete its files first
-    (only ``delete=True``, the main process, deletes; every rank checks, so all refuse)."""
+    (only ``delete=True``, the main process, deletes; every rank checks, so all refuse).
+
+    A run folder whose run stopped before writing any checkpoint (a log, samples, no
+    ``last.pt`` and no ``step_*.pt``) holds nothing to continue: it is started over with a note,
+    so the advice given when such a run stops (e.g. "try a lower --lr") works as given."""
     log_path, last = run_dir / "log.jsonl", ckpt_dir / "last.pt"
-    old = [p for p in (last, log_path) if p.exists()] + sorted(ckpt_dir.glob("step_*.pt"))
+    checkpoints = [p for p in (last,) if p.exists()] + step_checkpoints(ckpt_dir)
+    old = checkpoints + [p for p in (log_path,) if p.exists()]
     if not old:
         return
-    if not cfg.force:
-        raise ValueError(f"{old[0]}: run '{cfg.name}' exists; continue it with --resume, start it "
-                         "over with --force, or pick another -n NAME")
+    if checkpoints and not cfg.force:
+        newest = resume_source(ckpt_dir)
+        src = "" if newest == last else f" (from {newest.name}, its newest checkpoint)"
+        raise ValueError(f"{checkpoints[0]}: run '{cfg.name}' exists; continue it with "
+                         f"--resume{src}, start it over with --force (deletes its "
+                         f"{len(checkpoints)} checkpoint(s)), or pick another -n NAME")
     if not delete:
         return
+    if not checkpoints and not cfg.force:
+        say(f"note: run '{cfg.name}' stopped before its first checkpoint; starting it over "
+            f"(its log {log_path} is replaced)")
     for p in old:
         p.unlink()
+    (run_dir / UNREADABLE_LOG).unlink(missing_ok=True)
     for p in run_dir.glob("[0-9]*.png"):
         p.unlink()
     for p in run_dir.glob("events.out.tfevents.*"):  # an earlier run's TensorBoard events
@@ -238,11 +272,31 @@ def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | 
         raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
                          f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
     hide_triton_without_gpu()
-    info = distributed.setup(cfg.device)
+    ckpt_dir, run_dir = run_paths(cfg)
+    _check_folder(run_dir, "--result_dir")
+    # One process per run name: taken before anything of the run is read, deleted or written
+    # (--force included); under torchrun the main rank holds it for the whole group.
+    lock = RunLock(ckpt_dir, cfg.name) if os.environ.get("RANK", "0") == "0" else None
+    if lock is not None:
+        lock.acquire()
+        if lock.stale:
+            say(lock.stale)
     try:
-        return _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
+        info = distributed.setup(cfg.device)
+        try:
+            return _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
+        finally:
+            distributed.teardown()
     finally:
-        distributed.teardown()
+        if lock is not None:
+            lock.release()
+
+
+def _check_folder(folder: Path, flag: str) -> None:
+    """A one-line error when ``folder`` (or a folder above it) is a regular file."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{flag}: {blocker} is a file, not a folder; give a folder")
 
 
 def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> dict:
@@ -260,20 +314,31 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     if cfg.resume:
         if cfg.force:
             raise ValueError("--resume and --force contradict each other; give one")
-        if not last_path.is_file():
-            raise ValueError(f"--resume: {last_path} does not exist (start without --resume)")
-        resumed = load_checkpoint(last_path, expect_model=recipe.NAME)
+        source = resume_source(ckpt_dir)
+        if source is None:
+            raise ValueError(f"--resume: run '{cfg.name}' has no checkpoint ({last_path} and "
+                             f"{ckpt_dir / 'step_*.pt'} do not exist); start it without --resume")
+        resumed = load_checkpoint(source, expect_model=recipe.NAME)
+        if source != last_path and main:
+            say(f"note: {last_path} is missing; resuming from {source}, the newest checkpoint")
+        if int(resumed.get("step", 0)) >= cfg.iter:
+            raise ValueError(f"--resume: run '{cfg.name}' is already at iteration "
+                             f"{int(resumed.get('step', 0))}, not below --iter {cfg.iter}; give a "
+                             "larger --iter to train further")
     else:
-        _start_fresh(cfg, ckpt_dir, run_dir, delete=main)
+        _start_fresh(cfg, ckpt_dir, run_dir, delete=main, say=say)
 
     recipe.validate(model_cfg)
     seed_everything(cfg.seed)
     dataset = recipe.dataset(model_cfg, data_dir)
+    unreadable_log = run_dir / UNREADABLE_LOG  # every process of the run appends to it
+    if hasattr(dataset, "record_unreadable"):
+        dataset.record_unreadable(unreadable_log)
     data_facts = {"path": str(data_dir.resolve()), "items": len(dataset)}
     if resumed is not None:
         changes = resume_changes(resumed, model_cfg, cfg, data_facts)
         if changes and not cfg.allow_changes:
-            raise ValueError(f"--resume: {last_path} was trained differently ({'; '.join(changes)})"
+            raise ValueError(f"--resume: {source} was trained differently ({'; '.join(changes)})"
                              "; drop the changed flags to continue bit for bit, or accept the "
                              "change with --allow_changes")
         if changes and main:
@@ -458,10 +523,12 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
                     skipped += 1
                     if bad_in_row >= cfg.max_bad_steps:
                         plural = {"loss": "losses", "gradient": "gradients"}[bad]
+                        kept = (f"the last good checkpoint is {last_path}" if last_path.is_file()
+                                else "no checkpoint was written")
                         raise TrainingStopped(
                             f"{bad_in_row} non-finite {plural} in a row at iteration {step}; "
-                            f"stopped. The last good checkpoint is {last_path} (try a lower "
-                            "--lr, --grad_clip 5, or check the data)")
+                            f"stopped, {kept} (try a lower --lr, --grad_clip 5, or check the "
+                            "data)")
                     if main:
                         say(f"warning: non-finite {bad} at iteration {step}, step skipped")
                     step += 1
@@ -513,6 +580,11 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     if interrupted and main:
         say(f"interrupted at iteration {step}; checkpoint written to {last_path} "
             "(continue with --resume)")
+    bad = read_unreadable_log(unreadable_log) if main else []
+    if bad:
+        summary["unreadable"] = len(bad)
+        say(f"warning: {len(bad)} of the {len(dataset)} training files could not be read and "
+            f"were replaced by readable ones (first: {bad[0]}; all listed in {unreadable_log})")
     return summary
 
 
