@@ -121,10 +121,37 @@ def _crop_resize(path: Path, size: int, crop: int):
     return im.resize((size, size), Image.BICUBIC)
 
 
+AB_FOLDERS = ("trainA", "trainB", "testA", "testB")
+
+
+def _is_ab_set(out: Path) -> bool:
+    """Whether ``out`` holds nothing but an A/B set's folders (an earlier conversion)."""
+    return all(p.name in AB_FOLDERS and p.is_dir() for p in out.iterdir())
+
+
+def _replacing_ab_set(out: str | Path, convert, say) -> Report:
+    """Run ``convert(folder)`` on a new folder that replaces ``out`` once it succeeds
+    (:func:`synthface.output.replacing`: an earlier A/B set in ``out`` is replaced whole; any
+    other non-empty folder is refused)."""
+    from synthface.output import replacing
+
+    with replacing(out, _is_ab_set, "A/B set (only trainA/ trainB/ testA/ testB/)") as tmp:
+        report = convert(tmp)
+    say(report.line(Path(out)))
+    return report
+
+
 def convert_celeba(root: str | Path, attr: str, out: str | Path, negate: bool = False,
                    size: int = 128, crop: int = 178, n_test: int = 64,
                    limit: int = 0, say=print) -> Report:
-    """Write ``out/{train,test}{A,B}/FILE.jpg`` (see the module docstring)."""
+    """Write ``out/{train,test}{A,B}/FILE.jpg`` (see the module docstring); an earlier A/B set
+    in ``out`` is replaced, any other non-empty folder refused."""
+    return _replacing_ab_set(out, lambda tmp: _convert_celeba(
+        root, attr, tmp, negate, size, crop, n_test, limit), say)
+
+
+def _convert_celeba(root: str | Path, attr: str, out: Path, negate: bool, size: int,
+                    crop: int, n_test: int, limit: int) -> Report:
     from faces.io import save_pil
 
     root, out = Path(root), Path(out)
@@ -183,7 +210,6 @@ def convert_celeba(root: str | Path, attr: str, out: str | Path, negate: bool = 
         raise ValueError(f"{root}: no readable face on the {'A' if not report.written['trainA'] else 'B'}"
                          f" side of --attr {attr}{' --negate' if negate else ''}; "
                          "check the attribute and the images")
-    say(report.line(out))
     return report
 
 
@@ -199,7 +225,14 @@ def _truthy(text: str) -> bool | None:
 def convert_folder(csv_path: str | Path, photos: str | Path, out: str | Path,
                    negate: bool = False, size: int = 128, say=print) -> Report:
     """Align every photo named in ``csv_path`` (``filename,attribute``) into
-    ``out/trainA`` (attribute true) or ``out/trainB``; faces not found are skipped and counted."""
+    ``out/trainA`` (attribute true) or ``out/trainB``; faces not found are skipped and counted.
+    An earlier A/B set in ``out`` is replaced, any other non-empty folder refused."""
+    return _replacing_ab_set(out, lambda tmp: _convert_folder(
+        csv_path, photos, tmp, negate, size), say)
+
+
+def _convert_folder(csv_path: str | Path, photos: str | Path, out: Path, negate: bool,
+                    size: int) -> Report:
     import warnings
 
     from faces.align import align_face
@@ -244,7 +277,6 @@ def convert_folder(csv_path: str | Path, photos: str | Path, out: str | Path,
         folder = "trainA" if has else "trainB"
         write_image(out / folder / (Path(name).stem + ".jpg"), aligned.image)
         report.written[folder] += 1
-    say(report.line(out))
     if report.written["trainA"] == 0 or report.written["trainB"] == 0:
         raise ValueError(f"{csv_path}: no usable photo on one side (A {report.written['trainA']},"
                          f" B {report.written['trainB']}); both need faces")

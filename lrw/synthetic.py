@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -255,46 +254,45 @@ def _write_word(args: tuple[str, dict, list[dict], int]) -> int:
     return n
 
 
-def _clean_previous(out: Path) -> None:
-    """Remove what an earlier generation wrote into ``out`` (listed by its manifest)."""
-    manifest = out / "manifest.json"
+def _is_synthetic_set(out: Path) -> bool:
     try:
-        old = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        old = None
-    if old is None or old.get("format") != FORMAT:
-        if any(out.iterdir()):
-            raise ValueError(f"{out} is not empty and holds no synthetic set; choose another "
-                             "folder")
-        return
-    manifest.unlink()
-    shutil.rmtree(out / "train", ignore_errors=True)
-    for q in old.get("queries", {}).values():
-        (out / q["file"]).unlink(missing_ok=True)
-    for s in old.get("sources", {}).values():
-        shutil.rmtree(out / s["folder"], ignore_errors=True)
+        return json.loads((out / "manifest.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def generate(cfg: SyntheticConfig, force: bool = False, log=print) -> dict:
     """Write the set described by ``cfg`` (see the module docstring); returns the manifest.
 
     When ``cfg.out`` already holds a set made with the same options it is left as is (unless
-    ``force``); a set made with other options is replaced; any other non-empty folder is an error.
+    ``force``); a set made with other options is replaced whole, once the new one is complete
+    (:func:`synthface.output.replacing`); any other non-empty folder is an error.
     """
-    out = Path(cfg.out)
+    from synthface.output import replacing
+
+    final = Path(cfg.out)
     manifest = _build_manifest(cfg)
-    mpath = out / "manifest.json"
-    if out.is_dir():
+    if final.is_dir():
         try:
-            old = json.loads(mpath.read_text())
+            old = json.loads((final / "manifest.json").read_text())
         except (OSError, ValueError):
             old = None
         if not force and old == manifest:
-            log(f"{out}: synthetic set already up to date")
+            log(f"{final}: synthetic set already up to date")
             return manifest
-        _clean_previous(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    with replacing(final, _is_synthetic_set, "synthetic set") as out:
+        n_train = _write_set(manifest, out, cfg)
+    log(f"{final}: {len(manifest['words'])} words, {len(manifest['train_speakers'])} speakers, "
+        f"{len(manifest['clips'])} clips, {n_train} training frames, "
+        f"{len(manifest['queries'])} queries, {len(manifest['sources'])} sources "
+        f"in {time.perf_counter() - t0:.1f} s")
+    return manifest
+
+
+def _write_set(manifest: dict, out: Path, cfg: SyntheticConfig) -> int:
+    """Write every file of the set into ``out``; the number of training frames."""
+    mpath = out / "manifest.json"
 
     by_word: dict[str, list[dict]] = {}
     for clip in manifest["clips"]:
@@ -323,11 +321,7 @@ def generate(cfg: SyntheticConfig, force: bool = False, log=print) -> dict:
     tmp = mpath.with_name(".manifest.json.part")  # written last: a partial set is redone
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, mpath)
-    log(f"{out}: {len(manifest['words'])} words, {len(manifest['train_speakers'])} speakers, "
-        f"{len(manifest['clips'])} clips, {n_train} training frames, "
-        f"{len(manifest['queries'])} queries, {len(manifest['sources'])} sources "
-        f"in {time.perf_counter() - t0:.1f} s")
-    return manifest
+    return n_train
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -131,20 +130,33 @@ def _get(m: dict, frame: dict, override_identity: str | None = None):
 
 
 def generate(cfg: PoseSetConfig, force: bool = False, log=print) -> dict:
-    """Write the set (or reuse it when ``OUT/manifest.json`` has the same options)."""
-    out = Path(cfg.out)
+    """Write the set (or reuse it when ``OUT/manifest.json`` has the same options).
+
+    A pose set made with other options is replaced whole once the new one is complete
+    (:func:`synthface.output.replacing`); any other non-empty folder is refused, never
+    written into."""
+    from synthface.output import replacing
+
+    final = Path(cfg.out)
     manifest = build_manifest(cfg)
-    mpath = out / "manifest.json"
+    mpath = final / "manifest.json"
     if not force and mpath.is_file():
         try:
             if json.loads(mpath.read_text()).get("config") == manifest["config"]:
-                log(f"{out}: pose set up to date")
+                log(f"{final}: pose set up to date")
                 return manifest
-        except ValueError:
+        except (ValueError, AttributeError):
             pass
-    for sub in ("train", "eval", "image"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
+    with replacing(final, is_pose_set, "pose set") as out:
+        _write_set(manifest, out, cfg)
+    n = sum(len(c["frames"]) for c in manifest["train"])
+    log(f"{final}: {n} training frames of {cfg.identities} identities, "
+        f"{len(manifest['sources'])} x {len(manifest['targets'])} transfers with ground truth")
+    return manifest
+
+
+def _write_set(manifest: dict, out: Path, cfg: PoseSetConfig) -> None:
+    mpath = out / "manifest.json"
     size = cfg.size
     for clip in manifest["train"]:
         for k, fr in enumerate(clip["frames"]):
@@ -163,10 +175,6 @@ def generate(cfg: PoseSetConfig, force: bool = False, log=print) -> dict:
         (folder / "fps.txt").write_text(f"{FPS}\n")
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(manifest, indent=1) + "\n")
-    n = sum(len(c["frames"]) for c in manifest["train"])
-    log(f"{out}: {n} training frames of {cfg.identities} identities, "
-        f"{len(manifest['sources'])} x {len(manifest['targets'])} transfers with ground truth")
-    return manifest
 
 
 def is_pose_set(path: str | Path) -> bool:

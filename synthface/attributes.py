@@ -243,16 +243,37 @@ def _identity(rng: np.random.Generator) -> Identity:
 def write_attribute_set(out: str | Path, kind: str = "glasses", size: int = 64,
                         n_train_a: int = 300, n_train_b: int = 300, n_test_a: int = 8,
                         n_test_b: int = 8, seed: int = 0) -> Path:
-    """Write the A/B set (see the module docstring); returns ``out/manifest.json``."""
-    from PIL import Image
+    """Write the A/B set (see the module docstring); returns ``out/manifest.json``.
 
-    from faces.io import save_pil
+    An attribute set already in ``out`` is replaced whole once the new one is complete (no
+    stale image of a larger earlier set stays); any other non-empty folder is refused
+    (:func:`synthface.output.replacing`)."""
+    from .output import replacing
 
     if kind not in KINDS:
         raise ValueError(f"unknown attribute kind {kind!r}; choose one of {', '.join(KINDS)}")
     if size < 16:
         raise ValueError(f"size {size} is too small; use at least 16")
-    out = Path(out)
+    final = Path(out)
+    with replacing(final, _is_attribute_set, "synthetic attribute set") as tmp:
+        _write(tmp, kind, size, n_train_a, n_train_b, n_test_a, n_test_b, seed)
+    return final / "manifest.json"
+
+
+def _is_attribute_set(out: Path) -> bool:
+    try:
+        read_manifest(out)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
+def _write(out: Path, kind: str, size: int, n_train_a: int, n_train_b: int, n_test_a: int,
+           n_test_b: int, seed: int) -> None:
+    from PIL import Image
+
+    from faces.io import save_pil
+
     rng = np.random.default_rng(seed)
     counts = {"trainA": n_train_a, "trainB": n_train_b, "testA": n_test_a, "testB": n_test_b}
     manifest = {"format": "synthface-attributes", "version": 1, "kind": kind, "size": size,
@@ -269,9 +290,7 @@ def write_attribute_set(out: str | Path, kind: str = "glasses", size: int = 64,
             items.append({"file": f"{split}/{name}", "identity": ident.to_dict(),
                           "attribute": attr.to_dict() if attr else None})
         manifest["sets"][split] = items
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
-    return path
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def read_manifest(root: str | Path) -> dict:

@@ -316,8 +316,8 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
             raise ValueError("--resume and --force contradict each other; give one")
         source = resume_source(ckpt_dir)
         if source is None:
-            raise ValueError(f"--resume: run '{cfg.name}' has no checkpoint ({last_path} and "
-                             f"{ckpt_dir / 'step_*.pt'} do not exist); start it without --resume")
+            raise ValueError(f"--resume: {last_path} does not exist, nor any step_*.pt beside it "
+                             f"(run '{cfg.name}' has no checkpoint); start it without --resume")
         resumed = load_checkpoint(source, expect_model=recipe.NAME)
         if source != last_path and main:
             say(f"note: {last_path} is missing; resuming from {source}, the newest checkpoint")
