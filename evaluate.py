@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.cli import report_errors
 
     args.command = command_line("evaluate.py", argv)
-    return report_errors(lambda: compare(args) if args.compare else evaluate(args))
+    return report_errors(lambda: compare(args) if args.compare else evaluate(args), args=args)
 
 
 if __name__ == "__main__":

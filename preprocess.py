@@ -353,15 +353,21 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg)
         return 0
     from faces.landmarks import ModelFileError
+    from training.cli import check_folder, os_error_line
 
     try:
+        if cfg.mode != "lrw":
+            check_folder(cfg.image_dir, "--image_dir")
         if cfg.mode == "lrw":
             return run_lrw(cfg)
         if cfg.mode == "source":
             return run_source(cfg)
         return run_photos(cfg)
-    except ModelFileError as err:
+    except (ModelFileError, ValueError) as err:
         _error(str(err))
+        return 1
+    except OSError as err:
+        _error(os_error_line(err))
         return 1
     except KeyboardInterrupt:
         _error("interrupted")

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_config,
         checkpoint_values,
         given_dests,
+        os_error_line,
         plain_warnings,
         read_config_file,
     )
@@ -115,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{data_dir}: no such folder (give the folder of training frames)")
         with plain_warnings():
             summary = train(recipe, mcfg, tcfg, data_dir)
-    except (ValueError, CheckpointError, TrainingStopped, FileNotFoundError) as exc:
+    except (ValueError, CheckpointError, TrainingStopped) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a file where a folder belongs, no permission
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     if summary.get("interrupted"):
         return 130

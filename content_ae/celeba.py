@@ -338,4 +338,9 @@ def cli(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        from training.cli import os_error_line
+
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     return 0

@@ -242,4 +242,4 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command = command_line("evaluate.py", argv)
-    return report_errors(lambda: run(args))
+    return report_errors(lambda: run(args), args=args)

@@ -226,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
     from training.cli import report_errors
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return report_errors(lambda: run(args))
+    return report_errors(lambda: run(args), args=args)

@@ -193,7 +193,10 @@ def _grid_cli(argv: list[str]) -> int:
                         "in memory, checked before it is made)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
+    from training.cli import check_folder_flags, os_error_line
+
     try:
+        check_folder_flags(a)
         device = resolve_device(a.device)
         model = load_pose_flow(resolve_checkpoint(a.checkpoint, a.checkpoint_dir,
                                                   DEFAULT_CHECKPOINT), device)
@@ -203,14 +206,17 @@ def _grid_cli(argv: list[str]) -> int:
             check_fits(cells * a.out_size ** 2 * 3 * 2, f"--out_size {a.out_size} for a grid of "
                        f"{cells} cells", "lower --out_size or give fewer faces")
         grid = transfer_grid(model, srcs, tgts, device, a.temp, a.out_size)
-    except (ValueError, CheckpointError, TalkingError, FileNotFoundError) as exc:
+        out = Path(a.result_dir) / "transfer_grid" / f"{a.name}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        from faces.io import save_pil
+
+        save_pil(Image.fromarray(grid), out)
+    except (ValueError, CheckpointError, TalkingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    out = Path(a.result_dir) / "transfer_grid" / f"{a.name}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from faces.io import save_pil
-
-    save_pil(Image.fromarray(grid), out)
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     print(f"{len(srcs)} sources x {len(tgts)} targets -> {out}")
     return 0
 
@@ -232,4 +238,4 @@ def test_cli(argv: list[str]) -> int:
     add_common_args(parser)
     add_test_args(parser)
     args = parser.parse_args(argv)
-    return report_errors(lambda: run(args, recipe))
+    return report_errors(lambda: run(args, recipe), args=args)

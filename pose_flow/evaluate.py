@@ -284,7 +284,10 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument("--batch", type=positive_int, default=16, help="real: frames per pass (default: 16)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
+    from training.cli import check_folder_flags, os_error_line
+
     try:
+        check_folder_flags(a)
         if not a.data and not (a.source and a.query):
             raise ValueError("give a pose set (python -m pose_flow.synthetic OUT) or --source "
                              "NAME --query NAME")
@@ -307,13 +310,16 @@ def evaluate_cli(argv: list[str]) -> int:
             r, dt = evaluate_real(model, a, device, scorer)
             rows += r
             details += dt
-    except (ValueError, CheckpointError, TalkingError, FileNotFoundError) as exc:
+        name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
+        table = write(Path(a.result_dir) / "eval" / name, rows, details,
+                      f"pose-flow evaluation: {name}")
+        report = _html(table.parent, name, examples, a, ckpt, argv)
+    except (ValueError, CheckpointError, TalkingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
-    table = write(Path(a.result_dir) / "eval" / name, rows, details,
-                  f"pose-flow evaluation: {name}")
-    report = _html(table.parent, name, examples, a, ckpt, argv)
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     print(format_table(rows))
     print(f"-> {table}\nreport: {report}")
     return 0

@@ -59,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     from talking import run
     from training.cli import report_errors
 
-    return report_errors(lambda: run(args, recipe))
+    return report_errors(lambda: run(args, recipe), args=args)
 
 

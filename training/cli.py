@@ -43,17 +43,65 @@ def plain_warnings() -> Iterator[None]:
         warnings.showwarning = before
 
 
-def report_errors(job: Callable[[], object], *extra: type[BaseException]) -> int:
-    """Run ``job()``; a user error (``ValueError``, ``CheckpointError``, ``FileNotFoundError``,
-    or one of ``extra``) becomes one ``error: ...`` line on stderr and exit status 1, else 0.
-    Warnings meanwhile are one line each (:func:`plain_warnings`)."""
+FOLDER_FLAGS = ("checkpoint_dir", "result_dir", "image_dir")
+
+
+def check_folder(path: str | Path, flag: str) -> None:
+    """One-line ``ValueError`` when ``path`` or a folder above it is a regular file (every
+    later read or write under it would fail with ``NotADirectoryError``)."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{flag} {path}: {blocker} is a file, not a folder; give a folder")
+
+
+def check_folder_flags(ns: argparse.Namespace | None) -> None:
+    """:func:`check_folder` for each of ``--checkpoint_dir/--result_dir/--image_dir`` in
+    ``ns``."""
+    for name in FOLDER_FLAGS:
+        value = getattr(ns, name, None)
+        if isinstance(value, (str, Path)):
+            check_folder(value, f"--{name}")
+
+
+def os_error_line(exc: OSError) -> str:
+    """An ``OSError`` from reading or writing the user's files as one line with the fix."""
+    import errno
+
+    where = exc.filename or ""
+    if exc.errno == errno.ENOSPC:
+        return (f"{where or 'a file'}: no space left on the device; free some space, or "
+                "write elsewhere (e.g. --result_dir / --checkpoint_dir / --out)")
+    if exc.errno == errno.EDQUOT:
+        return f"{where or 'a file'}: disk quota exceeded; free some space or write elsewhere"
+    if isinstance(exc, NotADirectoryError) and where:
+        blocker = next((p for p in Path(where).parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{where}: {blocker} is a file, not a folder; give a folder"
+    if isinstance(exc, PermissionError):
+        return f"{where or 'a file'}: permission denied; give a path you can read and write"
+    reason = exc.strerror or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{where}: {reason}" if where else str(reason)
+
+
+def report_errors(job: Callable[[], object], *extra: type[BaseException],
+                  args: argparse.Namespace | None = None) -> int:
+    """Run ``job()``; a user error (``ValueError``, ``CheckpointError``, an ``OSError`` such as
+    a full disk or a file where a folder belongs, or one of ``extra``) becomes one
+    ``error: ...`` line on stderr and exit status 1, else 0. ``args``: its folder flags are
+    checked first (:func:`check_folder_flags`). Warnings meanwhile are one line each
+    (:func:`plain_warnings`)."""
     from glow.io import CheckpointError
 
     try:
+        check_folder_flags(args)
         with plain_warnings():
             job()
-    except (ValueError, CheckpointError, FileNotFoundError, *extra) as exc:
+    except (ValueError, CheckpointError, *extra) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

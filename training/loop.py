@@ -31,6 +31,7 @@ from lrw.imageio import save_image
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .cli import check_folder
 from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
 from .optim import StepInBackward, grads_finite, training_adam
@@ -273,7 +274,8 @@ def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | 
                          f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
     hide_triton_without_gpu()
     ckpt_dir, run_dir = run_paths(cfg)
-    _check_folder(run_dir, "--result_dir")
+    check_folder(cfg.result_dir, "--result_dir")
+    check_folder(cfg.checkpoint_dir, "--checkpoint_dir")
     # One process per run name: taken before anything of the run is read, deleted or written
     # (--force included); under torchrun the main rank holds it for the whole group.
     lock = RunLock(ckpt_dir, cfg.name) if os.environ.get("RANK", "0") == "0" else None
@@ -291,12 +293,6 @@ def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | 
         if lock is not None:
             lock.release()
 
-
-def _check_folder(folder: Path, flag: str) -> None:
-    """A one-line error when ``folder`` (or a folder above it) is a regular file."""
-    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ValueError(f"{flag}: {blocker} is a file, not a folder; give a folder")
 
 
 def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> dict:
