@@ -421,9 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                           query_size=args.query_size, workers=args.workers)
     try:
         generate(cfg, force=args.force)
-    except ValueError as e:
+    except ValueError as e:  # the job failed: 1, as every script (2 is argparse's usage error)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
+    except OSError as e:
+        from training.cli import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -161,5 +161,5 @@ def test_cli_up_to_date_and_refusal(tmp_path: Path, capsys):
         "query00_48.png"]
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
-    assert main([str(tmp_path / "busy")]) == 2
+    assert main([str(tmp_path / "busy")]) == 1
     assert "not empty" in capsys.readouterr().err
