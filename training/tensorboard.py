@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 __all__ = ["EventLog", "SKIP_KEYS", "event_files"]
 
 SKIP_KEYS = ("step",)
@@ -55,10 +53,9 @@ class EventLog:
 
     def image(self, tag: str, path: str | Path, step: int) -> None:
         """The PNG at ``path`` (a sample grid, as written) as image ``tag`` at ``step``."""
-        from PIL import Image
+        from faces.io import read_image
 
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = read_image(path)  # the project's one reader
         self.writer.add_image(tag, arr, step, dataformats="HWC")
 
     def flush(self) -> None:
