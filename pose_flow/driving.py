@@ -146,7 +146,7 @@ def transfer_grid(model, sources: list[Path], targets: list[Path], device,
     """The anchor's grid: top row blank + targets, then per source: the source and its
     transfers to every target's landmarks. uint8 [H, W, 3]."""
     from talking.inputs import read_rgb
-    from talking.job import _grid, _upscale, to_tensor, to_uint8
+    from talking.job import MIN_TILE, _grid, _upscale, to_tensor, to_uint8
 
     size = model.img_size
     src_lm = torch.from_numpy(np.stack([landmarks_for(p, "source") for p in sources])).to(device)
@@ -160,7 +160,8 @@ def transfer_grid(model, sources: list[Path], targets: list[Path], device,
             out = model.render(model.select_appearance(app, i, len(targets)), tgt_lm,
                                temperature)
             rows.append([to_uint8(src[i:i + 1])[0], *to_uint8(out)])
-    return _grid([[_upscale(im, out_size) for im in row] for row in rows])
+    tile = out_size or max(MIN_TILE, size)  # cells a person can see, whatever the model's size
+    return _grid([[_upscale(im, tile) for im in row] for row in rows])
 
 
 def _grid_cli(argv: list[str]) -> int:
@@ -189,7 +190,8 @@ def _grid_cli(argv: list[str]) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--temp", type=nonnegative, default=0.0, help="split-latent temperature")
     p.add_argument("--out_size", type=image_size, default=None,
-                   help=f"upscale each cell to this size (at most {MAX_SIZE}; the grid must fit "
+                   help=f"each cell's size (default: the model's, at least 128; at most "
+                        f"{MAX_SIZE}; the grid must fit "
                         "in memory, checked before it is made)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -239,7 +240,8 @@ def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, trained, tmp_pa
     from PIL import Image
 
     grid = np.asarray(Image.open(tmp_path / "transfer_grid" / "grid.png"))
-    assert rc == 0 and grid.shape[:2] == (2 + 3 * 18, 2 + 3 * 18)  # 3 x 3 cells of 16 + 2 px
+    # 3 x 3 cells of a 16 px model, shown at 128 px (+ 2 px gutters)
+    assert rc == 0 and grid.shape[:2] == (2 + 3 * 130, 2 + 3 * 130)
 
 
 def test_source_without_landmarks_is_a_one_line_error(pose_set, trained, tmp_path, capsys):
@@ -273,3 +275,25 @@ def test_evaluate_scores_the_model_and_both_baselines(pose_set, trained, tmp_pat
     assert "landmark err" in table and "identity dist" in table
     rc = evaluate_script.main(["--model", "pose-flow", str(tmp_path), "--checkpoint", "x"])
     assert rc == 1 and "not a pose set" in capsys.readouterr().err
+
+
+def test_driving_from_a_video_file(pose_set, trained, tmp_path, shared_faces):
+    """test.py --model pose-flow --source VIDEO: the cached crops carry their landmarks, one
+    frame out per source frame, pasted back at the query's size (the face region)."""
+    from faces.io import read_image, sorted_frames
+    from lrw.video import write_video
+
+    frames = [read_image(p) for p in sorted_frames(shared_faces / "source_img" / "ellen")[:4]]
+    video = write_video(tmp_path / "clip.mp4", frames, 25)
+    query = pose_set / "image" / "ref_img" / "ev00_16.png"
+    rc = _script("test").main(["--model", "pose-flow", "--source", str(video), str(query),
+                               "--checkpoint", str(trained["root"] / "ck" / "tiny" / "last.pt"),
+                               "--result_dir", str(tmp_path / "res"), "--image_dir",
+                               str(tmp_path / "image"), "--no_progress"])
+    assert rc == 0
+    out = tmp_path / "res" / "target_img" / "clip" / "ev00_16"
+    assert len(list(out.glob("[0-9]*.png"))) == 4
+    cache = next((tmp_path / "image" / "source_img" / ".video").iterdir())
+    assert len(list(cache.glob("*.npy"))) == 4  # the landmarks the pose flow is driven by
+    size = np.asarray(Image.open(query)).shape[:2]
+    assert np.asarray(Image.open(out / "000.png")).shape[:2] == size
