@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import pytest
 import torch
+from PIL import Image
 
 from glow import ZeroConv2d
 from lrw.video import read_video
