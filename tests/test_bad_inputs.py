@@ -101,6 +101,49 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _oversized_png(path: Path, side: int = 14000) -> None:
+    """A real 14000 x 14000 1-bit PNG (196 M pixels, over twice PIL's 89.5 M-pixel limit: a
+    DecompressionBombError on open) of 24 KB, written row by row without the pixels in memory."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I",
+                                                                       zlib.crc32(tag + data))
+    row = b"\0" * (1 + (side + 7) // 8)
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _oversized_images(path: Path) -> None:
+    """A folder holding only oversized images."""
+    path.mkdir(parents=True)
+    _oversized_png(path / "big.png")
+    (path / "big2.png").write_bytes((path / "big.png").read_bytes())
+
+
+def _real_files(path: Path) -> None:
+    """A folder of someone's own files (photos and notes), which no generator may touch."""
+    _good_pngs(path / "train", n=2)
+    (path / "notes.txt").write_text("my photos\n")
+
+
+def _checkpoint_without_weights(path: Path) -> Path:
+    """A project-format checkpoint whose 'weights' entry is gone."""
+    import torch
+
+    from glow.io import CHECKPOINT_FORMAT
+
+    path = path.with_suffix(".pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model": "glow", "step": 2,
+                "config": {"model": {"n_flow": 1, "n_block": 2, "hidden": 4, "img_size": SIZE},
+                           "train": {}}}, path)
+    return path
+
+
 MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "missing": lambda p: None,
     "empty_dir": lambda p: p.mkdir(parents=True),
@@ -111,6 +154,11 @@ MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "bad_json": lambda p: p.write_text("{not json"),
     "config_fractional": lambda p: p.write_text('{"n_flow": 2.5}\n'),
     "config_nan": lambda p: _write(p.with_suffix(".yaml"), "lr: .nan\n"),
+    "oversized_png": lambda p: _oversized_png(p.with_suffix(".png")) or p.with_suffix(".png"),
+    "oversized_images": _oversized_images,
+    "real_files": _real_files,
+    "checkpoint_without_weights": _checkpoint_without_weights,
+    "csv_one_photo": lambda p: _write(p.with_suffix(".csv"), "img_00.png,1\n"),
 }
 
 
@@ -320,6 +368,67 @@ CASES: list[Case] = [
     Case("evaluate-glow-no-readable-image", "evaluate",
          "--model glow --checkpoint {glow} {bad} --device cpu --no_progress", "{bad}",
          make={"bad": "unreadable_images"}, code=1),
+    # -- class 2 and the traceback list: oversized images (PIL's DecompressionBombError) are a
+    #    counted skip or one line, never an aborted batch; none readable is one line
+    Case("train-only-oversized-images", "train",
+         "--model glow -n x {bad} --img_size 8 --n_block 2 --batch 2 --device cpu --workers 0 "
+         "--no_progress --checkpoint_dir {out}/ck --result_dir {out}/res", "{bad}",
+         make={"bad": "oversized_images", "out": "missing"}, code=1),
+    Case("train-no-readable-image-small-batch", "train",
+         "--model glow -n x {bad} --img_size 8 --n_block 2 --batch 2 --device cpu --workers 0 "
+         "--no_progress --checkpoint_dir {out}/ck --result_dir {out}/res", "{bad}",
+         make={"bad": "unreadable_images", "out": "missing"}, code=1),
+    Case("evaluate-glow-oversized-images", "evaluate",
+         "--model glow --checkpoint {glow} {bad} --device cpu --no_progress --result_dir {out}",
+         "{bad}", make={"bad": "oversized_images", "out": "missing"}, code=1),
+    Case("preprocess-oversized-photo", "preprocess", "{big} --image_dir {out}", "big.png",
+         make={"big": "oversized_png", "out": "missing"}, code=1),
+    # -- a folder flag naming a path under a regular file (NotADirectoryError before)
+    Case("train-checkpoint_dir-under-a-file", "train",
+         "--model glow -n x {data} --img_size 8 --n_block 2 --batch 2 --device cpu --workers 0 "
+         "--checkpoint_dir {f}/ck --result_dir {w}/res_x", "--checkpoint_dir",
+         make={"f": "text_file"}, code=1),
+    Case("train-result_dir-under-a-file", "train",
+         "--model glow -n x {data} --img_size 8 --n_block 2 --batch 2 --device cpu --workers 0 "
+         "--checkpoint_dir {w}/ck_x --result_dir {f}/res", "--result_dir",
+         make={"f": "text_file"}, code=1),
+    Case("test-image_dir-a-file", "test", "q --source s --image_dir {f}", "--image_dir",
+         make={"f": "text_file"}, code=1),
+    Case("test-result_dir-under-a-file", "test",
+         "--model ad-flow --checkpoint c q --source s --result_dir {f}/r",
+         "--result_dir", make={"f": "text_file"}, code=1),
+    Case("evaluate-result_dir-a-file", "evaluate",
+         "--model glow --checkpoint {glow} {data} --device cpu --result_dir {f}", "--result_dir",
+         make={"f": "text_file"}, code=1),
+    Case("evaluate-image_dir-a-file", "evaluate",
+         "--model ad-flow --checkpoint c --source s --query q --image_dir {f}", "--image_dir",
+         make={"f": "text_file"}, code=1),
+    Case("preprocess-image_dir-a-file", "preprocess", "--source s {data} --image_dir {f}",
+         "--image_dir", make={"f": "text_file"}, code=1),
+    # -- checkpoints: a text file is named as one; a project checkpoint missing a key
+    Case("evaluate-checkpoint-text-file", "evaluate",
+         "--model glow --checkpoint {t} {data} --device cpu", "a text file",
+         make={"t": "text_file"}, code=1),
+    Case("evaluate-checkpoint-without-weights", "evaluate",
+         "--model glow --checkpoint {c} {data} --device cpu", "'weights'",
+         make={"c": "checkpoint_without_weights"}, code=1),
+    Case("test-checkpoint-without-weights", "test",
+         "--model ad-flow --checkpoint {c} --glow {c} {data}/img_00.png --source {data}",
+         "'weights'",
+         make={"c": "checkpoint_without_weights"}, code=1),
+    Case("train-resume-iter-below-step", "train",
+         "--model glow -n g {data} --resume --iter 1 --device cpu --workers 0 --no_progress "
+         "--checkpoint_dir {w}/checkpoint --result_dir {w}/result", "--iter", code=1),
+    # -- class 7: generators never write into a folder of other files
+    Case("lrw.synthetic-into-real-files", "lrw.synthetic", "{d} --words 2", "{d}",
+         make={"d": "real_files"}, code=1),
+    Case("synthface.attributes-into-real-files", "synthface.attributes", "{d} --size 16", "{d}",
+         make={"d": "real_files"}, code=1),
+    Case("pose_flow.synthetic-into-real-files", "pose_flow.synthetic", "{d} --size 16", "{d}",
+         make={"d": "real_files"}, code=1),
+    Case("preprocess-attr_from-into-real-files", "preprocess",
+         "--attr_from {csv} {data} --out {d}", "{d}",
+         make={"d": "real_files", "csv": "csv_one_photo"}, code=1),
 ]
 
 
