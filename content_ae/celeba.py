@@ -300,7 +300,8 @@ def build_parser():
     p.add_argument("paths", nargs="*", metavar="PHOTO_FOLDER", help="--attr_from: the photos")
     p.add_argument("--negate", action="store_true", help="swap A and B (A: without the attribute)")
     p.add_argument("--out", required=True, metavar="DATA", help="output folder (trainA/ trainB/"
-                   " testA/ testB/)")
+                   " testA/ testB/): new or empty, or an earlier A/B set (replaced once the new "
+                   "one is complete); any other folder is refused")
     p.add_argument("--size", type=model_size, default=128, help="output size in pixels (default: 128)")
     p.add_argument("--crop", type=image_size, default=178, help="--celeba: centre crop before resizing "
                    "(default: 178, the original's)")

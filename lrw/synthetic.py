@@ -397,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         allow_abbrev=False, prog="python -m lrw.synthetic",
         description="Write a procedural talking-face set with exact ground truth.")
-    p.add_argument("out", help="output folder (created)")
+    p.add_argument("out", help="output folder: new or empty, or a set of this generator "
+                   "(replaced once the new one is complete); any other folder is refused")
     defaults = SyntheticConfig(out="")
     p.add_argument("--words", type=positive_int, default=defaults.words, help="words (classes)")
     p.add_argument("--speakers", type=positive_int, default=defaults.speakers, help="training speakers")

@@ -187,7 +187,8 @@ def is_pose_set(path: str | Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pose_flow.synthetic",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", help="output folder: new or empty, or a pose set (replaced once the "
+                   "new one is complete); any other folder is refused")
     for f, d, h in (("identities", 24, "training identities"), ("clips", 2, "clips each"),
                     ("frames", 8, "frames per clip"), ("size", 64, "image size (px)"),
                     ("eval_identities", 4, "held-out source identities"),

@@ -363,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a synthetic set/subset pair (A has the attribute) with exact answers "
                     "for every transfer and removal.")
     p.add_argument("out", metavar="OUT", help="output folder (trainA/ trainB/ testA/ testB/, "
-                   "manifest.json)")
+                   "manifest.json): new or empty, or an attribute set (replaced once the new "
+                   "one is complete); any other folder is refused")
     p.add_argument("--kind", default="glasses", choices=KINDS, help="attribute (default: glasses)")
     p.add_argument("--size", type=image_size, default=64,
                    help=f"image size in pixels, 16 to {MAX_SIZE} (default: 64)")

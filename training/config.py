@@ -116,7 +116,8 @@ class TrainConfig:
     """Options shared by every model's training (``train.py``)."""
 
     name: str = opt("run", "run name: checkpoints in CHECKPOINT_DIR/NAME, samples in "
-                    "RESULT_DIR/sample_NAME", flag="-n")
+                    "RESULT_DIR/sample_NAME; one process trains a name at a time (a second "
+                    "is refused while the first lives)", flag="-n")
     batch: int = opt(16, "global batch size (split across processes under torchrun)",
                      check=positive_int)
     iter: int = opt(200000, "number of training iterations (optimizer steps)")
@@ -141,8 +142,10 @@ class TrainConfig:
                          check=positive_int)
     max_bad_steps: int = opt(20, "stop after this many non-finite losses in a row",
                              check=positive_int)
-    resume: bool = opt(False, "continue from CHECKPOINT_DIR/NAME/last.pt (flags not given "
-                       "are taken from it; a given flag that changes the run is refused)")
+    resume: bool = opt(False, "continue from CHECKPOINT_DIR/NAME/last.pt, or its newest "
+                       "step_*.pt when last.pt is missing (flags not given are taken from it; "
+                       "a given flag that changes the run is refused; --iter must be above "
+                       "its step)")
     allow_changes: bool = opt(False, "with --resume: accept changed batch/lr/seed/data/model "
                               "flags (a warning lists them; the run is no longer bit for bit)")
     force: bool = opt(False, "start NAME over, deleting its old checkpoints and log")
