@@ -305,11 +305,13 @@ def add_test_args(parser: argparse.ArgumentParser) -> None:
                    help="assert that a thesis-format Glow uses the plain 1x1 conv")
 
 
-def _recorded_candidates(rec: str, absolute: str | None, checkpoint: Path) -> list[Path]:
+def _recorded_candidates(rec: str, absolute: str | None, checkpoint: Path,
+                         default: Path | None = None) -> list[Path]:
     """Where the Glow recorded as ``rec`` may be: the absolute path recorded at training;
     ``rec`` itself if absolute, else relative to the checkpoint's folder and to the current
-    one; and, for a run tree moved as a whole, the tail of ``rec`` under each folder above the
-    checkpoint (every candidate is then checked by its sha256)."""
+    one; for a run tree moved as a whole, the tail of ``rec`` under each folder above the
+    checkpoint; and ``default`` (CHECKPOINT_DIR/glow_checkpoint.pt). Every candidate is checked
+    by its sha256."""
     p = Path(rec)
     here = checkpoint.resolve().parent
     cands = [Path(absolute)] if absolute else []
@@ -318,6 +320,7 @@ def _recorded_candidates(rec: str, absolute: str | None, checkpoint: Path) -> li
     for up in (here, *list(here.parents)[:3]):
         for k in range(min(2, len(parts)), min(3, len(parts)) + 1):  # RUN/FILE, a level more
             cands.append(up.joinpath(*parts[-k:]))
+    cands += [default] if default is not None else []
     seen, out = {str(checkpoint.resolve())}, []
     for c in cands:
         key = str(c.resolve()) if c.exists() else str(c)
@@ -342,7 +345,9 @@ def glow_path(args, recorded: dict) -> tuple[Path, bool]:
     if not rec:
         return Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_GLOW, False
     ckpt = Path(args.checkpoint)
-    existing = [c for c in _recorded_candidates(rec, recorded.get("absolute"), ckpt)
+    # the default file too: a Glow moved there is found when its sha256 is the recorded one
+    default = Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_GLOW
+    existing = [c for c in _recorded_candidates(rec, recorded.get("absolute"), ckpt, default)
                 if c.is_file()]
     want = recorded.get("sha256")
     if len(existing) == 1 or (existing and not want):
@@ -353,8 +358,8 @@ def glow_path(args, recorded: dict) -> tuple[Path, bool]:
     if existing:
         raise changed_glow(ckpt, rec, existing[0])
     raise CheckpointError(
-        f"{ckpt}: the Glow it was trained on ({rec}) is not there (looked beside the checkpoint "
-        "and in the current folder); pass it with --glow PATH")
+        f"{ckpt}: the Glow it was trained on ({rec}) is not there (looked beside the checkpoint, "
+        f"in the current folder and at {default}); pass it with --glow PATH")
 
 
 def changed_glow(ckpt: Path, rec: str, found: Path) -> CheckpointError:

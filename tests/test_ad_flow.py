@@ -429,4 +429,8 @@ def test_test_time_finds_the_recorded_glow_or_says_how(tmp_path, monkeypatch) ->
         load(moved / "checkpoint" / "ad" / "last.pt")
     msg = str(err.value)
     assert "\n" not in msg and str(glow_rel) in msg and "--glow" in msg
-    assert "glow_checkpoint.pt" not in msg
+    # another Glow at CHECKPOINT_DIR/glow_checkpoint.pt is not taken for the recorded one
+    save_glow(Path("checkpoint") / ad.DEFAULT_GLOW, tiny_glow(seed=4))
+    with pytest.raises(CheckpointError, match="has changed") as err:
+        load(moved / "checkpoint" / "ad" / "last.pt")
+    assert "--glow" in str(err.value)
