@@ -48,6 +48,9 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None,
                         help="output folder name under RESULT_DIR/eval (default: the "
                              "checkpoint's run name, or compare_RUN1_RUN2 with --compare)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace RESULT_DIR/eval/NAME when it holds an evaluation of another "
+                             "checkpoint or other data (default: refuse; give --name NEW)")
     parser.add_argument("--compare", nargs="+", metavar="RUN", default=None,
                         help="merge RESULT_DIR/eval/RUN/metrics.csv of several runs into one "
                              "table and chart (no model is loaded)")
@@ -142,6 +145,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     from evaluation.synthetic import evaluate_synthetic, is_synthetic
     from talking.inputs import available_queries, available_sources, resolve_checkpoint
     from training import registry
+    from training.cli import claim_output
     from training.distributed import resolve_device
 
     if not args.checkpoint:
@@ -176,6 +180,11 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         ev.systems = [s for s in ev.systems if s.label.endswith(f"({mode})")] or ev.systems
     name = args.name or run_name(ckpt)
     out_dir = Path(args.result_dir) / "eval" / name
+    claim_output(out_dir, {"model": args.model, "checkpoint": str(Path(ckpt).resolve()),
+                           "data": [str(Path(d).resolve()) for d in args.data],
+                           "sources": sources, "queries": queries,
+                           "images": str(image_dir.resolve()) if sources else None},
+                 args.overwrite, "give --name NEW to keep both", say)
     say(f"[{args.model}] {ckpt}: {ev.size} px, evaluating into {out_dir}")
 
     labels = [s.label for s in ev.systems] or [args.model]

@@ -217,10 +217,14 @@ def run_photos(cfg: PreprocessConfig) -> int:
         stem = _output_stem(path, cfg.size)
         name, k = stem, 2
         notes = []
-        while name in used:
+        # Never replace a query made from another photo (or by hand): take the next free name.
+        while name in used or _made_from_another(out_dir / f"{name}_{cfg.size}.jpg", path):
             name, k = f"{stem}-{k}", k + 1
         if name != stem:
-            notes.append(f"name taken in this batch, wrote {name}")
+            notes.append(f"name taken in this batch, wrote {name}" if stem in used else
+                         f"{stem}_{cfg.size}.jpg holds another face, wrote {name}")
+        elif (out_dir / f"{name}_{cfg.size}.jpg").exists():
+            notes.append("replaced its earlier alignment")
         used.add(name)
         out = write_image(out_dir / f"{name}_{cfg.size}.jpg", aligned.image)
         write_alignment_record(out, path, image.shape, aligned.matrix, cfg.size)
@@ -234,6 +238,20 @@ def run_photos(cfg: PreprocessConfig) -> int:
     print(f"{done} of {len(images) + len(problems)} photos aligned into {out_dir}"
           + (f", {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+def _made_from_another(crop: Path, photo: Path) -> bool:
+    """True when ``crop`` exists and its alignment record names another photo (or it has no
+    record: a query put there by hand or by an older version)."""
+    import json
+
+    if not crop.exists():
+        return False
+    try:
+        record = json.loads(crop.with_suffix(".json").read_text())
+        return record.get("photo_absolute") != str(Path(photo).resolve())
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def write_alignment_record(crop: Path, photo: Path, shape: tuple, matrix, size: int) -> Path:

@@ -154,6 +154,9 @@ def dataset(cfg: Config, data_dir: Path):
     from lrw.index import open_index
 
     index = open_index(data_dir)
+    note = index.ignored_note()
+    if note:  # what was left out is said, with a count, not dropped silently
+        print(note)
     if cfg.n_classes == 0:
         cfg.n_classes = index.n_classes
     elif cfg.n_classes < index.n_classes:

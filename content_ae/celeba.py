@@ -183,13 +183,23 @@ def _convert_celeba(root: str | Path, attr: str, out: Path, negate: bool, size: 
             parts = line.split()
             if len(parts) == 2:
                 partition[parts[0]] = int(parts[1])
+    rows = sorted(table.items())[:limit] if limit else sorted(table.items())
+    if not partition:  # the first --n_test of each side are held out: leave some to train on
+        per_side = {"A": 0, "B": 0, None: 0}
+        for _, values in rows:
+            per_side[side_of(values, names, attr, negate)] += 1
+        for side in ("A", "B"):
+            if 0 < per_side[side] <= n_test:
+                raise ValueError(
+                    f"--n_test {n_test} would hold out all {per_side[side]} faces of side "
+                    f"{side} (--attr {attr}{' --negate' if negate else ''}) and leave none to "
+                    f"train on; give --n_test below {per_side[side]}, e.g. --n_test "
+                    f"{max(1, per_side[side] // 5)}")
     report = Report()
     held = {"A": 0, "B": 0}
     for folder in ("trainA", "trainB", "testA", "testB"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    for k, (name, values) in enumerate(sorted(table.items())):
-        if limit and k >= limit:
-            break
+    for name, values in rows:
         side = side_of(values, names, attr, negate)
         if side is None:
             report.left_out += 1
@@ -206,6 +216,11 @@ def _convert_celeba(root: str | Path, attr: str, out: Path, negate: bool, size: 
             held[side] += 1
         save_pil(img, out / f"{split}{side}" / (Path(name).stem + ".jpg"), quality=95)
         report.written[f"{split}{side}"] += 1
+    for side in ("A", "B"):
+        if report.written[f"train{side}"] == 0 and report.written[f"test{side}"] > 0:
+            raise ValueError(f"{root}: every readable face of side {side} "
+                             f"({report.written[f'test{side}']}) was held out for testing; "
+                             f"give a smaller --n_test")
     if report.written["trainA"] == 0 or report.written["trainB"] == 0:
         raise ValueError(f"{root}: no readable face on the {'A' if not report.written['trainA'] else 'B'}"
                          f" side of --attr {attr}{' --negate' if negate else ''}; "

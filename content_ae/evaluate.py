@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pairs", type=nonnegative_int, default=0, help="at most this many transfer pairs "
                    "(0: every A with every B)")
     p.add_argument("--name", help="output name (default: the run name)")
+    p.add_argument("--overwrite", action="store_true", help="replace RESULT_DIR/eval/NAME when "
+                   "it holds an evaluation of another checkpoint or set (default: refuse)")
     add_mask_power(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--checkpoint_dir", default="checkpoint", help="root of checkpoints")
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, say=print) -> dict:
     from synthface.attributes import read_manifest
+    from training.cli import claim_output
 
     from .transfer import _device, load_for_inference
 
@@ -188,9 +191,12 @@ def run(args: argparse.Namespace, say=print) -> dict:
     device = _device(args.device)
     model, _, ckpt = load_for_inference(args, device)
     examples: dict[str, list] = {}
-    metrics = evaluate_set(model, args.root, device, args.split, args.max_pairs, examples)
     name = args.name or ckpt["config"].get("train", {}).get("name") or "content-ae"
     out = Path(args.result_dir) / "eval" / name
+    claim_output(out, {"model": "content-ae", "checkpoint": str(Path(args.checkpoint).resolve()),
+                       "data": str(Path(args.root).resolve()), "split": args.split},
+                 args.overwrite, "give --name NEW to keep both", say)
+    metrics = evaluate_set(model, args.root, device, args.split, args.max_pairs, examples)
     out.mkdir(parents=True, exist_ok=True)
     text = table(metrics)
     info = metrics["_info"]

@@ -203,6 +203,18 @@ class LRWIndex:
     def __len__(self) -> int:
         return len(self.clips)
 
+    def ignored_note(self) -> str | None:
+        """One line counting what indexing ignored (``None`` when nothing was): stray files
+        (non-images, names that are not ``WORD_ID_FF`` of their word folder, files at the root)
+        and word folders without a frame."""
+        s = self.stats
+        parts = [f"{s.n_stray} stray file{'s' * (s.n_stray != 1)} (not WORD/WORD_ID_FF.jpg)"
+                 if s.n_stray else "",
+                 f"{s.n_empty_words} word folder{'s' * (s.n_empty_words != 1)} without frames"
+                 if s.n_empty_words else ""]
+        parts = [p for p in parts if p]
+        return f"note: {self.root}: ignored {' and '.join(parts)}" if parts else None
+
     def __repr__(self) -> str:
         s = self.stats
         return (f"LRWIndex({str(self.root)!r}: {s.n_words} words, {s.n_clips} clips, "

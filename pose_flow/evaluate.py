@@ -251,6 +251,7 @@ def write(out: Path, rows: list[dict], details: list[dict], title: str) -> Path:
 def evaluate_cli(argv: list[str]) -> int:
     from glow.io import CheckpointError
     from talking.inputs import TalkingError, resolve_checkpoint
+    from training.cli import claim_output
     from training.distributed import resolve_device
 
     from .recipe import DEFAULT_CHECKPOINT, load_pose_flow
@@ -280,6 +281,8 @@ def evaluate_cli(argv: list[str]) -> int:
     p.add_argument("--image_dir", default="image",
                    help="real: root of ref_img/ and source_img/ (default: image)")
     p.add_argument("--seq_frames", type=positive_int, default=None, help="real: first N frames")
+    p.add_argument("--overwrite", action="store_true", help="replace RESULT_DIR/eval/NAME when "
+                   "it holds an evaluation of another checkpoint or data (default: refuse)")
     p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
     p.add_argument("--batch", type=positive_int, default=16, help="real: frames per pass (default: 16)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
@@ -297,6 +300,12 @@ def evaluate_cli(argv: list[str]) -> int:
                                  "`python -m pose_flow.synthetic OUT`")
         device = resolve_device(a.device)
         ckpt = resolve_checkpoint(a.checkpoint, a.checkpoint_dir, DEFAULT_CHECKPOINT)
+        name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
+        claim_output(Path(a.result_dir) / "eval" / name,
+                     {"model": "pose-flow", "checkpoint": str(ckpt.resolve()),
+                      "data": [str(Path(d).resolve()) for d in a.data],
+                      "sources": a.source, "queries": a.query}, a.overwrite,
+                     "give --name NEW to keep both")
         model = load_pose_flow(ckpt, device)
         scorer = FaceScorer() if a.dlib or a.source else None
         rows, details = [], []
@@ -310,7 +319,6 @@ def evaluate_cli(argv: list[str]) -> int:
             r, dt = evaluate_real(model, a, device, scorer)
             rows += r
             details += dt
-        name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
         table = write(Path(a.result_dir) / "eval" / name, rows, details,
                       f"pose-flow evaluation: {name}")
         report = _html(table.parent, name, examples, a, ckpt, argv)

@@ -29,6 +29,7 @@ from cliargs import (
     positive,
     positive_int,
 )
+from training.cli import claim_output
 from training.distributed import resolve_device
 
 from .inputs import TalkingError, read_rgb, resolve_checkpoint, resolve_query, resolve_source
@@ -83,6 +84,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "after matching the skins' colour by a gain; ours), poisson_plain "
                              "(the plain seamless clone, as the thesis), paste (default: "
                              "poisson)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace RESULT_DIR/target_img/SOURCE/QUERY when it holds another "
+                             "model's or checkpoint's output (default: refuse)")
     parser.add_argument("--max_frames", type=positive_int, default=None,
                         help="use only the first N source frames (default: all)")
     parser.add_argument("--audio", default=None, metavar="FILE",
@@ -250,6 +254,10 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     region = PasteRegion.named(getattr(recipe, "PASTE_REGION", "mouth"))
 
     out_dir = Path(args.result_dir) / "target_img" / source.name / query_name
+    claim_output(out_dir, {"model": getattr(recipe, "NAME", ""),
+                           "checkpoint": str(Path(args.checkpoint).resolve())},
+                 getattr(args, "overwrite", False),
+                 "give --result_dir DIR to keep both (e.g. one per model)", say)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.iterdir():  # frames of an earlier, longer run would linger
         if re.fullmatch(r"\d+\.png", old.name) or old.name in ("video.mp4", "grid.png"):
@@ -257,6 +265,11 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
 
     query256 = read_rgb(query_path)
     query_full = read_rgb(query_path, None)
+    for what, path, (h, w) in (("query", query_path, query_full.shape[:2]),
+                               ("source", frames[0], _image_size(frames[0]))):
+        if h != w:  # said once per job, not per frame
+            say(f"note: the {what} {path} is {w}x{h}, not square: the model sees it stretched "
+                "to a square (align it with preprocess.py for an undistorted face)")
     picture = photo if full_frame else query_full
     query = to_tensor([query256], size).to(device)
     n = len(frames)
@@ -321,6 +334,15 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     say(f"{n} frames in {seconds:.1f} s ({seconds / n:.3f} s/frame, model {size} px, frames "
         f"{fw}x{fh}, {fps:g} fps video{sound}) -> {out_dir}")
     return summary
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from the file's header (nothing decoded)."""
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except OSError as exc:
+        raise TalkingError(f"cannot read image {path} ({exc})") from None
 
 
 def _square(img: np.ndarray) -> np.ndarray:

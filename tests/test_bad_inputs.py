@@ -22,7 +22,8 @@ Adding a row
   placeholders are filled from ``World`` (built lazily, so a row pays only for what it names):
   ``{w}`` the world folder (also the working directory of every row), ``{data}`` a folder of
   eight good 8x8 PNGs, ``{glow}`` a tiny trained Glow's ``last.pt`` (run ``g`` under ``{w}``),
-  ``{syn}`` a tiny ``lrw.synthetic`` set, ``{ad}`` a tiny AD-flow's ``last.pt`` (run ``ad``);
+  ``{syn}`` a tiny ``lrw.synthetic`` set, ``{source}`` its first driving sequence, ``{ad}`` a
+  tiny AD-flow's ``last.pt`` (run ``ad``);
   and every key of ``make``.
 - ``make``: ``{placeholder: kind}``: a fresh bad input of that kind (a key of ``MAKERS``) made
   under the row's own folder and named by the placeholder in ``args`` (a maker gets the path
@@ -96,6 +97,11 @@ def _unreadable_images(path: Path) -> None:
     (path / "c.png").write_bytes(buf.getvalue()[:20])
 
 
+def _write_png(path: Path, wh: tuple[int, int]) -> Path:
+    Image.fromarray(np.full((wh[1], wh[0], 3), 128, np.uint8)).save(path)
+    return path
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -144,6 +150,29 @@ def _checkpoint_without_weights(path: Path) -> Path:
     return path
 
 
+def _small_celeba(root: Path, n: int = 8) -> None:
+    """A CelebA-shaped tree of ``n`` faces (half with Eyeglasses), no partition file."""
+    (root / "img_align_celeba").mkdir(parents=True)
+    rows = []
+    for k in range(n):
+        _png(root / "img_align_celeba" / f"{k + 1:06d}.jpg", size=32, seed=k)
+        rows.append(f"{k + 1:06d}.jpg {1 if k % 2 else -1:2d}  1")
+    (root / "list_attr_celeba.txt").write_text(f"{n}\nEyeglasses Male\n" + "\n".join(rows))
+
+
+def _lrw_with_strays(root: Path) -> None:
+    """An LRW-style train/WORD/WORD_ID_FF.png tree (2 words x 2 clips x 4 frames) with two
+    stray files (a text file and a misnamed frame)."""
+    for word in ("ABOUT", "WORLD"):
+        d = root / "train" / word
+        d.mkdir(parents=True)
+        for clip in (1, 2):
+            for f in range(1, 5):
+                _png(d / f"{word}_{clip:05d}_{f:02d}.png", seed=clip * 10 + f)
+    (root / "train" / "ABOUT" / "notes.txt").write_text("stray\n")
+    _png(root / "train" / "WORLD" / "ABOUT_00003_01.png")
+
+
 MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "missing": lambda p: None,
     "empty_dir": lambda p: p.mkdir(parents=True),
@@ -152,6 +181,9 @@ MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "good_pngs": _good_pngs,
     "unreadable_images": _unreadable_images,
     "bad_json": lambda p: p.write_text("{not json"),
+    "small_celeba": _small_celeba,
+    "non_square_png": lambda p: _write_png(p.with_suffix(".png"), (24, 16)),
+    "lrw_with_strays": _lrw_with_strays,
     "config_fractional": lambda p: p.write_text('{"n_flow": 2.5}\n'),
     "config_nan": lambda p: _write(p.with_suffix(".yaml"), "lr: .nan\n"),
     "oversized_png": lambda p: _oversized_png(p.with_suffix(".png")) or p.with_suffix(".png"),
@@ -206,6 +238,10 @@ class World:
                                  size=SIZE, queries=1, sources=1, workers=1),
                  log=lambda *a: None)
         return root
+
+    def _make_source(self) -> Path:
+        return next(p for p in sorted((Path(self["syn"]) / "image" / "source_img").iterdir())
+                    if p.is_dir())
 
     def _make_ad(self) -> Path:
         import train
@@ -364,10 +400,24 @@ CASES: list[Case] = [
          "--n_sample", code=1),
     Case("test-content-ae-interpolate-huge", "test",
          "--model content-ae --checkpoint c {data} --interpolate 1000000", "--interpolate"),
+    Case("preprocess-celeba-n_test-holds-out-every-face", "preprocess",
+         "--celeba {celeba} --attr Eyeglasses --out {w}/ab --size 16", "--n_test 64",
+         make={"celeba": "small_celeba"}, code=1),
+    # -- what is left out is counted, not dropped silently
+    Case("train-ad-flow-lrw-stray-files-counted", "train",
+         "--model ad-flow -n strays {lrw} --glow {glow} --img_size 8 --n_frames 4 "
+         "--cls_hidden 8 --iter 1 --batch 2 --device cpu --workers 0 --sample_every 0 "
+         "--save_every 0 --no_progress --checkpoint_dir {w}/ck_strays --result_dir {w}/res_strays",
+         "ignored 2 stray files", make={"lrw": "lrw_with_strays"}, code=0),
+    # -- said once, not done silently
+    Case("test-non-square-query-noted", "test",
+         "--model ad-flow --checkpoint {ad} --glow {glow} {q} --source {source} --device cpu "
+         "--no_progress --result_dir {w}/res_ns", "24x16, not square",
+         make={"q": "non_square_png"}, code=0),
     # -- class 6: a job that produced nothing has failed
     Case("evaluate-glow-no-readable-image", "evaluate",
-         "--model glow --checkpoint {glow} {bad} --device cpu --no_progress", "{bad}",
-         make={"bad": "unreadable_images"}, code=1),
+         "--model glow --checkpoint {glow} {bad} --device cpu --no_progress --name unread",
+         "{bad}", make={"bad": "unreadable_images"}, code=1),
     # -- class 2 and the traceback list: oversized images (PIL's DecompressionBombError) are a
     #    counted skip or one line, never an aborted batch; none readable is one line
     Case("train-only-oversized-images", "train",
@@ -429,6 +479,10 @@ CASES: list[Case] = [
     Case("preprocess-attr_from-into-real-files", "preprocess",
          "--attr_from {csv} {data} --out {d}", "{d}",
          make={"d": "real_files", "csv": "csv_one_photo"}, code=1),
+    # -- a second job never silently replaces the first's output
+    Case("evaluate-second-evaluation-of-other-data-refused", "evaluate",
+         "--model glow --checkpoint {glow} {other} --device cpu --no_progress", "--name",
+         make={"other": "good_pngs"}, code=1),
 ]
 
 
@@ -480,7 +534,9 @@ def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
                   or (": error: " in line and not line.startswith(" "))]
         assert len(errors) == 1, err
         assert names in errors[0], err
-    assert _hashes(world.root) == before, "a file of the earlier run changed"
+    after = _hashes(world.root)  # (new files are allowed: a row may build what it names)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, f"files of an earlier run changed or went: {changed}"
 
 
 def test_the_table_covers_every_script() -> None:
@@ -662,3 +718,70 @@ def test_pose_flow_query_without_landmarks_advises_that_one_image_and_the_advice
     assert all(after[k] == v for k, v in before.items())
     lm = np.load(folder / "query.npy")
     assert lm.shape == (68, 2) and 0.4 < lm[:, 0].mean() < 0.55  # the face near x = 650/1400
+
+
+def test_a_photo_with_the_same_stem_never_replaces_another_query(shared_faces: Path,
+                                                                  tmp_path: Path) -> None:
+    """preprocess.py PHOTO: a query aligned from another photo (or put there by hand) keeps
+    its name; the new one gets the next free name and the output says so. Aligning the same
+    photo again replaces its own earlier crop."""
+    import shutil
+
+    import preprocess
+
+    for folder, face in (("a", "obama"), ("b", "leo")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(shared_faces / "ref_img" / f"{face}_256.jpg", tmp_path / folder / "me.jpg")
+    image_dir = tmp_path / "image"
+    argv = ["--image_dir", str(image_dir), "--no-progress"]
+
+    def run(photo: Path) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert preprocess.main([str(photo), *argv]) == 0
+        return out.getvalue()
+
+    run(tmp_path / "a" / "me.jpg")
+    ref = image_dir / "ref_img"
+    first = _tree(ref)
+    out = run(tmp_path / "b" / "me.jpg")
+    assert "me_256.jpg holds another face, wrote me-2" in out
+    assert {k: v for k, v in _tree(ref).items() if k in first} == first  # untouched
+    assert (ref / "me-2_256.jpg").is_file()
+    out = run(tmp_path / "a" / "me.jpg")  # the same photo again: its own crop is replaced
+    assert "replaced its earlier alignment" in out and not (ref / "me-3_256.jpg").exists()
+    (ref / "me_256.json").unlink()  # a query without a record (by hand): never replaced
+    out = run(tmp_path / "a" / "me.jpg")
+    assert "wrote me-3" in out
+
+
+def test_talking_faces_of_two_checkpoints_never_share_a_folder_silently(world: World,
+                                                                       tmp_path: Path) -> None:
+    """test.py with another model or checkpoint on the same source and query is refused (one
+    line: keep both with --result_dir, or --overwrite); the first output is untouched; a rerun
+    of the same checkpoint replaces its own output."""
+    import shutil
+
+    from talking.cli import main
+
+    other = tmp_path / "other_ad.pt"
+    shutil.copy(world["ad"], other)
+    query = next((Path(world["syn"]) / "image" / "ref_img").glob("*.png"))
+    res = tmp_path / "res"
+
+    def run(checkpoint: str, *extra: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), _quiet_stdout():
+            code = main(["--model", "ad-flow", "--checkpoint", checkpoint, "--glow", world["glow"],
+                         str(query), "--source", world["source"], "--device", "cpu",
+                         "--no_progress", "--result_dir", str(res), *extra])
+        return code, err.getvalue()
+
+    assert run(world["ad"])[0] == 0
+    first = _tree(res)
+    code, err = run(str(other))
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "--result_dir" in err and "--overwrite" in err and world["ad"] in err
+    assert _tree(res) == first
+    assert run(world["ad"])[0] == 0  # the same checkpoint again: its own output, replaced
+    assert run(str(other), "--overwrite")[0] == 0

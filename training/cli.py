@@ -212,3 +212,32 @@ def checkpoint_values(path: Path) -> dict[str, Any]:
     if data_path:
         out["data_dir"] = data_path
     return out
+
+
+def claim_output(folder: str | Path, made_by: dict[str, Any], overwrite: bool, elsewhere: str,
+                 say=print) -> None:
+    """Make sure a job may write into ``folder``: it is empty or absent, or it holds the output
+    of the same job (``made_by``: what made it, e.g. the model, the checkpoint and the data), or
+    ``overwrite`` is set. Otherwise raise ``ValueError`` naming what the folder holds and the
+    fix (``elsewhere``, e.g. "give --name NEW"), so a second job never silently replaces the
+    first's output. The record is kept beside the folder (``.NAME.json`` in its parent), never
+    inside it."""
+    from faces.io import write_bytes_atomic
+
+    folder = Path(folder)
+    record = folder.parent / f".{folder.name}.json"
+    made_by = {k: (str(v) if isinstance(v, Path) else v) for k, v in made_by.items()}
+    if folder.is_dir() and any(folder.iterdir()):
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != made_by:
+            if not overwrite:
+                what = (", ".join(f"{k} {v}" for k, v in old.items())
+                        if isinstance(old, dict) else "no record of what made it")
+                raise ValueError(f"{folder} holds another job's output ({what}); {elsewhere}, "
+                                 "or give --overwrite to replace it")
+            say(f"note: --overwrite: replacing the output in {folder}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(record, (json.dumps(made_by, indent=1) + "\n").encode())
