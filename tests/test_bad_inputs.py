@@ -150,6 +150,16 @@ def _checkpoint_without_weights(path: Path) -> Path:
     return path
 
 
+def _faceless_real(root: Path) -> None:
+    """IMAGE_DIR-style ref_img/ and source_img/ of plain grey images: no face anywhere."""
+    (root / "ref_img").mkdir(parents=True)
+    (root / "source_img" / "s").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "ref_img" / "q_256.png")
+    for i in range(2):
+        Image.new("RGB", (64, 64), (120 + i, 128, 128)).save(root / "source_img" / "s" /
+                                                              f"{i:03d}.png")
+
+
 def _small_celeba(root: Path, n: int = 8) -> None:
     """A CelebA-shaped tree of ``n`` faces (half with Eyeglasses), no partition file."""
     (root / "img_align_celeba").mkdir(parents=True)
@@ -182,6 +192,7 @@ MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "unreadable_images": _unreadable_images,
     "bad_json": lambda p: p.write_text("{not json"),
     "small_celeba": _small_celeba,
+    "faceless_real": _faceless_real,
     "non_square_png": lambda p: _write_png(p.with_suffix(".png"), (24, 16)),
     "lrw_with_strays": _lrw_with_strays,
     "config_fractional": lambda p: p.write_text('{"n_flow": 2.5}\n'),
@@ -479,6 +490,10 @@ CASES: list[Case] = [
     Case("preprocess-attr_from-into-real-files", "preprocess",
          "--attr_from {csv} {data} --out {d}", "{d}",
          make={"d": "real_files", "csv": "csv_one_photo"}, code=1),
+    Case("evaluate-real-no-face-anywhere", "evaluate",
+         "--model ad-flow --checkpoint {ad} --glow {glow} --real {real} --device cpu "
+         "--no_progress --name faceless", "no face found", make={"real": "faceless_real"},
+         code=1),
     # -- a second job never silently replaces the first's output
     Case("evaluate-second-evaluation-of-other-data-refused", "evaluate",
          "--model glow --checkpoint {glow} {other} --device cpu --no_progress", "--name",
@@ -785,3 +800,26 @@ def test_talking_faces_of_two_checkpoints_never_share_a_folder_silently(world: W
     assert _tree(res) == first
     assert run(world["ad"])[0] == 0  # the same checkpoint again: its own output, replaced
     assert run(str(other), "--overwrite")[0] == 0
+
+
+def test_landmark_files_outside_0_1_are_refused_and_counted(tmp_path: Path) -> None:
+    """Pixel coordinates (or anything outside [0, 1]) in FRAME.npy are not landmarks: the
+    reader refuses them with the reason 'range', the pose-flow index skips and counts them, and
+    the message for a query says what is wrong with the file."""
+    from pose_flow.data import REASONS, read_landmarks
+
+    good = np.random.default_rng(0).uniform(0.2, 0.8, (68, 2)).astype(np.float32)
+    np.save(tmp_path / "ok.npy", good)
+    np.save(tmp_path / "pixels.npy", good * 64)
+    assert read_landmarks(tmp_path / "ok.npy")[1] == ""
+    assert read_landmarks(tmp_path / "pixels.npy") == (None, "range")
+    assert "outside [0, 1]" in REASONS["range"]
+    from pose_flow.data import _scan_clip
+
+    clip = tmp_path / "id0" / "clip0"
+    clip.mkdir(parents=True)
+    for name, lm in (("000", good), ("001", good * 64)):
+        _png(clip / f"{name}.png")
+        np.save(clip / f"{name}.npy", lm)
+    frames, skipped = _scan_clip(clip)
+    assert frames == ["000.png"] and skipped == {"range": 1}
