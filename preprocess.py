@@ -334,8 +334,10 @@ def run_lrw(cfg: PreprocessConfig) -> int:
         _error(str(err).splitlines()[0] if str(err) else "invalid LRW root")
         return 1
     if report.clips_total == 0:
+        strays = (f"; ignored {report.strays} other file{'s' * (report.strays != 1)}"
+                  if report.strays else "")
         _error(f"no .mp4 clips in {cfg.lrw} (expected lipread_mp4/WORD/{cfg.split}/"
-               f"WORD_NNNNN.mp4)")
+               f"WORD_NNNNN.mp4{strays})")
         return 1
     failures = list(report.failures)
     for path, message in failures[:20]:
@@ -343,7 +345,8 @@ def run_lrw(cfg: PreprocessConfig) -> int:
     if len(failures) > 20:
         print(f"... and {len(failures) - 20} more failures", file=sys.stderr)
     print(f"{report.clips_converted} of {report.clips_total} clips converted into {cfg.out}"
-          f" ({report.clips_skipped} skipped, {len(failures)} failed)")
+          f" ({report.clips_skipped} skipped, {len(failures)} failed"
+          + (f", {report.strays} stray files ignored" if report.strays else "") + ")")
     if failures and report.clips_converted == 0:
         _error(f"every clip failed to convert, e.g. {failures[0][0]}: {failures[0][1]}")
         return 1

@@ -40,11 +40,13 @@ class ConvertReport:
     clips_skipped: int
     failures: list[tuple[str, str]] = field(default_factory=list)
     frames_written: int = 0
+    strays: int = 0  # files in WORD/SPLIT/ that are neither .mp4 clips nor their .txt metadata
 
     def summary(self) -> str:
         return (f"{self.clips_total} clips: {self.clips_converted} converted "
                 f"({self.frames_written} frames), {self.clips_skipped} already done, "
-                f"{len(self.failures)} failed")
+                f"{len(self.failures)} failed"
+                + (f", {self.strays} stray files ignored" if self.strays else ""))
 
 
 def find_lrw_root(lrw_root: str | Path, split: str = "train") -> Path:
@@ -73,6 +75,18 @@ def list_videos(mp4_root: Path, split: str) -> list[Path]:
             videos.extend(sorted(p for p in split_dir.iterdir()
                                  if p.suffix.lower() == ".mp4" and not p.name.startswith(".")))
     return videos
+
+
+def count_strays(mp4_root: Path, split: str) -> int:
+    """Files under ``WORD/SPLIT/`` that are neither ``.mp4`` clips nor LRW's ``.txt`` metadata
+    (hidden files aside): ignored by the conversion, and counted so that it says so."""
+    n = 0
+    for word_dir in (p for p in mp4_root.iterdir() if p.is_dir()):
+        split_dir = word_dir / split
+        if split_dir.is_dir():
+            n += sum(1 for p in split_dir.iterdir() if not p.name.startswith(".")
+                     and p.suffix.lower() not in (".mp4", ".txt"))
+    return n
 
 
 def _marker(out_split: Path, video: Path) -> Path:
@@ -134,7 +148,8 @@ def convert_lrw(lrw_root: str | Path, out_dir: str | Path, split: str = "train",
     videos = list_videos(mp4_root, split)
     todo = [v for v in videos if not _marker(out_split, v).is_file()]
     report = ConvertReport(clips_total=len(videos), clips_converted=0,
-                           clips_skipped=len(videos) - len(todo))
+                           clips_skipped=len(videos) - len(todo),
+                           strays=count_strays(mp4_root, split))
     if not todo:
         return report
     out_split.mkdir(parents=True, exist_ok=True)

@@ -160,6 +160,15 @@ def _faceless_real(root: Path) -> None:
                                                               f"{i:03d}.png")
 
 
+def _lrw_without_clips(root: Path) -> None:
+    """An LRW-shaped lipread_mp4/WORD/train/ holding a clip's .txt and two stray files."""
+    d = root / "lipread_mp4" / "ABOUT" / "train"
+    d.mkdir(parents=True)
+    (d / "ABOUT_00001.txt").write_text("Word: ABOUT\n")
+    (d / "ABOUT_00001.avi").write_bytes(b"not mp4")
+    (d / "notes.doc").write_text("stray\n")
+
+
 def _small_celeba(root: Path, n: int = 8) -> None:
     """A CelebA-shaped tree of ``n`` faces (half with Eyeglasses), no partition file."""
     (root / "img_align_celeba").mkdir(parents=True)
@@ -192,6 +201,7 @@ MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "unreadable_images": _unreadable_images,
     "bad_json": lambda p: p.write_text("{not json"),
     "small_celeba": _small_celeba,
+    "lrw_without_clips": _lrw_without_clips,
     "faceless_real": _faceless_real,
     "non_square_png": lambda p: _write_png(p.with_suffix(".png"), (24, 16)),
     "lrw_with_strays": _lrw_with_strays,
@@ -420,6 +430,8 @@ CASES: list[Case] = [
          "--cls_hidden 8 --iter 1 --batch 2 --device cpu --workers 0 --sample_every 0 "
          "--save_every 0 --no_progress --checkpoint_dir {w}/ck_strays --result_dir {w}/res_strays",
          "ignored 2 stray files", make={"lrw": "lrw_with_strays"}, code=0),
+    Case("preprocess-lrw-strays-counted", "preprocess", "--lrw {lrw} --out {w}/lrw_out",
+         "ignored 2 other files", make={"lrw": "lrw_without_clips"}, code=1),
     # -- said once, not done silently
     Case("test-non-square-query-noted", "test",
          "--model ad-flow --checkpoint {ad} --glow {glow} {q} --source {source} --device cpu "
