@@ -94,6 +94,22 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
     g.add_argument("--face_box", choices=["aligned", "detect"], default="aligned",
                    help="real: how dlib finds the face in generated frames: the aligned crop's "
                         "box (default; they are aligned crops) or its detector")
+    f = parser.add_argument_group(
+        "the field's metrics (docs/evaluate.md; each column is absent, not zero, when its "
+        "file is not given; nothing is downloaded)")
+    f.add_argument("--no_field_metrics", dest="field_metrics", action="store_false",
+                   help="skip the built-in ones: MS-SSIM, dlib-CSIM, LMD, AKD, sharpness "
+                        "(variance of the Laplacian on the mouth box), jitter error")
+    f.add_argument("--lpips", metavar="FILE", default=None,
+                   help="LPIPS from a local file: {'net': 'alex'|'vgg16', 'backbone': "
+                        "torchvision features state dict, 'heads': lin0..lin4}")
+    f.add_argument("--arcface", metavar="FILE", default=None,
+                   help="ArcFace CSIM from a TorchScript embedding network "
+                        "([B,3,112,112] in [-1,1] -> [B,D])")
+    f.add_argument("--syncnet", metavar="FILE", default=None,
+                   help="SyncNet LSE-C/LSE-D from a TorchScript file (forward_lip, "
+                        "forward_aud); needs the source's sound: a video file with sound as "
+                        "--source (without: no column and a one-line note)")
     add_no_progress(parser)
     if model is not None:
         recipe = registry.get(model)
@@ -169,6 +185,9 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         if not queries:
             raise ValueError(f"no query face in {image_dir}/ref_img")
 
+    from evaluation.field_metrics import FieldNets
+
+    nets = FieldNets.load(args.lpips, args.arcface, args.syncnet)  # refused before any work
     recipe = registry.get(args.model)
     default_ckpt = getattr(recipe, "DEFAULT_CHECKPOINT", "glow_checkpoint.pt")
     ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, default_ckpt)
@@ -234,6 +253,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
                 "truth: each model pasted back into the query (--paste_back region), the query "
                 "itself and the mouth blend made at 256 px; dPSNR against the query at 256 px; "
                 f"mouth states read back from the frames brought to {ev.size} px")
+        header += _field_metrics(args, nets, ev, synthetic, per_set, rows, device)
     if sources:
         r, det = evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
                                args.batch, args.seq_frames, args.face_box == "detect",
@@ -248,6 +268,9 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         header.append(f"real: {image_dir}, sources {', '.join(sources)}; queries "
                       f"{', '.join(queries)}; generated faces found by the "
                       f"{'detector' if args.face_box == 'detect' else 'aligned crop box'}")
+    if nets.syncnet is not None:
+        header.append(_lip_sync(args, nets.syncnet, ev, image_dir, sources, queries, rows,
+                                device))
 
     order = labels + [lab for lab in (BASELINE_COPY, BASELINE_BLEND) if lab in rows]
     order += [pasted_label(lab) for lab in order if pasted_label(lab) in rows]
@@ -264,6 +287,81 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"rows": table_rows, "paths": paths, "out_dir": out_dir}
+
+
+def _field_metrics(args, nets, ev, synthetic: list[str], per_set: list[dict], rows: dict,
+                   device) -> list[str]:
+    """The field's metrics (``evaluation.field_metrics``) of every system and baseline on the
+    synthetic sets, merged into ``rows`` (frame-weighted over sets); returns header lines."""
+    from evaluation.field_metrics import CSIM_FRAMES, SCORE_SIZE, FieldScorer
+    from evaluation.field_metrics import evaluate_synthetic_field as field
+
+    if not (args.field_metrics or nets.lpips or nets.arcface):
+        return []
+    scorer = FieldScorer(nets, dlib=args.field_metrics)
+    scored = []
+    for root, base in zip(synthetic, per_set, strict=True):
+        r = field(root, ev.systems, ev.size, scorer, device, args.batch, args.pairs,
+                  args.seq_frames, args.blend, args.progress)
+        scored.append({lab: {**v, "frames": base[lab]["frames"]} for lab, v in r.items()})
+    for lab, row in _weighted(scored, "frames").items():
+        rows.setdefault(lab, {}).update({k: v for k, v in row.items() if k != "frames"})
+    lines = []
+    if args.field_metrics:
+        lines.append(
+            f"field metrics: MS-SSIM (5 scales, 11x11 Gaussian sigma 1.5) on output and truth "
+            f"enlarged to {SCORE_SIZE} px; dlib (68 landmarks, face descriptor) on frames "
+            f"enlarged to {SCORE_SIZE} px with the aligned face box (dlib finds no face at the "
+            f"model's size); LMD/AKD in px at {SCORE_SIZE} against the truth's landmarks; "
+            f"dlib-CSIM against the query on {CSIM_FRAMES} frames per sequence; sharpness = "
+            "variance of the Laplacian of the grey mouth box at the model's size")
+    if nets.lpips:
+        lines.append(f"LPIPS: {args.lpips}")
+    if nets.arcface:
+        lines.append(f"ArcFace CSIM: {args.arcface}")
+    return lines
+
+
+def _lip_sync(args, net, ev, image_dir: Path, sources: list[str], queries: list[str],
+              rows: dict, device) -> str:
+    """LSE-C/LSE-D (``evaluation.syncnet``) of every system and baseline on the real sources
+    that have sound (a video file as --source), means over pairs into ``rows``; returns the
+    table's one-line note."""
+    import numpy as np
+
+    from evaluation.models import run_sequence
+    from evaluation.syncnet import audio_mfcc, sync_scores
+    from talking.inputs import read_rgb, resolve_query, resolve_source
+
+    scored: dict[str, list[tuple[float, float]]] = {}
+    with_audio = []
+    for name in sources:
+        src = resolve_source(name, image_dir)
+        if src.audio is None:
+            continue
+        with_audio.append(src.name)
+        mfcc = audio_mfcc(src.audio)
+        paths = src.frames[:args.seq_frames] if args.seq_frames else src.frames
+        frames = [read_rgb(p) for p in paths]
+        for q in queries:
+            qpath, _ = resolve_query(q, image_dir)
+            outs = run_sequence(read_rgb(qpath), frames, ev.size, ev.systems, device,
+                                args.batch)
+            for lab, seq in outs.items():  # the copy baseline: the query, still
+                scored.setdefault(lab, []).append(sync_scores(net, seq, mfcc, src.fps))
+    if not with_audio:
+        return ("LSE-C/LSE-D: not computed: --syncnet needs the source's audio and no source "
+                "here has any (synthetic sets and frame folders are silent; give a video file "
+                "with sound as --source)")
+    for lab, vals in scored.items():
+        arr = np.asarray(vals, dtype=np.float64)
+        ok = ~np.isnan(arr).any(1)
+        if ok.any():
+            rows.setdefault(lab, {}).update(lse_c=float(arr[ok, 0].mean()),
+                                            lse_d=float(arr[ok, 1].mean()))
+    silent = len(sources) - len(with_audio)
+    return (f"LSE-C/LSE-D: SyncNet {args.syncnet} on the sound of {', '.join(with_audio)}"
+            + (f"; {silent} source(s) without sound left out" if silent else ""))
 
 
 def _html(args, ev, out_dir: Path, title: str, table: Path, synthetic: list[str],

@@ -49,6 +49,25 @@ METRICS: tuple[Metric, ...] = (
     Metric("id_same", "same person", "higher", 3, "fraction of outputs under 0.6 from the query"),
     Metric("jitter", "jitter", "", 4, "mean absolute change between consecutive outputs"),
     Metric("no_face", "no face", "", 0, "frames where dlib found no face"),
+    # the field's metrics (evaluation.field_metrics)
+    Metric("lpips", "LPIPS", "lower", 4, "LPIPS against the ground truth (--lpips FILE)"),
+    Metric("ms_ssim", "MS-SSIM", "higher", 4,
+           "multi-scale SSIM against the ground truth, both enlarged to 256 px"),
+    Metric("lmd", "LMD px", "lower", 2,
+           "mouth-landmark distance (dlib points 48-67) to the ground truth's, px at 256"),
+    Metric("akd", "AKD px", "lower", 2,
+           "average keypoint distance (all 68 dlib points) to the ground truth's, px at 256"),
+    Metric("csim_dlib", "dlib-CSIM", "higher", 4,
+           "cosine of dlib face descriptors of output and query (identity only: copying the "
+           "query scores 1)"),
+    Metric("csim_arcface", "ArcFace CSIM", "higher", 4,
+           "cosine of ArcFace embeddings of output and query (--arcface FILE)"),
+    Metric("sharp", "sharpness", "higher", 1,
+           "variance of the Laplacian of the grey mouth box at the model's size (blur only)"),
+    Metric("jitter_err", "jitter err", "lower", 5,
+           "mean absolute difference of frame-to-frame changes from the truth's ([0, 1])"),
+    Metric("lse_c", "LSE-C", "higher", 3, "SyncNet lip-sync confidence (--syncnet FILE)"),
+    Metric("lse_d", "LSE-D", "lower", 3, "SyncNet lip-sync distance (--syncnet FILE)"),
 )
 COUNTS = ("frames", "real_frames", "bpd_frames")
 _BY_KEY = {m.key: m for m in METRICS}

@@ -33,6 +33,10 @@ from cliargs import add_no_progress, positive_int
 
 COLUMNS = (("psnr", "PSNR dB ↑", 2), ("ssim", "SSIM ↑", 4), ("l1", "L1 ↓", 4),
            ("lm_err", "landmark err ↓", 4), ("id_dist", "identity dist ↓", 3),
+           # the field's metrics (evaluation.field_metrics; docs/pose_flow.md)
+           ("ms_ssim", "MS-SSIM ↑", 4), ("lpips", "LPIPS ↓", 4), ("akd", "AKD px ↓", 2),
+           ("lmd", "LMD px ↓", 2), ("csim_dlib", "dlib-CSIM ↑", 4),
+           ("csim_arcface", "ArcFace CSIM ↑", 4), ("sharp_face", "sharpness ↑", 1),
            ("pairs", "pairs", 0))
 SIZE_FOR_DLIB = 256
 REFERENCE_ROW = "warp source (the flow's own warp)"
@@ -129,9 +133,42 @@ EXAMPLES = 8
 """Pairs shown side by side in ``report.html``."""
 
 
+def sharpness(image: np.ndarray) -> float:
+    """Variance of the 3 x 3 Laplacian of the grey image (the whole face: a pose moves the
+    mouth, so no fixed mouth box), 8-bit units squared."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return float(cv2.Laplacian(grey, cv2.CV_64F, ksize=1).var())
+
+
+def field_values(img: np.ndarray, truth: np.ndarray, src: np.ndarray, nets=None,
+                 lm: np.ndarray | None = None, ref_lm: np.ndarray | None = None,
+                 desc: np.ndarray | None = None, src_desc: np.ndarray | None = None) -> dict:
+    """The field's metrics of one transfer ``img`` against its exact answer ``truth`` and its
+    source face ``src`` (identity): MS-SSIM (both enlarged to 256 px), sharpness, and with
+    dlib's landmarks (0..1 units) and descriptors AKD and LMD (px at 256) and dlib-CSIM; with
+    ``nets`` (``evaluation.field_metrics.FieldNets``) LPIPS and ArcFace CSIM."""
+    from evaluation.field_metrics import SCORE_SIZE, ms_ssim
+
+    d = {"ms_ssim": ms_ssim(truth, img), "sharp_face": sharpness(img)}
+    if lm is not None and ref_lm is not None:
+        dist = np.linalg.norm((lm - ref_lm) * SCORE_SIZE, axis=1)
+        d["akd"], d["lmd"] = float(dist.mean()), float(dist[48:68].mean())
+    if desc is not None and src_desc is not None:
+        d["csim_dlib"] = float(desc @ src_desc / max(np.linalg.norm(desc) *
+                                                     np.linalg.norm(src_desc), 1e-12))
+    if nets is not None and nets.lpips is not None:
+        d["lpips"] = float(nets.lpips.distance(img[None], truth[None])[0])
+    if nets is not None and nets.arcface is not None:
+        e = nets.arcface.embed(np.stack([img, src]))
+        d["csim_arcface"] = float(e[0] @ e[1])
+    return d
+
+
 def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
-                       pairs: int | None = None, examples: dict[str, list] | None = None
-                       ) -> tuple[list[dict], list[dict]]:
+                       pairs: int | None = None, examples: dict[str, list] | None = None,
+                       nets=None) -> tuple[list[dict], list[dict]]:
     """(rows per system, one detail row per system and pair) on a pose set at ``root``.
 
     ``examples``: when given, the first :data:`EXAMPLES` pairs' images are appended to it per
@@ -170,9 +207,12 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
             d = {"system": name, "source": s, "target": t, "psnr": psnr(truth, img),
                  "ssim": ssim(truth, img),
                  "l1": float(np.abs(truth.astype(float) - img.astype(float)).mean() / 255)}
+            lm = desc = None
             if scorer:
-                d["lm_err"] = landmark_error(scorer.landmarks(img, lm_t), ref_lm)
-                d["id_dist"] = float(np.linalg.norm(scorer.descriptor(img, lm_t) - src_desc))
+                lm, desc = scorer.landmarks(img, lm_t), scorer.descriptor(img, lm_t)
+                d["lm_err"] = landmark_error(lm, ref_lm)
+                d["id_dist"] = float(np.linalg.norm(desc - src_desc))
+            d.update(field_values(img, truth, src, nets, lm, ref_lm, desc, src_desc))
             details.append(d)
     return _summarise(details), details
 
@@ -236,9 +276,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(out: Path, rows: list[dict], details: list[dict], title: str) -> Path:
+def write(out: Path, rows: list[dict], details: list[dict], title: str,
+          notes: list[str] = ()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(f"# {title}\n\n{format_table(rows)}\n")
+    lines = "".join(f"- {n}\n" for n in notes)
+    (out / "table.md").write_text(f"# {title}\n\n{format_table(rows)}\n"
+                                  + (f"\n{lines}" if lines else ""))
     for name, data in (("metrics.csv", rows), ("details.csv", details)):
         keys = list(dict.fromkeys(k for d in data for k in d))
         with open(out / name, "w", newline="") as fh:
@@ -285,6 +328,15 @@ def evaluate_cli(argv: list[str]) -> int:
                    "it holds an evaluation of another checkpoint or data (default: refuse)")
     p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
     p.add_argument("--batch", type=positive_int, default=16, help="real: frames per pass (default: 16)")
+    p.add_argument("--lpips", metavar="FILE", default=None,
+                   help="LPIPS against the exact answer, from a local file (as evaluate.py's; "
+                        "docs/evaluate.md); without it the column is absent")
+    p.add_argument("--arcface", metavar="FILE", default=None,
+                   help="ArcFace CSIM to the source face, from a TorchScript embedding network; "
+                        "without it the column is absent")
+    p.add_argument("--syncnet", metavar="FILE", default=None,
+                   help="accepted for symmetry: pose sets have no audio, so no LSE column "
+                        "(a one-line note says so)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
     from training.cli import check_folder_flags, os_error_line
@@ -298,6 +350,9 @@ def evaluate_cli(argv: list[str]) -> int:
             if not is_pose_set(d):
                 raise ValueError(f"{d}: not a pose set (no pose manifest.json); make one with "
                                  "`python -m pose_flow.synthetic OUT`")
+        from evaluation.field_metrics import FieldNets
+
+        nets = FieldNets.load(a.lpips, a.arcface, a.syncnet)
         device = resolve_device(a.device)
         ckpt = resolve_checkpoint(a.checkpoint, a.checkpoint_dir, DEFAULT_CHECKPOINT)
         name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
@@ -312,15 +367,23 @@ def evaluate_cli(argv: list[str]) -> int:
         examples: dict[str, list] = {}
         for d in a.data:
             r, dt = evaluate_synthetic(model, Path(d), device, scorer, a.pairs,
-                                       examples if d == a.data[0] else None)
+                                       examples if d == a.data[0] else None, nets)
             rows += r
             details += dt
         if a.source and a.query:
             r, dt = evaluate_real(model, a, device, scorer)
             rows += r
             details += dt
+        notes = ["field metrics: MS-SSIM on output and answer enlarged to 256 px; AKD (68 "
+                 "points) and LMD (mouth, 48-67) in px at 256 between dlib's landmarks of "
+                 "output and answer; dlib-CSIM (cosine of dlib descriptors, not ArcFace) to the "
+                 "source face; sharpness = variance of the Laplacian of the whole grey face; "
+                 "no temporal jitter (single images)"]
+        if a.syncnet:
+            notes.append("LSE-C/LSE-D: not computed: --syncnet needs audio and pose sets have "
+                         "none")
         table = write(Path(a.result_dir) / "eval" / name, rows, details,
-                      f"pose-flow evaluation: {name}")
+                      f"pose-flow evaluation: {name}", notes)
         report = _html(table.parent, name, examples, a, ckpt, argv)
     except (ValueError, CheckpointError, TalkingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
