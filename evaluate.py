@@ -257,7 +257,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     if sources:
         r, det = evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
                                args.batch, args.seq_frames, args.face_box == "detect",
-                               args.progress)
+                               args.progress, args.field_metrics)
         details += det
         if all(row["no_face"] >= row["real_frames"] for row in r.values()):
             raise ValueError(f"{image_dir}: no face found in any frame of "

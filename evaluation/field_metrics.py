@@ -53,8 +53,8 @@ from torch import Tensor, nn
 
 from .metrics import mouth_crop, upscale
 
-__all__ = ["SCORE_SIZE", "Embedder", "FieldNets", "FieldScorer", "LPIPS", "jitter_error",
-           "laplacian_sharpness", "ms_ssim"]
+__all__ = ["SCORE_SIZE", "Embedder", "FieldNets", "FieldScorer", "LPIPS", "cosine",
+           "jitter_error", "laplacian_sharpness", "ms_ssim"]
 
 SCORE_SIZE = 256
 CSIM_FRAMES = 4
@@ -316,7 +316,7 @@ class FieldScorer:
                           zip(lms, ref["lm"], strict=True)]
             out["akd"] = [_point_distance(a, b, slice(0, 68)) for a, b in
                           zip(lms, ref["lm"], strict=True)]
-            out["csim_dlib"] = [_cosine(d, ref["desc"]) for d in descs] * (n if constant else 1)
+            out["csim_dlib"] = [cosine(d, ref["desc"]) for d in descs] * (n if constant else 1)
         if self.nets.lpips is not None:
             out["lpips"] = list(self.nets.lpips.distance(frames, truth))
         if self.nets.arcface is not None:
@@ -339,7 +339,8 @@ def _point_distance(a: np.ndarray | None, b: np.ndarray | None, points: slice) -
     return float(np.linalg.norm(np.asarray(a)[points] - np.asarray(b)[points], axis=1).mean())
 
 
-def _cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
+def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Cosine similarity of two descriptors (``NaN`` when either is ``None``)."""
     if a is None or b is None:
         return float("nan")
     return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))

@@ -9,6 +9,9 @@ Per query x source pair and per system (the model, and the two baselines):
   the fraction of outputs under the same-person threshold 0.6.
 * ``jitter``: mean absolute change between consecutive outputs (``[0, 1]`` units, at the
   model's size). The mouth-blend baseline carries the source's own motion: compare with it.
+* ``csim_dlib``, ``sharp`` (``field=True``): the field's dlib-CSIM (cosine of the query's and
+  each output's descriptors) and sharpness (:mod:`evaluation.field_metrics`); no truth here,
+  so no MS-SSIM, LMD or AKD (``mouth_dist`` is the landmark measure against the source).
 * ``no_face``: frames where dlib found no face (in the source frame, the query, or with
   ``detect_outputs`` the output), so a metric could not be computed; such frames are left out
   of that metric's mean, never fatal.
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .field_metrics import cosine, laplacian_sharpness
 from .metrics import (
     SAME_PERSON_THRESHOLD,
     Landmarker,
@@ -42,7 +46,8 @@ __all__ = ["evaluate_real"]
 def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequence[str],
                   systems: Sequence[System], size: int, device="cpu", batch: int = 16,
                   seq_frames: int | None = None, detect_outputs: bool = False,
-                  progress: bool = True) -> tuple[dict[str, dict[str, float]], list[dict]]:
+                  progress: bool = True, field: bool = True
+                  ) -> tuple[dict[str, dict[str, float]], list[dict]]:
     """Score each system and both baselines on every (query, source) pair under ``image_dir``
     (``ref_img/`` and ``source_img/``). Returns ``(rows, details)`` like
     :func:`evaluation.synthetic.evaluate_synthetic`, with the metrics of the module docstring.
@@ -54,7 +59,8 @@ def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequen
     out_marker = Landmarker(aligned=not detect_outputs)
     labels = [BASELINE_COPY, BASELINE_BLEND, *(s.label for s in systems)]
     acc: dict[str, dict[str, list[float]]] = {
-        lab: {"mouth_dist": [], "id_dist": [], "jitter": []} for lab in labels}
+        lab: {"mouth_dist": [], "id_dist": [], "jitter": [], "csim_dlib": [], "sharp": []}
+        for lab in labels}
     no_face = dict.fromkeys(labels, 0)
     details: list[dict] = []
 
@@ -89,6 +95,9 @@ def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequen
                     jit = temporal_jitter(seq)
                     missing = int(sum(np.isnan(a) or np.isnan(b)
                                       for a, b in zip(md, idd, strict=True)))
+                    if field:  # the field's identity and blur measures (field_metrics)
+                        acc[lab]["csim_dlib"].extend(cosine(q_desc, d) for d in out_desc)
+                        acc[lab]["sharp"].extend(laplacian_sharpness(o) for o in seq)
                     acc[lab]["mouth_dist"].extend(md)
                     acc[lab]["id_dist"].extend(idd)
                     acc[lab]["jitter"].append(jit)
@@ -108,7 +117,9 @@ def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequen
                   "id_same": fraction_below(acc[lab]["id_dist"], SAME_PERSON_THRESHOLD),
                   "jitter": mean_finite(acc[lab]["jitter"]),
                   "no_face": no_face[lab],
-                  "real_frames": len(acc[lab]["mouth_dist"])}
+                  "real_frames": len(acc[lab]["mouth_dist"]),
+                  **({"csim_dlib": mean_finite(acc[lab]["csim_dlib"]),
+                      "sharp": mean_finite(acc[lab]["sharp"])} if field else {})}
             for lab in labels}
     return rows, details
 

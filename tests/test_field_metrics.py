@@ -376,6 +376,8 @@ def test_lse_columns_on_a_real_video_source_with_sound(tiny_ad, shared_faces, tm
     assert set(rows) == {"ad-flow", BASELINE_COPY, BASELINE_BLEND}
     for r in rows.values():
         assert np.isfinite(r["lse_c"]) and r["lse_d"] > 0, r
+        assert -1 <= r["csim_dlib"] <= 1 + 1e-9 and r["sharp"] > 0, r  # on real sequences too
+    assert rows[BASELINE_COPY]["csim_dlib"] > 0.9  # the query itself, at the model's size
     assert "LSE-C/LSE-D: SyncNet" in (tmp_path / "eval" / "loud" / "table.md").read_text()
 
     silent = image / "source_img" / "still"
