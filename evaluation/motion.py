@@ -131,47 +131,55 @@ def _refine(grid: np.ndarray, err: np.ndarray, i: int) -> float:
     return float(grid[i] + np.clip(offset, -0.5, 0.5) * step)
 
 
-def _resize_box(maps: np.ndarray, size: int) -> np.ndarray:
+def _margin_box(size: int) -> tuple[int, int, int, int]:
+    """The mouth box at ``size`` with a 2-pixel margin, clipped to the image."""
+    r0, r1, c0, c1 = mouth_box(size)
+    m = 2
+    return max(r0 - m, 0), min(r1 + m, size), max(c0 - m, 0), min(c1 + m, size)
+
+
+def _resize_box(maps: np.ndarray, size: int, region: bool = False) -> np.ndarray:
     """Float maps [M, 256, 256] -> their mouth box at ``size`` [M, h, w], resized as the model's
     inputs are (PIL bilinear); only a margin around the box is resized (identical result: the
-    filter's support is one output pixel)."""
+    filter's support is one output pixel). ``region=True``: the maps are that margin region at
+    256 px already (rows ``R0 * f : R1 * f`` of :func:`_margin_box`, ``f = 256 // size``)."""
     from PIL import Image
 
     f = 256 // size
     r0, r1, c0, c1 = mouth_box(size)
-    m = 2
-    R0, R1, C0, C1 = max(r0 - m, 0), min(r1 + m, size), max(c0 - m, 0), min(c1 + m, size)
+    R0, R1, C0, C1 = _margin_box(size)
     out = []
     for mp in maps:
-        crop = Image.fromarray(np.ascontiguousarray(mp[R0 * f:R1 * f, C0 * f:C1 * f],
-                                                    dtype=np.float32), mode="F")
+        part = mp if region else mp[R0 * f:R1 * f, C0 * f:C1 * f]
+        crop = Image.fromarray(np.ascontiguousarray(part, dtype=np.float32), mode="F")
         small = np.asarray(crop.resize((C1 - C0, R1 - R0), Image.BILINEAR))
         out.append(small[r0 - R0:r1 - R0, c0 - C0:c1 - C0])
     return np.stack(out)
 
 
 @lru_cache(maxsize=16)
-def mouth_reader(identity, size: int) -> MouthReader:
+def mouth_reader(identity, size: int, shot=None) -> MouthReader:
     """The :class:`MouthReader` of ``identity`` (a :class:`synthface.face.Identity`) at ``size``.
 
     Built from the mouth layers at 25 x 25 states at 256 px, resized like the ground truth
-    (seconds; cached per identity and size). ``size`` must divide 256.
+    (seconds; cached per identity, size and shot). ``size`` must divide 256. ``shot``: a
+    :class:`synthface.scene.Shot` when the frames are posed, lit, aligned crops (the hard set):
+    the layers then go through the same pose, lighting and crop (``synthface.scene.shot_maps``).
     """
     from synthface.face import MOUTH_BOX_256, MouthState, mouth_colours, mouth_layers, render
 
     if 256 % size:
         raise ValueError(f"the mouth reader works at sizes dividing 256, not {size}")
+    if shot is not None:
+        return _shot_reader(identity, size, shot)
     bare = render(identity, None, 256).astype(np.float64)  # the identity without a mouth
     R0, R1, C0, C1 = MOUTH_BOX_256
     bases, weights = [], []
-    r0, r1, c0, c1 = mouth_box(size)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, r1 - r0), np.linspace(-1, 1, c1 - c0), indexing="ij")
-    # the skin around the mouth may be shifted smoothly (a seamless clone does that): a free
-    # colour offset and two ramps, weighted by the skin's own compositing weight
-    ramps = np.stack([np.ones_like(yy), yy, xx]).reshape(3, -1)
+    ramps = _ramps(size)
     for o in OPEN_GRID:
         for w in WIDTH_GRID:
-            lay = mouth_layers(MouthState(float(o), float(w)), 256, R0, R1, C0, C1)
+            lay = mouth_layers(MouthState(float(o), float(w)), 256, R0, R1, C0, C1,
+                               identity.lips)
             full = np.zeros((3 + lay.shape[0] - 1, 256, 256))
             for c in range(3):  # background channels: bare outside the box, w0 * bare inside
                 full[c] = bare[..., c]
@@ -184,6 +192,36 @@ def mouth_reader(identity, size: int) -> MouthReader:
                                     constant_values=1.0), size).reshape(1, -1)
             weights.append(np.concatenate([lay_small, w0 * ramps], 0).T)
     colours = np.concatenate([mouth_colours(identity) * 255.0, np.zeros((3, 3))])
+    return MouthReader(size, np.asarray(bases), np.asarray(weights), colours)
+
+
+def _ramps(size: int) -> np.ndarray:
+    """[3, P] a constant and two ramps over the mouth box at ``size``: the skin around the mouth
+    may be shifted smoothly (a seamless clone does that), so the reader lets it, weighted by the
+    skin's own compositing weight."""
+    r0, r1, c0, c1 = mouth_box(size)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, r1 - r0), np.linspace(-1, 1, c1 - c0), indexing="ij")
+    return np.stack([np.ones_like(yy), yy, xx]).reshape(3, -1)
+
+
+def _shot_reader(identity, size: int, shot) -> MouthReader:
+    """:func:`mouth_reader` for posed, lit, aligned crops (``synthface.scene``)."""
+    from synthface.face import MouthState, mouth_colours
+    from synthface.scene import shot_maps
+
+    f = 256 // size
+    R0, R1, C0, C1 = _margin_box(size)
+    states = [MouthState(float(o), float(w)) for o in OPEN_GRID for w in WIDTH_GRID]
+    ramps = _ramps(size)
+    bases, weights = [], []
+    for maps in shot_maps(identity, shot, 256, (R0 * f, R1 * f), (C0 * f, C1 * f), states):
+        small = _resize_box(maps, size, region=True)  # [3 + 1 + K, h, w]
+        bases.append(small[:3].reshape(3, -1).T)
+        w0 = small[3].reshape(1, -1)
+        weights.append(np.concatenate([small[4:].reshape(small.shape[0] - 4, -1),
+                                       w0 * ramps], 0).T)
+    tint = np.asarray(shot.light.tint)
+    colours = np.concatenate([mouth_colours(identity) * 255.0 * tint, np.zeros((3, 3))])
     return MouthReader(size, np.asarray(bases), np.asarray(weights), colours)
 
 

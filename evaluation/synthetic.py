@@ -1,8 +1,9 @@
 """Motion, identity and pixel fidelity of generated frames against the synthetic set's truth.
 
 For a query ``q`` and a source ``s`` the ground truth of frame ``t`` is ``q``'s identity drawn
-with the mouth of ``s``'s frame ``t`` (``SyntheticSet.ground_truth`` at 256 px), brought to the
-model's size with the same resize as the model's inputs. So the copy-query baseline is exact
+with the mouth of ``s``'s frame ``t`` (``SyntheticSet.ground_truth`` at 256 px; in a ``--hard``
+set in the query's pose, light and crop), brought to the model's size with the same resize as
+the model's inputs. Both kinds of set go through this one scorer. So the copy-query baseline is exact
 everywhere but in the mouth box, and every system is judged at the resolution it works at.
 
 Columns (per system, pooled over every scored frame of every pair):
@@ -104,7 +105,8 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
             truth = np.stack([like_model_input(t256, size) for t256 in truth256])
             states = state_array(syn.source_states(s))[:len(frames)]
             # the geometric reader needs the mouth box to have some pixels (8 x 11 at 32 px)
-            reader = (mouth_reader(syn.identity(q), size)
+            # (a --hard set's query is posed, lit and cropped: the reader sees it the same way)
+            reader = (mouth_reader(syn.identity(q), size, syn.query_shot(q))
                       if size >= MIN_READER_SIZE and 256 % size == 0 else None)
             for lab in labels:
                 if lab in base_labels:

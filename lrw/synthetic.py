@@ -1,7 +1,7 @@
-"""A procedural talking-face set with exact ground truth.
+"""A procedural talking-face set with exact ground truth (frontal, or ``--hard``).
 
-``python -m lrw.synthetic OUT [--words 8 --speakers 16 --clips 4 --frames 29 --size 64 --seed 0]``
-writes::
+``python -m lrw.synthetic OUT [--words 8 --speakers 16 --clips 4 --frames 29 --size 64 --seed 0]
+[--hard]`` writes::
 
     OUT/train/WORD/WORD_NNNNN_FF.jpg        LRW-style training frames (JPEG quality 95, 4:4:4)
     OUT/image/ref_img/queryNN_256.png       query faces (held-out identities, neutral mouth)
@@ -13,6 +13,18 @@ box; only pixels inside the mouth box depend on the mouth state). Words: each wo
 a sum of smooth syllable bumps whose count and vowel shapes follow the spelling, with timings drawn
 per word; each clip jitters amplitude, phase and speed. Query and source identities never appear
 in ``train/``, so evaluation is on unseen identities.
+
+``--hard`` writes a second kind of set in the same layout, scored by the same ``evaluate.py``
+code, closer to real use (:mod:`synthface.scene`): every frame is a posed (yaw, roll, scale,
+translation of :mod:`synthface.pose`), lit (brightness gradient, colour tint, offset) face, cut
+to the aligned crop by ``faces.align`` from its exact landmarks, as real faces are. Sources turn
+their heads while they speak (a slow sway about a base pose, the crop parameters smoothed over
+5 frames like ``faces.sequence.align_sequence``); queries hold another pose (``HARD_POSES``:
+queries turn and roll one way, sources the other, at other scales) under other light (lit
+from the other side); lips differ strongly between the roles
+(``synthface.scene.LIP_ROLES``: queries wide, thin and pale, sources narrow, thick and dark;
+training speakers span both). The ground truth stays exact: the query's identity in the query's
+pose, light and crop, with the source frame's mouth state (:meth:`SyntheticSet.ground_truth`).
 """
 
 
@@ -44,6 +56,15 @@ from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's
     mouth_box,
     render,
     sample_identity,
+)
+from synthface.pose import HeadPose
+from synthface.scene import (
+    Lighting,
+    Shot,
+    landmarks_px,
+    render_shot,
+    sample_hard_identity,
+    sample_lighting,
 )
 
 __all__ = [
@@ -151,17 +172,93 @@ class SyntheticConfig:
     sources: int = 2
     query_size: int = 256
     workers: int = 1
+    hard: bool = False
 
     def generation_key(self) -> dict:
         """Everything that changes the output (not ``out`` or ``workers``)."""
         d = asdict(self)
         d.pop("out")
         d.pop("workers")
+        if not self.hard:
+            d.pop("hard")  # frontal sets keep the manifests they had before --hard existed
         return d
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
+
+
+HARD_POSES = {
+    # base pose ranges per role: (yaw, roll, scale, tx, ty); "side" turns yaw and roll
+    "query": {"yaw": (0.2, 0.45), "roll": (0.05, 0.15), "scale": (1.02, 1.1),
+              "tx": (-0.03, 0.03), "ty": (-0.03, 0.03), "side": 1.0, "sway": 0.0},
+    "source": {"yaw": (0.2, 0.45), "roll": (0.05, 0.15), "scale": (0.88, 0.96),
+               "tx": (-0.03, 0.03), "ty": (-0.03, 0.03), "side": -1.0, "sway": 1.0},
+    "train": {"yaw": (0.0, 0.5), "roll": (0.0, 0.15), "scale": (0.88, 1.1),
+              "tx": (-0.03, 0.03), "ty": (-0.03, 0.03), "side": 0.0, "sway": 1.0},
+}
+"""The hard set's poses: queries turn right (yaw > 0) and roll one way, sources turn left and roll
+the other, swaying while they speak (yaw +-0.08, roll +-0.04, scale +-0.02, translation +-0.01
+over the clip); so a query and a source differ by at least 0.32 rad of yaw in every frame.
+Training speakers take either side at random."""
+
+SMOOTH_FRAMES = 5  # faces.sequence.align_sequence's default window for the crop parameters
+
+
+def _hard_pose(rng: np.random.Generator, role: str) -> tuple[HeadPose, float]:
+    spec = HARD_POSES[role]
+    side = spec["side"] or float(rng.choice([-1.0, 1.0]))
+    u = rng.uniform
+    return HeadPose(yaw=_r4(side * u(*spec["yaw"])), roll=_r4(side * u(*spec["roll"])),
+                    scale=_r4(u(*spec["scale"])), tx=_r4(u(*spec["tx"])),
+                    ty=_r4(u(*spec["ty"]))), side
+
+
+def _crop_matrix(ident: Identity, mouth: MouthState, pose: HeadPose) -> np.ndarray:
+    """The alignment real faces get (``faces.align``), from this frame's exact landmarks:
+    ``(cx, cy, mouth_width, angle)``."""
+    from faces.align import alignment_params
+
+    return alignment_params(landmarks_px(ident, mouth, pose))
+
+
+def _shot_dict(pose: HeadPose, light: Lighting, params: np.ndarray) -> dict:
+    from faces.align import similarity_matrix
+
+    m = similarity_matrix(params, 256)
+    return Shot(pose, light, tuple(tuple(round(float(v), 6) for v in r) for r in m)).to_dict()
+
+
+def _query_shot(ident_d: dict, rng: np.random.Generator) -> dict:
+    ident = Identity.from_dict(ident_d)
+    pose, side = _hard_pose(rng, "query")
+    light = sample_lighting(rng, side)
+    return _shot_dict(pose, light, _crop_matrix(ident, NEUTRAL, pose))
+
+
+def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.Generator,
+                    role: str) -> list[dict]:
+    """Per-frame shots of a talking sequence: a base pose swaying over the clip, one lighting,
+    crop parameters from each frame's exact landmarks smoothed as real sequences are."""
+    from faces.sequence import smooth_params
+
+    ident = Identity.from_dict(ident_d)
+    base, side = _hard_pose(rng, role)
+    light = sample_lighting(rng, side if HARD_POSES[role]["side"] else 0.0)
+    amp = HARD_POSES[role]["sway"] * np.array([0.08, 0.04, 0.02, 0.01, 0.01])
+    phase = rng.uniform(0, 2 * np.pi, 5)
+    cycles = rng.uniform(0.5, 1.2, 5)
+    n = len(states)
+    tau = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+    poses = []
+    for t in tau:
+        d = amp * np.sin(phase + 2 * np.pi * cycles * t)
+        poses.append(HeadPose(yaw=_r4(base.yaw + d[0]), roll=_r4(base.roll + d[1]),
+                              scale=_r4(base.scale + d[2]), tx=_r4(base.tx + d[3]),
+                              ty=_r4(base.ty + d[4])))
+    raw = np.stack([_crop_matrix(ident, m, p) for m, p in zip(states, poses, strict=True)])
+    params = smooth_params(raw, np.ones(n, dtype=bool), SMOOTH_FRAMES)
+    return [_shot_dict(p, light, q) for p, q in zip(poses, params, strict=True)]
 
 
 def _build_manifest(cfg: SyntheticConfig) -> dict:
@@ -175,9 +272,12 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
     train = [f"spk{i:02d}" for i in range(cfg.speakers)]
     queries = [f"query{i:02d}" for i in range(cfg.queries)]
     source_spk = [f"src{i:02d}" for i in range(cfg.sources)]
+    roles = {1: "train", 2: "query", 3: "source"}
     for stream, names in ((1, train), (2, queries), (3, source_spk)):
         for i, name in enumerate(names):
-            identities[name] = sample_identity(_rng(cfg.seed, stream, i)).to_dict()
+            rng = _rng(cfg.seed, stream, i)
+            ident = sample_hard_identity(rng, roles[stream]) if cfg.hard else sample_identity(rng)
+            identities[name] = ident.to_dict()
     syllables = {w: [list(map(_r4, s)) for s in _word_syllables(w, _rng(cfg.seed, 4, WORDS.index(w)))]
                  for w in words}
     clips = []
@@ -191,6 +291,9 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
                 states = word_trajectory(syllables[w], cfg.frames, **jit)
                 clips.append({"word": w, "clip_id": f"{n:05d}", "speaker": spk, "jitter": jit,
                               "mouth": [[m.open, m.width] for m in states]})
+                if cfg.hard:
+                    clips[-1]["shots"] = _sequence_shots(
+                        identities[spk], states, _rng(cfg.seed, 7, wi, si, k), "train")
     sources = {}
     for i, spk in enumerate(source_spk):
         w = words[i % len(words)]
@@ -200,6 +303,9 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
         sources[name] = {"speaker": spk, "word": w, "folder": f"image/source_img/{name}",
                          "fps": FPS, "jitter": jit,
                          "mouth": [[m.open, m.width] for m in states]}
+        if cfg.hard:
+            sources[name]["shots"] = _sequence_shots(identities[spk], states,
+                                                     _rng(cfg.seed, 8, i), "source")
     manifest = {
         "format": FORMAT,
         "config": cfg.generation_key(),
@@ -213,8 +319,10 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
         "identities": identities,
         "syllables": syllables,
         "clips": clips,
-        "queries": {q: {"speaker": q, "file": f"image/ref_img/{q}_{cfg.query_size}.png"}
-                    for q in queries},
+        "queries": {q: {"speaker": q, "file": f"image/ref_img/{q}_{cfg.query_size}.png",
+                        **({"shot": _query_shot(identities[q], _rng(cfg.seed, 9, i))}
+                           if cfg.hard else {})}
+                    for i, q in enumerate(queries)},
         "sources": sources,
     }
     return json.loads(json.dumps(manifest))  # plain JSON types, as read back from the file
@@ -247,8 +355,14 @@ def _write_word(args: tuple[str, dict, list[dict], int]) -> int:
             cache[spk] = Identity.from_dict(identities[spk])
         folder = Path(out_train) / clip["word"]
         folder.mkdir(parents=True, exist_ok=True)
+        shots = [Shot.from_dict(d) for d in clip["shots"]] if "shots" in clip else None
         for t, (o, w) in enumerate(clip["mouth"], start=1):
-            img = render(cache[spk], MouthState(o, w), size)
+            if shots is None:
+                img = render(cache[spk], MouthState(o, w), size)
+            else:  # sampled at twice the size, then an area resize (no aliasing)
+                img = cv2.resize(render_shot(cache[spk], MouthState(o, w), shots[t - 1],
+                                             2 * size), (size, size),
+                                 interpolation=cv2.INTER_AREA)
             _write_image(folder / f"{clip['word']}_{clip['clip_id']}_{t:02d}.jpg", img)
             n += 1
     return n
@@ -309,13 +423,18 @@ def _write_set(manifest: dict, out: Path, cfg: SyntheticConfig) -> int:
         path = out / entry["file"]
         path.parent.mkdir(parents=True, exist_ok=True)
         ident = Identity.from_dict(manifest["identities"][entry["speaker"]])
-        _write_image(path, render(ident, NEUTRAL, cfg.query_size))
+        img = (render_shot(ident, NEUTRAL, Shot.from_dict(entry["shot"]), cfg.query_size)
+               if "shot" in entry else render(ident, NEUTRAL, cfg.query_size))
+        _write_image(path, img)
     for entry in manifest["sources"].values():
         folder = out / entry["folder"]
         folder.mkdir(parents=True, exist_ok=True)
         ident = Identity.from_dict(manifest["identities"][entry["speaker"]])
+        shots = [Shot.from_dict(d) for d in entry["shots"]] if "shots" in entry else None
         for t, (o, w) in enumerate(entry["mouth"]):
-            _write_image(folder / f"{t:03d}.png", render(ident, MouthState(o, w), cfg.query_size))
+            img = (render(ident, MouthState(o, w), cfg.query_size) if shots is None else
+                   render_shot(ident, MouthState(o, w), shots[t], cfg.query_size))
+            _write_image(folder / f"{t:03d}.png", img)
         (folder / "fps.txt").write_text(f"{entry['fps']}\n")
 
     tmp = mpath.with_name(".manifest.json.part")  # written last: a partial set is redone
@@ -338,6 +457,8 @@ class SyntheticSet:
         self.query_names: list[str] = list(manifest["queries"])
         self.source_names: list[str] = list(manifest["sources"])
         self._identities = {k: Identity.from_dict(v) for k, v in manifest["identities"].items()}
+        self.hard: bool = bool(manifest["config"].get("hard", False))
+        """True for a ``--hard`` set (posed, lit, aligned crops; see the module docstring)."""
 
     @classmethod
     def load(cls, root: str | Path) -> SyntheticSet:
@@ -383,9 +504,23 @@ class SyntheticSet:
     def source_folder(self, source_name: str) -> Path:
         return self.root / self.manifest["sources"][self._source(source_name)]["folder"]
 
+    def query_shot(self, query_name: str) -> Shot | None:
+        """How the query is seen (pose, light, crop) in a ``--hard`` set; ``None`` (frontal)."""
+        d = self.manifest["queries"][self._query(query_name)].get("shot")
+        return Shot.from_dict(d) if d else None
+
+    def source_shots(self, source_name: str) -> list[Shot] | None:
+        """Per-frame shots of a source sequence in a ``--hard`` set; ``None`` (frontal)."""
+        d = self.manifest["sources"][self._source(source_name)].get("shots")
+        return [Shot.from_dict(x) for x in d] if d else None
+
     def ground_truth(self, query_name: str, source_name: str, t: int, size: int = 256) -> np.ndarray:
-        """The query's identity with the mouth of source frame ``t``: uint8 ``[size, size, 3]``."""
+        """The query's identity with the mouth of source frame ``t``: uint8 ``[size, size, 3]``;
+        in a ``--hard`` set in the query's pose, light and crop."""
         states = self.source_states(source_name)
+        shot = self.query_shot(query_name)
+        if shot is not None:
+            return render_shot(self.identity(query_name), states[t], shot, size)
         return render(self.identity(query_name), states[t], size)
 
 
@@ -413,13 +548,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--query-size", type=image_size, default=defaults.query_size,
                    help="size of query and source images (px)")
     p.add_argument("--workers", type=positive_int, default=defaults.workers, help="processes")
+    p.add_argument("--hard", action="store_true",
+                   help="the hard set: posed, lit, aligned crops; sources move their heads, "
+                        "queries hold other poses under other light, lips differ strongly "
+                        "between queries and sources (same layout, same evaluate.py)")
     p.add_argument("--force", action="store_true", help="regenerate even when up to date")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     args = p.parse_args(argv)
     cfg = SyntheticConfig(out=args.out, words=args.words, speakers=args.speakers,
                           clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
                           queries=args.queries, sources=args.sources,
-                          query_size=args.query_size, workers=args.workers)
+                          query_size=args.query_size, workers=args.workers, hard=args.hard)
     try:
         generate(cfg, force=args.force)
     except ValueError as e:  # the job failed: 1, as every script (2 is argparse's usage error)

@@ -2,7 +2,8 @@
 
 ``synthface.face``: identities, mouth states (and the mouth's colour layers), :func:`render`
 (see its module docstring); ``synthface.landmarks``: exact 68-point landmarks;
-``synthface.pose``: head pose; ``synthface.attributes``: glasses, baldness, beards and the
+``synthface.pose``: head pose; ``synthface.scene``: posed, lit, aligned crops (the hard talking-face
+set); ``synthface.attributes``: glasses, baldness, beards and the
 content-transfer sets. This package re-exports ``synthface.face``'s public names.
 """
 

@@ -9,8 +9,9 @@ the identity only, so "identity A with mouth state m" is well defined: :func:`re
 identity layer and then changes only the box.
 
 Identities: face shape (ellipse axes, centre, chin taper), skin tone, eye height/spacing/size,
-iris colour, brows, nose, hair colour and style (short, long, fringe, bald), neck, shirt and
-background colour. A :class:`MouthState` is ``(open, width)``.
+iris colour, brows, nose, lip colour and (optionally) lip geometry (mouth width, lip
+thicknesses; the defaults are the same for everyone), hair colour and style (short, long,
+fringe, bald), neck, shirt and background colour. A :class:`MouthState` is ``(open, width)``.
 
 Users: ``lrw.synthetic`` (talking faces); the attribute and pose sets build on the same layers.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "CLOSED_MOUTH_WIDTH_256",
+    "DEFAULT_LIPS",
     "MOUTH_BOX_256",
     "MOUTH_CENTER_256",
     "MOUTH_LAYERS",
@@ -85,17 +87,40 @@ class Identity:
     neck_w: float
     shirt: RGB
     background: RGB
+    # lip geometry: closed-mouth width factor and lip thicknesses (units of the image size); the
+    # defaults are every frontal set's mouth, the hard set draws them per identity
+    lip_w: float = 1.0
+    lip_upper: float = 0.017
+    lip_lower: float = 0.021
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain values; the lip geometry only where it differs from the default (so sets
+        written before it existed keep their manifests)."""
+        d = asdict(self)
+        for f in fields(self):
+            if f.name in _LIP_FIELDS and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Identity:
         values = {}
         for f in fields(cls):
+            if f.name not in d and f.name in _LIP_FIELDS:
+                continue  # the default
             v = d[f.name]
             values[f.name] = tuple(float(x) for x in v) if isinstance(v, list) else v
         return cls(**values)
+
+    @property
+    def lips(self) -> tuple[float, float, float]:
+        """``(lip_w, lip_upper, lip_lower)``, as :func:`mouth_layers` takes them."""
+        return (self.lip_w, self.lip_upper, self.lip_lower)
+
+
+_LIP_FIELDS = ("lip_w", "lip_upper", "lip_lower")
+DEFAULT_LIPS = (1.0, 0.017, 0.021)
+"""``(lip_w, lip_upper, lip_lower)`` of every identity that does not set its own."""
 
 
 _SKIN = np.array([(0.98, 0.86, 0.76), (0.94, 0.76, 0.63), (0.82, 0.61, 0.46),
@@ -288,22 +313,23 @@ MOUTH_LAYERS = ("upper_lip", "lower_lip", "lip_shine", "inner", "teeth_upper", "
 """Names of the mouth's colour layers, in the order of :func:`mouth_layers`' weights 1..K."""
 
 
-def mouth_layers(mouth: MouthState, size: int, r0: int, r1: int, c0: int, c1: int
-                 ) -> np.ndarray:
+def mouth_layers(mouth: MouthState, size: int, r0: int, r1: int, c0: int, c1: int,
+                 lips: tuple[float, float, float] = DEFAULT_LIPS) -> np.ndarray:
     """Compositing weights of the mouth over the crop rows ``r0:r1``, cols ``c0:c1``.
 
     Returns ``w`` [1 + K, h, w] (K = ``len(MOUTH_LAYERS)``): the crop drawn with the mouth is
     ``w[0] * background + sum_k w[k] * colour_k``. The weights depend on the mouth state only
-    (the geometry); the colours on the identity (:func:`mouth_colours`). The mouth reader of
-    ``evaluation.motion`` fits the colours per frame, so it reads geometry, not lip colour.
+    and the identity's lip geometry ``lips`` (``Identity.lips``); the colours on the identity
+    (:func:`mouth_colours`). The mouth reader of ``evaluation.motion`` fits the colours per
+    frame, so it reads geometry, not lip colour.
     """
     y, x = _grid(size, r0, r1, c0, c1)
     op = float(np.clip(mouth.open, 0.0, 1.0))
     wd = float(np.clip(mouth.width, -1.0, 1.0))
     cx, cy = MOUTH_CENTER_256[0] / 256, MOUTH_CENTER_256[1] / 256
-    hw = CLOSED_MOUTH_WIDTH_256 / 512 * (1.0 + 0.3 * wd) * (1.0 - 0.08 * op)  # half width
+    lip_w, upper, lower = lips  # width factor, lip thicknesses
+    hw = CLOSED_MOUTH_WIDTH_256 / 512 * lip_w * (1.0 + 0.3 * wd) * (1.0 - 0.08 * op)  # half width
     a = 0.042 * op  # half height of the opening
-    upper, lower = 0.017, 0.021  # lip thickness
     shape = np.broadcast_shapes(y.shape, x.shape)
 
     b_outer = np.where(y < cy, a + upper, a + lower)
@@ -341,13 +367,13 @@ def mouth_colours(ident: Identity) -> np.ndarray:
                      np.array([0.90, 0.88, 0.82])])
 
 
-def _mouth_layer(img: np.ndarray, ident: Identity, mouth: MouthState, size: int,
+def _mouth_layer(img: np.ndarray, identity: Identity, mouth: MouthState, size: int,
                  r0: int, c0: int) -> None:
     """Draw the mouth onto ``img``, the float crop of the mouth box starting at ``(r0, c0)``."""
     h, w = img.shape[:2]
-    weights = mouth_layers(mouth, size, r0, r0 + h, c0, c0 + w)
+    weights = mouth_layers(mouth, size, r0, r0 + h, c0, c0 + w, identity.lips)
     img *= weights[0][..., None]
-    img += np.einsum("khw,kc->hwc", weights[1:], mouth_colours(ident))
+    img += np.einsum("khw,kc->hwc", weights[1:], mouth_colours(identity))
 
 
 def render(identity: Identity, mouth: MouthState | None, size: int) -> np.ndarray:

@@ -10,7 +10,7 @@ the image size (0..1), so ``points * size`` are pixel coordinates at any resolut
 Exactness: the jaw, eye and lip points lie on the zero level set of the signed distances the
 renderer draws (``face._ellipse``), the brow points on the brows' major axes, the nose points on
 the drawn ridge, tip and nostrils. They follow the mouth exactly: ``mouth_landmarks`` uses the
-half width, opening and lip thicknesses of ``face._mouth_layer``.
+half width, opening and lip thicknesses of ``face.mouth_layers`` (the identity's lip geometry).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .face import CLOSED_MOUTH_WIDTH_256, MOUTH_CENTER_256, Identity, MouthState
+from .face import CLOSED_MOUTH_WIDTH_256, DEFAULT_LIPS, MOUTH_CENTER_256, Identity, MouthState
 
 __all__ = ["JAW", "LEFT_EYE", "MOUTH_INNER", "MOUTH_OUTER", "N_LANDMARKS", "RIGHT_EYE",
            "face_landmarks", "mouth_geometry", "mouth_landmarks"]
@@ -32,26 +32,30 @@ MOUTH_OUTER = range(48, 60)
 MOUTH_INNER = range(60, 68)
 
 
-def mouth_geometry(mouth: MouthState) -> dict[str, float]:
-    """The mouth's drawn geometry (units of the image size), as ``face._mouth_layer`` uses it:
-    centre ``cx, cy``, half width ``hw``, half opening ``a``, lip thicknesses ``upper, lower``,
-    inner half height ``b_inner`` and inner half width ``hw_inner``."""
+def mouth_geometry(mouth: MouthState, lips: tuple[float, float, float] = DEFAULT_LIPS
+                   ) -> dict[str, float]:
+    """The mouth's drawn geometry (units of the image size), as ``face.mouth_layers`` uses it
+    with the identity's ``lips`` (``Identity.lips``): centre ``cx, cy``, half width ``hw``, half
+    opening ``a``, lip thicknesses ``upper, lower``, inner half height ``b_inner`` and inner half
+    width ``hw_inner``."""
     op = float(np.clip(mouth.open, 0.0, 1.0))
     wd = float(np.clip(mouth.width, -1.0, 1.0))
-    hw = CLOSED_MOUTH_WIDTH_256 / 512 * (1.0 + 0.3 * wd) * (1.0 - 0.08 * op)
+    lip_w, upper, lower = lips
+    hw = CLOSED_MOUTH_WIDTH_256 / 512 * lip_w * (1.0 + 0.3 * wd) * (1.0 - 0.08 * op)
     a = 0.042 * op
     return {"cx": MOUTH_CENTER_256[0] / 256, "cy": MOUTH_CENTER_256[1] / 256, "hw": hw, "a": a,
-            "upper": 0.017, "lower": 0.021, "b_inner": max(a, 0.0035), "hw_inner": 0.86 * hw}
+            "upper": upper, "lower": lower, "b_inner": max(a, 0.0035), "hw_inner": 0.86 * hw}
 
 
-def mouth_landmarks(mouth: MouthState) -> np.ndarray:
-    """Points 48-67 ``[20, 2]`` for a mouth state (identity-independent, like the drawing).
+def mouth_landmarks(mouth: MouthState, lips: tuple[float, float, float] = DEFAULT_LIPS
+                    ) -> np.ndarray:
+    """Points 48-67 ``[20, 2]`` for a mouth state and lip geometry (like the drawing).
 
     Outer lips: 12 points at 30-degree steps on the lip ellipse (upper half ``a + upper``, lower
     half ``a + lower`` tall), from the left corner clockwise in the image. Inner lips: 8 points at
     45-degree steps on the inner ellipse, from its left corner.
     """
-    g = mouth_geometry(mouth)
+    g = mouth_geometry(mouth, lips)
     pts = []
     for k in range(12):
         t = math.radians(180 - 30 * k)
@@ -124,4 +128,4 @@ def face_landmarks(ident: Identity, mouth: MouthState | None = None) -> np.ndarr
     mouth = mouth if mouth is not None else MouthState()
     return np.concatenate([
         _jaw(ident), _brow(ident, -1.0), _brow(ident, 1.0), _nose(ident),
-        _eye(ident, -1.0), _eye(ident, 1.0), mouth_landmarks(mouth)])
+        _eye(ident, -1.0), _eye(ident, 1.0), mouth_landmarks(mouth, ident.lips)])
