@@ -34,6 +34,7 @@ from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402 (imp
 
 def build_parser(model: str | None) -> argparse.ArgumentParser:
     from training import registry
+    from training.precision import add_precision_args
 
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="evaluate.py", description=__doc__.split("\n\n")[0],
@@ -74,6 +75,7 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                              "only")
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the dequantisation noise for bits/dim (default: 0)")
+    add_precision_args(parser)  # --precision, --no_tf32 (as test.py)
     g = parser.add_argument_group("what is scored")
     g.add_argument("--max_frames", type=nonnegative_int, default=512,
                    help="bits/dim: at most N frames per DATA folder, evenly spaced "
@@ -163,6 +165,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     from training import registry
     from training.cli import claim_output
     from training.distributed import resolve_device
+    from training.precision import apply_precision, precision_name, resolve_precision
 
     if not args.checkpoint:
         raise ValueError("--checkpoint is required (or use --compare RUN RUN ...)")
@@ -193,7 +196,9 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, default_ckpt)
     args.checkpoint = str(ckpt)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     ev = load_model(args.model, args, device)
+    apply_precision(ev.model, precision, device, args.tf32)
     mode = getattr(args, "mode", None)
     if mode:  # an explicit --mode keeps that mode only
         ev.systems = [s for s in ev.systems if s.label.endswith(f"({mode})")] or ev.systems
@@ -209,7 +214,8 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     labels = [s.label for s in ev.systems] or [args.model]
     rows: dict[str, dict] = {lab: {} for lab in labels}
     details: list[dict] = []
-    header = [f"model: {args.model}, checkpoint {ckpt}, {ev.size} x {ev.size} px",
+    header = [f"model: {args.model}, checkpoint {ckpt}, {ev.size} x {ev.size} px, "
+              f"{precision_name(precision)} (--precision {args.precision})",
               *ev.notes]
 
     if ev.density is not None and args.data:

@@ -506,6 +506,15 @@ def coupling_net(in_channel: int, out_channel: int, hidden: int = 512) -> nn.Seq
     return net
 
 
+def conditioner_input(net: nn.Module, h: Tensor) -> Tensor:
+    """``h`` in the conditioner's dtype when the net was cast to bf16/fp16 for inference
+    (:func:`glow.precision.cast_conditioners`); otherwise ``h`` unchanged."""
+    p = next(net.parameters(), None)
+    if p is not None and p.dtype != h.dtype and p.dtype in (torch.bfloat16, torch.float16):
+        return h.to(p.dtype)
+    return h
+
+
 class Coupling(nn.Module):
     """Additive or affine coupling: the first half of the channels conditions the second.
 
@@ -528,9 +537,11 @@ class Coupling(nn.Module):
         # The conditioner is nearly all of Glow's compute; oneDNN's convolutions (forward and
         # backward) run markedly faster on channels-last tensors, and ``x_a`` (a channel slice)
         # needs a copy anyway. The output keeps that layout; callers see no difference.
-        out = self.net(h.contiguous(memory_format=torch.channels_last))
-        # Under autocast the conditioner runs in low precision; everything after it (the
-        # affine arithmetic, log-sigmoid and its sum) stays in the activations' precision.
+        h = conditioner_input(self.net, h.contiguous(memory_format=torch.channels_last))
+        out = self.net(h)
+        # Under autocast (or with the net cast to bf16, glow.precision) the conditioner runs in
+        # low precision; everything after it (the affine arithmetic, log-sigmoid and its sum)
+        # stays in the activations' precision.
         return out.to(torch.promote_types(x_a.dtype, torch.float32))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:

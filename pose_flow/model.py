@@ -48,7 +48,7 @@ from glow import (
     squeeze2d,
     unsqueeze2d,
 )
-from glow.layers import _use_cache
+from glow.layers import _use_cache, conditioner_input
 
 from .conditions import cond_channels, condition
 
@@ -203,7 +203,9 @@ class PoseCoupling(Coupling):
         # channels-last copies cost more than they save, because the elementwise coupling
         # arithmetic then mixes memory formats (measured in bench/pose_flow_step.py).
         h = x_a.contiguous() if cond is None else torch.cat([x_a, cond], 1)
-        return self.net(h)
+        # a conditioner cast to bf16 (glow.precision) takes its dtype; the rest stays float32
+        out = self.net(conditioner_input(self.net, h))
+        return out.to(torch.promote_types(x_a.dtype, torch.float32))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x[:, : self.n_a], x[:, self.n_a:]

@@ -31,6 +31,7 @@ from cliargs import (
 )
 from training.cli import claim_output
 from training.distributed import resolve_device
+from training.precision import add_precision_args, apply_precision, resolve_precision
 
 from .inputs import TalkingError, read_rgb, resolve_checkpoint, resolve_query, resolve_source
 
@@ -96,6 +97,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=positive, default=None,
                         help="frame rate of video.mp4 (default: the source's fps.txt, else 25)")
     add_no_progress(parser, "hide the progress bar")
+    add_precision_args(parser)
 
 
 PASTE_BACK = ("region", "none")
@@ -240,11 +242,13 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
     args.checkpoint = str(resolve_checkpoint(args.checkpoint, args.checkpoint_dir,
                                              recipe.DEFAULT_CHECKPOINT))
     device = resolve_device(args.device)
+    precision = resolve_precision(getattr(args, "precision", "auto"), device)
 
     from glow.io import skip_init
 
     with skip_init():  # the Glow's weights come from the checkpoint: no random init first
         model = recipe.load_for_test(args, device)
+    apply_precision(model, precision, device, getattr(args, "tf32", True))
     size = int(recipe.model_size(model))
     if args.out_size:  # a frame, its resized copies and the grid's tiles at --out_size
         check_fits((3 * GRID_FRAMES + 4) * args.out_size ** 2 * 3,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -21,3 +23,36 @@ def shared_faces() -> Path:
     if not (SHARED_FACES / "ref_img").is_dir():
         pytest.skip("../shared/data/faces is absent")
     return SHARED_FACES
+
+
+# The device of the tests that take one (training runs, test.py runs, the precision checks):
+# ``pytest --device cuda`` (or FLOWDIS_TEST_DEVICE=cuda); ``auto`` is CUDA where available.
+# Default cpu. bench/gpu_check.sh runs the suite with --device auto.
+DEVICE_ENV = "FLOWDIS_TEST_DEVICE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default=None,
+                     help="device of the tests that take one: cpu (default), cuda, cuda:N, "
+                          f"auto (CUDA where available); or set {DEVICE_ENV}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--device"):
+        os.environ[DEVICE_ENV] = config.getoption("--device")
+
+
+def run_device() -> torch.device:
+    """The device chosen for the tests that take one (see ``--device``)."""
+    name = os.environ.get(DEVICE_ENV, "cpu") or "cpu"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name}: no CUDA device here (use cpu or auto)")
+    return torch.device(name)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """:func:`run_device` as a fixture."""
+    return run_device()

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import run_device
 
 from ad_flow import (
     ADFlow,
@@ -24,6 +25,8 @@ from glow import CheckpointError, Glow
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.loop import StepContext, step_generator
+
+DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -267,7 +270,7 @@ def test_tiny_run_lowers_the_loss_and_checkpoint_records_the_glow(tmp_path) -> N
     rc = train_cli.main([
         "--model", "ad-flow", "-n", "tiny", str(data), "--glow", str(glow_path),
         "--img_size", str(SIZE), "--n_frames", "6", "--cls_hidden", "24", "--iter", "30",
-        "--batch", "3", "--lr", "3e-3", "--cls_lr", "3e-3", "--workers", "0", "--device", "cpu",
+        "--batch", "3", "--lr", "3e-3", "--cls_lr", "3e-3", "--workers", "0", "--device", DEVICE,
         "--log_every", "1", "--sample_every", "15", "--no_progress", "--init", "random",
         "--checkpoint_dir", str(tmp_path / "ck"), "--result_dir", str(tmp_path / "res")])
     assert rc == 0  # the thesis recipe (random init) lowers its losses

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_device
 from PIL import Image
 
 from glow import ActNorm, ZeroConv2d, gaussian_log_p
@@ -17,6 +18,8 @@ from mi_flow import recipe as R
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.loop import StepContext, step_generator
+
+DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
 
 @pytest.fixture(autouse=True)
@@ -242,7 +245,7 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     data = _face_folder(tmp_path)
     # the estimator is trained and logged (--mi_monitor) without steering the flow
     cfg = R.Config(n_flow=2, n_block=2, hidden=16, img_size=16, mi_monitor=True, n_sample=4)
-    tcfg = TrainConfig(name="mi", batch=4, iter=60, lr=1e-3, device="cpu", workers=0,
+    tcfg = TrainConfig(name="mi", batch=4, iter=60, lr=1e-3, device=DEVICE, workers=0,
                        sample_every=30, save_every=0, log_every=1, progress=False,
                        checkpoint_dir=str(tmp_path / "ckpt"), result_dir=str(tmp_path / "res"),
                        grad_clip=5.0)

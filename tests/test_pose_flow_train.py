@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_device
 from PIL import Image
 
 from glow import ZeroConv2d
@@ -23,6 +24,8 @@ from pose_flow.losses import quadruplet_loss
 from pose_flow.synthetic import PoseSetConfig, generate
 from training.config import TrainConfig
 from training.loop import StepContext, step_generator, train
+
+DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
 TINY = dict(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8)
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +54,7 @@ def trained(request, pose_set, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(name="tiny", batch=2, iter=20, workers=0, progress=False,
                       sample_every=20, log_every=1, checkpoint_dir=str(root / "ck"),
-                      result_dir=str(root / "res"), device="cpu", lr=1e-3)
+                      result_dir=str(root / "res"), device=DEVICE, lr=1e-3)
     summary = train(recipe, recipe.Config(**TINY, reference=request.param), cfg, pose_set,
                     say=lambda *_: None)
     return {"summary": summary, "root": root, "cfg": cfg, "reference": request.param}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_device
 from PIL import Image
 
 from ad_flow import recipe as ad
@@ -18,6 +19,8 @@ from talking import TalkingError, resolve_checkpoint, resolve_query, resolve_sou
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.loop import train
+
+DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -211,7 +214,7 @@ def trained(tmp_path_factory) -> dict:
     glow_path = save_checkpoint(tmp / "glow.pt", model_name="glow", model_config=glow.config(),
                                 train_config={}, weights=glow.state_dict())
     mcfg = ad.Config(glow=str(glow_path), img_size=SIZE, n_frames=5, cls_hidden="16")
-    tcfg = TrainConfig(name="tiny", batch=2, iter=4, lr=1e-3, device="cpu", workers=0,
+    tcfg = TrainConfig(name="tiny", batch=2, iter=4, lr=1e-3, device=DEVICE, workers=0,
                        sample_every=0, save_every=0, progress=False,
                        checkpoint_dir=str(tmp / "ck"), result_dir=str(tmp / "res"))
     train(ad, mcfg, tcfg, tmp / "syn", say=lambda *_: None)
@@ -226,7 +229,8 @@ def test_test_py_with_a_tiny_trained_model(trained, tmp_path, capsys) -> None:
     rc = test_cli.main(["--model", "ad-flow", "--source", source, query,
                         "--image_dir", str(trained["image"]), "--checkpoint", "tiny",
                         "--checkpoint_dir", str(trained["ck"]), "--result_dir",
-                        str(tmp_path / "res"), "--batch", "2", "--no_progress"])
+                        str(tmp_path / "res"), "--batch", "2", "--no_progress",
+                        "--device", DEVICE])
     assert rc == 0, capsys.readouterr().err
     out = tmp_path / "res" / "target_img" / source / query
     n = syn.n_source_frames(source)

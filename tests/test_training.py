@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import run_device
 from PIL import Image
 
 from glow import recipe as glow_recipe
@@ -21,6 +22,8 @@ from glow.io import CheckpointError
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.loop import TrainingStopped, train
+
+DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +43,7 @@ def _png_folder(root: Path, n: int = 16, size: int = 20, seed: int = 0) -> Path:
 
 def _tiny_cfgs(tmp: Path, name: str, iters: int, **kw) -> tuple[glow_recipe.Config, TrainConfig]:
     mcfg = glow_recipe.Config(n_flow=2, n_block=2, hidden=8, img_size=8, n_sample=4)
-    tcfg = TrainConfig(name=name, batch=4, iter=iters, lr=1e-3, seed=3, device="cpu", workers=0,
+    tcfg = TrainConfig(name=name, batch=4, iter=iters, lr=1e-3, seed=3, device=DEVICE, workers=0,
                        sample_every=0, save_every=0, log_every=1, progress=False,
                        checkpoint_dir=str(tmp / "ckpt"), result_dir=str(tmp / "res"), **kw)
     return mcfg, tcfg

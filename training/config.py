@@ -132,6 +132,9 @@ class TrainConfig:
                          "fp16 (CUDA only); an AVX2-only CPU refuses --amp (bf16 runs 17x "
                          "slower there)",
                          choices=["auto", "bf16", "fp16"])
+    tf32: bool = opt(True, "CUDA: keep float32 products in full float32 (by default TF32 tensor "
+                     "cores run them, ~10 mantissa bits, several times faster on Ampere and "
+                     "later)", flag="--no_tf32")
     workers: int = opt(2, "data-loading worker processes (0: load in the main process)")
     grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off)",
                            check=nonnegative)

@@ -35,6 +35,7 @@ from .cli import check_folder
 from .config import TrainConfig
 from .logs import JsonlLog, plot_curves
 from .optim import StepInBackward, grads_finite, training_adam
+from .precision import SLOW_CPU_BF16, cpu_has_fast_bf16, set_gpu_switches
 from .progress import progress
 from .runlock import RunLock
 
@@ -128,25 +129,13 @@ def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     return Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.result_dir) / f"sample_{cfg.name}"
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether torch's CPU bf16 convolutions and products go through oneDNN here.
-
-    Without it (an AVX2-only CPU) they take torch's generic fallback: on a 2-core AMD EPYC
-    (Zen 3, AVX2; ``bench/cpu_bf16.py``) a 1024^2 bf16 product ran at 0.9 GFLOP/s against 102
-    in float32, and a small Glow's training step under bf16 autocast took 16.2 s against
-    0.93 s (17x slower; docs/performance.md, round 7).
-    """
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and (check is None or check()))
-
-
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp``/``--amp_dtype`` on ``device`` (None: AMP off).
 
     ``auto`` is bf16 wherever it is supported (CPUs whose oneDNN has bf16, recent GPUs): it needs
     no loss scaling. fp16 (CUDA only) trains with a GradScaler, saved in the checkpoint. On a CPU
-    without fast bf16 (:func:`cpu_has_fast_bf16`) ``--amp`` is refused rather than run many
-    times slower than float32.
+    without fast bf16 (:func:`training.precision.cpu_has_fast_bf16`) ``--amp`` is refused
+    rather than run many times slower than float32.
     """
     if not cfg.amp:
         return None
@@ -154,9 +143,7 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"--amp: not supported on {device.type}; drop --amp")
     if device.type == "cpu" and not cpu_has_fast_bf16():
         raise ValueError(
-            "--amp: this CPU has no bf16 support in oneDNN (it needs AVX-512 or AMX), so "
-            "torch runs bf16 convolutions and products on a slow fallback (a small Glow's "
-            "training step 17x slower than float32); drop --amp")
+            f"--amp: {SLOW_CPU_BF16}; drop --amp")
     if cfg.amp_dtype == "fp16" and device.type != "cuda":
         raise ValueError("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")
     bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
@@ -303,6 +290,9 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
     if cfg.batch % world:
         raise ValueError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     local_batch = cfg.batch // world
+    # CUDA: TF32 products unless --no_tf32; cuDNN autotuning, since every step has one shape
+    # (a fixed batch, drop_last). Nothing is set off CUDA.
+    switches = set_gpu_switches(device, tf32=cfg.tf32, benchmark=True)
     ckpt_dir, run_dir = run_paths(cfg)
     last_path = ckpt_dir / "last.pt"
 
@@ -394,7 +384,9 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
             log.truncate_after(step)
             diag_log.truncate_after(step)
         say(f"[{recipe.NAME}] {len(dataset)} items, {sum(p.numel() for p in model.parameters()):,}"
-            f" parameters, device {device}, {world} process(es); run folder {run_dir}")
+            f" parameters, device {device}"
+            f"{' (' + ', '.join(switches) + ')' if switches else ''}, {world} process(es); "
+            f"run folder {run_dir}")
 
     net = model
     if world > 1:
