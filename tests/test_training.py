@@ -437,3 +437,32 @@ def test_lean_adam_does_not_import_dynamo():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("world,rank,first,last", [(1, 0, 0, 11), (1, 0, 5, 9), (2, 1, 3, 12)])
+def test_run_sampler_gives_the_per_epoch_loaders_batches(world, rank, first, last) -> None:
+    """One loader over RunSampler for a whole run reads exactly the batches, in the same order,
+    that a fresh loader per epoch (the sampler's epoch permutation from the resume offset,
+    drop_last) reads; the run's worker processes then start once."""
+    from torch.utils.data import DataLoader
+
+    from training.distributed import ResumableSampler, RunSampler
+
+    data = list(range(23))  # 23 items: partial batches dropped, epochs of 5 (world 1) steps
+    batch = 4 // world
+    sampler = ResumableSampler(data, world, rank, seed=7)
+    spe = sampler.num_samples // batch
+    expected, step = [], first
+    while step < last:
+        epoch, offset = divmod(step, spe)
+        sampler.set_epoch(epoch)
+        sampler.start_index = offset * batch
+        for b in DataLoader(data, batch_size=batch, sampler=sampler, drop_last=True):
+            if step >= last:
+                break
+            expected.append(b.tolist())
+            step += 1
+    run = RunSampler(ResumableSampler(data, world, rank, seed=7), batch, first, last)
+    got = [b.tolist() for b in DataLoader(data, batch_size=batch, sampler=run, drop_last=True)]
+    assert got == expected and len(got) == last - first and len(run) == (last - first) * batch
+    assert len({tuple(b) for b in got[:spe]}) == min(spe, len(got))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 @dataclass
@@ -113,3 +113,36 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start_index
+
+
+class RunSampler(Sampler[int]):
+    """Every index the steps ``first_step .. last_step - 1`` of a run read, epoch after epoch,
+    as one sequence: the batches (``batch`` indices each) of ``epochs``'s permutations exactly as
+    a fresh per-epoch loader over it would form them (drop_last), resumed mid-epoch too.
+
+    One ``DataLoader`` over it serves a whole run: its worker processes start once instead of
+    every epoch and keep prefetching across epoch boundaries. Forking a worker from the training
+    process after the model exists shares its whole heap copy-on-write, so each per-epoch fork
+    made the next step fault in (copy) every page it wrote: on a small set (an epoch of a few
+    steps) that was most of what content-ae's loop lost against its step (docs/performance.md,
+    round 8). For datasets without per-epoch state in the workers (no ``set_epoch``).
+    """
+
+    def __init__(self, epochs: ResumableSampler, batch: int, first_step: int,
+                 last_step: int) -> None:
+        self.epochs, self.batch = epochs, batch
+        self.first_step, self.last_step = first_step, last_step
+        self.steps_per_epoch = epochs.num_samples // batch
+
+    def __iter__(self):
+        step, spe, b = self.first_step, self.steps_per_epoch, self.batch
+        while step < self.last_step:
+            epoch, offset = divmod(step, spe)
+            self.epochs.set_epoch(epoch)
+            order = list(DistributedSampler.__iter__(self.epochs))
+            n = min(spe - offset, self.last_step - step)
+            yield from order[offset * b:(offset + n) * b]
+            step += n
+
+    def __len__(self) -> int:
+        return max(0, self.last_step - self.first_step) * self.batch

@@ -456,18 +456,24 @@ def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> di
             say(f"[{recipe.NAME}] step {step}: " + ", ".join(
                 f"{k} {float(v):.4g}" for k, v in diag.items()))
 
+    # Datasets with per-epoch draws (set_epoch) get a loader per epoch; the others one loader
+    # over distributed.RunSampler for the whole run (the same batches in the same order).
+    per_epoch_state = hasattr(dataset, "set_epoch")
     interrupted = False
     if resumed is None and cfg.sample_every:
         write_diagnostics()  # the starting point (after any data-dependent init)
     model.train()
     try:
         while step < cfg.iter:
-            epoch, offset = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            if hasattr(dataset, "set_epoch"):
+            if per_epoch_state:  # its workers must see each epoch's set_epoch: one per epoch
+                epoch, offset = divmod(step, steps_per_epoch)
+                sampler.set_epoch(epoch)
                 dataset.set_epoch(epoch, cfg.seed)
-            sampler.start_index = offset * local_batch
-            loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler,
+                sampler.start_index = offset * local_batch
+                order = sampler
+            else:  # one loader, its workers started once, for every remaining step
+                order = distributed.RunSampler(sampler, local_batch, step, cfg.iter)
+            loader = DataLoader(dataset, batch_size=local_batch, sampler=order,
                                 num_workers=cfg.workers, drop_last=True,
                                 pin_memory=device.type == "cuda",
                                 persistent_workers=False)
