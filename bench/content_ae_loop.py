@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=None,
                    help="the original's --crop (default: the images' short side)")
     p.add_argument("--no_original", action="store_true", help="time ours only")
+    p.add_argument("--ours", nargs="+", default=[str(ROOT)], metavar="DIR",
+                   help="checkouts of this project to time, each a side (default: this one; "
+                        "e.g. before and after a change)")
     a = p.parse_args(argv)
     if not a.no_original and not (a.anchor and (Path(a.anchor) / "train.py").is_file()):
         print("error: give the original's checkout with --anchor DIR or CONTENT_AE_ANCHOR "
@@ -106,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(paths_a[0]) as im:
         crop = a.crop or min(im.size)
 
-    def ours_cmd(n: int, workers: int | None) -> list[str]:
-        cmd = [sys.executable, str(ROOT / "train.py"), "--model", "content-ae", "--arch",
+    def ours_cmd(n: int, workers: int | None, root: str) -> list[str]:
+        cmd = [sys.executable, str(Path(root) / "train.py"), "--model", "content-ae", "--arch",
                "original", str(lists), "-n", "loop", "--iter", str(n), "--batch", str(a.batch),
                "--force", "--no_progress", "--checkpoint_dir", str(scratch / "ours_ck"),
                "--result_dir", str(scratch / "ours_res")]
@@ -118,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return [sys.executable, "-c", SHIM, str(Path(a.anchor).resolve()), "--root", str(lists),
                 "--out", str(out), "--iters", str(n), "--bs", str(a.batch), "--crop", str(crop)]
 
-    sides = [(f"ours (--workers {w if w is not None else 'default'})", w) for w in a.workers]
+    sides = [(f"ours{'' if len(a.ours) == 1 else ' ' + root} (--workers "
+              f"{w if w is not None else 'default'})", (w, root))
+             for root in a.ours for w in a.workers]
     if not a.no_original:
         sides.append(("original", "original"))
     runs: dict[str, dict[int, list[tuple[float, float]]]] = {
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(a.repeats):
         for n in (a.long, a.short):
             for name, w in sides:
-                cmd = original_cmd(n) if w == "original" else ours_cmd(n, w)
+                cmd = original_cmd(n) if w == "original" else ours_cmd(n, *w)
                 wall, rss = timed(cmd, scratch)
                 runs[name][n].append((wall, rss))
                 print(f"repeat {rep}: {name}, {n} iterations: {wall:.1f} s, peak {rss:.0f} MiB",
