@@ -5,8 +5,8 @@ process holds an exclusive ``flock`` on it for as long as it lives. A second ``t
 (any model) finds the lock held and is refused with one line naming the holder, before it reads
 data or touches a file of the run. The kernel drops a ``flock`` when its process ends, however
 it ends: after a crash or ``kill -9`` the file stays but nobody holds it, so the next run
-recognises it as stale (the pid it names is gone), says so, and takes it over. On a clean exit
-the file is removed.
+recognises it as stale (the pid it names is gone), says so, and takes it over. On exit the file
+is removed, and the checkpoint folder too when the run wrote nothing into it.
 
 ``flock`` works between processes of one machine (and on local file systems); several machines
 training into one shared folder are not guarded by it.
@@ -14,6 +14,7 @@ training into one shared folder are not guarded by it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -69,7 +70,11 @@ class RunLock:
             raise ValueError(f"--checkpoint_dir: cannot create {self.folder} (permission "
                              "denied); give a folder you can write to") from None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a finishing run removed the empty folder just now
+                self.folder.mkdir(parents=True, exist_ok=True)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -111,6 +116,8 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        with contextlib.suppress(OSError):  # a run that wrote nothing leaves no empty folder
+            self.folder.rmdir()
 
     def __enter__(self) -> RunLock:
         return self.acquire()
