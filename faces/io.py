@@ -16,6 +16,7 @@ __all__ = [
     "BACKGROUND",
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "image_size",
     "find_images",
     "frame_sort_key",
     "is_image",
@@ -144,6 +145,24 @@ def open_rgb(path: str | Path) -> Image.Image:
         if orientation in _ORIENTATION:
             rgb = rgb.transpose(_ORIENTATION[orientation])
         return rgb
+    except MemoryError:
+        raise ImageReadError(f"cannot read {path}: not enough memory to decode it") from None
+    except Exception as err:  # PIL's plugins raise many types on malformed files
+        raise ImageReadError(f"cannot read {path}: {_reason(err, path)}") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of the picture :func:`open_rgb` would give (EXIF orientation
+    applied), from the file's header: nothing is decoded. Raises :class:`ImageReadError`
+    (one line) as :func:`open_rgb` does, an oversized image included."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)
+        return (h, w) if turned else (w, h)
     except MemoryError:
         raise ImageReadError(f"cannot read {path}: not enough memory to decode it") from None
     except Exception as err:  # PIL's plugins raise many types on malformed files

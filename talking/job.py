@@ -341,12 +341,15 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the file's header (nothing decoded)."""
+    """``(height, width)`` from the file's header (nothing decoded; EXIF orientation applied,
+    as the frames are read)."""
+    from faces.io import ImageReadError, image_size
+
     try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except OSError as exc:
-        raise TalkingError(f"cannot read image {path} ({exc})") from None
+        w, h = image_size(path)
+    except ImageReadError as exc:
+        raise TalkingError(str(exc)) from None
+    return h, w
 
 
 def _square(img: np.ndarray) -> np.ndarray:

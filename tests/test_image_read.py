@@ -191,3 +191,15 @@ def test_likelihood_and_training_data_skip_an_oversized_image(tmp_path: Path,
     with pytest.warns(UserWarning, match="big.png"):
         items = [ds[i] for i in range(len(ds))]
     assert len(items) == 4 and ds.n_skipped == 1
+
+
+def test_image_size_from_the_header_matches_the_reader(tmp_path: Path, monkeypatch) -> None:
+    """The header-only size (test.py's non-square check) is the upright picture's, and an
+    oversized image is the reader's one-line error there too."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / "r.png", exif=exif)
+    assert fio.image_size(tmp_path / "r.png") == fio.open_rgb(tmp_path / "r.png").size == (2, 4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3)
+    with pytest.raises(fio.ImageReadError, match="limit"):
+        fio.image_size(tmp_path / "r.png")
