@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
               "(or --no_original)", file=sys.stderr)
         return 1
 
-    from PIL import Image
     from quality import cpu_name
 
     from content_ae.data import split_paths
+    from faces.io import image_size
 
     paths_a, paths_b = split_paths(a.data, "train")
     paths_a, paths_b = paths_a[: a.items], paths_b[: a.items]
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("train", "test"):  # the original's grid at iteration 0 reads test lists
             (lists / f"{split}{side}.txt").write_text(
                 "".join(f"{Path(q).resolve()}\n" for q in paths))
-    with Image.open(paths_a[0]) as im:
-        crop = a.crop or min(im.size)
+    crop = a.crop or min(image_size(paths_a[0]))  # the project's one reader
 
     def ours_cmd(n: int, workers: int | None, root: str) -> list[str]:
         cmd = [sys.executable, str(Path(root) / "train.py"), "--model", "content-ae", "--arch",
