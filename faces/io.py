@@ -101,6 +101,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     raise ValueError(f"colour mode {mode} is not supported; save it as 8-bit RGB")
 
 
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag, parsed only where the file has EXIF (JPEG, PNG and WebP keep
+    it in ``info["exif"]``, TIFF in its own tags): parsing it costs ~0.1 ms per image."""
+    if "exif" not in img.info and img.format not in ("TIFF", "MPO"):
+        return None
+    return img.getexif().get(0x0112)
+
+
 def _reason(err: BaseException, path: Path) -> str:
     if isinstance(err, FileNotFoundError) or not path.exists():
         return "no such file"
@@ -138,7 +146,7 @@ def open_rgb(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # the full decode: truncated files fail here
-                orientation = img.getexif().get(0x0112)
+                orientation = _orientation(img)
                 rgb = _to_rgb(img)
                 if rgb is img:
                     rgb = img.copy()  # outlives the closed file
@@ -161,7 +169,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
-                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)
+                turned = _orientation(img) in (5, 6, 7, 8)
         return (h, w) if turned else (w, h)
     except MemoryError:
         raise ImageReadError(f"cannot read {path}: not enough memory to decode it") from None
