@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,31 @@ def test_a_second_run_of_the_same_name_is_refused_while_the_first_lives(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_two_train_py_processes_with_one_name(tmp: Path, capsys) -> None:
+    """A real train.py run of -n r in a child process; a second one is refused while it lives
+    (naming its pid), and after the first is killed (-9) the lock is stale and the same command
+    trains."""
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"),
+                              *_argv(tmp, "r", "--iter", "1000000")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lock = tmp / "ck" / "r" / ".lock"
+    try:
+        deadline = time.monotonic() + 120  # (a wait for the child to start, not a timing)
+        while not (lock.is_file() and f"pid={first.pid}" in lock.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert train_cli.main(_argv(tmp)) == 1
+        err = _one_error_line(capsys.readouterr().err)
+        assert f"process {first.pid}" in err
+    finally:
+        first.kill()
+        first.wait()
+    assert train_cli.main(_argv(tmp, "r", "--force")) == 0
+    assert f"process {first.pid} is gone" in capsys.readouterr().out
+    assert load_checkpoint(tmp / "ck" / "r" / "last.pt")["step"] == 2
 
 
 def test_a_crashed_runs_lock_is_stale_and_taken_over(tmp: Path, capsys) -> None:
