@@ -104,7 +104,11 @@ class Demo:
     def _done(self, key: str, t0: float) -> None:
         self.timings[key] = time.perf_counter() - t0
 
+    progress = True  # False: the jobs it runs get --no_progress
+
     def _run(self, cli: str, argv: list[str]) -> None:
+        if not self.progress and "--no_progress" not in argv:
+            argv = [*argv, "--no_progress"]
         self.say(f"$ python {cli}.py {' '.join(argv)}")
         rc = _cli(cli)(argv)
         if rc != 0:
@@ -437,10 +441,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the synthetic set and checkpoints (default: demo_data)")
     parser.add_argument("--result_dir", default=None,
                         help="root of samples, talking faces and tables (default: OUT/result)")
+    from cliargs import add_no_progress
+
+    add_no_progress(parser, "hide the progress bars of the jobs it runs")
     args = parser.parse_args(argv)
     out = Path(args.out)
     result = Path(args.result_dir) if args.result_dir else out / "result"
     demo = Demo(TINY if args.tiny else FULL, out, result)
+    demo.progress = args.progress
     try:
         demo.run()
     except (RuntimeError, ValueError) as exc:

@@ -617,8 +617,14 @@ _NO_PROGRESS_CALLS = [  # (script, argv that parses fully and then fails or exit
 
 
 @pytest.mark.parametrize("flag", ["--no_progress", "--no-progress"])
-def test_every_script_and_mode_accepts_both_no_progress_spellings(flag: str, tmp_path: Path
-                                                                  ) -> None:
+def test_every_script_and_mode_accepts_both_no_progress_spellings(flag: str, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import demo
+
+    ran = []
+    monkeypatch.setattr(demo.Demo, "run", lambda self: ran.append(self.progress))
+    with _chdir(tmp_path):
+        assert demo.main([flag]) == 0 and ran == [False]  # passed on to the jobs it runs
     for script, argv in _NO_PROGRESS_CALLS:
         main = importlib.import_module(SCRIPTS[script][0]).main
         err = io.StringIO()
