@@ -181,7 +181,7 @@ def command_line(script: str, argv: Sequence[str]) -> str:
 
 def _place(path: Path, out_dir: Path) -> str:
     """The path of ``path`` relative to ``out_dir``, copying it into ``report_files/`` when it
-    lies outside (a name clash gets a numbered name)."""
+    lies outside (named after its last folders, so a rerun refreshes the same copy)."""
     path = Path(path).resolve()
     out_dir = out_dir.resolve()
     try:
@@ -192,11 +192,7 @@ def _place(path: Path, out_dir: Path) -> str:
     dest_dir.mkdir(parents=True, exist_ok=True)
     stem = "_".join(p for p in path.parts[-5:-1] if p not in ("/", "")) or "file"
     dest = dest_dir / f"{stem}_{path.name}"
-    k = 1
-    while dest.exists() and not _same(dest, path):
-        dest = dest_dir / f"{stem}_{k}_{path.name}"
-        k += 1
-    if not dest.exists():
+    if not dest.exists() or not _same(dest, path):
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(path, tmp)
         tmp.replace(dest)

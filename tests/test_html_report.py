@@ -64,6 +64,11 @@ def test_files_outside_the_folder_are_copied_in_and_missing_ones_said(tmp_path: 
     text = page.read_text()
     assert "not written:" in text and "nope.png" in text
     assert "python evaluate.py --x &#x27;a b&#x27;" in text and "CPU" in text
+    # a rerun after the file changed refreshes its copy instead of adding another
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(elsewhere)
+    write_html(out, "t", [Section("s", "", [(elsewhere, "x"), (other, "y")])])
+    copies = sorted((out / "report_files").iterdir())
+    assert len(copies) == 2 and any(np.asarray(Image.open(c)).max() == 200 for c in copies)
 
 
 def test_comparison_grid_and_video_enlarge_tiles(tmp_path: Path) -> None:
