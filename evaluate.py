@@ -261,6 +261,16 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
                 f"mouth states read back from the frames brought to {ev.size} px")
         header += _field_metrics(args, nets, ev, synthetic, per_set, rows, device)
     if sources:
+        from faces.io import image_size
+        from talking.inputs import resolve_query, resolve_source
+
+        firsts = [resolve_query(q, image_dir)[0] for q in queries]
+        firsts += [resolve_source(s, image_dir).frames[0] for s in sources]
+        for path in firsts:  # said once per file, not per frame
+            w, h = image_size(path)
+            if w != h:
+                say(f"note: {path} is {w}x{h}, not square: the models see it stretched to a "
+                    "square (align it with preprocess.py for an undistorted face)")
         r, det = evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
                                args.batch, args.seq_frames, args.face_box == "detect",
                                args.progress, args.field_metrics)

@@ -150,11 +150,11 @@ def _checkpoint_without_weights(path: Path) -> Path:
     return path
 
 
-def _faceless_real(root: Path) -> None:
+def _faceless_real(root: Path, query_wh: tuple[int, int] = (64, 64)) -> None:
     """IMAGE_DIR-style ref_img/ and source_img/ of plain grey images: no face anywhere."""
     (root / "ref_img").mkdir(parents=True)
     (root / "source_img" / "s").mkdir(parents=True)
-    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "ref_img" / "q_256.png")
+    Image.new("RGB", query_wh, (128, 128, 128)).save(root / "ref_img" / "q_256.png")
     for i in range(2):
         Image.new("RGB", (64, 64), (120 + i, 128, 128)).save(root / "source_img" / "s" /
                                                               f"{i:03d}.png")
@@ -203,6 +203,7 @@ MAKERS: dict[str, Callable[[Path], Path | None]] = {
     "small_celeba": _small_celeba,
     "lrw_without_clips": _lrw_without_clips,
     "faceless_real": _faceless_real,
+    "faceless_real_wide": lambda p: _faceless_real(p, (64, 48)),
     "non_square_png": lambda p: _write_png(p.with_suffix(".png"), (24, 16)),
     "lrw_with_strays": _lrw_with_strays,
     "config_fractional": lambda p: p.write_text('{"n_flow": 2.5}\n'),
@@ -841,3 +842,17 @@ def test_landmark_files_outside_0_1_are_refused_and_counted(tmp_path: Path) -> N
         np.save(clip / f"{name}.npy", lm)
     frames, skipped = _scan_clip(clip)
     assert frames == ["000.png"] and skipped == {"range": 1}
+
+
+def test_evaluate_real_says_once_that_a_non_square_query_is_stretched(world: World,
+                                                                     tmp_path: Path) -> None:
+    import evaluate
+
+    MAKERS["faceless_real_wide"](tmp_path / "real")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = evaluate.main(["--model", "ad-flow", "--checkpoint", world["ad"], "--glow",
+                              world["glow"], "--real", str(tmp_path / "real"), "--device", "cpu",
+                              "--no_progress", "--result_dir", str(tmp_path / "res")])
+    assert code == 1 and "no face found" in err.getvalue()  # grey images: nothing scored
+    assert out.getvalue().count("64x48, not square") == 1, out.getvalue()
