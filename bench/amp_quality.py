@@ -151,8 +151,9 @@ def run_speed(args: argparse.Namespace) -> list[dict]:
         impls += [("reference", "float32"), ("reference", "bf16")]
     else:
         print("no reference (--peer DIR or FLOWDIS_REF_GLOW): ours only")
-    peak = bf16_peak_gflops()
-    print(f"bf16 product peak here: {peak:.0f} GFLOP/s")
+    n = 2048 if args.fast else 256  # --force on the slow fallback: minutes otherwise
+    peak = bf16_peak_gflops(n)
+    print(f"bf16 product peak here: {peak:.1f} GFLOP/s ({n}^2)")
     rows = []
     for config in args.configs:
         runs: dict[tuple[str, str], list[dict]] = {k: [] for k in impls}
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if not fast:  # --force: let train.py's --amp through on this CPU, in this process
         training.loop.cpu_has_fast_bf16 = lambda: True
         training.precision.cpu_has_fast_bf16 = lambda: True
+    args.fast = fast
     result = {"cpu": head}
     if args.part in ("all", "speed"):
         result["speed"] = run_speed(args)
