@@ -18,6 +18,12 @@ beside the two baselines (copy the query, the mouth blend), and checks the targe
   python bench/quality.py --blend poisson_plain   # the thesis's plain seamless clone
   python bench/quality.py --merge s0.json s1.json s2.json   # seeds run one per process
   python bench/quality.py --tiny --seeds 0        # seconds; numbers meaningless (smoke test)
+  python bench/quality.py --hard                  # also score the same models on the hard set
+
+``--hard`` also writes the hard set of each seed (``python -m lrw.synthetic OUT --hard`` with the
+demo's sizes: posed, lit faces whose lips differ between queries and sources; docs/data.md) and
+scores the models trained on the frontal set, and both baselines, on it with the same
+evaluate.py; those rows are labelled ``[hard]``.
 """
 
 from __future__ import annotations
@@ -104,16 +110,35 @@ def run_seed(seed: int, args) -> tuple[list[dict], float]:
                                 "--result_dir", str(result), "--name", f"bench_{name}",
                                 "--max_frames", "8", "--blend", args.blend])
             runs.append((name, read_csv(result / "eval" / f"bench_{name}" / "metrics.csv")))
+        if args.hard:
+            from lrw.synthetic import SyntheticConfig, generate
+
+            hard = out / "hard"
+            generate(SyntheticConfig(out=str(hard), words=plan.words, speakers=plan.speakers,
+                                     clips=plan.clips, frames=plan.frames, size=plan.size,
+                                     queries=plan.queries, sources=plan.sources, seed=seed,
+                                     workers=2, hard=True), log=print)
+            for model, ck, name in [("ad-flow", summary["models"]["ad-flow"], "ad"),
+                                    ("ad-flow", thesis, "ad_thesis"),
+                                    ("mi-flow", summary["models"]["mi-flow"], "mi")]:
+                d._run("evaluate", ["--model", model, "--checkpoint", str(ck), str(hard),
+                                    "--result_dir", str(result), "--name", f"bench_{name}_hard",
+                                    "--max_frames", "8", "--blend", args.blend])
+                runs.append((f"{name}_hard", read_csv(result / "eval" / f"bench_{name}_hard"
+                                                      / "metrics.csv")))
     rows: list[dict] = []
     for name, table in runs:
+        base = name.removesuffix("_hard")
+        tag = " [hard]" if name.endswith("_hard") else ""
         for r in table:
             label = r["system"]
             if label.startswith("baseline"):
-                if name != "ad":
+                if base != "ad":
                     continue
-            elif name == "ad_thesis":
+            elif base == "ad_thesis":
                 label = THESIS
-            rows.append({"system": label, **{k: float(r.get(k, math.nan)) for k in KEYS}})
+            rows.append({"system": label + tag,
+                         **{k: float(r.get(k, math.nan)) for k in KEYS}})
     return rows, time.perf_counter() - t0
 
 
@@ -151,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["poisson", "poisson_plain", "paste"],
                         help="mouth mix fed to the models and scored as the blend baseline")
     parser.add_argument("--tiny", action="store_true", help="the demo's tiny plan")
+    parser.add_argument("--hard", action="store_true",
+                        help="also score every model and both baselines on the seed's hard set "
+                             "(posed, lit, other lips; rows marked [hard])")
     parser.add_argument("--json", default=None, help="also write every row here")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="train nothing: merge the --json files of earlier runs (e.g. one "
@@ -191,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
               "with --seeds N --json FILE)")
     else:
         print(f"command: python bench/quality.py --seeds {' '.join(map(str, args.seeds))} "
-              f"--blend {args.blend}{' --tiny' if args.tiny else ''}")
+              f"--blend {args.blend}{' --tiny' if args.tiny else ''}"
+              f"{' --hard' if args.hard else ''}")
     if args.json:
         Path(args.json).write_text(json.dumps({"per_seed": per_seed, "mean": agg,
                                                "seeds": args.seeds, "seconds": seconds,
