@@ -142,7 +142,8 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     the model's size, i.e. the model's ``mix`` input, made with ``blend``, one of
     ``talking.job.BLENDS``), and one entry per system. With ``paste`` also, under
     :func:`pasted_label`, each at 256 px as ``test.py`` writes it: the systems' outputs pasted
-    back into the query (``test.py --paste_back region``), the query itself and the mouth blend
+    back into the query as ``test.py --paste_back region`` does (the model's change to the query
+    as it saw it, upsampled and added), the query itself and the mouth blend
     made at 256 px (``uint8 [T, 256, 256, 3]``).
     """
     from faces.paste import PasteRegion, paste_back
@@ -170,8 +171,8 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
             outs[s.label].extend(out8)
             if paste:
                 region = PasteRegion.named(s.region)
-                outs[pasted_label(s.label)].extend(paste_back(query256, o, region)
-                                                   for o in out8)
+                outs[pasted_label(s.label)].extend(
+                    paste_back(query256, o, region, reference=query8) for o in out8)
     return {k: np.stack(v) if v else np.zeros((0, size, size, 3), np.uint8)
             for k, v in outs.items()}
 

@@ -64,10 +64,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first_batch", type=nonnegative_int, default=1,
                         help="frames in the first forward pass (default: 1; 0: --batch)")
     parser.add_argument("--paste_back", default="region", choices=PASTE_BACK,
-                        help="region (default): the region the model changes (the mouth with a "
-                             "margin; pose-flow: the face) is upsampled and blended into the "
-                             "query at the query's own resolution, every other pixel is the "
-                             "query's; none: the model's frame as it is, at its size")
+                        help="region (default): in the region the model changes (the mouth "
+                             "with a margin; pose-flow: the face) the model's change to the "
+                             "query is upsampled and added to the query at the query's own "
+                             "resolution, feathered; every other pixel is the query's; replace: "
+                             "the region's pixels are the model's, upsampled and colour-matched "
+                             "(the mouth blend's gain); none: the model's frame as it is")
     parser.add_argument("--full_frame", action="store_true",
                         help="paste back into the original photo the query was aligned from "
                              "(the alignment record NAME_256.json that `preprocess.py PHOTO` "
@@ -100,7 +102,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add_precision_args(parser)
 
 
-PASTE_BACK = ("region", "none")
+PASTE_BACK = ("region", "replace", "none")
 MIN_TILE = 128  # grid tiles are at least this many pixels, so a person can see the mouth
 
 BLENDS = ("poisson", "poisson_plain", "paste", "none")
@@ -209,9 +211,9 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
         raise TalkingError(f"--out_size {args.out_size}: must be positive")
     paste = getattr(args, "paste_back", "region")
     full_frame = bool(getattr(args, "full_frame", False))
-    if full_frame and paste != "region":
+    if full_frame and paste == "none":
         raise TalkingError("--full_frame pastes the face back into the photo: it needs "
-                           "--paste_back region (the default)")
+                           "--paste_back region (the default) or replace")
     query_path, query_name = resolve_query(args.query, args.image_dir)
     photo, crop_to_photo = (None, None)
     if full_frame:
@@ -276,11 +278,12 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
                 "to a square (align it with preprocess.py for an undistorted face)")
     picture = photo if full_frame else query_full
     query = to_tensor([query256], size).to(device)
+    query_seen = to_uint8(query)[0]  # the query as the model sees it (--paste_back region)
     n = len(frames)
     width = max(3, len(str(n - 1)))
     show = set(np.unique(np.linspace(0, n - 1, min(GRID_FRAMES, n)).round().astype(int)).tolist())
     grid_rows: list[list[np.ndarray]] = [[], [], []]
-    tile = max(MIN_TILE, args.out_size or (max(query_full.shape[:2]) if paste == "region"
+    tile = max(MIN_TILE, args.out_size or (max(query_full.shape[:2]) if paste != "none"
                                            else size))
     writer = VideoWriter(out_dir / "video.mp4", fps, audio_from=audio)
     frame_size = None
@@ -303,9 +306,11 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
             out8 = to_uint8(out)
             for k, img in enumerate(out8):
                 i = start + k
-                if paste == "region":
-                    frame = paste_back(picture, img, region, crop_to_photo)
-                    shown = frame if not full_frame else paste_back(query_full, img, region)
+                if paste != "none":
+                    ref = query_seen if paste == "region" else None
+                    frame = paste_back(picture, img, region, crop_to_photo, reference=ref)
+                    shown = frame if not full_frame else paste_back(query_full, img, region,
+                                                                    reference=ref)
                 else:
                     frame = shown = img
                 frame = _upscale(frame, args.out_size)

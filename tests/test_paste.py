@@ -205,3 +205,20 @@ def test_full_frame_pastes_into_the_original_photo(tmp_path, shared_faces, capsy
                         "--checkpoint", str(tmp_path / "none.pt")])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "\n" not in err and "obama.png" in err and "missing" in err
+
+
+def test_a_model_that_changes_nothing_changes_nothing_at_full_resolution() -> None:
+    """--paste_back region adds the model's change: a frame equal to the query as the model
+    saw it gives back the full-resolution query exactly (replace would blur the region)."""
+    rng = np.random.default_rng(5)
+    picture = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    seen = np.asarray(Image.fromarray(picture).resize((32, 32), Image.BILINEAR))
+    region = PasteRegion.named("mouth")
+    assert np.array_equal(paste_back(picture, seen, region, reference=seen), picture)
+    assert not np.array_equal(paste_back(picture, seen, region), picture)
+    darker = (seen.astype(int) - 40).clip(0, 255).astype(np.uint8)
+    out = paste_back(picture, darker, region, reference=seen)
+    t, b, left, r = region.box
+    core = (slice(t + 12, b - 12), slice(left + 12, r - 12))
+    want = (picture[core].astype(int) - 40).clip(0, 255)
+    assert np.abs(out[core].astype(int) - want).max() <= 1
