@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from cliargs import MAX_GRID, add_no_progress, finite, grid_count, whole
+from faces.io import note_non_square
 from lrw.datasets import load_image
 from lrw.imageio import save_image
 
@@ -68,6 +69,7 @@ def load_images(paths: list[Path], size: int, n: int, say=print) -> tuple[Tensor
     """The first ``n`` readable images as ``[k, 3, S, S]`` in ``[-1, 1]``, and how many
     unreadable ones were skipped."""
     out, skipped = [], 0
+    note_non_square(paths[:n], "image", say)
     for p in paths:
         if len(out) == n:
             break

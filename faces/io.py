@@ -20,6 +20,7 @@ __all__ = [
     "find_images",
     "frame_sort_key",
     "is_image",
+    "note_non_square",
     "open_rgb",
     "read_image",
     "save_pil",
@@ -175,6 +176,26 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(f"cannot read {path}: not enough memory to decode it") from None
     except Exception as err:  # PIL's plugins raise many types on malformed files
         raise ImageReadError(f"cannot read {path}: {_reason(err, path)}") from None
+
+
+def note_non_square(paths: Iterable[str | Path], what: str, say=print) -> int:
+    """Say once (one line) when pictures among ``paths`` are not square: the models see every
+    picture stretched to a square. Reads headers only; unreadable files are left to the
+    reader. Returns how many are not square."""
+    odd = []
+    for path in paths:
+        try:
+            w, h = image_size(path)
+        except ImageReadError:
+            continue
+        if w != h:
+            odd.append((Path(path), w, h))
+    if odd:
+        first, w, h = odd[0]
+        more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        say(f"note: the {what} {first} is {w}x{h}, not square{more}: the model sees it "
+            "stretched to a square (align it with preprocess.py for an undistorted face)")
+    return len(odd)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -203,6 +203,10 @@ def _grid_cli(argv: list[str]) -> int:
         model = load_pose_flow(resolve_checkpoint(a.checkpoint, a.checkpoint_dir,
                                                   DEFAULT_CHECKPOINT), device)
         srcs, tgts = (_images_in(Path(d)) for d in a.transfer_grid)
+        from faces.io import note_non_square
+
+        note_non_square(srcs, "source", print)
+        note_non_square(tgts, "target", print)
         if a.out_size:
             cells = (len(srcs) + 1) * (len(tgts) + 1)
             check_fits(cells * a.out_size ** 2 * 3 * 2, f"--out_size {a.out_size} for a grid of "

@@ -203,3 +203,29 @@ def test_image_size_from_the_header_matches_the_reader(tmp_path: Path, monkeypat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3)
     with pytest.raises(fio.ImageReadError, match="limit"):
         fio.image_size(tmp_path / "r.png")
+
+
+def test_non_square_pictures_are_said_once_per_job(tmp_path: Path) -> None:
+    """Every job that stretches pictures to a square says so once: the shared note, and the
+    content-ae transfer and pose-flow grid that use it (test.py and evaluate.py say it too)."""
+    import torch
+
+    from content_ae.transfer import load_images
+
+    paths = []
+    for i, size in enumerate([(24, 16), (16, 16), (20, 12)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(paths[-1])
+    said: list[str] = []
+    assert fio.note_non_square(paths, "image", said.append) == 2
+    assert said == [f"note: the image {paths[0]} is 24x16, not square (and 1 more): the model "
+                    "sees it stretched to a square (align it with preprocess.py for an "
+                    "undistorted face)"]
+    said.clear()
+    assert fio.note_non_square(paths[1:2], "image", said.append) == 0 and not said
+    said.clear()
+    images, skipped = load_images(paths, 8, 3, said.append)
+    assert isinstance(images, torch.Tensor) and images.shape == (3, 3, 8, 8) and skipped == 0
+    assert len(said) == 1 and "24x16, not square (and 1 more)" in said[0]
+    src = (ROOT / "pose_flow" / "driving.py").read_text()
+    assert 'note_non_square(srcs, "source"' in src and 'note_non_square(tgts, "target"' in src
