@@ -6,8 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -56,3 +58,13 @@ def run_device() -> torch.device:
 def device() -> torch.device:
     """:func:`run_device` as a fixture."""
     return run_device()
+
+
+def noise_images(root: Path, n: int = 8, size: int = 8) -> Path:
+    """``n`` seeded noise PNGs ``img_NN.png`` of ``size`` px in ``root`` (a tiny training folder)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            root / f"img_{i:02d}.png")
+    return root

@@ -11,21 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import noise_images as _data
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("tensorboard")
-
-
-def _data(root: Path, n: int = 8, size: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / f"img_{i:02d}.png")
-    return root
 
 
 def _argv(tmp: Path, *extra: str) -> list[str]:

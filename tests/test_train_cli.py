@@ -8,10 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import noise_images as _data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -19,15 +18,6 @@ import train as train_cli  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.distributed import resolve_device  # noqa: E402
 from training.progress import PlainProgress, progress  # noqa: E402
-
-
-def _data(root: Path, n: int = 8, size: int = 8) -> Path:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / f"img_{i:02d}.png")
-    return root
 
 
 def _argv(tmp: Path, name: str = "r", *extra: str) -> list[str]:
