@@ -335,30 +335,40 @@ def mux_audio(video: str | Path, audio_from: str | Path, out: str | Path,
            "-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
            "-c:a", "aac", "-b:a", "128k", "-af", "apad", "-t", f"{duration:.6f}",
            "-movflags", "+faststart", str(out)]
+    _run_ffmpeg(cmd, f"cannot add the sound of {audio_from} to {out}")
+
+
+def _run_ffmpeg(cmd: list[str], failure: str) -> None:
+    """Run ffmpeg; ``ValueError(failure + ": " + its last error line)`` when it fails."""
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
-        raise ValueError(f"cannot add the sound of {audio_from} to {out}: {last}")
+        raise ValueError(f"{failure}: {last}")
+
+
+def _ffmpeg_into(path: Path, args: list[str], failure: str) -> Path:
+    """Run ffmpeg with ``args`` writing a temporary name beside ``path``, then move it into
+    place; nothing is left behind when it fails."""
+    tmp = temporary_name(path)
+    try:
+        _run_ffmpeg([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args,
+                     str(tmp)], failure)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
 
 
 def with_tone(video: str | Path, out: str | Path, frequency: float = 440.0) -> Path:
     """``out`` = ``video`` with a generated sine tone as its sound, as long as the picture (for
     tests, benchmarks and the synthetic demo, whose sources have no sound of their own).
     Written under a temporary name and moved into place."""
-    out = Path(out)
     seconds = media_durations(video)["video"]
-    tmp = temporary_name(out)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-f",
-           "lavfi", "-i", f"sine=frequency={frequency:g}:sample_rate=44100", "-map", "0:v:0",
-           "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-t", f"{seconds:.6f}", "-movflags",
-           "+faststart", str(tmp)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        last = (res.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
-        raise ValueError(f"cannot add a tone to {video}: {last}")
-    os.replace(tmp, out)
-    return out
+    return _ffmpeg_into(Path(out), [
+        "-i", str(video), "-f", "lavfi", "-i", f"sine=frequency={frequency:g}:sample_rate=44100",
+        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-t", f"{seconds:.6f}",
+        "-movflags", "+faststart"], f"cannot add a tone to {video}")
 
 
 def write_tone(path: str | Path, seconds: float, frequency: float = 440.0) -> Path:
@@ -366,17 +376,10 @@ def write_tone(path: str | Path, seconds: float, frequency: float = 440.0) -> Pa
     have none (the synthetic demo). Written under a temporary name and moved into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(path)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-           f"sine=frequency={frequency:g}:sample_rate=44100:duration={seconds:.6f}",
-           "-c:a", "aac", str(tmp)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        last = (res.stderr.strip().splitlines() or ["ffmpeg failed"])[-1]
-        raise ValueError(f"cannot write a tone to {path}: {last}")
-    os.replace(tmp, path)
-    return path
+    return _ffmpeg_into(path, [
+        "-f", "lavfi", "-i",
+        f"sine=frequency={frequency:g}:sample_rate=44100:duration={seconds:.6f}",
+        "-c:a", "aac"], f"cannot write a tone to {path}")
 
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray] | Iterable[np.ndarray],
