@@ -72,6 +72,14 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
+def barrier() -> None:
+    """Wait for every process of the group (nothing without one). Called after training
+    succeeded, so that no rank destroys the group while a peer is still in a collective: a gloo
+    peer that loses its connection there aborts its process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

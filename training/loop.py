@@ -273,7 +273,9 @@ def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | 
     try:
         info = distributed.setup(cfg.device)
         try:
-            return _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
+            result = _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
+            distributed.barrier()  # every rank done with its collectives before any tears down
+            return result
         finally:
             distributed.teardown()
     finally:
