@@ -1,0 +1,668 @@
+"""The import contract over the whole project: layers, independent model packages, no cycles,
+no private names across packages, imports at the top of modules.
+
+Every ``.py`` outside ``tests/``, ``bench/`` and the virtual environment is parsed with ``ast``
+(no import is run, so imports inside functions count as much as those at the top). The layers,
+lowest first; a module may import its own layer or lower ones, never a higher one:
+
+    glow          the invertible core (layers, Glow, likelihood, checkpoint reading); not
+                  ``glow.recipe``, which is a model recipe
+    cliargs       argparse checks shared by every command line (imports nothing of ours)
+    faces         detection, landmarks, alignment, blending, face metrics (no model code)
+    synthface     the procedural face renderer (draws with faces' geometry)
+    lrw           LRW-style folders, datasets, video I/O, the synthetic set (renders synthface)
+    training      what every model's training shares (checkpoint format read through glow.io)
+    models        ad_flow, mi_flow, content_ae, pose_flow and glow.recipe: none imports another
+    talking       the talking-face job (test.py)
+    evaluation    the evaluation job (evaluate.py), which runs talking's inputs
+    scripts       train.py, test.py, evaluate.py, preprocess.py, demo.py
+
+The order of the four data/utility packages is the one their imports already had: cliargs and
+faces import nothing of ours, synthface draws with faces, lrw renders synthface's faces.
+Checkpoints: the self-describing format and its safe reader live in the core (glow/io.py), so
+``training`` imports the core and ``glow.recipe`` imports ``training``, with no cycle.
+
+An import inside a function is allowed with a comment on its line or the line above starting
+``# deferred:`` that says why (a start-up cost measured with ``python -X importtime``, or an
+optional dependency).
+
+ALLOWLIST holds the violations that remain, each one precise; an entry that is no longer a
+violation fails the test, so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = {".venv", "venv", "tests", "bench", ".git", "checkpoint", "result", "image", "demo_data"}
+LAYERS = ["glow", "cliargs", "faces", "synthface", "lrw", "training", "models", "talking",
+          "evaluation", "scripts"]
+MODELS = {"ad_flow", "mi_flow", "content_ae", "pose_flow", "glow.recipe"}
+SCRIPTS = {"train", "test", "evaluate", "preprocess", "demo"}
+
+# Violations that remain, in files being reworked elsewhere. Each entry must still be a
+# violation (stale entries fail), so this list only shrinks.
+ALLOWLIST = {
+    # "importer -> imported": a lower layer importing a higher one
+    "layers": [
+        'ad_flow.recipe -> evaluation.synthetic',
+        'content_ae.evaluate -> evaluation.html',
+        'content_ae.evaluate -> evaluation.metrics',
+        'content_ae.evaluate -> evaluation.visuals',
+        'lrw.synthetic -> training.cli',
+        'mi_flow.recipe -> evaluation.synthetic',
+        'pose_flow.driving -> talking',
+        'pose_flow.driving -> talking.inputs',
+        'pose_flow.driving -> talking.job',
+        'pose_flow.evaluate -> evaluation.field_metrics',
+        'pose_flow.evaluate -> evaluation.html',
+        'pose_flow.evaluate -> evaluation.metrics',
+        'pose_flow.evaluate -> evaluation.visuals',
+        'pose_flow.evaluate -> talking.inputs',
+        'pose_flow.evaluate -> talking.job',
+    ],
+    # "importer -> imported": one model package importing another
+    "models": [
+        'mi_flow.recipe -> glow.recipe',
+    ],
+    # "importer -> imported": an import that closes a cycle (the imported module reaches the
+    # importer again)
+    "cycles": [
+        'content_ae.evaluate -> content_ae.transfer',
+        'content_ae.recipe -> content_ae.evaluate',
+        'content_ae.recipe -> content_ae.transfer',
+        'content_ae.transfer -> content_ae.recipe',
+        'pose_flow.driving -> pose_flow.recipe',
+        'pose_flow.evaluate -> pose_flow.driving',
+        'pose_flow.evaluate -> pose_flow.recipe',
+        'pose_flow.recipe -> pose_flow.driving',
+        'pose_flow.recipe -> pose_flow.evaluate',
+        'talking.inputs -> talking.video_source',
+        'talking.video_source -> talking.inputs',
+    ],
+    # "importer -> module.name": a private name used from another package
+    "private": [
+        'lrw.synthetic -> synthface.face._r4',
+        'pose_flow.driving -> talking.job._grid',
+        'pose_flow.driving -> talking.job._upscale',
+        'pose_flow.evaluate -> faces.metrics._recognizer',
+        'pose_flow.model -> glow.layers._use_cache',
+    ],
+    # "file:function: import statement": an import inside a function without a `# deferred:`
+    # comment (repeated entries for repeated imports in one function)
+    "deferred": [
+        'ad_flow/recipe.py:dataset: from lrw.datasets import ClipDataset',
+        'ad_flow/recipe.py:dataset: from lrw.index import open_index',
+        'ad_flow/recipe.py:diagnostics: from evaluation.synthetic import heldout_scores, synthetic_root_of',
+        'ad_flow/recipe.py:initialize: from .init import fit_linear_encoders',
+        'content_ae/celeba.py:_convert_celeba: from faces.io import save_pil',
+        'content_ae/celeba.py:_convert_folder: from faces.align import align_face',
+        'content_ae/celeba.py:_convert_folder: from faces.io import read_image, write_image',
+        'content_ae/celeba.py:_convert_folder: from faces.landmarks import shared_detector',
+        'content_ae/celeba.py:_convert_folder: import warnings',
+        'content_ae/celeba.py:_crop_resize: from PIL import Image',
+        'content_ae/celeba.py:_crop_resize: from faces.io import ImageReadError, open_rgb',
+        'content_ae/celeba.py:_replacing_ab_set: from synthface.output import replacing',
+        'content_ae/celeba.py:build_parser: import argparse',
+        'content_ae/celeba.py:cli: from training.cli import os_error_line',
+        'content_ae/demo.py:run: from synthface.attributes import write_attribute_set',
+        'content_ae/demo.py:run: import torch',
+        'content_ae/evaluate.py:_html: from evaluation.html import Section, write_html',
+        'content_ae/evaluate.py:_html: from evaluation.visuals import comparison_grid',
+        'content_ae/evaluate.py:build_parser: from .transfer import add_mask_power',
+        'content_ae/evaluate.py:evaluate_set: from synthface.attributes import inputs, read_manifest, removal_truth, transfer_truth, truth_region',
+        'content_ae/evaluate.py:main: from evaluation.html import command_line',
+        'content_ae/evaluate.py:main: from training.cli import report_errors',
+        'content_ae/evaluate.py:run: from .transfer import _device, load_for_inference',
+        'content_ae/evaluate.py:run: from synthface.attributes import read_manifest',
+        'content_ae/evaluate.py:run: from training.cli import claim_output',
+        'content_ae/recipe.py:dataset: from .data import PairDataset, split_paths',
+        'content_ae/recipe.py:evaluate_cli: from .evaluate import main',
+        'content_ae/recipe.py:test_cli: from .transfer import main',
+        'content_ae/recipe.py:translate_argv: from .cli import translate',
+        'content_ae/transfer.py:load_model: from .recipe import NAME, Config, build',
+        'content_ae/transfer.py:load_model: from training.checkpoint import load_checkpoint',
+        'content_ae/transfer.py:load_model: from training.config import from_dict',
+        'content_ae/transfer.py:main: from training.cli import report_errors',
+        'content_ae/transfer.py:run: from .data import find_split, split_paths',
+        'content_ae/transfer.py:write_grid: from .recipe import transfer_grid',
+        'demo.py:_video_facts: from lrw.video import VideoReader, has_audio',
+        'demo.py:checkpoint_state: from glow.io import CheckpointError, file_sha256',
+        'demo.py:checkpoint_state: from training.checkpoint import load_checkpoint',
+        'demo.py:main: from cliargs import add_no_progress',
+        'demo.py:report: from evaluation.html import Section, write_html',
+        'demo.py:report: from evaluation.html import command_line',
+        'demo.py:run: from lrw.synthetic import SyntheticSet',
+        'demo.py:run: from training import registry',
+        'demo.py:summary_text: from evaluation.report import format_table, read_csv',
+        'demo.py:synthetic: from lrw.synthetic import SyntheticConfig, generate',
+        'demo.py:tone: from lrw.video import write_tone',
+        'demo.py:tone: from talking.inputs import resolve_source',
+        'evaluate.py:_field_metrics: from evaluation.field_metrics import CSIM_FRAMES, SCORE_SIZE, FieldScorer',
+        'evaluate.py:_field_metrics: from evaluation.field_metrics import evaluate_synthetic_field as field',
+        'evaluate.py:_html: from evaluation.html import talking_report',
+        'evaluate.py:_html: from evaluation.visuals import real_rows, synthetic_rows',
+        'evaluate.py:_lip_sync: from evaluation.models import run_sequence',
+        'evaluate.py:_lip_sync: from evaluation.syncnet import audio_mfcc, sync_scores',
+        'evaluate.py:_lip_sync: from talking.inputs import read_rgb, resolve_query, resolve_source',
+        'evaluate.py:_lip_sync: import numpy as np',
+        'evaluate.py:build_parser: from training import registry',
+        'evaluate.py:build_parser: from training.precision import add_precision_args',
+        'evaluate.py:compare: from evaluation.html import compare_report',
+        'evaluate.py:compare: from evaluation.report import compare_runs, format_table',
+        'evaluate.py:evaluate: from evaluation.field_metrics import FieldNets',
+        'evaluate.py:evaluate: from evaluation.likelihood import bits_per_dim_over, heldout_frames',
+        'evaluate.py:evaluate: from evaluation.metrics import PSNR_CAP, SSIM_WINDOW',
+        'evaluate.py:evaluate: from evaluation.models import BASELINE_BLEND, BASELINE_COPY, load_model, pasted_label',
+        'evaluate.py:evaluate: from evaluation.real import evaluate_real',
+        'evaluate.py:evaluate: from evaluation.report import format_table, write_report',
+        'evaluate.py:evaluate: from evaluation.synthetic import evaluate_synthetic, is_synthetic',
+        'evaluate.py:evaluate: from faces.io import image_size',
+        'evaluate.py:evaluate: from talking.inputs import available_queries, available_sources, resolve_checkpoint',
+        'evaluate.py:evaluate: from talking.inputs import resolve_query, resolve_source',
+        'evaluate.py:evaluate: from training import registry',
+        'evaluate.py:evaluate: from training.cli import claim_output',
+        'evaluate.py:evaluate: from training.distributed import resolve_device',
+        'evaluate.py:evaluate: from training.precision import apply_precision, precision_name, resolve_precision',
+        'evaluate.py:evaluate: import torch',
+        'evaluate.py:main: from evaluation.html import command_line',
+        'evaluate.py:main: from training import registry',
+        'evaluate.py:main: from training.cli import report_errors',
+        'evaluation/field_metrics.py:_descriptor: from faces.metrics import face_descriptor',
+        'evaluation/field_metrics.py:_features: from torchvision.models import alexnet',
+        'evaluation/field_metrics.py:_features: from torchvision.models.vgg import cfgs, make_layers',
+        'evaluation/field_metrics.py:_landmarks: from faces.metrics import face_landmarks',
+        'evaluation/field_metrics.py:_ssim_parts: from scipy.ndimage import correlate1d',
+        'evaluation/field_metrics.py:evaluate_synthetic_field: from .models import BASELINE_COPY, like_model_input, run_sequence',
+        'evaluation/field_metrics.py:evaluate_synthetic_field: from lrw.synthetic import SyntheticSet',
+        'evaluation/field_metrics.py:evaluate_synthetic_field: from talking.inputs import read_rgb, resolve_source',
+        'evaluation/field_metrics.py:evaluate_synthetic_field: from training.progress import progress as make_bar',
+        'evaluation/field_metrics.py:evaluate_synthetic_field: import itertools',
+        'evaluation/field_metrics.py:evaluate_synthetic_field: import sys',
+        'evaluation/field_metrics.py:laplacian_sharpness: import cv2',
+        'evaluation/field_metrics.py:load: from .syncnet import SyncNet',
+        'evaluation/html.py:_version: from importlib import metadata',
+        'evaluation/html.py:talking_report: from .visuals import comparison_grid, comparison_video',
+        'evaluation/likelihood.py:bits_per_dim_over: from lrw.datasets import load_image',
+        'evaluation/likelihood.py:bits_per_dim_over: from training.progress import progress',
+        'evaluation/likelihood.py:heldout_frames: from lrw.datasets import list_images',
+        'evaluation/likelihood.py:heldout_frames: from lrw.synthetic import SyntheticSet',
+        'evaluation/metrics.py:descriptor: from faces.metrics import face_descriptor',
+        'evaluation/metrics.py:landmarks: from faces.metrics import face_landmarks',
+        'evaluation/metrics.py:mse: from skimage.metrics import mean_squared_error',
+        'evaluation/metrics.py:psnr: from skimage.metrics import peak_signal_noise_ratio',
+        'evaluation/metrics.py:ssim: from skimage.metrics import structural_similarity',
+        'evaluation/metrics.py:upscale: from PIL import Image',
+        'evaluation/models.py:like_model_input: from talking.job import to_tensor, to_uint8',
+        'evaluation/models.py:load_model: from training import registry',
+        'evaluation/models.py:run_sequence: from faces.paste import PasteRegion, paste_back',
+        'evaluation/models.py:run_sequence: from talking.job import model_inputs, to_tensor, to_uint8',
+        'evaluation/motion.py:_resize_box: from PIL import Image',
+        'evaluation/motion.py:_shot_reader: from synthface.face import MouthState, mouth_colours',
+        'evaluation/motion.py:_shot_reader: from synthface.scene import shot_maps',
+        'evaluation/motion.py:mouth_reader: from synthface.face import MOUTH_BOX_256, MouthState, mouth_colours, mouth_layers, render',
+        'evaluation/real.py:evaluate_real: from talking.inputs import read_rgb, resolve_query, resolve_source',
+        'evaluation/real.py:evaluate_real: from training.progress import progress',
+        'evaluation/report.py:plot: import matplotlib',
+        'evaluation/report.py:plot: import matplotlib.pyplot as plt',
+        'evaluation/syncnet.py:audio_mfcc: from python_speech_features import mfcc',
+        'evaluation/syncnet.py:audio_mfcc: import imageio_ffmpeg',
+        'evaluation/synthetic.py:evaluate_synthetic: from lrw.synthetic import SyntheticSet',
+        'evaluation/synthetic.py:evaluate_synthetic: from talking.inputs import read_rgb, resolve_source',
+        'evaluation/synthetic.py:evaluate_synthetic: from training.progress import progress',
+        'evaluation/visuals.py:_save_png: from PIL import Image',
+        'evaluation/visuals.py:_text: from PIL import Image, ImageDraw, ImageFont',
+        'evaluation/visuals.py:comparison_video: from lrw.video import write_video',
+        'evaluation/visuals.py:real_rows: from .models import like_model_input, run_sequence',
+        'evaluation/visuals.py:real_rows: from talking.inputs import read_rgb, resolve_query, resolve_source',
+        'evaluation/visuals.py:synthetic_rows: from .models import like_model_input, run_sequence',
+        'evaluation/visuals.py:synthetic_rows: from lrw.synthetic import SyntheticSet',
+        'evaluation/visuals.py:synthetic_rows: from talking.inputs import read_rgb, resolve_source',
+        'faces/io.py:save_pil: import io',
+        'faces/landmarks.py:_import_dlib: import dlib',
+        'faces/sequence.py:smooth_params: from scipy.ndimage import uniform_filter1d',
+        'glow/recipe.py:build: from glow.memory import enable_low_memory',
+        'glow/recipe.py:dataset: from lrw.datasets import ImageFolderDataset, training_root',
+        'glow/recipe.py:step_in_backward: from glow.memory import on_grads_ready',
+        'lrw/convert.py:convert_lrw: from tqdm import tqdm',
+        'lrw/imageio.py:save_image: from faces.io import save_pil',
+        'lrw/index.py:_write_cache: from faces.io import umask_mode',
+        'lrw/synthetic.py:_crop_matrix: from faces.align import alignment_params',
+        'lrw/synthetic.py:_sequence_shots: from faces.sequence import smooth_params',
+        'lrw/synthetic.py:_shot_dict: from faces.align import similarity_matrix',
+        'lrw/synthetic.py:_write_image: from faces.io import write_bytes_atomic',
+        'lrw/synthetic.py:generate: from synthface.output import replacing',
+        'lrw/synthetic.py:main: from training.cli import os_error_line',
+        'lrw/video.py:_open: import imageio_ffmpeg',
+        'lrw/video.py:ffmpeg_exe: import imageio_ffmpeg',
+        'mi_flow/recipe.py:dataset: from lrw.datasets import ImageFolderDataset, training_root',
+        'mi_flow/recipe.py:diagnostics: from evaluation.synthetic import heldout_scores, synthetic_root_of',
+        'mi_flow/recipe.py:diagnostics: import types',
+        'mi_flow/recipe.py:load_mi_flow: from training.checkpoint import load_checkpoint',
+        'pose_flow/data.py:_write_cache: from faces.io import umask_mode',
+        'pose_flow/data.py:load: from lrw.datasets import load_image',
+        'pose_flow/demo.py:run: from .synthetic import main as synth_main',
+        'pose_flow/demo.py:run: from training.checkpoint import load_checkpoint',
+        'pose_flow/driving.py:_detector: from faces.landmarks import LandmarkDetector',
+        'pose_flow/driving.py:_grid_cli: from .recipe import DEFAULT_CHECKPOINT, load_pose_flow',
+        'pose_flow/driving.py:_grid_cli: from PIL import Image',
+        'pose_flow/driving.py:_grid_cli: from faces.io import note_non_square',
+        'pose_flow/driving.py:_grid_cli: from faces.io import save_pil',
+        'pose_flow/driving.py:_grid_cli: from glow.io import CheckpointError',
+        'pose_flow/driving.py:_grid_cli: from talking.inputs import TalkingError, resolve_checkpoint',
+        'pose_flow/driving.py:_grid_cli: from training.cli import check_folder_flags, os_error_line',
+        'pose_flow/driving.py:_grid_cli: from training.distributed import resolve_device',
+        'pose_flow/driving.py:_images_in: from talking.inputs import IMAGE_EXTENSIONS',
+        'pose_flow/driving.py:landmarks_for: from .preprocess import normalised_landmarks',
+        'pose_flow/driving.py:landmarks_for: from faces.io import read_image',
+        'pose_flow/driving.py:landmarks_for: from talking.inputs import TalkingError',
+        'pose_flow/driving.py:load_for_test: from .recipe import load_pose_flow',
+        'pose_flow/driving.py:load_for_test: from talking.inputs import resolve_query, resolve_source',
+        'pose_flow/driving.py:test_cli: from talking import add_common_args, run',
+        'pose_flow/driving.py:test_cli: from training import registry',
+        'pose_flow/driving.py:test_cli: from training.cli import report_errors',
+        'pose_flow/driving.py:transfer_grid: from talking.inputs import read_rgb',
+        'pose_flow/driving.py:transfer_grid: from talking.job import MIN_TILE, _grid, _upscale, to_tensor, to_uint8',
+        'pose_flow/evaluate.py:__init__: from faces.landmarks import LandmarkDetector',
+        'pose_flow/evaluate.py:__init__: from faces.metrics import _recognizer',
+        'pose_flow/evaluate.py:_big: import cv2',
+        'pose_flow/evaluate.py:_html: from evaluation.html import Section, command_line, write_html',
+        'pose_flow/evaluate.py:_html: from evaluation.visuals import comparison_grid',
+        'pose_flow/evaluate.py:_read: from faces.io import read_image',
+        'pose_flow/evaluate.py:_resize: from PIL import Image',
+        'pose_flow/evaluate.py:_to_u8: from talking.job import to_uint8',
+        'pose_flow/evaluate.py:evaluate_cli: from .recipe import DEFAULT_CHECKPOINT, load_pose_flow',
+        'pose_flow/evaluate.py:evaluate_cli: from .synthetic import is_pose_set',
+        'pose_flow/evaluate.py:evaluate_cli: from evaluation.field_metrics import FieldNets',
+        'pose_flow/evaluate.py:evaluate_cli: from glow.io import CheckpointError',
+        'pose_flow/evaluate.py:evaluate_cli: from talking.inputs import TalkingError, resolve_checkpoint',
+        'pose_flow/evaluate.py:evaluate_cli: from training.cli import check_folder_flags, os_error_line',
+        'pose_flow/evaluate.py:evaluate_cli: from training.cli import claim_output',
+        'pose_flow/evaluate.py:evaluate_cli: from training.distributed import resolve_device',
+        'pose_flow/evaluate.py:evaluate_real: from .driving import landmarks_for, retarget',
+        'pose_flow/evaluate.py:evaluate_real: from talking.inputs import read_rgb, resolve_query, resolve_source',
+        'pose_flow/evaluate.py:evaluate_synthetic: from .data import read_landmarks',
+        'pose_flow/evaluate.py:evaluate_synthetic: from evaluation.metrics import psnr, ssim',
+        'pose_flow/evaluate.py:field_values: from evaluation.field_metrics import SCORE_SIZE, ms_ssim',
+        'pose_flow/evaluate.py:piecewise_affine_warp: from skimage.transform import PiecewiseAffineTransform, warp',
+        'pose_flow/evaluate.py:sharpness: import cv2',
+        'pose_flow/losses.py:__init__: from torchvision.models.vgg import cfgs, make_layers',
+        'pose_flow/model.py:warp_reference: from .warp import piecewise_affine',
+        'pose_flow/preprocess.py:_init: from faces.landmarks import LandmarkDetector',
+        'pose_flow/preprocess.py:_one: from faces.io import read_image',
+        'pose_flow/preprocess.py:cli: from faces.landmarks import ModelFileError',
+        'pose_flow/preprocess.py:cli: from training.cli import os_error_line',
+        'pose_flow/preprocess.py:from_videos: from faces.align import apply_transform',
+        'pose_flow/preprocess.py:from_videos: from faces.io import write_image',
+        'pose_flow/preprocess.py:from_videos: from faces.landmarks import LandmarkDetector',
+        'pose_flow/preprocess.py:from_videos: from faces.sequence import crops_of, plan_sequence',
+        'pose_flow/preprocess.py:from_videos: from lrw.video import VideoReader',
+        'pose_flow/preprocess.py:from_videos: import shutil',
+        'pose_flow/preprocess.py:save_landmarks: from faces.io import umask_mode',
+        'pose_flow/recipe.py:add_test_args: from .driving import add_test_args as add',
+        'pose_flow/recipe.py:dataset: from .data import QuadrupletDataset',
+        'pose_flow/recipe.py:dataset: from lrw.datasets import training_root',
+        'pose_flow/recipe.py:evaluate_cli: from .evaluate import evaluate_cli as cli',
+        'pose_flow/recipe.py:generate: from .driving import generate as gen',
+        'pose_flow/recipe.py:load_for_test: from .driving import load_for_test as load',
+        'pose_flow/recipe.py:load_pose_flow: from glow.io import CheckpointError',
+        'pose_flow/recipe.py:load_pose_flow: from training.checkpoint import load_checkpoint',
+        'pose_flow/recipe.py:losses: from .losses import identity_loss, loss_net',
+        'pose_flow/recipe.py:losses: from .losses import loss_net, perceptual_loss',
+        'pose_flow/recipe.py:model_from_checkpoint: from glow.io import CheckpointError',
+        'pose_flow/recipe.py:test_cli: from .driving import test_cli as cli',
+        'pose_flow/synthetic.py:generate: from synthface.output import replacing',
+        'pose_flow/warp.py:_source_coords: from .conditions import pixel_centres',
+        'pose_flow/warp.py:triangles: from scipy.spatial import Delaunay',
+        'preprocess.py:_detector: from faces.landmarks import shared_detector',
+        'preprocess.py:_made_from_another: import json',
+        'preprocess.py:main: from content_ae.celeba import cli',
+        'preprocess.py:main: from faces.landmarks import ModelFileError',
+        'preprocess.py:main: from pose_flow.preprocess import cli as pose_cli',
+        'preprocess.py:main: from pose_flow.preprocess import wants',
+        'preprocess.py:main: from training.cli import check_folder, os_error_line',
+        'preprocess.py:run_lrw: from lrw.convert import convert_lrw',
+        'preprocess.py:run_photos: from faces.align import align_face',
+        'preprocess.py:run_photos: from faces.io import find_images, read_image, write_image',
+        'preprocess.py:run_photos: from tqdm import tqdm',
+        'preprocess.py:run_source: from lrw.video import TruncatedVideoError',
+        'preprocess.py:run_source: from talking.video_source import open_frames, write_sequence',
+        'preprocess.py:write_alignment_record: from faces.io import write_bytes_atomic',
+        'preprocess.py:write_alignment_record: import json',
+        'preprocess.py:write_alignment_record: import os',
+        'synthface/attributes.py:_write: from PIL import Image',
+        'synthface/attributes.py:_write: from faces.io import save_pil',
+        'synthface/attributes.py:write_attribute_set: from .output import replacing',
+        'synthface/scene.py:sample_hard_identity: from .face import _r4, _rgb, sample_identity',
+        'talking/cli.py:build_parser: from talking import add_common_args',
+        'talking/cli.py:build_parser: from training import registry',
+        'talking/cli.py:main: from talking import run',
+        'talking/cli.py:main: from training import registry',
+        'talking/cli.py:main: from training.cli import report_errors',
+        'talking/inputs.py:load_alignment: from faces.io import read_image',
+        'talking/inputs.py:load_alignment: import json',
+        'talking/inputs.py:resolve_source: from .video_source import video_source',
+        'talking/job.py:_image_size: from faces.io import ImageReadError, image_size',
+        'talking/job.py:model_inputs: from faces.blend import mouth_mix',
+        'talking/job.py:run: from .inputs import load_alignment',
+        'talking/job.py:run: from faces.io import write_image',
+        'talking/job.py:run: from faces.paste import PasteRegion, paste_back',
+        'talking/job.py:run: from glow.io import skip_init',
+        'talking/job.py:run: from lrw.video import VideoWriter',
+        'talking/job.py:run: from lrw.video import has_audio',
+        'talking/job.py:run: from training.progress import progress',
+        'talking/video_source.py:_progress: from tqdm import tqdm',
+        'talking/video_source.py:open_frames: from faces.io import read_image, sorted_frames',
+        'talking/video_source.py:open_frames: from lrw.video import VideoReader',
+        'talking/video_source.py:video_source: from .inputs import DEFAULT_FPS, _frame_key, _is_image',
+        'talking/video_source.py:video_source: from faces.io import write_bytes_atomic',
+        'talking/video_source.py:video_source: from faces.landmarks import ModelFileError, shared_detector',
+        'talking/video_source.py:video_source: from lrw.video import has_audio',
+        'talking/video_source.py:write_sequence: from faces.align import apply_transform',
+        'talking/video_source.py:write_sequence: from faces.io import write_bytes_atomic, write_image',
+        'talking/video_source.py:write_sequence: from faces.sequence import crops_of, plan_sequence',
+        'train.py:build_parser: from training import registry',
+        'train.py:build_parser: from training.config import TrainConfig, add_dataclass_args',
+        'train.py:main: from glow.io import CheckpointError',
+        'train.py:main: from training import registry',
+        'train.py:main: from training.cli import apply_config, checkpoint_values, given_dests, os_error_line, plain_warnings, read_config_file',
+        'train.py:main: from training.config import TrainConfig, check_fields, from_args',
+        'train.py:main: from training.loop import TrainingStopped, train, validate_train',
+        'train.py:main: from training.loop import resume_source, run_paths',
+        'training/cli.py:apply_config: from cliargs import BadValue',
+        'training/cli.py:checkpoint_values: from .checkpoint import load_checkpoint',
+        'training/cli.py:claim_output: from faces.io import write_bytes_atomic',
+        'training/cli.py:os_error_line: import errno',
+        'training/cli.py:read_config_file: import yaml',
+        'training/cli.py:report_errors: from glow.io import CheckpointError',
+        'training/logs.py:plot_curves: import matplotlib',
+        'training/logs.py:plot_curves: import matplotlib.pyplot as plt',
+        'training/loop.py:_train: from .tensorboard import EventLog',
+        'training/loop.py:hide_triton_without_gpu: import sys',
+        'training/precision.py:apply_precision: from glow.precision import cast_conditioners',
+        'training/progress.py:progress: from tqdm import tqdm',
+        'training/tensorboard.py:__init__: from torch.utils.tensorboard import SummaryWriter',
+        'training/tensorboard.py:image: from faces.io import read_image',
+    ],
+}
+
+
+# -------------------------------------------------------------------------------------------
+# The graph
+
+def _files() -> dict[str, Path]:
+    """Module name -> file, for every project module."""
+    out = {}
+    for p in sorted(ROOT.rglob("*.py")):
+        rel = p.relative_to(ROOT)
+        if set(rel.parts[:-1]) & SKIP or any(part.startswith(".") for part in rel.parts):
+            continue
+        parts = list(rel.with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _files()
+
+
+class Import:
+    """One imported module (or a name from it) at one place in a file."""
+
+    def __init__(self, importer: str, module: str, name: str | None, node: ast.stmt,
+                 function: str | None) -> None:
+        self.importer, self.module, self.name, self.node = importer, module, name, node
+        self.function = function  # the enclosing function's name; None at module level
+
+    @property
+    def target(self) -> str:
+        """The project module this import loads: ``pkg.sub`` for ``from pkg import sub``."""
+        if self.name and f"{self.module}.{self.name}" in MODULES:
+            return f"{self.module}.{self.name}"
+        return self.module
+
+
+def _absolute(importer: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".")
+    if MODULES[importer].name != "__init__.py":
+        base = base[:-1]
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(importer: str, tree: ast.Module) -> list[Import]:
+    out: list[Import] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                out.extend(Import(importer, a.name, None, child, function) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                module = _absolute(importer, child)
+                out.extend(Import(importer, module, a.name, child, function)
+                           for a in child.names)
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                else function
+            visit(child, inner)
+
+    visit(tree, None)
+    return out
+
+
+TREES = {m: ast.parse(p.read_text(encoding="utf-8"), str(p)) for m, p in MODULES.items()}
+IMPORTS = {m: _imports(m, tree) for m, tree in TREES.items()}
+
+
+def _ours(module: str) -> bool:
+    return module.split(".")[0] in {m.split(".")[0] for m in MODULES}
+
+
+def _edges() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = defaultdict(set)
+    for m, imps in IMPORTS.items():
+        for imp in imps:
+            if _ours(imp.module) and imp.target != m:
+                graph[m].add(imp.target)
+    return graph
+
+
+GRAPH = _edges()
+
+
+def package(module: str) -> str:
+    """The unit the contract speaks of: a top-level package, ``glow.recipe``, or a script."""
+    if module == "glow.recipe" or module.startswith("glow.recipe."):
+        return "glow.recipe"
+    return module.split(".")[0]
+
+
+def layer(module: str) -> int:
+    pkg = package(module)
+    if pkg in MODELS:
+        return LAYERS.index("models")
+    if pkg in SCRIPTS:
+        return LAYERS.index("scripts")
+    if pkg not in LAYERS:
+        raise AssertionError(f"{module}: package {pkg!r} has no layer; add it to LAYERS (or "
+                             "MODELS / SCRIPTS) in tests/test_architecture.py")
+    return LAYERS.index(pkg)
+
+
+# -------------------------------------------------------------------------------------------
+# The checks: each returns today's violations as the strings ALLOWLIST uses
+
+def layer_violations() -> list[str]:
+    return sorted(f"{m} -> {t}" for m, ts in GRAPH.items() for t in ts if layer(t) > layer(m))
+
+
+def model_violations() -> list[str]:
+    return sorted(f"{m} -> {t}" for m, ts in GRAPH.items() for t in ts
+                  if package(m) in MODELS and package(t) in MODELS and package(m) != package(t))
+
+
+def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+def cycle_violations() -> list[str]:
+    """Edges that lie on a cycle of the module graph (module- and function-level imports)."""
+    return sorted(f"{m} -> {t}" for m, ts in GRAPH.items() for t in ts
+                  if _reaches(GRAPH, t, m))
+
+
+def private_violations() -> list[str]:
+    """``from pkg.mod import _name`` or ``mod._name`` where pkg is another package."""
+    found = set()
+    for m, imps in IMPORTS.items():
+        aliases: dict[str, str] = {}  # local name -> project module it is bound to
+        for imp in imps:
+            if not _ours(imp.module):
+                continue
+            if imp.name is None:
+                alias = next(a for a in imp.node.names if a.name == imp.module)
+                if alias.asname:
+                    aliases[alias.asname] = imp.module
+                else:
+                    aliases[imp.module.split(".")[0]] = imp.module.split(".")[0]
+            elif imp.target != imp.module:  # a submodule
+                alias = next(a for a in imp.node.names if a.name == imp.name)
+                aliases[alias.asname or imp.name] = imp.target
+            if (imp.name and _private(imp.name) and imp.target == imp.module
+                    and package(imp.module) != package(m)):
+                found.add(f"{m} -> {imp.module}.{imp.name}")
+        for node in ast.walk(TREES[m]):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain, base = [], node
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if not isinstance(base, ast.Name) or base.id not in aliases:
+                continue
+            current = aliases[base.id]
+            for attr in reversed(chain):
+                if f"{current}.{attr}" in MODULES:
+                    current = f"{current}.{attr}"
+                    continue
+                if _private(attr) and package(current) != package(m):
+                    found.add(f"{m} -> {current}.{attr}")
+                break
+    return sorted(found)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def deferred_violations() -> list[str]:
+    """Imports inside functions without a ``# deferred: REASON`` comment."""
+    found = []
+    for m, imps in IMPORTS.items():
+        lines = MODULES[m].read_text(encoding="utf-8").splitlines()
+        seen = set()
+        for imp in imps:
+            if imp.function is None or id(imp.node) in seen:
+                continue
+            seen.add(id(imp.node))
+            if not _has_reason(lines, imp.node.lineno):
+                rel = MODULES[m].relative_to(ROOT).as_posix()
+                found.append(f"{rel}:{imp.function}: {ast.unparse(imp.node)}")
+    return sorted(found)
+
+
+def _has_reason(lines: list[str], lineno: int) -> bool:
+    """A `# deferred: ...` comment (with a reason) on the import's first line or the one above
+    it (a comment block above may end with the deferred line or begin with it)."""
+    same = lines[lineno - 1].split("#", 1)[1].strip() if "#" in lines[lineno - 1] else ""
+    above = []
+    i = lineno - 2
+    while i >= 0 and lines[i].strip().startswith("#"):
+        above.insert(0, lines[i].strip().lstrip("#").strip())
+        i -= 1
+    for text in [same, *above]:
+        if text.startswith("deferred:") and len(text.split(":", 1)[1].split()) >= 3:
+            return True
+    return False
+
+
+CHECKS = {"layers": layer_violations, "models": model_violations, "cycles": cycle_violations,
+          "private": private_violations, "deferred": deferred_violations}
+
+
+# -------------------------------------------------------------------------------------------
+# Tests
+
+def _compare(kind: str) -> None:
+    found, allowed = Counter(CHECKS[kind]()), Counter(ALLOWLIST[kind])
+    new = sorted((found - allowed).elements())
+    stale = sorted((allowed - found).elements())
+    assert not new, f"{kind}: new violations (fix them; see this file's docstring): {new}"
+    assert not stale, (f"{kind}: ALLOWLIST entries that are no longer violations (delete them "
+                       f"from tests/test_architecture.py): {stale}")
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    _compare("layers")
+
+
+def test_model_packages_never_import_each_other() -> None:
+    _compare("models")
+
+
+def test_no_import_cycles() -> None:
+    _compare("cycles")
+
+
+def test_no_private_names_across_packages() -> None:
+    _compare("private")
+
+
+def test_imports_at_module_top_unless_deferred_with_a_reason() -> None:
+    _compare("deferred")
+
+
+def test_every_module_has_a_layer_and_the_graph_is_read() -> None:
+    assert {package(m) for m in MODULES} >= {"glow", "glow.recipe", "training", "lrw", "faces",
+                                             "talking", "evaluation", "train", "demo"}
+    for m in MODULES:
+        layer(m)
+    assert "glow.io" in GRAPH["training.checkpoint"]  # function-level and relative ones too
+    assert "glow.model" in GRAPH["glow.io"]
+
+
+def test_importing_each_layer_loads_no_higher_layer() -> None:
+    """At run time, importing every module of a layer (and the layers below) loads no module of
+    a higher layer: dynamic imports (``importlib``) and import side effects count here."""
+    order = sorted((m for m in MODULES if layer(m) <= LAYERS.index("training")
+                    and package(m) not in SCRIPTS), key=lambda m: (layer(m), m))
+    code = (
+        "import importlib, json, sys\n"
+        f"order = {order!r}\n"
+        "loaded = {}\n"
+        "for m in order:\n"
+        "    importlib.import_module(m)\n"
+        "    loaded[m] = sorted(k for k in sys.modules if k.split('.')[0] in %r)\n"
+        "print(json.dumps(loaded))\n" % sorted({m.split(".")[0] for m in MODULES}))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout)
+    bad = [f"import {m} loads {k}" for m in order for k in loaded[m]
+           if k in MODULES and layer(k) > layer(m)]
+    assert bad == []
