@@ -31,6 +31,16 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from cliargs import add_no_progress  # noqa: E402
+from evaluation.html import Section, command_line, write_html  # noqa: E402
+from evaluation.report import format_table, read_csv  # noqa: E402
+from glow.io import CheckpointError, file_sha256  # noqa: E402
+from lrw.synthetic import SyntheticConfig, SyntheticSet, generate  # noqa: E402
+from lrw.video import VideoReader, has_audio, write_tone  # noqa: E402
+from talking.inputs import resolve_source  # noqa: E402
+from training import registry  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -117,8 +127,6 @@ class Demo:
     # -- steps ---------------------------------------------------------------------------------
 
     def synthetic(self) -> None:
-        from lrw.synthetic import SyntheticConfig, generate
-
         p = self.plan
         cfg = SyntheticConfig(out=str(self.data), words=p.words, speakers=p.speakers,
                               clips=p.clips, frames=p.frames, size=p.size, queries=p.queries,
@@ -128,9 +136,6 @@ class Demo:
     def checkpoint_state(self, name: str, model: str, model_cfg: dict, iters: int,
                          glow: Path | None = None) -> str:
         """'done', 'resume' or 'fresh' for run ``name`` (its last.pt against the plan)."""
-        from glow.io import CheckpointError, file_sha256
-        from training.checkpoint import load_checkpoint
-
         path = self.ckpt_dir / name / "last.pt"
         if not path.is_file():
             return "fresh"
@@ -194,9 +199,6 @@ class Demo:
     def tone(self, source: str) -> Path:
         """A tone as long as the synthetic source (which has no sound of its own), for the
         talking face's video: test.py --audio."""
-        from lrw.video import write_tone
-        from talking.inputs import resolve_source
-
         src = resolve_source(source, self.data / "image")
         path = self.data / "audio" / f"{source}.m4a"
         if not path.is_file():
@@ -219,16 +221,12 @@ class Demo:
     # -- the whole thing ------------------------------------------------------------------------
 
     def run(self) -> dict:
-        from training import registry
-
         p = self.plan
         t_all = time.perf_counter()
         total = 8 if p.others else 6
         t0 = self._step(1, total, f"synthetic set in {self.data}")
         self.synthetic()
         self._done("synthetic set", t0)
-
-        from lrw.synthetic import SyntheticSet
 
         syn = SyntheticSet.load(self.data)
         query, source = syn.query_names[0], syn.source_names[0]
@@ -312,8 +310,6 @@ class Demo:
     def report(self, s: dict) -> Path:
         """``RESULT/demo_report/report.html``: every table, grid, video and loss curve of the
         demo in one folder (files copied into it), with the command and the machine."""
-        from evaluation.html import Section, write_html
-
         p = self.plan
         intro = (f"A synthetic talking-face set ({p.words} words, {p.speakers} training "
                  f"speakers, {p.size} px), a Glow, AD-flow on that Glow and MI-flow trained "
@@ -355,14 +351,10 @@ class Demo:
         sections.append(Section("Training curves", "", curves))
         argv = ["--tiny"] if p is TINY else []
         argv += ["--out", str(self.out), "--result_dir", str(self.result)]
-        from evaluation.html import command_line
-
         return write_html(self.result / "demo_report", "flowdisentangle demo", sections,
                           command_line("demo.py", argv))
 
     def summary_text(self, s: dict) -> str:
-        from evaluation.report import format_table, read_csv
-
         p = self.plan
         lines = ["", "=" * 78, "Demo finished: what happened and where to look", "=" * 78, "",
                  f"Data: a synthetic talking-face set ({p.words} words, {p.speakers} training "
@@ -415,8 +407,6 @@ class Demo:
 
 def _video_facts(path: Path) -> str:
     """`` (256x256 px, 15 frames, with sound)`` for a written video ('' when unreadable)."""
-    from lrw.video import VideoReader, has_audio
-
     try:
         v = VideoReader(path)
         return (f"  ({v.width}x{v.height} px, {v.declared} frames, "
@@ -441,8 +431,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the synthetic set and checkpoints (default: demo_data)")
     parser.add_argument("--result_dir", default=None,
                         help="root of samples, talking faces and tables (default: OUT/result)")
-    from cliargs import add_no_progress
-
     add_no_progress(parser, "hide the progress bars of the jobs it runs")
     args = parser.parse_args(argv)
     out = Path(args.out)

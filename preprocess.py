@@ -12,6 +12,8 @@ Three modes (see ``python preprocess.py --help`` and docs/preprocess.md):
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 import time
@@ -19,7 +21,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from cliargs import MAX_SIZE, add_no_progress, image_size, positive, positive_int
+from tqdm import tqdm
+
+from cliargs import MAX_SIZE, add_no_progress, image_size, os_error_line, positive, positive_int
+from content_ae.celeba import cli as celeba_cli
+from faces.align import align_face
+from faces.io import find_images, read_image, write_bytes_atomic, write_image
+from faces.landmarks import ModelFileError, shared_detector
+from lrw.convert import convert_lrw
+from lrw.video import TruncatedVideoError
+from pose_flow.preprocess import cli as pose_cli
+from pose_flow.preprocess import wants
+from talking.video_source import open_frames, write_sequence
+from training.cli import check_folder
 
 EXAMPLES = """\
 examples:
@@ -166,8 +180,6 @@ def _error(message: str) -> None:
 
 
 def _detector(cfg: PreprocessConfig):
-    from faces.landmarks import shared_detector
-
     # Cached per process: repeated main() calls (tests, notebooks) load the model once.
     return shared_detector(cfg.landmarks, detect_width=cfg.detect_width)
 
@@ -181,11 +193,6 @@ def _output_stem(path: Path, size: int) -> str:
 
 
 def run_photos(cfg: PreprocessConfig) -> int:
-    from tqdm import tqdm
-
-    from faces.align import align_face
-    from faces.io import find_images, read_image, write_image
-
     images, problems = find_images(cfg.paths)
     for problem in problems:
         _error(f"{problem} (check the path)")
@@ -243,8 +250,6 @@ def run_photos(cfg: PreprocessConfig) -> int:
 def _made_from_another(crop: Path, photo: Path) -> bool:
     """True when ``crop`` exists and its alignment record names another photo (or it has no
     record: a query put there by hand or by an older version)."""
-    import json
-
     if not crop.exists():
         return False
     try:
@@ -258,11 +263,6 @@ def write_alignment_record(crop: Path, photo: Path, shape: tuple, matrix, size: 
     """``NAME_SIZE.json`` beside the crop: the original photo (its path relative to the
     record's folder and absolute), its size and the similarity transform from photo pixels to
     crop pixels (``test.py --full_frame`` pastes the face back into the photo with it)."""
-    import json
-    import os
-
-    from faces.io import write_bytes_atomic
-
     record = {
         "photo": os.path.relpath(Path(photo).resolve(), crop.parent.resolve()),
         "photo_absolute": str(Path(photo).resolve()),
@@ -277,9 +277,6 @@ def write_alignment_record(crop: Path, photo: Path, shape: tuple, matrix, size: 
 # -- sequences ----------------------------------------------------------------------------------
 def run_source(cfg: PreprocessConfig) -> int:
     """Streamed in two passes (talking.video_source): memory does not grow with the video."""
-    from lrw.video import TruncatedVideoError
-    from talking.video_source import open_frames, write_sequence
-
     src = Path(cfg.paths[0])
     try:
         frames = open_frames(src)
@@ -323,11 +320,6 @@ def run_source(cfg: PreprocessConfig) -> int:
 # -- LRW ----------------------------------------------------------------------------------------
 def run_lrw(cfg: PreprocessConfig) -> int:
     try:
-        from lrw.convert import convert_lrw
-    except ImportError as err:
-        _error(f"LRW conversion needs lrw/convert.py, which this checkout lacks ({err})")
-        return 1
-    try:
         report = convert_lrw(cfg.lrw, cfg.out, split=cfg.split, workers=cfg.workers,
                              progress=cfg.progress)
     except ValueError as err:
@@ -357,14 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a failure, 2 bad arguments)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a.split("=")[0] in ("--celeba", "--attr_from") for a in argv):
-        from content_ae.celeba import cli  # A/B attribute sets for the content-AE
-
-        return cli(argv)
-    from pose_flow.preprocess import wants
-
+        return celeba_cli(argv)  # A/B attribute sets for the content-AE
     if wants(argv):  # --landmarks DATA_FOLDER / --from_video: landmark files for the pose flow
-        from pose_flow.preprocess import cli as pose_cli
-
         return pose_cli(argv)
     try:
         cfg, dry_run = parse_config(argv)
@@ -373,9 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     if dry_run:
         print(cfg)
         return 0
-    from faces.landmarks import ModelFileError
-    from training.cli import check_folder, os_error_line
-
     try:
         if cfg.mode != "lrw":
             check_folder(cfg.image_dir, "--image_dir")

@@ -10,15 +10,20 @@ argument --batch: must be a whole number >= 1, not -2``.
 A value a config file gives (``train.py --config``) goes through the same function; the
 ``ValueError`` it raises then names the file and the key.
 
+:func:`os_error_line` turns an ``OSError`` on the user's files (a full disk, a file where a
+folder belongs) into one line with the fix, for every script's error report.
+
 Kept free of every other package of the project (every layer may import it) and of torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 MAX_SIZE = 8192
@@ -147,3 +152,21 @@ def check_fits(nbytes: int, what: str, fix: str) -> None:
     if avail is not None and nbytes > avail:
         raise ValueError(f"{what} needs {nbytes / 2**30:.1f} GiB of memory, "
                          f"{avail / 2**30:.1f} GiB are available; {fix}")
+
+
+def os_error_line(exc: OSError) -> str:
+    """An ``OSError`` from reading or writing the user's files as one line with the fix."""
+    where = exc.filename or ""
+    if exc.errno == errno.ENOSPC:
+        return (f"{where or 'a file'}: no space left on the device; free some space, or "
+                "write elsewhere (e.g. --result_dir / --checkpoint_dir / --out)")
+    if exc.errno == errno.EDQUOT:
+        return f"{where or 'a file'}: disk quota exceeded; free some space or write elsewhere"
+    if isinstance(exc, NotADirectoryError) and where:
+        blocker = next((p for p in Path(where).parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{where}: {blocker} is a file, not a folder; give a folder"
+    if isinstance(exc, PermissionError):
+        return f"{where or 'a file'}: permission denied; give a path you can read and write"
+    reason = exc.strerror or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{where}: {reason}" if where else str(reason)

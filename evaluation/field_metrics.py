@@ -42,16 +42,27 @@ metrics do.
 
 from __future__ import annotations
 
+import itertools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import correlate1d
 from torch import Tensor, nn
 
+from faces.metrics import face_descriptor, face_landmarks
+from lrw.synthetic import SyntheticSet
+from talking.inputs import read_rgb, resolve_source
+from training.progress import progress as make_bar
+
 from .metrics import mouth_crop, upscale
+from .models import BASELINE_COPY, like_model_input, run_sequence
+from .syncnet import SyncNet
 
 __all__ = ["SCORE_SIZE", "Embedder", "FieldNets", "FieldScorer", "LPIPS", "cosine",
            "jitter_error", "laplacian_sharpness", "ms_ssim"]
@@ -72,8 +83,6 @@ class NetFileError(ValueError):
 def laplacian_sharpness(image: np.ndarray) -> float:
     """Variance of the 3 x 3 Laplacian of the grey mouth box (``faces.blend.mouth_box``) of a
     uint8 RGB image [S, S, 3]."""
-    import cv2
-
     grey = cv2.cvtColor(np.ascontiguousarray(mouth_crop(image)), cv2.COLOR_RGB2GRAY)
     return float(cv2.Laplacian(grey.astype(np.float64), cv2.CV_64F, ksize=1).var())
 
@@ -87,8 +96,6 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 def _ssim_parts(x: np.ndarray, y: np.ndarray, win: np.ndarray) -> tuple[float, float]:
     """Mean SSIM and mean contrast-structure term of float64 images [H, W, C] in [0, 255]
     (separable Gaussian filtering, 'valid' region only, per channel)."""
-    from scipy.ndimage import correlate1d
-
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     r = len(win) // 2
 
@@ -152,11 +159,13 @@ LPIPS_TAPS = {"alex": (1, 4, 7, 9, 11), "vgg16": (3, 8, 15, 22, 29)}
 
 
 def _features(net: str) -> nn.Sequential:
+    # deferred: torchvision.models costs 1.6-3 s at start-up (python -X importtime); only
+    # --lpips needs it
     if net == "alex":
-        from torchvision.models import alexnet
+        from torchvision.models import alexnet  # deferred: as said above
 
         return alexnet().features[: LPIPS_TAPS[net][-1] + 1]
-    from torchvision.models.vgg import cfgs, make_layers
+    from torchvision.models.vgg import cfgs, make_layers  # deferred: as said above
 
     return make_layers(cfgs["D"])[: LPIPS_TAPS[net][-1] + 1]
 
@@ -256,8 +265,6 @@ class FieldNets:
     def load(cls, lpips: str | None, arcface: str | None, syncnet: str | None) -> FieldNets:
         nets = cls(LPIPS(lpips) if lpips else None, Embedder(arcface) if arcface else None)
         if syncnet:
-            from .syncnet import SyncNet
-
             nets.syncnet = SyncNet(syncnet)
         return nets
 
@@ -275,13 +282,9 @@ class FieldScorer:
         self.dlib = dlib
 
     def _landmarks(self, image: np.ndarray) -> np.ndarray | None:
-        from faces.metrics import face_landmarks
-
         return face_landmarks(upscale(image, SCORE_SIZE), aligned=True)
 
     def _descriptor(self, image: np.ndarray) -> np.ndarray | None:
-        from faces.metrics import face_descriptor
-
         return face_descriptor(upscale(image, SCORE_SIZE), aligned=True)
 
     def references(self, truth: np.ndarray, identity: np.ndarray) -> dict:
@@ -366,21 +369,11 @@ def evaluate_synthetic_field(root: str | Path, systems, size: int, scorer: Field
     synthetic talking-face set (the same pairs, frames and truth as
     ``evaluation.synthetic.evaluate_synthetic``): ``{label: {column: value}}``. The identity
     reference is the query as the model sees it."""
-    import itertools
-    import sys
-
-    from lrw.synthetic import SyntheticSet
-    from talking.inputs import read_rgb, resolve_source
-
-    from .models import BASELINE_COPY, like_model_input, run_sequence
-
     syn = SyntheticSet.load(root)
     todo = list(itertools.product(syn.query_names, syn.source_names))[:pairs or None]
     acc: dict[str, list[dict]] = {}
     bar = None
     if progress:
-        from training.progress import progress as make_bar
-
         bar = make_bar(len(todo), f"field metrics {Path(root).name}", unit="pair",
                        file=sys.stderr)
     try:

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 __all__ = ["Section", "environment", "markdown_to_html", "references", "write_html"]
@@ -139,8 +140,6 @@ def _cpu_name() -> str:
 
 
 def _version(module: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(module)
     except metadata.PackageNotFoundError:
@@ -268,6 +267,8 @@ def talking_report(out_dir: str | Path, title: str, table_md: str | Path, comman
     the first pair's grid and side-by-side video (``example`` from
     :func:`evaluation.visuals.synthetic_rows` / ``real_rows``), ``metrics.png``, and the loss
     curves and diagnostics of the training run folders ``run_dirs`` that exist."""
+    # deferred: .visuals pulls in torch (~1.7 s at start-up, python -X importtime), which
+    # evaluate.py --compare and the other reports do not need
     from .visuals import comparison_grid, comparison_video
 
     out = Path(out_dir)

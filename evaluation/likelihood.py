@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from glow import quantize
+from lrw.datasets import list_images, load_image
+from lrw.synthetic import SyntheticSet
+from training.progress import progress as make_bar
 
 __all__ = ["bits_per_dim_over", "heldout_frames"]
 
@@ -27,14 +30,10 @@ def heldout_frames(data: str | Path, max_frames: int | None = None) -> tuple[lis
     ``max_frames`` keeps that many, evenly spaced over the sorted list (deterministic).
     Raises ``ValueError`` (one line) when the folder is missing or holds no image.
     """
-    from lrw.datasets import list_images
-
     data = Path(data)
     if not data.is_dir():
         raise ValueError(f"{data}: no such folder (give a folder of frames or a synthetic set)")
     if (data / "manifest.json").is_file():
-        from lrw.synthetic import SyntheticSet
-
         syn = SyntheticSet.load(data)
         paths = [syn.query_path(q) for q in syn.query_names]
         for s in syn.source_names:
@@ -62,15 +61,11 @@ def bits_per_dim_over(score, paths: list[Path], size: int, n_bits: int, batch: i
 
     Returns ``(mean bits/dim, frames scored)``; unreadable frames are skipped.
     """
-    from lrw.datasets import load_image
-
     g = torch.Generator().manual_seed(seed)
     total, n = 0.0, 0
     bar = None
     if progress:
-        from training.progress import progress
-
-        bar = progress(len(paths), "bits/dim", unit="frame", file=sys.stderr)
+        bar = make_bar(len(paths), "bits/dim", unit="frame", file=sys.stderr)
     try:
         for start in range(0, len(paths), batch):
             images = []

@@ -21,9 +21,17 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from PIL import Image
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 from faces.blend import mouth_box
-from faces.metrics import SAME_PERSON_THRESHOLD, mouth_landmark_distance, temporal_jitter
+from faces.metrics import (
+    SAME_PERSON_THRESHOLD,
+    face_descriptor,
+    face_landmarks,
+    mouth_landmark_distance,
+    temporal_jitter,
+)
 
 __all__ = [
     "PSNR_CAP",
@@ -65,8 +73,6 @@ def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def psnr(reference: np.ndarray, image: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB (``data_range`` 255), capped at :data:`PSNR_CAP`."""
-    from skimage.metrics import peak_signal_noise_ratio
-
     reference, image = _check(reference, image)
     with np.errstate(divide="ignore"):
         value = float(peak_signal_noise_ratio(reference, image, data_range=255))
@@ -80,8 +86,6 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
     ``channel_axis=-1`` (per colour channel, then averaged), ``data_range=255`` and its default
     constants ``K1 = 0.01``, ``K2 = 0.03``. Images must be at least 7 x 7.
     """
-    from skimage.metrics import structural_similarity
-
     reference, image = _check(reference, image)
     return float(structural_similarity(reference, image, win_size=SSIM_WINDOW,
                                        channel_axis=-1 if reference.ndim == 3 else None,
@@ -102,8 +106,6 @@ def mouth_psnr(reference: np.ndarray, image: np.ndarray) -> float:
 
 def mse(reference: np.ndarray, image: np.ndarray) -> float:
     """Mean squared error over pixels and channels, in 8-bit units (scikit-image)."""
-    from skimage.metrics import mean_squared_error
-
     reference, image = _check(reference, image)
     return float(mean_squared_error(reference, image))
 
@@ -123,8 +125,6 @@ def psnr_from_mse(value: float) -> float:
 
 def upscale(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """Bicubic resize of a square crop to ``size`` (unchanged when it already has that size)."""
-    from PIL import Image
-
     image = np.asarray(image)
     if image.shape[0] == size and image.shape[1] == size:
         return image
@@ -145,13 +145,9 @@ class Landmarker:
         self.aligned = aligned
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
-        from faces.metrics import face_landmarks
-
         return face_landmarks(upscale(image), aligned=self.aligned)
 
     def descriptor(self, image: np.ndarray) -> np.ndarray | None:
-        from faces.metrics import face_descriptor
-
         return face_descriptor(upscale(image), aligned=self.aligned)
 
 

@@ -43,8 +43,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 from faces.blend import mouth_box
+from synthface.face import MOUTH_BOX_256, MouthState, mouth_colours, mouth_layers, render
+from synthface.scene import shot_maps
 
 __all__ = ["MouthReader", "motion_deviation_error", "motion_error", "mouth_reader",
            "pixel_motion_error", "state_array"]
@@ -143,8 +146,6 @@ def _resize_box(maps: np.ndarray, size: int, region: bool = False) -> np.ndarray
     inputs are (PIL bilinear); only a margin around the box is resized (identical result: the
     filter's support is one output pixel). ``region=True``: the maps are that margin region at
     256 px already (rows ``R0 * f : R1 * f`` of :func:`_margin_box`, ``f = 256 // size``)."""
-    from PIL import Image
-
     f = 256 // size
     r0, r1, c0, c1 = mouth_box(size)
     R0, R1, C0, C1 = _margin_box(size)
@@ -166,8 +167,6 @@ def mouth_reader(identity, size: int, shot=None) -> MouthReader:
     :class:`synthface.scene.Shot` when the frames are posed, lit, aligned crops (the hard set):
     the layers then go through the same pose, lighting and crop (``synthface.scene.shot_maps``).
     """
-    from synthface.face import MOUTH_BOX_256, MouthState, mouth_colours, mouth_layers, render
-
     if 256 % size:
         raise ValueError(f"the mouth reader works at sizes dividing 256, not {size}")
     if shot is not None:
@@ -206,9 +205,6 @@ def _ramps(size: int) -> np.ndarray:
 
 def _shot_reader(identity, size: int, shot) -> MouthReader:
     """:func:`mouth_reader` for posed, lit, aligned crops (``synthface.scene``)."""
-    from synthface.face import MouthState, mouth_colours
-    from synthface.scene import shot_maps
-
     f = 256 // size
     R0, R1, C0, C1 = _margin_box(size)
     states = [MouthState(float(o), float(w)) for o in OPEN_GRID for w in WIDTH_GRID]

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from talking.inputs import read_rgb, resolve_query, resolve_source
+from training.progress import progress as make_bar
+
 from .field_metrics import cosine, laplacian_sharpness
 from .metrics import (
     SAME_PERSON_THRESHOLD,
@@ -52,8 +55,6 @@ def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequen
     (``ref_img/`` and ``source_img/``). Returns ``(rows, details)`` like
     :func:`evaluation.synthetic.evaluate_synthetic`, with the metrics of the module docstring.
     """
-    from talking.inputs import read_rgb, resolve_query, resolve_source
-
     image_dir = Path(image_dir)
     detector = Landmarker(aligned=False)
     out_marker = Landmarker(aligned=not detect_outputs)
@@ -70,9 +71,7 @@ def evaluate_real(image_dir: str | Path, sources: Sequence[str], queries: Sequen
     total *= len(query_paths)
     bar = None
     if progress:
-        from training.progress import progress
-
-        bar = progress(total, "real sequences", unit="frame", file=sys.stderr)
+        bar = make_bar(total, "real sequences", unit="frame", file=sys.stderr)
     try:
         for src in resolved:
             paths = src.frames[:seq_frames] if seq_frames else src.frames

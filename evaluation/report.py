@@ -139,10 +139,12 @@ def read_csv(path: str | Path) -> list[dict]:
 
 def plot(path: Path, rows: Sequence[dict], label_keys: Sequence[str], title: str) -> None:
     """One horizontal bar chart per metric (metrics have different scales); baselines grey."""
+    # deferred: matplotlib.pyplot costs ~0.8 s at start-up (python -X importtime); only the
+    # charts need it, not the tables (evaluate.py --compare, the demo's summary)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after use("Agg"), as said above
 
     keys = _present(rows, [m.key for m in METRICS if m.key != "no_face"])
     labels = [" / ".join(str(r.get(k, "")) for k in label_keys) for r in rows]

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lrw.video import ffmpeg_exe
+
 __all__ = ["LIP_FRAMES", "VSHIFT", "SyncNet", "audio_mfcc", "sync_scores", "offset_distances"]
 
 LIP_FRAMES = 5
@@ -43,10 +45,11 @@ SAMPLE_RATE = 16000
 
 def audio_mfcc(path: str | Path) -> np.ndarray:
     """MFCCs ``[13, N]`` at 100 Hz of the first audio track of ``path``."""
-    import imageio_ffmpeg
+    # deferred: an optional package (requirements.txt, not pyproject), ~0.5 s at start-up;
+    # only --lip_sync needs MFCCs
     from python_speech_features import mfcc
 
-    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path),
+    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path),
                           "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-"],
                          capture_output=True)
     if out.returncode != 0 or not out.stdout:

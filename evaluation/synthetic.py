@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lrw.synthetic import SyntheticSet
+from talking.inputs import read_rgb, resolve_source
+from training.progress import progress as make_bar
+
 from .metrics import mean_finite, mouth_crop, mse, psnr_from_mse, ssim
 from .models import (
     BASELINE_BLEND,
@@ -70,9 +74,6 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     and the mouth-box PSNR are taken at 256 px; the mouth states are read back from the frames
     brought to the model's size (the reader at 256 px costs seconds per frame).
     """
-    from lrw.synthetic import SyntheticSet
-    from talking.inputs import read_rgb, resolve_source
-
     syn = SyntheticSet.load(root)
     todo = list(itertools.product(syn.query_names, syn.source_names))
     if pairs:
@@ -91,9 +92,7 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     total = sum(min(syn.n_source_frames(s), seq_frames or 10**9) for _, s in todo)
     bar = None
     if progress:
-        from training.progress import progress
-
-        bar = progress(total, f"synthetic {Path(root).name}", unit="frame", file=sys.stderr)
+        bar = make_bar(total, f"synthetic {Path(root).name}", unit="frame", file=sys.stderr)
     try:
         for q, s in todo:
             source = resolve_source(str(syn.source_folder(s)), syn.root / "image")

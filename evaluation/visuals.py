@@ -18,6 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from lrw.synthetic import SyntheticSet
+from lrw.video import write_video
+from talking.inputs import read_rgb, resolve_query, resolve_source
+
+from .models import like_model_input, run_sequence
 
 __all__ = ["TILE", "comparison_grid", "comparison_video", "enlarge"]
 
@@ -36,8 +43,6 @@ def enlarge(image: np.ndarray, tile: int = TILE) -> np.ndarray:
 
 
 def _text(canvas: np.ndarray, xy: tuple[int, int], text: str, width: int) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
-
     im = Image.fromarray(canvas)
     draw = ImageDraw.Draw(im)
     try:
@@ -93,8 +98,6 @@ def comparison_video(rows: Mapping[str, np.ndarray], path: str | Path, fps: floa
                      tile: int = TILE) -> Path:
     """An H.264 mp4: frame ``t`` shows every label's frame ``t`` side by side, captioned.
     Returns the path (written to a temporary name in the same folder, then renamed)."""
-    from lrw.video import write_video
-
     path = Path(path)
     labels = list(rows)
     n = min(len(rows[k]) for k in labels)
@@ -119,8 +122,6 @@ def comparison_video(rows: Mapping[str, np.ndarray], path: str | Path, fps: floa
 
 
 def _save_png(canvas: np.ndarray, path: Path) -> Path:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     Image.fromarray(canvas).save(tmp)
@@ -133,11 +134,6 @@ def synthetic_rows(root: str | Path, systems, size: int, device="cpu", batch: in
                    ) -> tuple[dict[str, np.ndarray], str, float]:
     """The first query x source pair of a synthetic set: ``(rows, caption, fps)`` with the
     ground truth first, then both baselines and every system (as they were scored)."""
-    from lrw.synthetic import SyntheticSet
-    from talking.inputs import read_rgb, resolve_source
-
-    from .models import like_model_input, run_sequence
-
     syn = SyntheticSet.load(root)
     q, s = syn.query_names[0], syn.source_names[0]
     source = resolve_source(str(syn.source_folder(s)), syn.root / "image")
@@ -156,10 +152,6 @@ def real_rows(image_dir: str | Path, source_name: str, query_name: str, systems,
               ) -> tuple[dict[str, np.ndarray], str, float]:
     """One real query driven by one real source: ``(rows, caption, fps)`` with the source
     (brought to the model's size) first, then both baselines and every system."""
-    from talking.inputs import read_rgb, resolve_query, resolve_source
-
-    from .models import like_model_input, run_sequence
-
     source = resolve_source(source_name, image_dir)
     paths = source.frames[:seq_frames] if seq_frames else source.frames
     frames = [read_rgb(p) for p in paths]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -238,8 +239,6 @@ def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> Path:
 def save_pil(image: Image.Image, path: str | Path, **params) -> Path:
     """Save a PIL image (format from the suffix, ``params`` as ``Image.save`` takes them)
     through :func:`write_bytes_atomic`: never a partial file under ``path``."""
-    import io
-
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:

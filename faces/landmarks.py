@@ -48,6 +48,8 @@ class FaceWarning(UserWarning):
 
 def _import_dlib():
     try:
+        # deferred: dlib only for detection and descriptors; alignment and blending work
+        # without it installed (and `import faces` skips its ~0.05 s)
         import dlib
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ModelFileError(

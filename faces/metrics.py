@@ -38,6 +38,7 @@ __all__ = [
     "inter_ocular_distance",
     "landmark_jitter",
     "mouth_landmark_distance",
+    "recognizer",
     "temporal_jitter",
 ]
 
@@ -57,7 +58,8 @@ def default_detector() -> LandmarkDetector:
 
 
 @lru_cache(maxsize=1)
-def _recognizer():
+def recognizer():
+    """dlib's face-recognition ResNet (128-d descriptors), loaded once per process."""
     dlib = _import_dlib()
     return dlib.face_recognition_model_v1(str(model_path(RECOGNITION_MODEL)))
 
@@ -107,7 +109,7 @@ def face_descriptor(image: np.ndarray, detector: LandmarkDetector | None = None,
         if box is None:
             return None
         shape = detector.dlib_shape(image, box)
-        return np.array(_recognizer().compute_face_descriptor(image, shape), dtype=np.float64)
+        return np.array(recognizer().compute_face_descriptor(image, shape), dtype=np.float64)
     except ModelFileError:
         raise
     except (ValueError, RuntimeError):

@@ -132,8 +132,8 @@ def smooth_params(params: np.ndarray, valid: np.ndarray, window: int = 5) -> np.
     for j in range(work.shape[1]):
         work[:, j] = np.interp(idx, idx[valid], work[valid, j])
     if window > 1 and len(work) > 1:
-        # imported here: scipy.ndimage costs ~0.2 s, and `import faces` (test.py's mouth mix)
-        # does not need it
+        # deferred: scipy.ndimage costs ~0.35 s at start-up (python -X importtime), and
+        # `import faces` (test.py's mouth mix) does not need it
         from scipy.ndimage import uniform_filter1d
 
         work = uniform_filter1d(work, size=int(window), axis=0, mode="nearest")

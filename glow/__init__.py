@@ -1,4 +1,10 @@
-"""The invertible core: layers, the multi-scale Glow, likelihood helpers, checkpoint loading."""
+"""The invertible core: layers, the multi-scale Glow, likelihood helpers, checkpoint loading.
+
+The lowest layer (tests/test_architecture.py): nothing here imports another package of the
+project. The self-describing checkpoint format is read here (glow/io.py) so that ``training``
+can build on it; ``glow.recipe`` (the Glow as a trainable model) sits in the model layer above
+``training`` and is never imported by the core.
+"""
 
 from .io import CheckpointError, load_glow, safe_load
 from .layers import (

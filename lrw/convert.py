@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+from tqdm import tqdm
 
 from lrw.video import VideoReader
 
@@ -141,8 +142,6 @@ def convert_lrw(lrw_root: str | Path, out_dir: str | Path, split: str = "train",
     pool. A video that cannot be decoded becomes a ``failures`` entry and the batch goes on.
     Raises ``ValueError`` (one line) for a root without ``WORD/SPLIT/`` folders.
     """
-    from tqdm import tqdm
-
     mp4_root = find_lrw_root(lrw_root, split)
     out_split = Path(out_dir) / split
     videos = list_videos(mp4_root, split)

@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from faces.io import save_pil
+
 
 def thesis_transform(im: Image.Image, size: int) -> Tensor:
     """An RGB PIL image -> float32 ``[3, size, size]`` in ``[0, 1]`` (see the module docstring)."""
@@ -64,6 +66,4 @@ def save_image(images: Tensor, path: str | Path, nrow: int = 8, padding: int = 2
     """Write ``images`` (values in ``[0, 1]``) as one PNG grid (:func:`make_grid`)."""
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding)
     arr = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
-    from faces.io import save_pil
-
     save_pil(Image.fromarray(arr), path)  # temporary name + rename: never a partial grid

@@ -36,6 +36,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faces.io import umask_mode
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "CACHE_NAME",
@@ -297,8 +299,6 @@ def _read_cache(path: Path) -> dict[str, dict]:
 
 def _write_cache(path: Path, words: dict[str, dict]) -> bool:
     """Write atomically (temp file + rename); False when the location is not writable."""
-    from faces.io import umask_mode
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".lrw_index.", suffix=".tmp", dir=path.parent)

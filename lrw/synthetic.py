@@ -44,7 +44,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cliargs import add_no_progress, image_size, model_size, positive_int, seed
+from cliargs import add_no_progress, image_size, model_size, os_error_line, positive_int, seed
+from faces.align import alignment_params, similarity_matrix
+from faces.io import write_bytes_atomic
+from faces.sequence import smooth_params
 from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's public names)
     CLOSED_MOUTH_WIDTH_256,
     MOUTH_BOX_256,
@@ -52,11 +55,12 @@ from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's
     NEUTRAL,
     Identity,
     MouthState,
-    _r4,
     mouth_box,
     render,
+    round4,
     sample_identity,
 )
+from synthface.output import replacing
 from synthface.pose import HeadPose
 from synthface.scene import (
     Lighting,
@@ -145,12 +149,12 @@ def word_trajectory(syllables: Sequence[Sequence[float]], n_frames: int, amp: fl
         wnum += w * np.exp(-0.5 * ((tau - centre) / (1.6 * sigma)) ** 2)
     op = np.clip(op * amp, 0.0, 1.0)
     wd = np.clip(wnum * amp, -1.0, 1.0)
-    return [MouthState(_r4(o), _r4(w)) for o, w in zip(op, wd, strict=True)]
+    return [MouthState(round4(o), round4(w)) for o, w in zip(op, wd, strict=True)]
 
 
 def _clip_jitter(rng: np.random.Generator) -> dict:
-    return {"amp": _r4(rng.uniform(0.85, 1.12)), "shift": _r4(rng.uniform(-0.05, 0.05)),
-            "speed": _r4(rng.uniform(0.9, 1.1))}
+    return {"amp": round4(rng.uniform(0.85, 1.12)), "shift": round4(rng.uniform(-0.05, 0.05)),
+            "speed": round4(rng.uniform(0.9, 1.1))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,22 +213,18 @@ def _hard_pose(rng: np.random.Generator, role: str) -> tuple[HeadPose, float]:
     spec = HARD_POSES[role]
     side = spec["side"] or float(rng.choice([-1.0, 1.0]))
     u = rng.uniform
-    return HeadPose(yaw=_r4(side * u(*spec["yaw"])), roll=_r4(side * u(*spec["roll"])),
-                    scale=_r4(u(*spec["scale"])), tx=_r4(u(*spec["tx"])),
-                    ty=_r4(u(*spec["ty"]))), side
+    return HeadPose(yaw=round4(side * u(*spec["yaw"])), roll=round4(side * u(*spec["roll"])),
+                    scale=round4(u(*spec["scale"])), tx=round4(u(*spec["tx"])),
+                    ty=round4(u(*spec["ty"]))), side
 
 
 def _crop_matrix(ident: Identity, mouth: MouthState, pose: HeadPose) -> np.ndarray:
     """The alignment real faces get (``faces.align``), from this frame's exact landmarks:
     ``(cx, cy, mouth_width, angle)``."""
-    from faces.align import alignment_params
-
     return alignment_params(landmarks_px(ident, mouth, pose))
 
 
 def _shot_dict(pose: HeadPose, light: Lighting, params: np.ndarray) -> dict:
-    from faces.align import similarity_matrix
-
     m = similarity_matrix(params, 256)
     return Shot(pose, light, tuple(tuple(round(float(v), 6) for v in r) for r in m)).to_dict()
 
@@ -240,8 +240,6 @@ def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.
                     role: str) -> list[dict]:
     """Per-frame shots of a talking sequence: a base pose swaying over the clip, one lighting,
     crop parameters from each frame's exact landmarks smoothed as real sequences are."""
-    from faces.sequence import smooth_params
-
     ident = Identity.from_dict(ident_d)
     base, side = _hard_pose(rng, role)
     light = sample_lighting(rng, side if HARD_POSES[role]["side"] else 0.0)
@@ -253,9 +251,9 @@ def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.
     poses = []
     for t in tau:
         d = amp * np.sin(phase + 2 * np.pi * cycles * t)
-        poses.append(HeadPose(yaw=_r4(base.yaw + d[0]), roll=_r4(base.roll + d[1]),
-                              scale=_r4(base.scale + d[2]), tx=_r4(base.tx + d[3]),
-                              ty=_r4(base.ty + d[4])))
+        poses.append(HeadPose(yaw=round4(base.yaw + d[0]), roll=round4(base.roll + d[1]),
+                              scale=round4(base.scale + d[2]), tx=round4(base.tx + d[3]),
+                              ty=round4(base.ty + d[4])))
     raw = np.stack([_crop_matrix(ident, m, p) for m, p in zip(states, poses, strict=True)])
     params = smooth_params(raw, np.ones(n, dtype=bool), SMOOTH_FRAMES)
     return [_shot_dict(p, light, q) for p, q in zip(poses, params, strict=True)]
@@ -278,7 +276,7 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
             rng = _rng(cfg.seed, stream, i)
             ident = sample_hard_identity(rng, roles[stream]) if cfg.hard else sample_identity(rng)
             identities[name] = ident.to_dict()
-    syllables = {w: [list(map(_r4, s)) for s in _word_syllables(w, _rng(cfg.seed, 4, WORDS.index(w)))]
+    syllables = {w: [list(map(round4, s)) for s in _word_syllables(w, _rng(cfg.seed, 4, WORDS.index(w)))]
                  for w in words}
     clips = []
     for w in words:
@@ -339,8 +337,6 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
         ok, buf = cv2.imencode(path.suffix, bgr)
     if not ok:
         raise RuntimeError(f"encoding {path} failed")
-    from faces.io import write_bytes_atomic
-
     write_bytes_atomic(path, buf.tobytes())
 
 
@@ -382,8 +378,6 @@ def generate(cfg: SyntheticConfig, force: bool = False, log=print) -> dict:
     ``force``); a set made with other options is replaced whole, once the new one is complete
     (:func:`synthface.output.replacing`); any other non-empty folder is an error.
     """
-    from synthface.output import replacing
-
     final = Path(cfg.out)
     manifest = _build_manifest(cfg)
     if final.is_dir():
@@ -565,8 +559,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        from training.cli import os_error_line
-
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 1
     return 0

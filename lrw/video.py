@@ -46,7 +46,7 @@ class TruncatedVideoError(ValueError):
 
 def ffmpeg_exe() -> str:
     """The ffmpeg binary that the imageio-ffmpeg package ships (``ImportError`` without it)."""
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # deferred: an optional package; only ffmpeg's callers need it
 
     return imageio_ffmpeg.get_ffmpeg_exe()
 
@@ -247,6 +247,7 @@ class VideoWriter:
     def _open(self, w: int, h: int) -> _Encoder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # deferred: an optional package; without it the writer falls back to mp4v
             import imageio_ffmpeg
 
             # yuv420p halves the chroma resolution, so H.264 needs even sizes: pad by one

@@ -76,10 +76,10 @@ class FaceScorer:
 
     def __init__(self) -> None:
         from faces.landmarks import LandmarkDetector
-        from faces.metrics import _recognizer
+        from faces.metrics import recognizer
 
         self.det = LandmarkDetector()
-        self.rec = _recognizer()
+        self.rec = recognizer()
 
     @staticmethod
     def _big(image: np.ndarray) -> np.ndarray:

@@ -26,10 +26,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cliargs import MAX_SIZE, add_no_progress, image_size, positive_int, seed
+from faces.io import save_pil
 
-from .face import NEUTRAL, Identity, _cover, _ellipse, _grid, render, sample_identity
+from .face import NEUTRAL, Identity, _cover, _ellipse, _grid, render, round4, sample_identity
+from .output import replacing
 
 __all__ = [
     "KINDS",
@@ -80,10 +83,6 @@ class Attribute:
         return cls(**d)
 
 
-def _r4(x) -> float:
-    return round(float(x), 4)
-
-
 def sample_attribute(rng: np.random.Generator, kind: str) -> Attribute:
     """Draw one attribute of ``kind`` (values rounded to 4 decimals, reproducible from JSON)."""
     if kind not in KINDS:
@@ -93,17 +92,17 @@ def sample_attribute(rng: np.random.Generator, kind: str) -> Attribute:
                     + rng.normal(0, 0.03, 3), 0, 1)
         dark = rng.uniform() < 0.25
         return Attribute("glasses", GLASSES_SHAPES[int(rng.integers(len(GLASSES_SHAPES)))],
-                         tuple(_r4(v) for v in c),
-                         tint=_r4(rng.uniform(0.55, 0.75) if dark else rng.uniform(0.05, 0.2)),
-                         scale=_r4(rng.uniform(0.95, 1.2)),
-                         thickness=_r4(rng.uniform(0.008, 0.016)))
+                         tuple(round4(v) for v in c),
+                         tint=round4(rng.uniform(0.55, 0.75) if dark else rng.uniform(0.05, 0.2)),
+                         scale=round4(rng.uniform(0.95, 1.2)),
+                         thickness=round4(rng.uniform(0.008, 0.016)))
     if kind == "beard":
         c = np.clip(_BEARD_COLOURS[int(rng.integers(len(_BEARD_COLOURS)))]
                     + rng.normal(0, 0.03, 3), 0, 1)
-        return Attribute("beard", "full", tuple(_r4(v) for v in c), tint=_r4(rng.uniform(0.8, 0.95)),
-                         scale=_r4(rng.uniform(0.9, 1.1)), thickness=0.0)
-    return Attribute("bald", "bald", (1.0, 1.0, 1.0), tint=_r4(rng.uniform(0.0, 0.08)),
-                     scale=_r4(rng.uniform(0.95, 1.05)), thickness=0.0)
+        return Attribute("beard", "full", tuple(round4(v) for v in c), tint=round4(rng.uniform(0.8, 0.95)),
+                         scale=round4(rng.uniform(0.9, 1.1)), thickness=0.0)
+    return Attribute("bald", "bald", (1.0, 1.0, 1.0), tint=round4(rng.uniform(0.0, 0.08)),
+                     scale=round4(rng.uniform(0.95, 1.05)), thickness=0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +247,6 @@ def write_attribute_set(out: str | Path, kind: str = "glasses", size: int = 64,
     An attribute set already in ``out`` is replaced whole once the new one is complete (no
     stale image of a larger earlier set stays); any other non-empty folder is refused
     (:func:`synthface.output.replacing`)."""
-    from .output import replacing
-
     if kind not in KINDS:
         raise ValueError(f"unknown attribute kind {kind!r}; choose one of {', '.join(KINDS)}")
     if size < 16:
@@ -270,10 +267,6 @@ def _is_attribute_set(out: Path) -> bool:
 
 def _write(out: Path, kind: str, size: int, n_train_a: int, n_train_b: int, n_test_a: int,
            n_test_b: int, seed: int) -> None:
-    from PIL import Image
-
-    from faces.io import save_pil
-
     rng = np.random.default_rng(seed)
     counts = {"trainA": n_train_a, "trainB": n_train_b, "testA": n_test_a, "testB": n_test_b}
     manifest = {"format": "synthface-attributes", "version": 1, "kind": kind, "size": size,

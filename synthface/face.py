@@ -132,13 +132,14 @@ _HAIR = np.array([(0.08, 0.07, 0.07), (0.25, 0.16, 0.10), (0.45, 0.30, 0.18),
 _STYLES = ("short", "long", "fringe", "bald")
 
 
-def _r4(x) -> float:
+def round4(x) -> float:
+    """``x`` as a float rounded to 4 decimals: what the sets record (short, exact manifests)."""
     return round(float(x), 4)
 
 
 def _rgb(c) -> RGB:
     c = np.clip(np.asarray(c, dtype=float), 0.0, 1.0)
-    return (_r4(c[0]), _r4(c[1]), _r4(c[2]))
+    return (round4(c[0]), round4(c[1]), round4(c[2]))
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
@@ -152,16 +153,16 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     style = _STYLES[int(rng.integers(len(_STYLES)))]
     hairline = u(0.26, 0.29) if style == "fringe" else u(0.17, 0.24)
     return Identity(
-        face_cy=_r4(u(0.47, 0.49)), face_ax=_r4(u(0.29, 0.34)), face_ay=_r4(u(0.40, 0.435)),
-        chin=_r4(u(0.15, 0.45)), skin=_rgb(skin),
-        eye_y=_r4(u(0.385, 0.41)), eye_dx=_r4(u(0.115, 0.14)), eye_w=_r4(u(0.040, 0.052)),
-        eye_h=_r4(u(0.018, 0.025)),
+        face_cy=round4(u(0.47, 0.49)), face_ax=round4(u(0.29, 0.34)), face_ay=round4(u(0.40, 0.435)),
+        chin=round4(u(0.15, 0.45)), skin=_rgb(skin),
+        eye_y=round4(u(0.385, 0.41)), eye_dx=round4(u(0.115, 0.14)), eye_w=round4(u(0.040, 0.052)),
+        eye_h=round4(u(0.018, 0.025)),
         iris=_rgb(_IRIS[int(rng.integers(len(_IRIS)))] + rng.normal(0, 0.03, 3)),
-        brow_gap=_r4(u(0.055, 0.07)), brow_th=_r4(u(0.008, 0.013)),
-        brow_tilt=_r4(u(-0.12, 0.2)), nose_y=_r4(u(0.515, 0.53)), nose_w=_r4(u(0.018, 0.026)),
+        brow_gap=round4(u(0.055, 0.07)), brow_th=round4(u(0.008, 0.013)),
+        brow_tilt=round4(u(-0.12, 0.2)), nose_y=round4(u(0.515, 0.53)), nose_w=round4(u(0.018, 0.026)),
         lip=_rgb(lip),
         hair=_rgb(_HAIR[int(rng.integers(len(_HAIR)))] + rng.normal(0, 0.03, 3)),
-        hair_style=style, hairline=_r4(hairline), neck_w=_r4(u(0.10, 0.13)),
+        hair_style=style, hairline=round4(hairline), neck_w=round4(u(0.10, 0.13)),
         shirt=_rgb(rng.uniform(0.1, 0.9, 3)), background=_rgb(rng.uniform(0.25, 0.95, 3)),
     )
 

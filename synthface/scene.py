@@ -30,7 +30,16 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .face import Identity, MouthState, mouth_box, mouth_layers, render
+from .face import (
+    Identity,
+    MouthState,
+    _rgb,
+    mouth_box,
+    mouth_layers,
+    render,
+    round4,
+    sample_identity,
+)
 from .landmarks import face_landmarks
 from .pose import HeadPose, pose_map, pose_unmap
 
@@ -204,8 +213,6 @@ sources narrow, thick, dark ones (training identities draw from both)."""
 def sample_hard_identity(rng: np.random.Generator, role: str) -> Identity:
     """An identity of :func:`synthface.face.sample_identity` with the lips of ``role``
     (``"query"``, ``"source"``, or ``"train"``: either role's ranges and palette, or between)."""
-    from .face import _r4, _rgb, sample_identity
-
     base = sample_identity(rng)
     if role == "train":
         spec = {k: (min(LIP_ROLES["query"][k][0], LIP_ROLES["source"][k][0]),
@@ -218,5 +225,5 @@ def sample_hard_identity(rng: np.random.Generator, role: str) -> Identity:
         raise ValueError(f"unknown role {role!r} (query, source or train)")
     lip = np.asarray(palette[int(rng.integers(len(palette)))]) + rng.normal(0, 0.02, 3)
     return dataclasses.replace(
-        base, lip=_rgb(lip), **{k: _r4(rng.uniform(*spec[k]))
+        base, lip=_rgb(lip), **{k: round4(rng.uniform(*spec[k]))
                                 for k in ("lip_w", "lip_upper", "lip_lower")})

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cliargs import os_error_line  # (also imported from here by the scripts and recipes)
+
 
 @contextlib.contextmanager
 def plain_warnings() -> Iterator[None]:
@@ -62,26 +64,6 @@ def check_folder_flags(ns: argparse.Namespace | None) -> None:
         value = getattr(ns, name, None)
         if isinstance(value, (str, Path)):
             check_folder(value, f"--{name}")
-
-
-def os_error_line(exc: OSError) -> str:
-    """An ``OSError`` from reading or writing the user's files as one line with the fix."""
-    import errno
-
-    where = exc.filename or ""
-    if exc.errno == errno.ENOSPC:
-        return (f"{where or 'a file'}: no space left on the device; free some space, or "
-                "write elsewhere (e.g. --result_dir / --checkpoint_dir / --out)")
-    if exc.errno == errno.EDQUOT:
-        return f"{where or 'a file'}: disk quota exceeded; free some space or write elsewhere"
-    if isinstance(exc, NotADirectoryError) and where:
-        blocker = next((p for p in Path(where).parents if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            return f"{where}: {blocker} is a file, not a folder; give a folder"
-    if isinstance(exc, PermissionError):
-        return f"{where or 'a file'}: permission denied; give a path you can read and write"
-    reason = exc.strerror or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{where}: {reason}" if where else str(reason)
 
 
 def report_errors(job: Callable[[], object], *extra: type[BaseException],
