@@ -13,6 +13,7 @@ rather than Adam's sign-like first steps, where a tiny gradient difference looks
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn.parallel import DistributedDataParallel
 
 from training import registry
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -133,10 +135,15 @@ def _worker(rank: int, world: int, port: int, name: str, mcfg, data: str, tmp: s
                       RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     out = Path(tmp)
+    gc.disable()  # only train() itself may free the DDP wrapper below
     try:
         train(registry.get(name), mcfg, _tcfg(out, 3, extra), data, say=lambda *a: None)
     except ValueError as exc:  # a refusal: recorded for the parent to check
         (out / f"error_{rank}.txt").write_text(str(exc))
+    # no DDP wrapper (in a reference cycle, holding the process group) outlives the group
+    alive = [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+    if alive:
+        (out / f"error_{rank}.txt").write_text(f"{len(alive)} DDP wrapper(s) alive after train()")
 
 
 def _spawn(name: str, mcfg, data: Path, tmp: Path, extra: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -81,7 +82,11 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Destroy the process group (nothing without one). DistributedDataParallel's wrapper sits
+    in a reference cycle and holds the group: collected first, so the group's gloo threads end
+    here on destroy, not in whichever later collection (or interpreter exit) would free it."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
