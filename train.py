@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         file_values.pop("model", None)
         given |= apply_config(parser, args, file_values, given, f"--config {known.config}")
         if args.resume:  # flags given nowhere continue the saved run's
-            from training.loop import resume_source, run_paths
+            from training.run import Run
 
-            source = resume_source(run_paths(from_args(TrainConfig, args))[0])
+            source = Run(args.name, args.checkpoint_dir, args.result_dir).resume_source()
             saved = checkpoint_values(source) if source is not None else {}
             dests = {a.dest for a in parser._actions}
             apply_config(parser, args, {k: v for k, v in saved.items() if k in dests}, given,

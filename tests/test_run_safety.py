@@ -55,7 +55,7 @@ def _one_error_line(err: str) -> str:
 HOLDER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from training.runlock import RunLock
+from training.run import RunLock
 lock = RunLock(sys.argv[2], "r").acquire()
 print("locked", flush=True)
 time.sleep(60)
@@ -134,7 +134,7 @@ def test_the_lock_is_released_when_a_run_fails(tmp: Path, capsys) -> None:
 
 
 def test_lock_in_process(tmp_path: Path) -> None:
-    from training.runlock import RunLock
+    from training.run import RunLock
 
     with RunLock(tmp_path, "x") as lock:
         assert lock.stale == "" and f"pid={os.getpid()}" in lock.path.read_text()

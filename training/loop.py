@@ -1,9 +1,10 @@
-"""The training loop every model shares.
+"""The training loop every model shares: seeded, resumable bit for bit, DDP under torchrun,
+AMP, NaN-skipping, Ctrl-C safe. A run's files are named by :class:`training.run.Run`.
 
-Seeded, resumable bit for bit, DDP under torchrun, AMP on CUDA, NaN-skipping, Ctrl-C safe;
-writes ``CHECKPOINT_DIR/NAME/{last.pt, step_NNNNNNN.pt}`` and the run folder
-``RESULT_DIR/sample_NAME/`` (``config.json``, ``log.jsonl``, ``loss.png``, ``NNNNNN.png``; with
-``--tensorboard`` also TensorBoard event files, ``training.tensorboard``).
+Read top to bottom: what a recipe's step sees (:class:`StepContext`), the checks of the flags,
+then :func:`train` and :class:`Training`, a run in the order it happens: 1. prepare the run,
+2. data, model and optimiser, 3. one step, 4. checkpoints, samples, diagnostics and the log,
+5. the loop.
 """
 
 from __future__ import annotations
@@ -37,39 +38,14 @@ from .logs import JsonlLog, plot_curves
 from .optim import StepInBackward, grads_finite, training_adam
 from .precision import SLOW_CPU_BF16, cpu_has_fast_bf16, set_gpu_switches
 from .progress import progress
-from .runlock import RunLock
-
-
-def lean_optimizer(model_cfg) -> bool:
-    """Whether to zero the gradients in place between steps (and let the recipe step Adam
-    inside backward, ``step_in_backward``): with ``--low_memory``. Gradients freed and
-    re-allocated every step leave glibc holding the old pages (part of -112 MiB peak at the
-    thesis config, ``bench/glow_memory.py``). The same numbers either way
-    (``tests/test_training.py``)."""
-    return bool(getattr(model_cfg, "low_memory", False))
-
-
-def hide_triton_without_gpu() -> bool:
-    """Keep ``import triton`` from loading when no CUDA device exists; True when it was hidden.
-
-    ``torch._dynamo`` imports triton when the package is installed (the PyPI wheel ships it):
-    ~75 MiB resident for a library that only compiles GPU kernels (docs/performance.md). The
-    loop's own optimiser no longer imports ``torch._dynamo`` (``training.optim``), but other
-    code may (torchvision, e.g. a VGG loss; DDP's runtime). Without a CUDA device
-    nothing can use it, so ``triton`` is marked absent before that import; torch then reports
-    "no triton" as on any machine without it. A no-op with a GPU or once triton is loaded.
-    """
-    import sys
-
-    if "triton" in sys.modules or torch.cuda.is_available():
-        return False
-    sys.modules["triton"] = None  # an import of it raises ImportError
-    return True
+from .run import Run
 
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. too many non-finite losses); message is one line."""
 
+
+# --- What a recipe's step sees ------------------------------------------------------------------
 
 @dataclass
 class StepContext:
@@ -120,13 +96,31 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+# --- The flags: what they switch on, and the ones refused ---------------------------------------
+
+def lean_optimizer(model_cfg) -> bool:
+    """Whether to zero the gradients in place between steps (and let the recipe step Adam
+    inside backward, ``step_in_backward``): with ``--low_memory``. Gradients freed and
+    re-allocated every step leave glibc holding the old pages (part of -112 MiB peak at the
+    thesis config, ``bench/glow_memory.py``). The same numbers either way
+    (``tests/test_training.py``)."""
+    return bool(getattr(model_cfg, "low_memory", False))
 
 
-def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
-    """(checkpoint folder, run/sample folder) of a run."""
-    return Path(cfg.checkpoint_dir) / cfg.name, Path(cfg.result_dir) / f"sample_{cfg.name}"
+def hide_triton_without_gpu() -> bool:
+    """Keep ``import triton`` from loading when no CUDA device exists; True when it was hidden.
+
+    ``torch._dynamo`` imports triton when the package is installed (the PyPI wheel ships it):
+    ~75 MiB resident for a library that only compiles GPU kernels (docs/performance.md). The
+    loop's own optimiser no longer imports ``torch._dynamo`` (``training.optim``), but other
+    code may (torchvision, e.g. a VGG loss; DDP's runtime). Without a CUDA device
+    nothing can use it, so ``triton`` is marked absent before that import; torch then reports
+    "no triton" as on any machine without it. A no-op with a GPU or once triton is loaded.
+    """
+    if "triton" in sys.modules or torch.cuda.is_available():
+        return False
+    sys.modules["triton"] = None  # an import of it raises ImportError
+    return True
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -142,8 +136,7 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"--amp: not supported on {device.type}; drop --amp")
     if device.type == "cpu" and not cpu_has_fast_bf16():
-        raise ValueError(
-            f"--amp: {SLOW_CPU_BF16}; drop --amp")
+        raise ValueError(f"--amp: {SLOW_CPU_BF16}; drop --amp")
     if cfg.amp_dtype == "fp16" and device.type != "cuda":
         raise ValueError("--amp_dtype fp16 needs CUDA; use --amp_dtype bf16 on the CPU")
     bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
@@ -201,389 +194,6 @@ def validate_train(cfg: TrainConfig) -> None:
         raise ValueError(f"--amp_dtype {cfg.amp_dtype}: use auto, bf16 or fp16")
 
 
-UNREADABLE_LOG = "unreadable.txt"  # in the run folder: the training files that could not be read
-
-
-def step_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """``step_NNNNNNN.pt`` files of a run, oldest first."""
-    return sorted(ckpt_dir.glob("step_*.pt"))
-
-
-def resume_source(ckpt_dir: Path) -> Path | None:
-    """The checkpoint ``--resume`` continues from: ``last.pt``, or when it is missing (deleted,
-    or lost with a disk) the newest ``step_*.pt``; None when the run has no checkpoint."""
-    last = ckpt_dir / "last.pt"
-    if last.is_file():
-        return last
-    steps = step_checkpoints(ckpt_dir)
-    return steps[-1] if steps else None
-
-
-def _start_fresh(cfg: TrainConfig, ckpt_dir: Path, run_dir: Path, delete: bool = True,
-                 say=print) -> None:
-    """Refuse to train over an existing run NAME, or with --force delete its files first
-    (only ``delete=True``, the main process, deletes; every rank checks, so all refuse).
-
-    A run folder whose run stopped before writing any checkpoint (a log, samples, no
-    ``last.pt`` and no ``step_*.pt``) holds nothing to continue: it is started over with a note,
-    so the advice given when such a run stops (e.g. "try a lower --lr") works as given."""
-    log_path, last = run_dir / "log.jsonl", ckpt_dir / "last.pt"
-    checkpoints = [p for p in (last,) if p.exists()] + step_checkpoints(ckpt_dir)
-    old = checkpoints + [p for p in (log_path,) if p.exists()]
-    if not old:
-        return
-    if checkpoints and not cfg.force:
-        newest = resume_source(ckpt_dir)
-        src = "" if newest == last else f" (from {newest.name}, its newest checkpoint)"
-        raise ValueError(f"{checkpoints[0]}: run '{cfg.name}' exists; continue it with "
-                         f"--resume{src}, start it over with --force (deletes its "
-                         f"{len(checkpoints)} checkpoint(s)), or pick another -n NAME")
-    if not delete:
-        return
-    if not checkpoints and not cfg.force:
-        say(f"note: run '{cfg.name}' stopped before its first checkpoint; starting it over "
-            f"(its log {log_path} is replaced)")
-    for p in old:
-        p.unlink()
-    (run_dir / UNREADABLE_LOG).unlink(missing_ok=True)
-    for p in run_dir.glob("[0-9]*.png"):
-        p.unlink()
-    for p in run_dir.glob("events.out.tfevents.*"):  # an earlier run's TensorBoard events
-        p.unlink()
-
-
-def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
-          say=print) -> dict:
-    """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped."""
-    # Refused before the process group forms, so every rank exits at once with the same line.
-    if distributed.launched_world() > 1 and not getattr(recipe, "DDP_EXACT", True):
-        raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
-                         f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
-    hide_triton_without_gpu()
-    ckpt_dir, run_dir = run_paths(cfg)
-    check_folder(cfg.result_dir, "--result_dir")
-    check_folder(cfg.checkpoint_dir, "--checkpoint_dir")
-    # One process per run name: taken before anything of the run is read, deleted or written
-    # (--force included); under torchrun the main rank holds it for the whole group.
-    lock = RunLock(ckpt_dir, cfg.name) if os.environ.get("RANK", "0") == "0" else None
-    if lock is not None:
-        lock.acquire()
-        if lock.stale:
-            say(lock.stale)
-    try:
-        info = distributed.setup(cfg.device)
-        try:
-            result = _train(recipe, model_cfg, cfg, Path(data_dir), info, say)
-            distributed.barrier()  # every rank done with its collectives before any tears down
-            return result
-        finally:
-            distributed.teardown()
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-
-def _train(recipe, model_cfg, cfg: TrainConfig, data_dir: Path, info, say) -> dict:
-    device, rank, world = info.device, info.rank, info.world
-    main = info.is_main
-    validate_train(cfg)
-    low_dtype = amp_dtype(cfg, device)  # refused here, before a fresh start clears the run
-    if cfg.batch % world:
-        raise ValueError(f"--batch {cfg.batch} is not divisible by the {world} processes")
-    local_batch = cfg.batch // world
-    # CUDA: TF32 products unless --no_tf32; cuDNN autotuning, since every step has one shape
-    # (a fixed batch, drop_last). Nothing is set off CUDA.
-    switches = set_gpu_switches(device, tf32=cfg.tf32, benchmark=True)
-    ckpt_dir, run_dir = run_paths(cfg)
-    last_path = ckpt_dir / "last.pt"
-
-    resumed = None
-    if cfg.resume:
-        if cfg.force:
-            raise ValueError("--resume and --force contradict each other; give one")
-        source = resume_source(ckpt_dir)
-        if source is None:
-            raise ValueError(f"--resume: {last_path} does not exist, nor any step_*.pt beside it "
-                             f"(run '{cfg.name}' has no checkpoint); start it without --resume")
-        resumed = load_checkpoint(source, expect_model=recipe.NAME)
-        if source != last_path and main:
-            say(f"note: {last_path} is missing; resuming from {source}, the newest checkpoint")
-        if int(resumed.get("step", 0)) >= cfg.iter:
-            raise ValueError(f"--resume: run '{cfg.name}' is already at iteration "
-                             f"{int(resumed.get('step', 0))}, not below --iter {cfg.iter}; give a "
-                             "larger --iter to train further")
-    else:
-        _start_fresh(cfg, ckpt_dir, run_dir, delete=main, say=say)
-
-    recipe.validate(model_cfg)
-    seed_everything(cfg.seed)
-    dataset = recipe.dataset(model_cfg, data_dir)
-    unreadable_log = run_dir / UNREADABLE_LOG  # every process of the run appends to it
-    if hasattr(dataset, "record_unreadable"):
-        dataset.record_unreadable(unreadable_log)
-    data_facts = {"path": str(data_dir.resolve()), "items": len(dataset)}
-    if resumed is not None:
-        changes = resume_changes(resumed, model_cfg, cfg, data_facts)
-        if changes and not cfg.allow_changes:
-            raise ValueError(f"--resume: {source} was trained differently ({'; '.join(changes)})"
-                             "; drop the changed flags to continue bit for bit, or accept the "
-                             "change with --allow_changes")
-        if changes and main:
-            say(f"warning: resuming with changes ({'; '.join(changes)}); the run is no longer "
-                "bit for bit the uninterrupted one")
-    if len(dataset) < cfg.batch:
-        raise ValueError(f"{data_dir}: only {len(dataset)} training items, fewer than "
-                         f"--batch {cfg.batch}; add data or lower --batch")
-    model = recipe.build(model_cfg).to(device)
-    groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
-              else [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    lean = lean_optimizer(model_cfg)
-    optimizer = training_adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resume overwrites them
-    scaler = torch.amp.GradScaler("cuda", enabled=low_dtype == torch.float16)
-
-    sampler = distributed.ResumableSampler(dataset, world, rank, cfg.seed)
-    steps_per_epoch = sampler.num_samples // local_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"{data_dir}: too few items for --batch {cfg.batch}")
-
-    # A fixed batch for the sample grids: the first items of epoch 0's permutation.
-    sampler.set_epoch(0)
-    if hasattr(dataset, "set_epoch"):  # per-item draws seeded by (seed, epoch, item)
-        dataset.set_epoch(0, cfg.seed)
-    first_idx = list(distributed.DistributedSampler.__iter__(sampler))[:local_batch]
-    sample_batch = to_device(default_collate([dataset[i] for i in first_idx]), device)
-
-    step = 0
-    if resumed is not None:
-        model.load_state_dict(resumed["weights"])
-        if resumed.get("optimizer"):
-            optimizer.load_state_dict(resumed["optimizer"])
-        step = int(resumed["step"])
-        if resumed.get("rng"):
-            set_rng_state(resumed["rng"])
-        if resumed.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(resumed["scaler"])
-    elif hasattr(recipe, "initialize"):
-        recipe.initialize(model, sample_batch, _ctx(step, info, model_cfg, cfg))
-
-    log = JsonlLog(run_dir / "log.jsonl")
-    diag_log = JsonlLog(run_dir / "diagnostics.jsonl")  # recipe.diagnostics at sample steps
-    events = None  # --tensorboard: the same records as TensorBoard events (imported only then)
-    if main and cfg.tensorboard:
-        from .tensorboard import EventLog
-
-        events = EventLog(run_dir, step if resumed is not None else None)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"model": recipe.NAME, "data_dir": str(data_dir),
-                    "model_config": dataclasses.asdict(model_cfg),
-                    "train_config": dataclasses.asdict(cfg), "world_size": world}
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-        if resumed is not None:
-            log.truncate_after(step)
-            diag_log.truncate_after(step)
-        say(f"[{recipe.NAME}] {len(dataset)} items, {sum(p.numel() for p in model.parameters()):,}"
-            f" parameters, device {device}"
-            f"{' (' + ', '.join(switches) + ')' if switches else ''}, {world} process(es); "
-            f"run folder {run_dir}")
-
-    net = model
-    if world > 1:
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=getattr(recipe, "DDP_FIND_UNUSED", False))
-
-    weights = recipe.loss_weights(model_cfg)
-    group_clip = any(g.get("clip_norm", 0) > 0 for g in optimizer.param_groups)
-    # Adam stepped layer by layer inside a low-memory backward (a whole gradient set never
-    # alive at once): where the recipe offers it and nothing needs all gradients first
-    # (clipping by a norm, fp16 loss scaling).
-    offer = getattr(recipe, "step_in_backward", None)
-    grads_ready = offer(model_cfg) if offer is not None else None
-    if not lean or cfg.grad_clip > 0 or group_clip or scaler.is_enabled():
-        grads_ready = None
-    bad_in_row = skipped = 0
-    t0 = time.time()
-    bar = None
-    if main and cfg.progress:
-        bar = progress(cfg.iter, f"{recipe.NAME}:{cfg.name}", initial=step, file=sys.stderr)
-
-    def save(path_step: int | None) -> None:
-        if not main:
-            return
-        payload = dict(model_name=recipe.NAME, model_config=dataclasses.asdict(model_cfg),
-                       train_config={**dataclasses.asdict(cfg), "data": data_facts},
-                       weights=unwrap(net).state_dict(), scaler=scaler.state_dict(),
-                       optimizer=optimizer.state_dict(), step=step,
-                       extra=(recipe.checkpoint_extra(model, model_cfg)
-                              if hasattr(recipe, "checkpoint_extra") else {}))
-        save_checkpoint(last_path, **payload)
-        if path_step is not None:
-            save_checkpoint(ckpt_dir / f"step_{path_step:07d}.pt", **payload)
-
-    sampled_at = [-1]
-
-    def write_samples() -> None:
-        if not main or sampled_at[0] == step:
-            return
-        sampled_at[0] = step
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            images, nrow = recipe.sample(model, sample_batch, _ctx(step, info, model_cfg, cfg))
-        model.train()
-        save_image((images.float().cpu() + 0.5).clamp(0, 1), run_dir / f"{step:06d}.png",
-                   nrow=nrow)
-        if events is not None:
-            events.image("samples", run_dir / f"{step:06d}.png", step)
-        write_diagnostics()
-        plot_curves(log.read(), run_dir / "loss.png")
-
-    def write_diagnostics() -> None:
-        """Held-out diagnostics (e.g. AD-flow's motion metric on unseen identities)."""
-        if not main or not hasattr(recipe, "diagnostics"):
-            return
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            diag = recipe.diagnostics(model, _ctx(step, info, model_cfg, cfg))
-        model.train()
-        if diag:  # their own log and plot: the loss log keeps one record shape
-            drec = {"step": step, **{k: float(v) for k, v in diag.items()}}
-            diag_log.write(drec)
-            if events is not None:
-                events.scalars(drec, step, "diagnostics/")
-            plot_curves(diag_log.read(), run_dir / "diagnostics.png")
-            say(f"[{recipe.NAME}] step {step}: " + ", ".join(
-                f"{k} {float(v):.4g}" for k, v in diag.items()))
-
-    # Datasets with per-epoch draws (set_epoch) get a loader per epoch; the others one loader
-    # over distributed.RunSampler for the whole run (the same batches in the same order).
-    per_epoch_state = hasattr(dataset, "set_epoch")
-    interrupted = False
-    if resumed is None and cfg.sample_every:
-        write_diagnostics()  # the starting point (after any data-dependent init)
-    model.train()
-    try:
-        while step < cfg.iter:
-            if per_epoch_state:  # its workers must see each epoch's set_epoch: one per epoch
-                epoch, offset = divmod(step, steps_per_epoch)
-                sampler.set_epoch(epoch)
-                dataset.set_epoch(epoch, cfg.seed)
-                sampler.start_index = offset * local_batch
-                order = sampler
-            else:  # one loader, its workers started once, for every remaining step
-                order = distributed.RunSampler(sampler, local_batch, step, cfg.iter)
-            loader = DataLoader(dataset, batch_size=local_batch, sampler=order,
-                                num_workers=cfg.workers, drop_last=True,
-                                pin_memory=device.type == "cuda",
-                                persistent_workers=False)
-            for batch in loader:
-                if step >= cfg.iter:
-                    break
-                batch = to_device(batch, device)
-                ctx = _ctx(step, info, model_cfg, cfg)
-                if hasattr(recipe, "lr_factor"):  # a schedule that is a function of the step
-                    factor = recipe.lr_factor(model_cfg, cfg, step)
-                    for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                        g["lr"] = base * factor
-                # Before the forward pass: freed gradients (the default) then do not sit beside
-                # the forward's activations at their peak (one gradient set less at peak).
-                optimizer.zero_grad(set_to_none=not lean)
-                with _autocast(device, low_dtype):
-                    terms = recipe.losses(net, batch, ctx)
-                total = sum(w * terms[k].float() for k, w in weights.items() if w)
-                finite = distributed.all_true(bool(torch.isfinite(total).item()), device, world)
-                bad = None if finite else "loss"
-                if bad is None:
-                    stepper = StepInBackward(optimizer) if grads_ready is not None else None
-                    with grads_ready(stepper) if stepper else contextlib.nullcontext():
-                        scaler.scale(total).backward()
-                    if stepper is not None and stepper.bad:
-                        bad = "gradient"  # the rest of the step is skipped (StepInBackward)
-                        optimizer.zero_grad(set_to_none=True)
-                    if cfg.grad_clip > 0 or group_clip:
-                        scaler.unscale_(optimizer)
-                        if cfg.grad_clip > 0:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                        clip_group_gradients(optimizer)
-                    if bad is None and not scaler.is_enabled() \
-                            and not grads_finite(model.parameters()):
-                        # a finite loss can still overflow in backward; clipping an infinite
-                        # norm would write NaN into every parameter (fp16's scaler skips these)
-                        optimizer.zero_grad(set_to_none=True)
-                        bad = "gradient"
-                if bad is not None:  # no update: counted, warned, stopped after too many
-                    bad_in_row += 1
-                    skipped += 1
-                    if bad_in_row >= cfg.max_bad_steps:
-                        plural = {"loss": "losses", "gradient": "gradients"}[bad]
-                        kept = (f"the last good checkpoint is {last_path}" if last_path.is_file()
-                                else "no checkpoint was written")
-                        raise TrainingStopped(
-                            f"{bad_in_row} non-finite {plural} in a row at iteration {step}; "
-                            f"stopped, {kept} (try a lower --lr, --grad_clip 5, or check the "
-                            "data)")
-                    if main:
-                        say(f"warning: non-finite {bad} at iteration {step}, step skipped")
-                    step += 1
-                    continue
-                scaler.step(optimizer)  # (after StepInBackward: the parameters it left)
-                scaler.update()
-                bad_in_row = 0
-                step += 1
-
-                if main and (step % cfg.log_every == 0 or step == cfg.iter or step == 1):
-                    rec = {"step": step, "time": round(time.time() - t0, 3),
-                           "loss": float(total.detach()),
-                           **{k: float(v.detach()) for k, v in terms.items()},
-                           "lr": optimizer.param_groups[0]["lr"], "skipped": skipped}
-                    log.write(rec)
-                    if events is not None:
-                        events.scalars(rec, step)
-                    if bar is not None:
-                        post = {"loss": f"{rec['loss']:.4f}"}
-                        if "bpd" in rec:
-                            post["bpd"] = f"{rec['bpd']:.3f}"
-                        bar.set_postfix(post)
-                if bar is not None:
-                    bar.update(1)
-                if cfg.sample_every and step % cfg.sample_every == 0:
-                    write_samples()
-                    save(None)
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save(step)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if bar is not None:
-            bar.close()
-        if events is not None:  # what was logged survives a stopped run
-            events.flush()
-    if main:
-        save(None)
-        if not interrupted:
-            write_samples()
-        plot_curves(log.read(), run_dir / "loss.png")
-        if events is not None:
-            events.close()
-    records = log.read() if main else []
-    summary = {"step": step, "skipped": skipped, "interrupted": interrupted,
-               "checkpoint": str(last_path), "run_dir": str(run_dir),
-               "last": records[-1] if records else {},
-               "seconds": round(time.time() - t0, 2)}
-    if interrupted and main:
-        say(f"interrupted at iteration {step}; checkpoint written to {last_path} "
-            "(continue with --resume)")
-    bad = read_unreadable_log(unreadable_log) if main else []
-    if bad:
-        summary["unreadable"] = len(bad)
-        say(f"warning: {len(bad)} of the {len(dataset)} training files could not be read and "
-            f"were replaced by readable ones (first: {bad[0]}; all listed in {unreadable_log})")
-    return summary
-
-
 def clip_group_gradients(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Clip each parameter group whose dict carries ``clip_norm > 0`` on its own.
 
@@ -600,9 +210,429 @@ def clip_group_gradients(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return norms
 
 
-def _ctx(step: int, info, model_cfg, cfg: TrainConfig) -> StepContext:
-    return StepContext(step=step, rank=info.rank, world=info.world, device=info.device,
-                       model_cfg=model_cfg, train_cfg=cfg,
-                       generator=step_generator(cfg.seed, step))
+# --- A run: the lock and the process group around it --------------------------------------------
+
+def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
+          say=print) -> dict:
+    """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped."""
+    # Refused before the process group forms, so every rank exits at once with the same line.
+    if distributed.launched_world() > 1 and not getattr(recipe, "DDP_EXACT", True):
+        raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
+                         f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
+    hide_triton_without_gpu()
+    run = Run(cfg.name, cfg.checkpoint_dir, cfg.result_dir)
+    check_folder(cfg.result_dir, "--result_dir")
+    check_folder(cfg.checkpoint_dir, "--checkpoint_dir")
+    # One process per run name: taken before anything of the run is read, deleted or written
+    # (--force included); under torchrun the main rank holds it for the whole group.
+    lock = run.lock() if os.environ.get("RANK", "0") == "0" else None
+    if lock is not None:
+        lock.acquire()
+        if lock.stale:
+            say(lock.stale)
+    try:
+        info = distributed.setup(cfg.device)
+        try:
+            result = Training(recipe, model_cfg, cfg, Path(data_dir), info, run, say).loop()
+            distributed.barrier()  # every rank done with its collectives before any tears down
+            return result
+        finally:
+            distributed.teardown()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
+class Training:
+    """One process's share of a run: its state, and its sections in the order they run.
+    Building it prepares the run (sections 1 and 2); :meth:`loop` trains (3 to 5)."""
+
+    def __init__(self, recipe, model_cfg, cfg: TrainConfig, data_dir: Path,
+                 info: distributed.DistInfo, run: Run, say) -> None:
+        self.recipe, self.model_cfg, self.cfg, self.data_dir = recipe, model_cfg, cfg, data_dir
+        self.info, self.run, self.say = info, run, say
+        self.device, self.world, self.main = info.device, info.world, info.is_main
+        self.step = self.skipped = self.bad_in_row = 0
+        self.sampled_at = -1  # the step of the last sample grid
+        self.prepare()
+        self.load_data()
+        self.build()
+        self.open_run_folder()
+        self.plan_steps()
+
+    def ctx(self) -> StepContext:
+        return StepContext(step=self.step, rank=self.info.rank, world=self.world,
+                           device=self.device, model_cfg=self.model_cfg, train_cfg=self.cfg,
+                           generator=step_generator(self.cfg.seed, self.step))
+
+    # --- 1. Prepare the run: the flags, then the checkpoint to resume or a fresh start ----------
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        validate_train(cfg)
+        self.low_dtype = amp_dtype(cfg, self.device)  # refused before a fresh start clears a run
+        if cfg.batch % self.world:
+            raise ValueError(f"--batch {cfg.batch} is not divisible by the {self.world} processes")
+        self.local_batch = cfg.batch // self.world
+        # CUDA: TF32 products unless --no_tf32; cuDNN autotuning, since every step has one shape
+        # (a fixed batch, drop_last). Nothing is set off CUDA.
+        self.switches = set_gpu_switches(self.device, tf32=cfg.tf32, benchmark=True)
+        self.resumed = None
+        if cfg.resume:
+            self.resumed = self.resume_checkpoint()
+        else:
+            self.start_fresh()
+
+    def resume_checkpoint(self) -> dict:
+        """The checkpoint ``--resume`` continues (from ``self.source``), below --iter."""
+        cfg, run = self.cfg, self.run
+        self.source = run.resume_source()
+        if self.source is None:
+            raise ValueError(f"--resume: {run.last} does not exist, nor any step_*.pt beside it "
+                             f"(run '{cfg.name}' has no checkpoint); start it without --resume")
+        resumed = load_checkpoint(self.source, expect_model=self.recipe.NAME)
+        if self.source != run.last and self.main:
+            self.say(f"note: {run.last} is missing; resuming from {self.source}, the newest "
+                     "checkpoint")
+        if int(resumed.get("step", 0)) >= cfg.iter:
+            raise ValueError(f"--resume: run '{cfg.name}' is already at iteration "
+                             f"{int(resumed.get('step', 0))}, not below --iter {cfg.iter}; give a "
+                             "larger --iter to train further")
+        return resumed
+
+    def start_fresh(self) -> None:
+        """Refuse to train over an existing run NAME, or with --force delete its files first
+        (the main process deletes; every rank checks, so all refuse).
+
+        A run that stopped before writing any checkpoint (a log, samples, no ``last.pt`` and no
+        ``step_*.pt``) holds nothing to continue: it is started over with a note, so the advice
+        given when such a run stops (e.g. "try a lower --lr") works as given."""
+        cfg, run = self.cfg, self.run
+        checkpoints = [p for p in (run.last,) if p.exists()] + run.step_checkpoints()
+        if not checkpoints and not run.log.exists():
+            return
+        if checkpoints and not cfg.force:
+            newest = run.resume_source()
+            src = "" if newest == run.last else f" (from {newest.name}, its newest checkpoint)"
+            raise ValueError(f"{checkpoints[0]}: run '{cfg.name}' exists; continue it with "
+                             f"--resume{src}, start it over with --force (deletes its "
+                             f"{len(checkpoints)} checkpoint(s)), or pick another -n NAME")
+        if not self.main:
+            return
+        if not checkpoints and not cfg.force:
+            self.say(f"note: run '{cfg.name}' stopped before its first checkpoint; starting it "
+                     f"over (its log {run.log} is replaced)")
+        run.clear()
+
+    # --- 2. Data, model and optimiser -----------------------------------------------------------
+
+    def load_data(self) -> None:
+        """The dataset (after seeding), and a resume's checks against it."""
+        model_cfg, cfg, data_dir = self.model_cfg, self.cfg, self.data_dir
+        self.recipe.validate(model_cfg)
+        seed_everything(cfg.seed)
+        self.dataset = dataset = self.recipe.dataset(model_cfg, data_dir)
+        if hasattr(dataset, "record_unreadable"):  # every process of the run appends to it
+            dataset.record_unreadable(self.run.unreadable)
+        self.data_facts = {"path": str(data_dir.resolve()), "items": len(dataset)}
+        changes = resume_changes(self.resumed, model_cfg, cfg, self.data_facts) \
+            if self.resumed is not None else []
+        if changes and not cfg.allow_changes:
+            raise ValueError(f"--resume: {self.source} was trained differently "
+                             f"({'; '.join(changes)}); drop the changed flags to continue bit "
+                             "for bit, or accept the change with --allow_changes")
+        if changes and self.main:
+            self.say(f"warning: resuming with changes ({'; '.join(changes)}); the run is no "
+                     "longer bit for bit the uninterrupted one")
+        if len(dataset) < cfg.batch:
+            raise ValueError(f"{data_dir}: only {len(dataset)} training items, fewer than "
+                             f"--batch {cfg.batch}; add data or lower --batch")
+
+    def build(self) -> None:
+        """The model, Adam over the recipe's parameter groups, fp16's loss scaler, this rank's
+        sampler and the fixed batch of the sample grids (the first items of epoch 0); then a
+        resume's state, or the recipe's data-dependent initialisation."""
+        recipe, model_cfg, cfg, dataset = self.recipe, self.model_cfg, self.cfg, self.dataset
+        self.model = model = recipe.build(model_cfg).to(self.device)
+        groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
+                  else [{"params": [p for p in model.parameters() if p.requires_grad]}])
+        self.lean = lean_optimizer(model_cfg)
+        self.optimizer = training_adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a resume's
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.low_dtype == torch.float16)
+
+        self.sampler = distributed.ResumableSampler(dataset, self.world, self.info.rank, cfg.seed)
+        self.steps_per_epoch = self.sampler.num_samples // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{self.data_dir}: too few items for --batch {cfg.batch}")
+        self.sampler.set_epoch(0)
+        if hasattr(dataset, "set_epoch"):  # per-item draws seeded by (seed, epoch, item)
+            dataset.set_epoch(0, cfg.seed)
+        first = list(distributed.DistributedSampler.__iter__(self.sampler))[:self.local_batch]
+        self.sample_batch = to_device(default_collate([dataset[i] for i in first]), self.device)
+
+        resumed = self.resumed
+        if resumed is None:
+            if hasattr(recipe, "initialize"):
+                recipe.initialize(model, self.sample_batch, self.ctx())
+            return
+        model.load_state_dict(resumed["weights"])
+        if resumed.get("optimizer"):
+            self.optimizer.load_state_dict(resumed["optimizer"])
+        self.step = int(resumed["step"])
+        if resumed.get("rng"):
+            set_rng_state(resumed["rng"])
+        if resumed.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(resumed["scaler"])
+
+    def open_run_folder(self) -> None:
+        """The logs; on the main process the folders, the resolved config.json, the logs cut
+        back to a resume's step, and the run's first line."""
+        cfg, run = self.cfg, self.run
+        self.log, self.diag_log = JsonlLog(run.log), JsonlLog(run.diagnostics)
+        self.events = None  # --tensorboard: the same records as TensorBoard events
+        if self.main and cfg.tensorboard:
+            # deferred: the tensorboard package is optional, needed only with --tensorboard
+            from .tensorboard import EventLog
+
+            self.events = EventLog(run.samples, self.step if self.resumed is not None else None)
+        if not self.main:
+            return
+        run.samples.mkdir(parents=True, exist_ok=True)
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        resolved = {"model": self.recipe.NAME, "data_dir": str(self.data_dir),
+                    "model_config": dataclasses.asdict(self.model_cfg),
+                    "train_config": dataclasses.asdict(cfg), "world_size": self.world}
+        run.config.write_text(json.dumps(resolved, indent=2) + "\n")
+        if self.resumed is not None:
+            self.log.truncate_after(self.step)
+            self.diag_log.truncate_after(self.step)
+        switches = f" ({', '.join(self.switches)})" if self.switches else ""
+        self.say(f"[{self.recipe.NAME}] {len(self.dataset)} items, "
+                 f"{sum(p.numel() for p in self.model.parameters()):,} parameters, device "
+                 f"{self.device}{switches}, {self.world} process(es); run folder {run.samples}")
+
+    # --- 3. One step ----------------------------------------------------------------------------
+
+    def plan_steps(self) -> None:
+        """DDP around the model, the loss weights, where Adam steps, the clock and the bar."""
+        recipe, cfg = self.recipe, self.cfg
+        self.net = self.model
+        if self.world > 1:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(recipe, "DDP_FIND_UNUSED", False))
+        self.weights = recipe.loss_weights(self.model_cfg)
+        self.group_clip = any(g.get("clip_norm", 0) > 0 for g in self.optimizer.param_groups)
+        # Adam stepped layer by layer inside a low-memory backward (a whole gradient set never
+        # alive at once): where the recipe offers it and nothing needs all gradients first
+        # (clipping by a norm, fp16 loss scaling).
+        offer = getattr(recipe, "step_in_backward", None)
+        self.grads_ready = offer(self.model_cfg) if offer is not None else None
+        if not self.lean or cfg.grad_clip > 0 or self.group_clip or self.scaler.is_enabled():
+            self.grads_ready = None
+        self.t0 = time.time()
+        self.bar = None
+        if self.main and cfg.progress:
+            self.bar = progress(cfg.iter, f"{recipe.NAME}:{cfg.name}", initial=self.step,
+                                file=sys.stderr)
+
+    def train_step(self, batch) -> tuple[dict[str, Tensor], Tensor, str | None]:
+        """One optimiser step: (loss terms, weighted total, None), or "loss"/"gradient" last
+        when that was non-finite on some rank and nothing was updated."""
+        cfg, optimizer, scaler, model = self.cfg, self.optimizer, self.scaler, self.model
+        batch = to_device(batch, self.device)
+        ctx = self.ctx()
+        if hasattr(self.recipe, "lr_factor"):  # a schedule that is a function of the step
+            factor = self.recipe.lr_factor(self.model_cfg, cfg, self.step)
+            for g, base in zip(optimizer.param_groups, self.base_lrs, strict=True):
+                g["lr"] = base * factor
+        # Before the forward pass: freed gradients (the default) then do not sit beside the
+        # forward's activations at their peak (one gradient set less at peak).
+        optimizer.zero_grad(set_to_none=not self.lean)
+        with _autocast(self.device, self.low_dtype):
+            terms = self.recipe.losses(self.net, batch, ctx)
+        total = sum(w * terms[k].float() for k, w in self.weights.items() if w)
+        if not distributed.all_true(bool(torch.isfinite(total).item()), self.device, self.world):
+            return terms, total, "loss"
+        bad = None
+        stepper = StepInBackward(optimizer) if self.grads_ready is not None else None
+        with self.grads_ready(stepper) if stepper else contextlib.nullcontext():
+            scaler.scale(total).backward()
+        if stepper is not None and stepper.bad:
+            bad = "gradient"  # the rest of the step is skipped (StepInBackward)
+            optimizer.zero_grad(set_to_none=True)
+        if cfg.grad_clip > 0 or self.group_clip:
+            scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            clip_group_gradients(optimizer)
+        if bad is None and not scaler.is_enabled() and not grads_finite(model.parameters()):
+            # a finite loss can still overflow in backward; clipping an infinite norm would
+            # write NaN into every parameter (fp16's scaler skips these)
+            optimizer.zero_grad(set_to_none=True)
+            bad = "gradient"
+        if bad is None:
+            scaler.step(optimizer)  # (after StepInBackward: the parameters it left)
+            scaler.update()
+        return terms, total, bad
+
+    def skip(self, bad: str) -> None:
+        """A step without an update: counted, warned, stopped after too many in a row."""
+        self.bad_in_row += 1
+        self.skipped += 1
+        if self.bad_in_row >= self.cfg.max_bad_steps:
+            plural = {"loss": "losses", "gradient": "gradients"}[bad]
+            kept = (f"the last good checkpoint is {self.run.last}" if self.run.last.is_file()
+                    else "no checkpoint was written")
+            raise TrainingStopped(
+                f"{self.bad_in_row} non-finite {plural} in a row at iteration {self.step}; "
+                f"stopped, {kept} (try a lower --lr, --grad_clip 5, or check the data)")
+        if self.main:
+            self.say(f"warning: non-finite {bad} at iteration {self.step}, step skipped")
+
+    # --- 4. Checkpoints, sample grids, diagnostics and the log ----------------------------------
+
+    def save(self, numbered: bool = False) -> None:
+        """``last.pt`` (and ``step_NNNNNNN.pt`` when ``numbered``), on the main process."""
+        if not self.main:
+            return
+        recipe, model_cfg, model = self.recipe, self.model_cfg, self.model
+        payload = dict(model_name=recipe.NAME, model_config=dataclasses.asdict(model_cfg),
+                       train_config={**dataclasses.asdict(self.cfg), "data": self.data_facts},
+                       weights=model.state_dict(), scaler=self.scaler.state_dict(),
+                       optimizer=self.optimizer.state_dict(), step=self.step,
+                       extra=(recipe.checkpoint_extra(model, model_cfg)
+                              if hasattr(recipe, "checkpoint_extra") else {}))
+        save_checkpoint(self.run.last, **payload)
+        if numbered:
+            save_checkpoint(self.run.step_checkpoint(self.step), **payload)
+
+    def write_samples(self) -> None:
+        """This step's sample grid (once), the diagnostics and the loss curves."""
+        if not self.main or self.sampled_at == self.step:
+            return
+        self.sampled_at = step = self.step
+        self.model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            images, nrow = self.recipe.sample(self.model, self.sample_batch, self.ctx())
+        self.model.train()
+        save_image((images.float().cpu() + 0.5).clamp(0, 1), self.run.grid(step), nrow=nrow)
+        if self.events is not None:
+            self.events.image("samples", self.run.grid(step), step)
+        self.write_diagnostics()
+        plot_curves(self.log.read(), self.run.samples / "loss.png")
+
+    def write_diagnostics(self) -> None:
+        """Held-out diagnostics (e.g. AD-flow's motion metric on unseen identities)."""
+        if not self.main or not hasattr(self.recipe, "diagnostics"):
+            return
+        self.model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            diag = self.recipe.diagnostics(self.model, self.ctx())
+        self.model.train()
+        if diag:  # their own log and plot: the loss log keeps one record shape
+            drec = {"step": self.step, **{k: float(v) for k, v in diag.items()}}
+            self.diag_log.write(drec)
+            if self.events is not None:
+                self.events.scalars(drec, self.step, "diagnostics/")
+            plot_curves(self.diag_log.read(), self.run.samples / "diagnostics.png")
+            self.say(f"[{self.recipe.NAME}] step {self.step}: " + ", ".join(
+                f"{k} {float(v):.4g}" for k, v in diag.items()))
+
+    def after_step(self, terms: dict[str, Tensor], total: Tensor) -> None:
+        """The log record, the progress bar, and the grids and checkpoints due at this step."""
+        step, cfg = self.step, self.cfg
+        if self.main and (step % cfg.log_every == 0 or step == cfg.iter or step == 1):
+            rec = {"step": step, "time": round(time.time() - self.t0, 3),
+                   "loss": float(total.detach()),
+                   **{k: float(v.detach()) for k, v in terms.items()},
+                   "lr": self.optimizer.param_groups[0]["lr"], "skipped": self.skipped}
+            self.log.write(rec)
+            if self.events is not None:
+                self.events.scalars(rec, step)
+            if self.bar is not None:
+                post = {"loss": f"{rec['loss']:.4f}"}
+                if "bpd" in rec:
+                    post["bpd"] = f"{rec['bpd']:.3f}"
+                self.bar.set_postfix(post)
+        if self.bar is not None:
+            self.bar.update(1)
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            self.write_samples()
+            self.save()
+        if cfg.save_every and step % cfg.save_every == 0:
+            self.save(numbered=True)
+
+    # --- 5. The loop ----------------------------------------------------------------------------
+
+    def batches(self) -> DataLoader:
+        """The batches from this step on. Datasets with per-epoch draws (set_epoch) get a loader
+        per epoch (its workers must see each epoch's set_epoch); the others one loader over
+        distributed.RunSampler for the rest of the run (the same batches in the same order,
+        its workers started once)."""
+        cfg, dataset, sampler = self.cfg, self.dataset, self.sampler
+        if hasattr(dataset, "set_epoch"):
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch, cfg.seed)
+            sampler.start_index = offset * self.local_batch
+        else:
+            sampler = distributed.RunSampler(sampler, self.local_batch, self.step, cfg.iter)
+        return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler,
+                          num_workers=cfg.workers, drop_last=True,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def loop(self) -> dict:
+        """Train to --iter (Ctrl-C stops cleanly); then :meth:`finish`."""
+        interrupted = False
+        if self.resumed is None and self.cfg.sample_every:
+            self.write_diagnostics()  # the starting point (after any data-dependent init)
+        self.model.train()
+        try:
+            while self.step < self.cfg.iter:
+                for batch in self.batches():
+                    if self.step >= self.cfg.iter:
+                        break
+                    terms, total, bad = self.train_step(batch)
+                    if bad is not None:  # no update
+                        self.skip(bad)
+                        self.step += 1
+                        continue
+                    self.bad_in_row = 0
+                    self.step += 1
+                    self.after_step(terms, total)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.events is not None:  # what was logged survives a stopped run
+                self.events.flush()
+        return self.finish(interrupted)
+
+    def finish(self, interrupted: bool) -> dict:
+        """The last checkpoint, grid and curves; the summary, and the warnings it carries."""
+        run, main, step = self.run, self.main, self.step
+        if main:
+            self.save()
+            if not interrupted:
+                self.write_samples()
+            plot_curves(self.log.read(), run.samples / "loss.png")
+            if self.events is not None:
+                self.events.close()
+        records = self.log.read() if main else []
+        summary = {"step": step, "skipped": self.skipped, "interrupted": interrupted,
+                   "checkpoint": str(run.last), "run_dir": str(run.samples),
+                   "last": records[-1] if records else {},
+                   "seconds": round(time.time() - self.t0, 2)}
+        if interrupted and main:
+            self.say(f"interrupted at iteration {step}; checkpoint written to {run.last} "
+                     "(continue with --resume)")
+        bad = read_unreadable_log(run.unreadable) if main else []
+        if bad:
+            summary["unreadable"] = len(bad)
+            self.say(f"warning: {len(bad)} of the {len(self.dataset)} training files could not "
+                     f"be read and were replaced by readable ones (first: {bad[0]}; all listed "
+                     f"in {run.unreadable})")
+        return summary

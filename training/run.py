@@ -1,10 +1,14 @@
-"""One training process per run name: a lock file in the run's checkpoint folder.
+"""A training run's files (:class:`Run`) and its lock (:class:`RunLock`).
 
-``CHECKPOINT_DIR/NAME/.lock`` holds the pid and host of the process training the run, and that
-process holds an exclusive ``flock`` on it for as long as it lives. A second ``train.py -n NAME``
-(any model) finds the lock held and is refused with one line naming the holder, before it reads
-data or touches a file of the run. The kernel drops a ``flock`` when its process ends, however
-it ends: after a crash or ``kill -9`` the file stays but nobody holds it, so the next run
+A run lives in the thesis's two homes: its checkpoints in ``CHECKPOINT_DIR/NAME/`` (``last.pt``,
+``step_NNNNNNN.pt``, ``.lock``), the rest in the run folder ``RESULT_DIR/sample_NAME/``
+(``config.json``, logs, grids, ``unreadable.txt``, TensorBoard events).
+
+One process per run name: ``.lock`` holds the pid and host of the process training the run, and
+that process holds an exclusive ``flock`` on it for as long as it lives. A second ``train.py -n
+NAME`` (any model) finds the lock held and is refused with one line naming the holder, before it
+reads data or touches a file of the run. The kernel drops a ``flock`` when its process ends,
+however it ends: after a crash or ``kill -9`` the file stays but nobody holds it, so the next run
 recognises it as stale (the pid it names is gone), says so, and takes it over. On exit the file
 is removed, and the checkpoint folder too when the run wrote nothing into it.
 
@@ -44,6 +48,55 @@ def _holder(text: str) -> tuple[int | None, str]:
         return int(fields.get("pid", "")), fields.get("host", "")
     except ValueError:
         return None, fields.get("host", "")
+
+
+
+class Run:
+    """The files of run ``name``: ``checkpoints`` (CHECKPOINT_DIR/NAME) and ``samples``
+    (RESULT_DIR/sample_NAME, the run folder of config, logs and grids)."""
+
+    def __init__(self, name: str, checkpoint_dir: str | Path = "checkpoint",
+                 result_dir: str | Path = "result") -> None:
+        self.name = name
+        self.checkpoints = Path(checkpoint_dir) / name
+        self.samples = Path(result_dir) / f"sample_{name}"
+        self.last = self.checkpoints / "last.pt"
+        self.config, self.log, self.diagnostics, self.unreadable = (
+            self.samples / f for f in ("config.json", "log.jsonl", "diagnostics.jsonl",
+                                       "unreadable.txt"))
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path, result_dir: str | Path = "result") -> Run:
+        """The run a checkpoint file belongs to (its folder names the run)."""
+        return cls(Path(path).parent.name, Path(path).parent.parent, result_dir)
+
+    def step_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:07d}.pt"
+
+    def step_checkpoints(self) -> list[Path]:
+        """``step_NNNNNNN.pt`` files of the run, oldest first."""
+        return sorted(self.checkpoints.glob("step_*.pt"))
+
+    def resume_source(self) -> Path | None:
+        """The checkpoint ``--resume`` continues from: ``last.pt``, or when it is missing
+        (deleted, or lost with a disk) the newest ``step_*.pt``; None without a checkpoint."""
+        if self.last.is_file():
+            return self.last
+        steps = self.step_checkpoints()
+        return steps[-1] if steps else None
+
+    def grid(self, step: int) -> Path:
+        return self.samples / f"{step:06d}.png"
+
+    def clear(self) -> None:
+        """Delete the run's checkpoints, log, unreadable list, sample grids and TensorBoard
+        events (a fresh start over an old run)."""
+        for p in (self.last, *self.step_checkpoints(), self.log, self.unreadable,
+                  *self.samples.glob("[0-9]*.png"), *self.samples.glob("events.out.tfevents.*")):
+            p.unlink(missing_ok=True)
+
+    def lock(self) -> RunLock:
+        return RunLock(self.checkpoints, self.name)
 
 
 class RunLock:
