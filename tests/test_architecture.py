@@ -446,8 +446,7 @@ def private_violations() -> list[str]:
             elif imp.target != imp.module:  # a submodule
                 alias = next(a for a in imp.node.names if a.name == imp.name)
                 aliases[alias.asname or imp.name] = imp.target
-            if (imp.name and _private(imp.name) and imp.target == imp.module
-                    and package(imp.module) != package(m)):
+            if imp.name and _private(imp.name) and package(imp.module) != package(m):
                 found.add(f"{m} -> {imp.module}.{imp.name}")
         for node in ast.walk(TREES[m]):
             if not isinstance(node, ast.Attribute):
