@@ -40,6 +40,7 @@ from lrw.video import VideoReader, has_audio, write_tone  # noqa: E402
 from talking.inputs import resolve_source  # noqa: E402
 from training import registry  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
+from training.run import Run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
@@ -136,7 +137,7 @@ class Demo:
     def checkpoint_state(self, name: str, model: str, model_cfg: dict, iters: int,
                          glow: Path | None = None) -> str:
         """'done', 'resume' or 'fresh' for run ``name`` (its last.pt against the plan)."""
-        path = self.ckpt_dir / name / "last.pt"
+        path = Run(name, self.ckpt_dir).last
         if not path.is_file():
             return "fresh"
         try:
@@ -157,14 +158,15 @@ class Demo:
               glow: Path | None = None) -> Path:
         """Train run ``name`` to ``budget['iter']`` iterations unless it is there already."""
         state = self.checkpoint_state(name, model, model_cfg, budget["iter"], glow)
-        last = self.ckpt_dir / name / "last.pt"
+        run = Run(name, self.ckpt_dir, self.result)
+        last = run.last
         if state == "done":
             self.say(f"{last}: already trained to {budget['iter']} iterations, reused")
             self.skipped.append(name)
             return last
         if state == "fresh":  # another configuration's leftovers would mix into this run
-            shutil.rmtree(self.ckpt_dir / name, ignore_errors=True)
-            shutil.rmtree(self.result / f"sample_{name}", ignore_errors=True)
+            shutil.rmtree(run.checkpoints, ignore_errors=True)
+            shutil.rmtree(run.samples, ignore_errors=True)
         # train/ only: the set's root also holds the held-out query and source identities
         argv = ["--model", model, "-n", name, str(self.data / "train"),
                 "--checkpoint_dir", str(self.ckpt_dir), "--result_dir", str(self.result),

@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 
 from cliargs import add_no_progress, nonnegative_int, positive_int, seed  # noqa: E402
 from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402 (import-light)
+from training.run import Run  # noqa: E402 (import-light)
 
 
 def build_parser(model: str | None) -> argparse.ArgumentParser:
@@ -394,7 +395,7 @@ def _html(args, ev, out_dir: Path, title: str, table: Path, synthetic: list[str]
     elif ev.systems and sources:
         example = real_rows(image_dir, sources[0], queries[0], ev.systems, ev.size, device,
                             args.batch, args.seq_frames)
-    run = Path(args.result_dir) / f"sample_{ckpt.parent.name}"
+    run = Run.of_checkpoint(ckpt, args.result_dir).samples
     return talking_report(out_dir, title, table, getattr(args, "command", None), example,
                           [run] if run.is_dir() else [])
 

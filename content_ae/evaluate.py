@@ -30,6 +30,7 @@ import torch
 
 from cliargs import add_no_progress, nonnegative_int
 from evaluation.metrics import PSNR_CAP, psnr_from_mse, ssim
+from training.run import Run
 
 EXAMPLES = 8
 """Transfers shown side by side in ``report.html``."""
@@ -230,7 +231,7 @@ def _html(out: Path, name: str, examples: dict[str, list], args: argparse.Namesp
             "donor, the target (= copying it, a baseline), the exact answer, the model, "
             "pasting the donor's region (a baseline). Tiles enlarged by pixel repetition.",
             [(grid, "transfers")]))
-    run_dir = Path(args.result_dir) / f"sample_{name}"
+    run_dir = Run(name, result_dir=args.result_dir).samples
     curves = [(run_dir / "loss.png", "loss curves")] if (run_dir / "loss.png").is_file() else []
     grid_png = Path(args.result_dir) / "transfer" / name / "grid.png"
     if grid_png.is_file():

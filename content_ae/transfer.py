@@ -28,6 +28,7 @@ from cliargs import MAX_GRID, add_no_progress, finite, grid_count, whole
 from faces.io import note_non_square
 from lrw.datasets import load_image
 from lrw.imageio import save_image
+from training.run import Run
 
 from .model import MASK_POWER, ContentAE
 
@@ -37,7 +38,7 @@ def resolve_checkpoint(spec: str, checkpoint_dir: str) -> Path:
     p = Path(spec)
     if p.is_file():
         return p
-    q = Path(checkpoint_dir) / spec / "last.pt"
+    q = Run(spec, checkpoint_dir).last
     if q.is_file():
         return q
     raise ValueError(f"--checkpoint {spec}: neither a file nor a run in {checkpoint_dir}/ "

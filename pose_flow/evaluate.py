@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from cliargs import add_no_progress, positive_int
+from training.run import Run
 
 COLUMNS = (("psnr", "PSNR dB ↑", 2), ("ssim", "SSIM ↑", 4), ("l1", "L1 ↓", 4),
            ("lm_err", "landmark err ↓", 4), ("id_dist", "identity dist ↓", 3),
@@ -414,7 +415,7 @@ def _html(out: Path, name: str, examples: dict[str, list], a: argparse.Namespace
             "Columns: the first source x target pairs; rows: the source (= copying it, a "
             "baseline), the exact answer, then each system. Tiles enlarged by pixel "
             "repetition.", [(grid, "pose transfers")]))
-    run_dir = Path(a.result_dir) / f"sample_{ckpt.parent.name}"
+    run_dir = Run.of_checkpoint(ckpt, a.result_dir).samples
     media = [(run_dir / n, f"{n} of {run_dir.name}") for n in ("loss.png", "diagnostics.png")
              if (run_dir / n).is_file()]
     if media:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from faces.io import ImageReadError, open_rgb
+from training.run import Run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 25.0
@@ -146,12 +147,13 @@ def resolve_checkpoint(value: str | None, checkpoint_dir: str | Path, default: s
     p = Path(value)
     if p.is_file():
         return p
-    for cand in (ckdir / value / "last.pt", ckdir / value):
+    last = Run(value, ckdir).last
+    for cand in (last, ckdir / value):
         if cand.is_file():
             return cand
     if p.suffix or "/" in value or "\\" in value:
         return p
-    return ckdir / value / "last.pt"
+    return last
 
 
 def load_alignment(query_path: Path) -> tuple[np.ndarray, np.ndarray]:
