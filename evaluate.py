@@ -115,9 +115,7 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                         "--source (without: no column and a one-line note)")
     add_no_progress(parser)
     if model is not None:
-        recipe = registry.get(model)
-        if hasattr(recipe, "add_test_args"):
-            recipe.add_test_args(parser)
+        registry.get(model).add_test_args(parser)
         if any("--mode" in a.option_strings for a in parser._actions):
             parser.set_defaults(mode=None)  # None: every mode
     return parser
@@ -193,8 +191,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
 
     nets = FieldNets.load(args.lpips, args.arcface, args.syncnet)  # refused before any work
     recipe = registry.get(args.model)
-    default_ckpt = getattr(recipe, "DEFAULT_CHECKPOINT", "glow_checkpoint.pt")
-    ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, default_ckpt)
+    ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, recipe.DEFAULT_CHECKPOINT)
     args.checkpoint = str(ckpt)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -426,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from training import registry
 
-        recipe = registry.get(known.model)
-        if known.compare is None and hasattr(recipe, "evaluate_cli"):
-            return int(recipe.evaluate_cli(argv))  # a recipe with its own evaluation
+        code = registry.get(known.model).evaluate_cli(argv) if known.compare is None else None
+        if code is not None:  # a recipe with its own evaluation
+            return int(code)
     except ValueError as exc:
         if known.compare is None:
             print(f"error: {exc}", file=sys.stderr)

@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if hasattr(recipe, "translate_argv"):  # a recipe's own aliases (e.g. an original's flags)
-        argv = recipe.translate_argv(argv)
+    argv = recipe.translate_argv(argv)  # a recipe's own aliases (e.g. an original's flags)
     parser = build_parser(model)
     args = parser.parse_args(argv)
 

@@ -21,22 +21,13 @@ from cliargs import model_size, nonnegative, positive, positive_int, whole
 from glow import CheckpointError, Glow, load_glow, safe_load
 from glow.io import file_sha256, file_sha256_soon, is_ours, recorded_n_bits
 from training.config import from_dict, opt
+from training.recipe import Recipe
 from training.recipe_helpers import dequantised, unwrap
 
 from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
 from .thesis import convert, is_thesis_checkpoint
 
-NAME = "ad-flow"
-DEFAULT_CHECKPOINT = "ad-flow_total_checkpoint.tar"
 DEFAULT_GLOW = "glow_checkpoint.pt"
-NEEDS_MIX = True
-PASTE_REGION = "mouth"  # test.py --paste_back region: the mouth box the mix replaced
-# Thesis: Adam, lr 1e-5 (encoders) and 1e-4 (classifier), 200k iterations, one clip per step,
-# samples every 200 and checkpoints every 10k iterations. Here 4 clips per step by default:
-# the cycle term pairs each clip with another one of the same batch.
-TRAIN_DEFAULTS = {"batch": 4, "lr": 1e-5, "iter": 200000, "sample_every": 200,
-                  "save_every": 10000}
-DDP_FIND_UNUSED = True  # the classifier is idle when --w_cls 0
 
 
 @dataclass
@@ -84,27 +75,6 @@ class Config:
                           "sample grid when DATA is a synthetic set's train/ (0: off)")
 
 
-def validate(cfg: Config) -> None:
-    if cfg.encoder not in ENCODERS:
-        raise ValueError(f"--encoder {cfg.encoder}: choose one of {', '.join(ENCODERS)}")
-    if cfg.n_frames < 2:
-        raise ValueError(f"--n_frames {cfg.n_frames}: need at least 2 frames per clip")
-    if cfg.n_bits and not 1 <= cfg.n_bits <= 8:
-        raise ValueError(f"--n_bits {cfg.n_bits} must be 0 (off) or between 1 and 8")
-    if cfg.n_classes < 0:
-        raise ValueError("--n_classes must be 0 (from the data) or positive")
-    _hidden(cfg)
-    if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
-        raise ValueError("loss weights must not be negative")
-    if cfg.init == "lstsq" and cfg.encoder != "linear":
-        raise ValueError(f"--init lstsq is the closed form of a linear encoder; with --encoder "
-                         f"{cfg.encoder} use --init random")
-    if cfg.init_ridge <= 0:
-        raise ValueError(f"--init_ridge {cfg.init_ridge} must be positive")
-    if cfg.init_clips < 0 or cfg.diag_pairs < 0:
-        raise ValueError("--init_clips and --diag_pairs must not be negative")
-
-
 def _hidden(cfg: Config) -> list[int]:
     try:
         hidden = [int(h) for h in str(cfg.cls_hidden).split(",") if h.strip()]
@@ -137,85 +107,6 @@ def from_glow(glow: Glow, cfg: Config) -> ADFlow:
     classifier = SequenceClassifier([h * w for _, h, w in shapes], max(cfg.n_classes, 1),
                                     _hidden(cfg))
     return ADFlow(glow, encoder, classifier)
-
-
-def build(cfg: Config) -> nn.Module:
-    glow = load_frozen_glow(cfg.glow, cfg)
-    model = from_glow(glow, cfg)
-    model.glow_info = {"path": str(cfg.glow), "absolute": str(Path(cfg.glow).resolve()),
-                       "sha256": file_sha256(cfg.glow), "config": glow.config()}
-    model.words = getattr(cfg, "_words", None)
-    return model
-
-
-def dataset(cfg: Config, data_dir: Path):
-    """LRW-style clips ``(frames [T, 3, S, S], label)``; sets ``cfg.n_classes`` when 0."""
-    from lrw.datasets import ClipDataset
-    from lrw.index import open_index
-
-    index = open_index(data_dir)
-    note = index.ignored_note()
-    if note:  # what was left out is said, with a count, not dropped silently
-        print(note)
-    if cfg.n_classes == 0:
-        cfg.n_classes = index.n_classes
-    elif cfg.n_classes < index.n_classes:
-        raise ValueError(f"--n_classes {cfg.n_classes} but {data_dir} holds "
-                         f"{index.n_classes} words")
-    cfg._words = list(index.words)  # recorded in the checkpoint by build/checkpoint_extra
-    if cfg.img_size is None:  # the frames must have the Glow's size: read it from the file
-        cfg.img_size = int(load_frozen_glow(cfg.glow, cfg).img_size)
-    ds = ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
-    cfg._dataset, cfg._data_dir = ds, Path(data_dir)  # for initialize() and diagnostics()
-    return ds
-
-
-def initialize(model: ADFlow, batch, ctx) -> None:
-    """``--init lstsq``: the linear encoders start at the structural term's closed form."""
-    cfg: Config = ctx.model_cfg
-    if cfg.init != "lstsq":
-        return
-    ds = getattr(cfg, "_dataset", None)
-    if ds is None:
-        raise ValueError("--init lstsq needs the training clips (call dataset() first)")
-    from .init import fit_linear_encoders
-
-    def clips():
-        for i in range(len(ds)):
-            yield ds[i]
-
-    fit_linear_encoders(unwrap(model), clips, cfg.init_ridge, cfg.init_clips, ctx.rank,
-                        ctx.world, log=print if ctx.rank == 0 else None)
-
-
-def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
-    """Held-out motion and identity scores (see evaluation.motion) on the first
-    ``--diag_pairs`` query x source pairs, when the training data is a synthetic set's train/."""
-    from evaluation.synthetic import heldout_scores, synthetic_root_of
-
-    cfg: Config = ctx.model_cfg
-    root = synthetic_root_of(getattr(cfg, "_data_dir", None))
-    if not cfg.diag_pairs or root is None:
-        return {}
-
-    m = unwrap(model)
-    return heldout_scores(root, lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),
-                          m.img_size, ctx.device, cfg.diag_pairs)
-
-
-def checkpoint_extra(model: ADFlow, cfg: Config) -> dict:
-    """The Glow this model was trained on (path, sha256, architecture) and the word list."""
-    extra = {"glow": dict(getattr(model, "glow_info", {}))}
-    if model.words:
-        extra["words"] = list(model.words)
-    return extra
-
-
-def param_groups(model: ADFlow, cfg: Config, train_cfg) -> list[dict]:
-    groups = [{"params": list(model.encoder.parameters()), "lr": train_cfg.lr}]
-    if model.classifier is not None:
-        groups.append({"params": list(model.classifier.parameters()), "lr": cfg.cls_lr})
-    return groups
 
 
 # -------------------------------------------------------------------------------------------
@@ -251,61 +142,8 @@ def partner_frames(frames: Tensor, pair: Tensor, ctx) -> Tensor:
     return every[((g + 1) % big_b)[ctx.rank::ctx.world].to(frames.device)]
 
 
-def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
-    cfg: Config = ctx.model_cfg
-    frames, labels = _frames(batch, cfg, ctx)
-    # One draw for the global batch, sliced per rank (rank r holds global clips r, r+W, ...):
-    # N processes draw what one process with the same global batch draws.
-    shifts, pair = draw(frames.shape[0] * ctx.world, frames.shape[1], ctx.generator)
-    partner = partner_frames(frames, pair, ctx) if ctx.world > 1 else None
-    shifts, pair = shifts[ctx.rank::ctx.world], pair[ctx.rank::ctx.world]
-    return model(frames, labels, shifts.to(frames.device), pair.to(frames.device),
-                 with_classifier=cfg.w_cls > 0, partner=partner)
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    return {"rec": cfg.w_rec, "struct": cfg.w_struct, "cycle": cfg.w_cycle, "cls": cfg.w_cls}
-
-
-@torch.no_grad()
-def sample(model: nn.Module, batch, ctx) -> tuple[Tensor, int]:
-    """Rows per shown clip (as the thesis): [reference frame 0 | reference face + this clip's
-    lips, frame by frame] and [this clip's frame 0 | this clip]. Clip 0 is the reference."""
-    m = unwrap(model)
-    cfg: Config = ctx.model_cfg
-    frames = batch[0] if isinstance(batch, (list, tuple)) else batch
-    b, t = frames.shape[:2]
-    ref = frames[0]
-    ref_faces, _ = m.encoder.split(m.encode_frames(ref[:1]))
-    shown = list(range(1, b))[: cfg.n_sample_clips] or [0]
-    rows = []
-    for j in shown:
-        clip = frames[j]
-        _, lips = m.encoder.split(m.encode_frames(clip))
-        z = [f + lip for f, lip in zip(ref_faces, lips, strict=True)]
-        mixed = m.glow.reverse(z, reconstruct=True)
-        rows += [ref[:1], mixed, clip[:1], clip]
-    return torch.cat(rows).clamp(-0.5, 0.5), t + 1
-
-
 # -------------------------------------------------------------------------------------------
-# Test time (the talking-face job)
-
-def add_test_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("model: ad-flow")
-    g.add_argument("--glow", default=None,
-                   help="the Glow (default: the one the AD-flow checkpoint records, found by its "
-                        "path, absolute or relative to the checkpoint's folder, and checked by "
-                        "its sha256; for a checkpoint without a record (the thesis's): "
-                        f"CHECKPOINT_DIR/{DEFAULT_GLOW})")
-    g.add_argument("--n_flow", type=positive_int, default=None,
-                   help="flows per block of a thesis-format Glow (inferred; checked when given)")
-    g.add_argument("--n_block", type=positive_int, default=None,
-                   help="blocks of a thesis-format Glow (inferred; checked when given)")
-    g.add_argument("--affine", action="store_true",
-                   help="assert that a thesis-format Glow uses affine coupling")
-    g.add_argument("--no_lu", dest="conv_lu", action="store_false",
-                   help="assert that a thesis-format Glow uses the plain 1x1 conv")
+# Test time (the talking-face job): where the Glow is
 
 
 def _recorded_candidates(rec: str, absolute: str | None, checkpoint: Path,
@@ -371,79 +209,237 @@ def changed_glow(ckpt: Path, rec: str, found: Path) -> CheckpointError:
         "differs from the recorded one); pass the Glow it was trained on with --glow PATH")
 
 
-def load_for_test(args, device: torch.device | str = "cpu") -> ADFlow:
-    """Our AD-flow checkpoint or the thesis's ``.tar`` dict, with its Glow, in eval mode.
-
-    ``args.checkpoint`` is the file; ``args.glow`` etc. as added by :func:`add_test_args`.
-    """
-    path = Path(args.checkpoint)
-    obj = safe_load(path)
-    if is_ours(obj):
-        if obj.get("model") != NAME:
-            raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, expected "
-                                  f"'{NAME}' (use --model {obj.get('model')})")
-        cfg = from_dict(Config, obj["config"]["model"])
-        state = obj["weights"]
-        recorded = dict(obj.get("extra", {}).get("glow", {}))
-        words = obj.get("extra", {}).get("words")
-    elif is_thesis_checkpoint(obj):
-        state, facts = convert(obj, str(path))
-        cfg = Config(encoder=facts["encoder"], encoder_target=facts["target"],
-                     img_size=facts["img_size"] or 64,
-                     n_classes=facts["n_classes"] or 500,
-                     cls_hidden=",".join(map(str, facts["hidden"] or [2048, 1024])))
-        recorded, words = {}, None
-    else:
-        raise CheckpointError(f"{path}: neither an AD-flow checkpoint of this project nor the "
-                              "thesis's (a dict with 'f_encoder')")
-    cfg.n_flow = getattr(args, "n_flow", None)
-    cfg.n_block = getattr(args, "n_block", None)
-    cfg.affine = bool(getattr(args, "affine", False))
-    cfg.conv_lu = bool(getattr(args, "conv_lu", True))
-    gpath, verify = glow_path(args, recorded)
-    # the digest is read beside the load (the same file, already in the page cache after it):
-    # the recorded Glow must match it; an explicit --glow that differs gets a warning
-    digest = file_sha256_soon(gpath) if recorded.get("sha256") and gpath.is_file() else None
-    glow = load_glow(gpath, n_flow=cfg.n_flow, n_block=cfg.n_block,
-                     affine=True if cfg.affine else None,
-                     conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
-    if digest is not None and digest() != recorded["sha256"]:
-        if verify:
-            raise changed_glow(path, recorded.get("path"), gpath)
-        print(f"warning: {gpath} is not the Glow file this AD-flow model was trained on "
-              f"({recorded.get('path')}); results may be poor", file=sys.stderr)
-    model = from_glow(glow, cfg)
-    if not any(k.startswith("classifier.") for k in state):
-        model.classifier = None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit its model on the Glow {gpath} "
-                              f"({_first_problem(exc)}); pass the matching --glow") from None
-    model.words = words
-    model.glow_path = gpath  # for eval_density: the file actually loaded
-    return model.to(device).eval()
-
-
 def _first_problem(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:300]
 
 
-def model_size(model: ADFlow) -> int:
-    return model.img_size
+class ADFlowRecipe(Recipe):
+    """AD-flow: a frozen Glow, a feature encoder splitting its latents into face and lips, and
+    a sequence classifier; the talking-face model of the thesis."""
+
+    NAME = "ad-flow"
+    Config = Config
+    DEFAULT_CHECKPOINT = "ad-flow_total_checkpoint.tar"
+    GENERATES = True
+    # Thesis: Adam, lr 1e-5 (encoders) and 1e-4 (classifier), 200k iterations, one clip per
+    # step, samples every 200 and checkpoints every 10k iterations. Here 4 clips per step by
+    # default: the cycle term pairs each clip with another one of the same batch.
+    TRAIN_DEFAULTS = {"batch": 4, "lr": 1e-5, "iter": 200000, "sample_every": 200,
+                      "save_every": 10000}
+    DDP_FIND_UNUSED = True  # the classifier is idle when --w_cls 0
+
+    def validate(self, cfg: Config) -> None:
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"--encoder {cfg.encoder}: choose one of {', '.join(ENCODERS)}")
+        if cfg.n_frames < 2:
+            raise ValueError(f"--n_frames {cfg.n_frames}: need at least 2 frames per clip")
+        if cfg.n_bits and not 1 <= cfg.n_bits <= 8:
+            raise ValueError(f"--n_bits {cfg.n_bits} must be 0 (off) or between 1 and 8")
+        if cfg.n_classes < 0:
+            raise ValueError("--n_classes must be 0 (from the data) or positive")
+        _hidden(cfg)
+        if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
+            raise ValueError("loss weights must not be negative")
+        if cfg.init == "lstsq" and cfg.encoder != "linear":
+            raise ValueError(f"--init lstsq is the closed form of a linear encoder; with --encoder "
+                             f"{cfg.encoder} use --init random")
+        if cfg.init_ridge <= 0:
+            raise ValueError(f"--init_ridge {cfg.init_ridge} must be positive")
+        if cfg.init_clips < 0 or cfg.diag_pairs < 0:
+            raise ValueError("--init_clips and --diag_pairs must not be negative")
+
+    def dataset(self, cfg: Config, data_dir: Path):
+        """LRW-style clips ``(frames [T, 3, S, S], label)``; sets ``cfg.n_classes`` when 0."""
+        from lrw.datasets import ClipDataset
+        from lrw.index import open_index
+
+        index = open_index(data_dir)
+        note = index.ignored_note()
+        if note:  # what was left out is said, with a count, not dropped silently
+            print(note)
+        if cfg.n_classes == 0:
+            cfg.n_classes = index.n_classes
+        elif cfg.n_classes < index.n_classes:
+            raise ValueError(f"--n_classes {cfg.n_classes} but {data_dir} holds "
+                             f"{index.n_classes} words")
+        cfg._words = list(index.words)  # recorded in the checkpoint by build/checkpoint_extra
+        if cfg.img_size is None:  # the frames must have the Glow's size: read it from the file
+            cfg.img_size = int(load_frozen_glow(cfg.glow, cfg).img_size)
+        ds = ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
+        cfg._dataset, cfg._data_dir = ds, Path(data_dir)  # for initialize() and diagnostics()
+        return ds
+
+    def build(self, cfg: Config) -> nn.Module:
+        glow = load_frozen_glow(cfg.glow, cfg)
+        model = from_glow(glow, cfg)
+        model.glow_info = {"path": str(cfg.glow), "absolute": str(Path(cfg.glow).resolve()),
+                           "sha256": file_sha256(cfg.glow), "config": glow.config()}
+        model.words = getattr(cfg, "_words", None)
+        return model
+
+    def param_groups(self, model: ADFlow, cfg: Config, train_cfg) -> list[dict]:
+        groups = [{"params": list(model.encoder.parameters()), "lr": train_cfg.lr}]
+        if model.classifier is not None:
+            groups.append({"params": list(model.classifier.parameters()), "lr": cfg.cls_lr})
+        return groups
+
+    def initialize(self, model: ADFlow, batch, ctx) -> None:
+        """``--init lstsq``: the linear encoders start at the structural term's closed form."""
+        cfg: Config = ctx.model_cfg
+        if cfg.init != "lstsq":
+            return
+        ds = getattr(cfg, "_dataset", None)
+        if ds is None:
+            raise ValueError("--init lstsq needs the training clips (call dataset() first)")
+        from .init import fit_linear_encoders
+
+        def clips():
+            for i in range(len(ds)):
+                yield ds[i]
+
+        fit_linear_encoders(unwrap(model), clips, cfg.init_ridge, cfg.init_clips, ctx.rank,
+                            ctx.world, log=print if ctx.rank == 0 else None)
+
+    def losses(self, model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+        cfg: Config = ctx.model_cfg
+        frames, labels = _frames(batch, cfg, ctx)
+        # One draw for the global batch, sliced per rank (rank r holds global clips r, r+W, ...):
+        # N processes draw what one process with the same global batch draws.
+        shifts, pair = draw(frames.shape[0] * ctx.world, frames.shape[1], ctx.generator)
+        partner = partner_frames(frames, pair, ctx) if ctx.world > 1 else None
+        shifts, pair = shifts[ctx.rank::ctx.world], pair[ctx.rank::ctx.world]
+        return model(frames, labels, shifts.to(frames.device), pair.to(frames.device),
+                     with_classifier=cfg.w_cls > 0, partner=partner)
+
+    def loss_weights(self, cfg: Config) -> dict[str, float]:
+        return {"rec": cfg.w_rec, "struct": cfg.w_struct, "cycle": cfg.w_cycle, "cls": cfg.w_cls}
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, batch, ctx) -> tuple[Tensor, int]:
+        """Rows per shown clip (as the thesis): [reference frame 0 | reference face + this clip's
+        lips, frame by frame] and [this clip's frame 0 | this clip]. Clip 0 is the reference."""
+        m = unwrap(model)
+        cfg: Config = ctx.model_cfg
+        frames = batch[0] if isinstance(batch, (list, tuple)) else batch
+        b, t = frames.shape[:2]
+        ref = frames[0]
+        ref_faces, _ = m.encoder.split(m.encode_frames(ref[:1]))
+        shown = list(range(1, b))[: cfg.n_sample_clips] or [0]
+        rows = []
+        for j in shown:
+            clip = frames[j]
+            _, lips = m.encoder.split(m.encode_frames(clip))
+            z = [f + lip for f, lip in zip(ref_faces, lips, strict=True)]
+            mixed = m.glow.reverse(z, reconstruct=True)
+            rows += [ref[:1], mixed, clip[:1], clip]
+        return torch.cat(rows).clamp(-0.5, 0.5), t + 1
+
+    def checkpoint_extra(self, model: ADFlow, cfg: Config) -> dict:
+        """The Glow this model was trained on (path, sha256, architecture) and the word list."""
+        extra = {"glow": dict(getattr(model, "glow_info", {}))}
+        if model.words:
+            extra["words"] = list(model.words)
+        return extra
+
+    def diagnostics(self, model: nn.Module, ctx) -> dict[str, float]:
+        """Held-out motion and identity scores (see evaluation.motion) on the first
+        ``--diag_pairs`` query x source pairs, when the training data is a synthetic set's
+        train/."""
+        from evaluation.synthetic import heldout_scores, synthetic_root_of
+
+        cfg: Config = ctx.model_cfg
+        root = synthetic_root_of(getattr(cfg, "_data_dir", None))
+        if not cfg.diag_pairs or root is None:
+            return {}
+
+        m = unwrap(model)
+        return heldout_scores(root, lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),
+                              m.img_size, ctx.device, cfg.diag_pairs)
+
+    def add_test_args(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("model: ad-flow")
+        g.add_argument("--glow", default=None,
+                       help="the Glow (default: the one the AD-flow checkpoint records, found "
+                            "by its path, absolute or relative to the checkpoint's folder, and "
+                            "checked by its sha256; for a checkpoint without a record (the "
+                            f"thesis's): CHECKPOINT_DIR/{DEFAULT_GLOW})")
+        g.add_argument("--n_flow", type=positive_int, default=None,
+                       help="flows per block of a thesis-format Glow (inferred; checked when "
+                            "given)")
+        g.add_argument("--n_block", type=positive_int, default=None,
+                       help="blocks of a thesis-format Glow (inferred; checked when given)")
+        g.add_argument("--affine", action="store_true",
+                       help="assert that a thesis-format Glow uses affine coupling")
+        g.add_argument("--no_lu", dest="conv_lu", action="store_false",
+                       help="assert that a thesis-format Glow uses the plain 1x1 conv")
+
+    def load_for_test(self, args, device: torch.device | str = "cpu") -> ADFlow:
+        """Our AD-flow checkpoint or the thesis's ``.tar`` dict, with its Glow, in eval mode.
+
+        ``args.checkpoint`` is the file; ``args.glow`` etc. as added by :func:`add_test_args`.
+        """
+        path = Path(args.checkpoint)
+        obj = safe_load(path)
+        if is_ours(obj):
+            if obj.get("model") != self.NAME:
+                raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, expected "
+                                      f"'{self.NAME}' (use --model {obj.get('model')})")
+            cfg = from_dict(Config, obj["config"]["model"])
+            state = obj["weights"]
+            recorded = dict(obj.get("extra", {}).get("glow", {}))
+            words = obj.get("extra", {}).get("words")
+        elif is_thesis_checkpoint(obj):
+            state, facts = convert(obj, str(path))
+            cfg = Config(encoder=facts["encoder"], encoder_target=facts["target"],
+                         img_size=facts["img_size"] or 64,
+                         n_classes=facts["n_classes"] or 500,
+                         cls_hidden=",".join(map(str, facts["hidden"] or [2048, 1024])))
+            recorded, words = {}, None
+        else:
+            raise CheckpointError(f"{path}: neither an AD-flow checkpoint of this project nor the "
+                                  "thesis's (a dict with 'f_encoder')")
+        cfg.n_flow = getattr(args, "n_flow", None)
+        cfg.n_block = getattr(args, "n_block", None)
+        cfg.affine = bool(getattr(args, "affine", False))
+        cfg.conv_lu = bool(getattr(args, "conv_lu", True))
+        gpath, verify = glow_path(args, recorded)
+        # the digest is read beside the load (the same file, already in the page cache after it):
+        # the recorded Glow must match it; an explicit --glow that differs gets a warning
+        digest = file_sha256_soon(gpath) if recorded.get("sha256") and gpath.is_file() else None
+        glow = load_glow(gpath, n_flow=cfg.n_flow, n_block=cfg.n_block,
+                         affine=True if cfg.affine else None,
+                         conv_lu=False if not cfg.conv_lu else None, img_size=cfg.img_size)
+        if digest is not None and digest() != recorded["sha256"]:
+            if verify:
+                raise changed_glow(path, recorded.get("path"), gpath)
+            print(f"warning: {gpath} is not the Glow file this AD-flow model was trained on "
+                  f"({recorded.get('path')}); results may be poor", file=sys.stderr)
+        model = from_glow(glow, cfg)
+        if not any(k.startswith("classifier.") for k in state):
+            model.classifier = None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit its model on the Glow {gpath} "
+                                  f"({_first_problem(exc)}); pass the matching --glow") from None
+        model.words = words
+        model.glow_path = gpath  # for eval_density: the file actually loaded
+        return model.to(device).eval()
+
+    @torch.no_grad()
+    def generate(self, model: ADFlow, query: Tensor, mix: Tensor, source: Tensor,
+                 args=None) -> Tensor:
+        """query [1, 3, S, S], mix [T, 3, S, S] (source unused) -> [T, 3, S, S] in [-0.5, 0.5].
+
+        The query's face parts are computed once and reused for every chunk of frames.
+        """
+        return model.transfer(query, mix).clamp_(-0.5, 0.5)
+
+    def eval_density(self, model: ADFlow, args) -> tuple[nn.Module, int, list[str]]:
+        """evaluate.py: AD-flow's likelihood is its frozen Glow's, at that Glow's ``n_bits``."""
+        path = getattr(model, "glow_path", None)
+        return model.glow, recorded_n_bits(path), ["bits/dim of AD-flow: its frozen Glow's"]
 
 
-@torch.no_grad()
-def generate(model: ADFlow, query: Tensor, mix: Tensor, source: Tensor, args=None) -> Tensor:
-    """query [1, 3, S, S], mix [T, 3, S, S] (source unused) -> [T, 3, S, S] in [-0.5, 0.5].
-
-    The query's face parts are computed once and reused for every chunk of frames.
-    """
-    return model.transfer(query, mix).clamp_(-0.5, 0.5)
-
-
-def eval_density(model: ADFlow, args) -> tuple[nn.Module, int, list[str]]:
-    """evaluate.py: AD-flow's likelihood is its frozen Glow's, at that Glow's ``n_bits``."""
-    path = getattr(model, "glow_path", None)
-    return model.glow, recorded_n_bits(path), ["bits/dim of AD-flow: its frozen Glow's"]
+RECIPE = ADFlowRecipe()

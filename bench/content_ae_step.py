@@ -71,7 +71,7 @@ def reference_step(anchor, size: int, batch: int, sep: int, device):
 
 
 def our_step(size: int, batch: int, sep: int, device):
-    from content_ae import recipe
+    from content_ae.recipe import RECIPE as recipe
     from training.config import TrainConfig
     from training.loop import StepContext, clip_group_gradients, lean_optimizer, step_generator
 

@@ -81,7 +81,7 @@ def make_model(work: Path) -> Path:
     """A small AD-flow checkpoint (random 32 px Glow, non-trivial weights)."""
     import torch
 
-    from ad_flow import recipe as ad
+    from ad_flow.recipe import RECIPE as ad
     from glow import Glow
     from training.checkpoint import save_checkpoint
 

@@ -39,7 +39,8 @@ from faces.io import read_image  # noqa: E402
 from glow import quantize  # noqa: E402
 from lrw.synthetic import SyntheticConfig, SyntheticSet, generate  # noqa: E402
 from mi_flow import CLUB  # noqa: E402
-from mi_flow import recipe as R  # noqa: E402
+from mi_flow.model import MIFlow  # noqa: E402
+from mi_flow.recipe import RECIPE as R  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.loop import StepContext, seed_everything, step_generator  # noqa: E402
 
@@ -63,7 +64,7 @@ def psnr(mse: list[torch.Tensor]) -> float:
 
 
 def train_for(cfg: R.Config, images: torch.Tensor, minutes: float, seed: int,
-              say=print) -> tuple[R.MIFlow, dict]:
+              say=print) -> tuple[MIFlow, dict]:
     """The shared loop's step (Adam, clip 5, seeded per-step noise) for a wall-clock budget."""
     d = R.TRAIN_DEFAULTS  # the thesis's batch 10, lr 1e-4, clip 5
     tcfg = TrainConfig(batch=d["batch"], lr=d["lr"], grad_clip=d["grad_clip"], seed=seed,
@@ -104,7 +105,7 @@ def train_for(cfg: R.Config, images: torch.Tensor, minutes: float, seed: int,
 
 
 @torch.no_grad()
-def bits_per_dim(model: R.MIFlow, x: torch.Tensor, n_bits: int) -> float:
+def bits_per_dim(model: MIFlow, x: torch.Tensor, n_bits: int) -> float:
     """Held-out bits/dim with the bin-centre dequantisation (deterministic)."""
     xq = quantize(x, n_bits) + 0.5 / 2**n_bits
     log_p, logdet, log_c, _, _ = model(xq)
@@ -113,7 +114,7 @@ def bits_per_dim(model: R.MIFlow, x: torch.Tensor, n_bits: int) -> float:
 
 
 @torch.no_grad()
-def probe_mi(model: R.MIFlow, train_x: torch.Tensor, test_x: torch.Tensor, steps: int = 1500,
+def probe_mi(model: MIFlow, train_x: torch.Tensor, test_x: torch.Tensor, steps: int = 1500,
              seed: int = 0) -> float:
     """CLUB estimate (nats) of I(top latent; mouth crop) from a freshly fitted q(c|z)."""
     def feats(x):
@@ -137,7 +138,7 @@ def probe_mi(model: R.MIFlow, train_x: torch.Tensor, test_x: torch.Tensor, steps
                           zip(zv.split(100), cv.split(100), strict=False) if len(z) > 1]))
 
 
-def evaluate(model: R.MIFlow, ds: SyntheticSet, size: int) -> dict:
+def evaluate(model: MIFlow, ds: SyntheticSet, size: int) -> dict:
     box = mouth_box(size)
     res: dict[str, list[torch.Tensor]] = {}
     for q in ds.query_names:

@@ -48,7 +48,7 @@ def prepare(work: Path, n_frames: int, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
-    from ad_flow import recipe as ad
+    from ad_flow.recipe import RECIPE as ad
     from glow import Glow
     from talking.inputs import read_rgb
     from talking.job import to_tensor
@@ -133,7 +133,7 @@ def glow_rate(setup: dict, batch: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ad_flow import recipe as ad
+    from ad_flow.recipe import RECIPE as ad
 
     args = argparse.Namespace(checkpoint=setup["adflow"], glow=setup["glow"],
                               checkpoint_dir="checkpoint")
@@ -252,8 +252,8 @@ def quality(work: Path, glow_iter: int, ad_iter: int, size: int, seed: int) -> d
     import numpy as np
     from PIL import Image
 
-    from ad_flow import recipe as ad
-    from glow import recipe as glow_recipe
+    from ad_flow.recipe import RECIPE as ad
+    from glow.recipe import RECIPE as glow_recipe
     from lrw.synthetic import SyntheticConfig, SyntheticSet, generate
     from talking import run
     from training.config import TrainConfig

@@ -30,17 +30,9 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive_int
 from training.config import opt
+from training.recipe import Recipe
 
 from .model import Arch, ContentAE, _ints, bce_logits
-
-NAME = "content-ae"
-DDP_EXACT = False  # train.py refuses torchrun with DDP_NOTE (tests/test_ddp.py)
-DDP_NOTE = ("its losses call the sub-networks directly rather than through the DDP wrapper "
-            "and freeze the discriminator mid-step, which DDP's gradient reducer does not follow")
-# The original: batch 32, lr 2e-4 both, 1.25M iterations, grids every 5000, checkpoints every
-# 10000. --lr is the auto-encoder's (the remake used 1e-4: pass --lr 1e-4 with --arch improved).
-TRAIN_DEFAULTS = {"batch": 32, "lr": 2e-4, "iter": 1250000, "sample_every": 5000,
-                  "save_every": 10000, "log_every": 100}
 
 ARCH_DEFAULTS = {
     "original": dict(n_down=6, sep=25, e1_widths="32,64,128,256", e2_widths="32,64,128,128,128",
@@ -116,64 +108,6 @@ def arch_of(cfg: Config) -> Arch:
                 dec_res=cfg.dec_res, mask=cfg.mask)
 
 
-def validate(cfg: Config) -> None:
-    a = arch_of(cfg)
-    if a.n_down < 1 or cfg.img_size % 2**a.n_down or cfg.img_size < 2**a.n_down:
-        raise ValueError(f"--img_size {cfg.img_size} is not a multiple of 2^n_down = "
-                         f"{2**a.n_down}; use e.g. {2**a.n_down * max(1, cfg.img_size // 2**a.n_down)}")
-    if not 0 < a.sep < a.code:
-        raise ValueError(f"--sep {a.sep} must be between 1 and --code {a.code} - 1")
-    if a.arch == "original":
-        if len(a.e1_widths) > a.n_down:
-            raise ValueError(f"--e1_widths has {len(a.e1_widths)} entries, more than n_down "
-                             f"{a.n_down}")
-        for name, widths in (("e2_widths", a.e2_widths), ("dec_widths", a.dec_widths)):
-            if len(widths) != a.n_down - 1:
-                raise ValueError(f"--{name} needs n_down - 1 = {a.n_down - 1} entries, got "
-                                 f"{len(widths)}")
-    else:
-        for name, widths in (("e1_widths", a.e1_widths), ("e2_widths", a.e2_widths)):
-            if len(widths) != a.n_down:
-                raise ValueError(f"--{name} needs n_down = {a.n_down} entries (stem + "
-                                 f"{a.n_down - 1} downsamplings), got {len(widths)}")
-        if a.code % 2**a.n_down:
-            raise ValueError(f"--code {a.code} must be divisible by 2^n_down = {2**a.n_down} "
-                             "(the decoder halves it at each upsampling)")
-    if min(cfg.w_adv, cfg.mask_weight, cfg.w_rec_a, cfg.ae_clip, cfg.disc_clip) < 0:
-        raise ValueError("--w_adv, --mask_weight, --w_rec_a, --ae_clip and --disc_clip must not "
-                         "be negative")
-    if cfg.n_display < 1:
-        raise ValueError("--n_display must be at least 1")
-
-
-def build(cfg: Config) -> ContentAE:
-    return ContentAE(arch_of(cfg))
-
-
-def dataset(cfg: Config, data_dir: Path):
-    from .data import PairDataset, split_paths
-
-    a, b = split_paths(data_dir, "train")
-    return PairDataset(a, b, cfg.img_size)
-
-
-def param_groups(model: ContentAE, cfg: Config, train_cfg) -> list[dict]:
-    """Two Adam groups, each clipped on its own (``clip_norm``, see ``training.loop``).
-
-    Both use the fused Adam kernel (one pass over each parameter instead of a chain of
-    element-wise ops; the same update up to rounding), about 5% of a CPU step at 128 px.
-    """
-    d = ARCH_DEFAULTS[cfg.arch]
-    eps = cfg.eps or d["eps"]
-    return [
-        {"params": model.autoencoder_parameters(), "lr": train_cfg.lr, "fused": True,
-         "betas": (0.5, 0.999), "eps": eps, "clip_norm": cfg.ae_clip, "name": "autoencoder"},
-        {"params": list(model.disc.parameters()), "lr": cfg.disc_lr or d["disc_lr"],
-         "fused": True, "betas": (0.5, 0.999), "eps": eps, "clip_norm": cfg.disc_clip,
-         "name": "discriminator"},
-    ]
-
-
 @contextlib.contextmanager
 def frozen(module: nn.Module):
     """Parameters of ``module`` record no gradient inside the block (inputs still do)."""
@@ -202,43 +136,6 @@ def _flip(x: Tensor, ctx) -> Tensor:
     return torch.where((u < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def losses(model, batch, ctx) -> dict[str, Tensor]:
-    """Named terms (see the module docstring); ``batch = (a [n,3,S,S], b [n,3,S,S])`` in
-    ``[-0.5, 0.5]``."""
-    m = _net(model)
-    cfg = ctx.model_cfg
-    a, b = batch
-    a = _flip(a * 2, ctx)
-    b = _flip(b * 2, ctx)
-    # Each network runs once per batch and serves both players; A and B go through separately
-    # (no concatenated copies, and backward's transient buffers are one batch wide, not two).
-    common_a, common_b = m.e1(a), m.e1(b)
-    img_a, mask_a = m.decode(common_a, m.e2(a))
-    img_b, mask_b = m.decode(common_b, None)  # B's zero specific half skipped exactly
-    terms = {"rec_a": F.mse_loss(img_a, a), "rec_b": F.mse_loss(img_b, b)}
-    with frozen(m.disc):
-        terms["adv"] = bce_logits(m.disc(common_a), 0.0) + bce_logits(m.disc(common_b), 0.0)
-    judged_a, judged_b = m.disc(common_a.detach()), m.disc(common_b.detach())
-    terms["disc"] = bce_logits(judged_a, 1.0) + bce_logits(judged_b, 0.0)
-    if mask_a is not None:
-        removed, _ = m.decode(common_a, None)
-        blended = mask_a * img_a + (1 - mask_a) * removed
-        terms["mask_rec"] = F.mse_loss(blended, a)
-        ramp = min(1.0, (ctx.step + 1) / cfg.mask_warmup) if cfg.mask_warmup else 1.0
-        terms["mask_l1"] = mask_a.mean() * ramp  # the ramped mean (the weight is static)
-        terms["mask_b"] = mask_b.mean() * ramp
-    with torch.no_grad():
-        terms["disc_acc"] = ((judged_a > 0).float().mean() + (judged_b <= 0).float().mean()) / 2
-    return terms
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    w = {"rec_a": cfg.w_rec_a, "rec_b": 1.0, "adv": cfg.w_adv, "disc": 1.0}
-    if cfg.mask:
-        w.update(mask_rec=1.0, mask_l1=cfg.mask_weight, mask_b=cfg.mask_weight)
-    return w
-
-
 def transfer_grid(model: ContentAE, a: Tensor, b: Tensor) -> Tensor:
     """The paper's grid as ``[(n+1)^2, 3, S, S]`` in ``[-1, 1]`` (row-major, ``nrow = n + 1``):
     row 0 a blank tile then ``b_1..b_n``; row ``i`` ``a_i`` then ``Dec(E1(b_j) ⊕ E2(a_i))``."""
@@ -249,37 +146,142 @@ def transfer_grid(model: ContentAE, a: Tensor, b: Tensor) -> Tensor:
     return torch.cat(tiles)
 
 
-def sample(model: ContentAE, batch, ctx) -> tuple[Tensor, int]:
-    """The transfer grid of the first ``--n_display`` pairs of the fixed sample batch."""
-    n = min(ctx.model_cfg.n_display, batch[0].shape[0])
-    grid = transfer_grid(model, batch[0][:n] * 2, batch[1][:n] * 2)
-    return grid / 2, n + 1
-
-
-def translate_argv(argv: list[str]) -> list[str]:
-    """The original's spellings of ``train.py`` flags as ours, so its commands carry over:
-    ``--root DATA`` (the data folder), ``--out DIR`` (checkpoints and samples in DIR),
-    ``--bs``, ``--iters``, ``--resize``, ``--discweight``, ``--disclr``, ``--display_iter``,
-    ``--save_iter``, ``--progress_iter``, ``--num_display``; ``--load DIR`` resumes the run whose
-    checkpoints are in DIR."""
-    from .cli import translate
-
-    return translate(argv, TRAIN_ALIASES)
-
-
 TRAIN_ALIASES = {"--bs": "--batch", "--iters": "--iter", "--resize": "--img_size",
                  "--discweight": "--w_adv", "--disclr": "--disc_lr",
                  "--display_iter": "--sample_every", "--save_iter": "--save_every",
                  "--progress_iter": "--log_every", "--num_display": "--n_display"}
 
 
-def test_cli(argv: list[str]) -> int:
-    from .transfer import main
+class ContentAERecipe(Recipe):
+    """The content-disentanglement auto-encoder (two players, one optimiser step)."""
 
-    return main(argv)
+    NAME = "content-ae"
+    Config = Config
+    DDP_EXACT = False  # train.py refuses torchrun with DDP_NOTE (tests/test_ddp.py)
+    DDP_NOTE = ("its losses call the sub-networks directly rather than through the DDP wrapper "
+                "and freeze the discriminator mid-step, which DDP's gradient reducer does not "
+                "follow")
+    # The original: batch 32, lr 2e-4 both, 1.25M iterations, grids every 5000, checkpoints
+    # every 10000. --lr is the auto-encoder's (the remake used 1e-4: pass --lr 1e-4 with
+    # --arch improved).
+    TRAIN_DEFAULTS = {"batch": 32, "lr": 2e-4, "iter": 1250000, "sample_every": 5000,
+                      "save_every": 10000, "log_every": 100}
+
+    def validate(self, cfg: Config) -> None:
+        a = arch_of(cfg)
+        if a.n_down < 1 or cfg.img_size % 2**a.n_down or cfg.img_size < 2**a.n_down:
+            k = 2**a.n_down
+            raise ValueError(f"--img_size {cfg.img_size} is not a multiple of 2^n_down = "
+                             f"{k}; use e.g. {k * max(1, cfg.img_size // k)}")
+        if not 0 < a.sep < a.code:
+            raise ValueError(f"--sep {a.sep} must be between 1 and --code {a.code} - 1")
+        if a.arch == "original":
+            if len(a.e1_widths) > a.n_down:
+                raise ValueError(f"--e1_widths has {len(a.e1_widths)} entries, more than n_down "
+                                 f"{a.n_down}")
+            for name, widths in (("e2_widths", a.e2_widths), ("dec_widths", a.dec_widths)):
+                if len(widths) != a.n_down - 1:
+                    raise ValueError(f"--{name} needs n_down - 1 = {a.n_down - 1} entries, got "
+                                     f"{len(widths)}")
+        else:
+            for name, widths in (("e1_widths", a.e1_widths), ("e2_widths", a.e2_widths)):
+                if len(widths) != a.n_down:
+                    raise ValueError(f"--{name} needs n_down = {a.n_down} entries (stem + "
+                                     f"{a.n_down - 1} downsamplings), got {len(widths)}")
+            if a.code % 2**a.n_down:
+                raise ValueError(f"--code {a.code} must be divisible by 2^n_down = {2**a.n_down} "
+                                 "(the decoder halves it at each upsampling)")
+        if min(cfg.w_adv, cfg.mask_weight, cfg.w_rec_a, cfg.ae_clip, cfg.disc_clip) < 0:
+            raise ValueError("--w_adv, --mask_weight, --w_rec_a, --ae_clip and --disc_clip must "
+                             "not be negative")
+        if cfg.n_display < 1:
+            raise ValueError("--n_display must be at least 1")
+
+    def build(self, cfg: Config) -> ContentAE:
+        return ContentAE(arch_of(cfg))
+
+    def dataset(self, cfg: Config, data_dir: Path):
+        from .data import PairDataset, split_paths
+
+        a, b = split_paths(data_dir, "train")
+        return PairDataset(a, b, cfg.img_size)
+
+    def param_groups(self, model: ContentAE, cfg: Config, train_cfg) -> list[dict]:
+        """Two Adam groups, each clipped on its own (``clip_norm``, see ``training.loop``).
+
+        Both use the fused Adam kernel (one pass over each parameter instead of a chain of
+        element-wise ops; the same update up to rounding), about 5% of a CPU step at 128 px.
+        """
+        d = ARCH_DEFAULTS[cfg.arch]
+        eps = cfg.eps or d["eps"]
+        return [
+            {"params": model.autoencoder_parameters(), "lr": train_cfg.lr, "fused": True,
+             "betas": (0.5, 0.999), "eps": eps, "clip_norm": cfg.ae_clip, "name": "autoencoder"},
+            {"params": list(model.disc.parameters()), "lr": cfg.disc_lr or d["disc_lr"],
+             "fused": True, "betas": (0.5, 0.999), "eps": eps, "clip_norm": cfg.disc_clip,
+             "name": "discriminator"},
+        ]
+
+    def losses(self, model, batch, ctx) -> dict[str, Tensor]:
+        """Named terms (see the module docstring); ``batch = (a [n,3,S,S], b [n,3,S,S])`` in
+        ``[-0.5, 0.5]``."""
+        m = _net(model)
+        cfg = ctx.model_cfg
+        a, b = batch
+        a = _flip(a * 2, ctx)
+        b = _flip(b * 2, ctx)
+        # Each network runs once per batch and serves both players; A and B go through separately
+        # (no concatenated copies, and backward's transient buffers are one batch wide, not two).
+        common_a, common_b = m.e1(a), m.e1(b)
+        img_a, mask_a = m.decode(common_a, m.e2(a))
+        img_b, mask_b = m.decode(common_b, None)  # B's zero specific half skipped exactly
+        terms = {"rec_a": F.mse_loss(img_a, a), "rec_b": F.mse_loss(img_b, b)}
+        with frozen(m.disc):
+            terms["adv"] = bce_logits(m.disc(common_a), 0.0) + bce_logits(m.disc(common_b), 0.0)
+        judged_a, judged_b = m.disc(common_a.detach()), m.disc(common_b.detach())
+        terms["disc"] = bce_logits(judged_a, 1.0) + bce_logits(judged_b, 0.0)
+        if mask_a is not None:
+            removed, _ = m.decode(common_a, None)
+            blended = mask_a * img_a + (1 - mask_a) * removed
+            terms["mask_rec"] = F.mse_loss(blended, a)
+            ramp = min(1.0, (ctx.step + 1) / cfg.mask_warmup) if cfg.mask_warmup else 1.0
+            terms["mask_l1"] = mask_a.mean() * ramp  # the ramped mean (the weight is static)
+            terms["mask_b"] = mask_b.mean() * ramp
+        with torch.no_grad():
+            terms["disc_acc"] = ((judged_a > 0).float().mean() + (judged_b <= 0).float().mean()) / 2
+        return terms
+
+    def loss_weights(self, cfg: Config) -> dict[str, float]:
+        w = {"rec_a": cfg.w_rec_a, "rec_b": 1.0, "adv": cfg.w_adv, "disc": 1.0}
+        if cfg.mask:
+            w.update(mask_rec=1.0, mask_l1=cfg.mask_weight, mask_b=cfg.mask_weight)
+        return w
+
+    def sample(self, model: ContentAE, batch, ctx) -> tuple[Tensor, int]:
+        """The transfer grid of the first ``--n_display`` pairs of the fixed sample batch."""
+        n = min(ctx.model_cfg.n_display, batch[0].shape[0])
+        grid = transfer_grid(model, batch[0][:n] * 2, batch[1][:n] * 2)
+        return grid / 2, n + 1
+
+    def translate_argv(self, argv: list[str]) -> list[str]:
+        """The original's spellings of ``train.py`` flags as ours, so its commands carry over:
+        ``--root DATA`` (the data folder), ``--out DIR`` (checkpoints and samples in DIR),
+        ``--bs``, ``--iters``, ``--resize``, ``--discweight``, ``--disclr``, ``--display_iter``,
+        ``--save_iter``, ``--progress_iter``, ``--num_display``; ``--load DIR`` resumes the run
+        whose checkpoints are in DIR."""
+        from .cli import translate
+
+        return translate(argv, TRAIN_ALIASES)
+
+    def test_cli(self, argv: list[str]) -> int:
+        from .transfer import main
+
+        return main(argv)
+
+    def evaluate_cli(self, argv: list[str]) -> int:
+        from .evaluate import main
+
+        return main(argv)
 
 
-def evaluate_cli(argv: list[str]) -> int:
-    from .evaluate import main
-
-    return main(argv)
+RECIPE = ContentAERecipe()

@@ -51,11 +51,11 @@ def load_model(path: Path, device: torch.device) -> tuple[ContentAE, object, dic
     from training.checkpoint import load_checkpoint
     from training.config import from_dict
 
-    from .recipe import NAME, Config, build
+    from .recipe import RECIPE
 
-    ckpt = load_checkpoint(path, expect_model=NAME)
-    cfg = from_dict(Config, ckpt["config"]["model"])
-    model = build(cfg)
+    ckpt = load_checkpoint(path, expect_model=RECIPE.NAME)
+    cfg = from_dict(RECIPE.Config, ckpt["config"]["model"])
+    model = RECIPE.build(cfg)
     model.load_state_dict(ckpt["weights"])
     return model.to(device).eval(), cfg, ckpt
 

@@ -1,8 +1,8 @@
 """Loading a trained model for evaluation and running it on one query and one source sequence.
 
-A model is loaded through its recipe's test-time face (``training.registry``:
-``load_for_test``, ``generate``, ``NEEDS_MIX``, and the evaluation hooks ``eval_systems`` and
-``eval_density``); nothing here names a model. Inputs go through the talking-face job's own helpers
+A model is loaded through its recipe's test-time side (``training.recipe.Recipe``:
+``load_for_test``, ``generate``, ``NEEDS_MIX``, and the evaluation hooks ``eval_systems``,
+``eval_density`` and ``log_density``); nothing here names a model. Inputs go through the talking-face job's own helpers
 (``talking.inputs.read_rgb``, ``talking.job.to_tensor``/``to_uint8``, ``faces.blend.mouth_mix``),
 so a frame is evaluated exactly as ``test.py`` would produce it.
 """
@@ -13,14 +13,14 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from glow import CheckpointError, bits_per_dim
-from glow.io import recorded_n_bits
+from training import registry
+from training.recipe import Recipe
 
 __all__ = ["BASELINE_BLEND", "BASELINE_COPY", "EvalModel", "System", "load_model",
            "pasted_label", "run_sequence"]
@@ -46,6 +46,7 @@ class EvalModel:
     """A loaded model with what evaluation needs to know about it."""
 
     kind: str  # registry name (training.registry)
+    recipe: Recipe
     model: nn.Module
     checkpoint: Path
     size: int  # image size the model works at
@@ -60,26 +61,10 @@ class EvalModel:
 
     @torch.no_grad()
     def bits_per_dim(self, x: Tensor) -> Tensor:
-        """Bits/dim [B] of dequantised images ``x`` [B, 3, S, S] under ``density``.
-
-        Works for Glow (``(log_p, logdet, z)``) and MI-flow (``(log_p, logdet, log_c, z,
-        conds)``, the split latents' conditional log-density ``log_c`` included).
-        """
-        out = self.density(x)
-        log_p, logdet = out[0], out[1]
-        if len(out) == 5:
-            log_p = log_p + out[2]
+        """Bits/dim [B] of dequantised images ``x`` [B, 3, S, S] under ``density`` (its
+        log-density as the recipe's ``log_density`` reads it)."""
+        log_p, logdet = self.recipe.log_density(self.density, x)
         return bits_per_dim(log_p, logdet, x[0].numel(), self.n_bits)
-
-
-def _model_image_size(recipe: ModuleType, model: nn.Module) -> int:
-    """The recipe's ``model_size`` (the test-time interface), else the model's ``img_size``."""
-    if hasattr(recipe, "model_size"):
-        return int(recipe.model_size(model))
-    size = getattr(model, "img_size", None)
-    if isinstance(size, int) and size > 0:
-        return size
-    raise CheckpointError("cannot tell the model's image size")
 
 
 def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> EvalModel:
@@ -91,36 +76,23 @@ def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> Eva
     reported, e.g. AD-flow's frozen Glow). Raises ``CheckpointError``/``ValueError`` with one
     line.
     """
-    from training import registry
-
     path = Path(args.checkpoint)
     recipe = registry.get(kind)
-    if not hasattr(recipe, "load_for_test"):
-        raise ValueError(f"model '{kind}' has no test-time interface (load_for_test)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file (train one with train.py, or "
                               "pass the right path)")
     model = recipe.load_for_test(args, device).eval()
-    size = _model_image_size(recipe, model)
-    needs_mix = getattr(recipe, "NEEDS_MIX", True)
-
-    region = getattr(recipe, "PASTE_REGION", "mouth")
+    size = int(recipe.model_size(model))
+    needs_mix, region = recipe.NEEDS_MIX, recipe.PASTE_REGION
 
     def system(label: str, run_args: argparse.Namespace) -> System:
         def fn(query: Tensor, mix: Tensor, source: Tensor) -> Tensor:
             return recipe.generate(model, query, mix if needs_mix else source, source, run_args)
         return System(label, fn, region)
 
-    if hasattr(recipe, "eval_systems"):
-        entries = recipe.eval_systems(model, args)
-    else:
-        entries = [(kind, args)] if hasattr(recipe, "generate") else []
-    if hasattr(recipe, "eval_density"):
-        density, n_bits, notes = recipe.eval_density(model, args)
-    else:  # a Glow-shaped flow reports its likelihood
-        density = model if hasattr(model, "blocks") else None
-        n_bits, notes = recorded_n_bits(path), []
-    return EvalModel(kind, model, path, size, int(n_bits), density,
+    entries = recipe.eval_systems(model, args)
+    density, n_bits, notes = recipe.eval_density(model, args)
+    return EvalModel(kind, recipe, model, path, size, int(n_bits), density,
                      [system(label, a) for label, a in entries], list(notes))
 
 

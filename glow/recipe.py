@@ -17,17 +17,12 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive_int, whole
 from training.config import opt
+from training.recipe import Recipe
 from training.recipe_helpers import dequantised, images
 
 from .io import load_glow, recorded_n_bits
 from .likelihood import bits_per_dim
 from .model import Glow
-
-NAME = "glow"
-DEFAULT_CHECKPOINT = "glow_checkpoint.pt"
-# The thesis's Glow training: batch 16, lr 1e-4, 200k iterations, samples every 100.
-TRAIN_DEFAULTS = {"batch": 16, "lr": 1e-4, "iter": 200000, "sample_every": 100,
-                  "save_every": 10000}
 
 
 @dataclass
@@ -67,77 +62,72 @@ def validate(cfg: GlowFlags) -> None:
         raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
 
 
-def build(cfg: Config) -> nn.Module:
-    model = Glow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
-                 hidden=cfg.hidden, img_size=cfg.img_size)
-    if cfg.low_memory:
-        from glow.memory import enable_low_memory
+class GlowRecipe(Recipe):
+    """Glow: maximum likelihood on dequantised images; evaluated for bits/dim only."""
 
-        enable_low_memory(model)
-    return model
+    NAME = "glow"
+    Config = Config
+    DEFAULT_CHECKPOINT = "glow_checkpoint.pt"
+    # The thesis's Glow training: batch 16, lr 1e-4, 200k iterations, samples every 100.
+    TRAIN_DEFAULTS = {"batch": 16, "lr": 1e-4, "iter": 200000, "sample_every": 100,
+                      "save_every": 10000}
+    validate = staticmethod(validate)
 
+    def build(self, cfg: Config) -> nn.Module:
+        model = Glow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
+                     hidden=cfg.hidden, img_size=cfg.img_size)
+        if cfg.low_memory:
+            from glow.memory import enable_low_memory
 
-def step_in_backward(cfg: Config):
-    """With --low_memory, the loop steps Adam on each flow's parameters as soon as the
-    recomputing backward has their gradients (``glow.memory.on_grads_ready``): the same update,
-    without the whole model's gradients held at once."""
-    if not cfg.low_memory:
-        return None
-    from glow.memory import on_grads_ready
+            enable_low_memory(model)
+        return model
 
-    return on_grads_ready
+    def step_in_backward(self, cfg: Config):
+        """With --low_memory, the loop steps Adam on each flow's parameters as soon as the
+        recomputing backward has their gradients (``glow.memory.on_grads_ready``): the same
+        update, without the whole model's gradients held at once."""
+        if not cfg.low_memory:
+            return None
+        from glow.memory import on_grads_ready
 
+        return on_grads_ready
 
-def dataset(cfg: Config, data_dir: Path):
-    from lrw.datasets import ImageFolderDataset, training_root
+    def dataset(self, cfg: Config, data_dir: Path):
+        from lrw.datasets import ImageFolderDataset, training_root
 
-    return ImageFolderDataset(training_root(data_dir), cfg.img_size)
+        return ImageFolderDataset(training_root(data_dir), cfg.img_size)
 
+    def initialize(self, model: Glow, batch, ctx) -> None:
+        x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)
+        model.initialize(ctx.gather(x))
 
-def initialize(model: Glow, batch, ctx) -> None:
-    x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)
-    model.initialize(ctx.gather(x))
+    def losses(self, model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+        cfg: Config = ctx.model_cfg
+        x = dequantised(images(batch), cfg.n_bits, ctx)
+        log_p, logdet, _ = model(x)
+        n_dims = x[0].numel()
+        bpd = bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean()
+        return {"bpd": bpd, "log_p": (log_p / n_dims).mean().detach(),
+                "logdet": (logdet / n_dims).mean().detach()}
 
+    def loss_weights(self, cfg: Config) -> dict[str, float]:
+        return {"bpd": 1.0}
 
-def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
-    cfg: Config = ctx.model_cfg
-    x = dequantised(images(batch), cfg.n_bits, ctx)
-    log_p, logdet, _ = model(x)
-    n_dims = x[0].numel()
-    bpd = bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean()
-    return {"bpd": bpd, "log_p": (log_p / n_dims).mean().detach(),
-            "logdet": (logdet / n_dims).mean().detach()}
+    def sample(self, model: Glow, batch, ctx) -> tuple[Tensor, int]:
+        """A grid of prior samples from fixed noise (the same z at every step)."""
+        cfg: Config = ctx.model_cfg
+        g = torch.Generator().manual_seed(ctx.train_cfg.seed)
+        return model.sample(cfg.n_sample, cfg.temp, generator=g), 10
 
+    # Test time: a Glow generates nothing (test.py refuses it); evaluate.py reports its bits/dim.
 
-def loss_weights(cfg: Config) -> dict[str, float]:
-    return {"bpd": 1.0}
+    def load_for_test(self, args: argparse.Namespace, device: torch.device | str = "cpu") -> Glow:
+        """The Glow at ``args.checkpoint`` (ours or a reference/thesis state dict), in eval mode."""
+        return load_glow(args.checkpoint).to(device).eval()
 
-
-def sample(model: Glow, batch, ctx) -> tuple[Tensor, int]:
-    """A grid of prior samples from fixed noise (the same z at every step)."""
-    cfg: Config = ctx.model_cfg
-    g = torch.Generator().manual_seed(ctx.train_cfg.seed)
-    return model.sample(cfg.n_sample, cfg.temp, generator=g), 10
-
-
-# -------------------------------------------------------------------------------------------
-# Evaluation (evaluate.py): a Glow generates nothing, so it has no ``generate`` and test.py
-# refuses it; evaluate.py reports its bits/dim.
-
-def load_for_test(args: argparse.Namespace, device: torch.device | str = "cpu") -> Glow:
-    """The Glow at ``args.checkpoint`` (ours or a reference/thesis state dict), in eval mode."""
-    return load_glow(args.checkpoint).to(device).eval()
-
-
-def model_size(model: Glow) -> int:
-    return int(model.img_size)
-
-
-def eval_systems(model: Glow, args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
-    """No talking-face system: only the likelihood is evaluated."""
-    return []
+    def eval_density(self, model: Glow, args) -> tuple[nn.Module, int, list[str]]:
+        """The Glow itself, at the ``n_bits`` its checkpoint records (thesis files: 5)."""
+        return model, recorded_n_bits(args.checkpoint), []
 
 
-def eval_density(model: Glow, args: argparse.Namespace) -> tuple[nn.Module, int, list[str]]:
-    """The Glow itself, at the ``n_bits`` its checkpoint records (thesis files: 5)."""
-    return model, recorded_n_bits(args.checkpoint), []
+RECIPE = GlowRecipe()

@@ -30,25 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cliargs import grid_count, nonnegative, positive, positive_int, whole
+from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_prefix
 from glow.recipe import GlowFlags
 from glow.recipe import validate as validate_glow_flags
 from training.config import from_dict, opt
+from training.recipe import Recipe
 from training.recipe_helpers import dequantised, images, unwrap
 
 from .io import is_thesis_state, model_from_thesis_state
 from .model import MIFlow, mouth_window
 
-NAME = "mi-flow"
-# The thesis's MI-flow training: batch 10, Adam lr 1e-4, gradient-norm clip 5, 200k iterations,
-# sample grids every 100 and weights every 10k iterations.
-TRAIN_DEFAULTS = {"batch": 10, "lr": 1e-4, "iter": 200000, "grad_clip": 5.0,
-                  "sample_every": 100, "save_every": 10000}
-DEFAULT_CHECKPOINT = "mi-flow_total_checkpoint.pt"
-NEEDS_MIX = True
-PASTE_REGION = "mouth"  # test.py --paste_back region: the mouth box the mix replaced
 ESTIMATORS = ["club", "club_sample"]
 
 
@@ -94,168 +87,15 @@ def estimator_enabled(cfg: Config) -> bool:
     return cfg.mi_weight > 0 or cfg.mi_monitor
 
 
-def validate(cfg: Config) -> None:
-    if cfg.n_block < 2 or cfg.n_flow < 1:
-        raise ValueError("MI-flow needs --n_block >= 2 (a conditioned split) and --n_flow >= 1")
-    validate_glow_flags(cfg)
-    for name in ("beta", "recon_weight", "mi_weight", "mi_q_weight", "recon_temp"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name} must be >= 0")
-    if cfg.mi_estimator not in ESTIMATORS:
-        raise ValueError(f"--mi_estimator {cfg.mi_estimator}: choose one of {ESTIMATORS}")
-    t, b, left, r = mouth_window(cfg.img_size)
-    if not 1 <= cfg.mi_cond_pool <= min(b - t, r - left):
-        raise ValueError(f"--mi_cond_pool {cfg.mi_cond_pool} must be between 1 and the mouth "
-                         f"window's side ({min(b - t, r - left)} px at {cfg.img_size} px)")
-    if estimator_enabled(cfg) and cfg.mi_q_weight <= 0:
-        raise ValueError("--mi_q_weight must be > 0 when the MI estimator is used")
-
-
-def build(cfg: Config) -> MIFlow:
-    return MIFlow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
-                  hidden=cfg.hidden, img_size=cfg.img_size, prior_kept=cfg.prior_kept,
-                  mi_estimator=cfg.mi_estimator if estimator_enabled(cfg) else None,
-                  mi_hidden=cfg.mi_hidden, mi_cond_pool=cfg.mi_cond_pool)
-
-
-def dataset(cfg: Config, data_dir: Path):
-    from lrw.datasets import ImageFolderDataset, training_root
-
-    cfg._data_dir = Path(data_dir)  # for diagnostics()
-    return ImageFolderDataset(training_root(data_dir), cfg.img_size)
-
-
-def diagnostics(model: nn.Module, ctx) -> dict[str, float]:
-    """Held-out motion and identity (evaluation.motion) in both test modes on the first
-    ``--diag_pairs`` pairs, when the training data is a synthetic set's train/."""
-    import types
-
-    from evaluation.synthetic import heldout_scores, synthetic_root_of
-
-    cfg: Config = ctx.model_cfg
-    root = synthetic_root_of(getattr(cfg, "_data_dir", None))
-    if not cfg.diag_pairs or root is None:
-        return {}
-    m = unwrap(model)
-    out = {}
-    for mode in ("thesis", "cond"):
-        args = types.SimpleNamespace(mode=mode)
-        scores = heldout_scores(root, lambda q, mix, src, a=args: generate(m, q, mix, src, a),
-                                m.img_size, ctx.device, cfg.diag_pairs)
-        out.update({f"{mode}_{k}": v for k, v in scores.items()
-                    if k in ("motion_dev", "motion", "dpsnr")})
-    return out
-
-
-def param_groups(model: MIFlow, cfg: Config, train_cfg) -> list[dict]:
-    groups = [{"params": model.flow_parameters()}]
-    if model.mi is not None:
-        groups.append({"params": list(model.mi.parameters()),
-                       "lr": train_cfg.lr * cfg.mi_lr_scale})
-    return groups
-
-
-def initialize(model: MIFlow, batch, ctx) -> None:
-    x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)
-    unwrap(model).initialize(ctx.gather(x))
-
-
-def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
-    cfg: Config = ctx.model_cfg
-    m = unwrap(model)
-    image = images(batch)
-    x = dequantised(image, cfg.n_bits, ctx)
-    log_p, logdet, log_c, z_list, conds = model(x)  # through the (DDP) wrapper
-    n_dims = x[0].numel()
-    per_dim = n_dims * math.log(2)
-    terms = {
-        "bpd": bits_per_dim(log_p + log_c, logdet, n_dims, cfg.n_bits).mean(),
-        "cond_bpd": (-log_c / per_dim).mean(),
-        "log_p": (log_p / per_dim).mean().detach(),
-        "log_c": (log_c / per_dim).mean().detach(),
-        "logdet": (logdet / per_dim).mean().detach(),
-    }
-    if cfg.recon_weight > 0:
-        eps = [ctx.global_rand(tuple(z.shape), normal=True).to(z.dtype) for z in z_list[:-1]]
-        rec = m.reverse([*([None] * len(eps)), z_list[-1]], conds,
-                        temperature=cfg.recon_temp, eps=[*eps, None])
-        terms["recon"] = F.mse_loss(rec, image)
-    if m.mi is not None:
-        c = m.mi_condition(image)
-        # negatives from the global batch (ctx.gather: identity in one process)
-        terms["mi"] = m.mi.mi_upper(z_list[-1], c, generator=ctx.generator,
-                                    c_global=ctx.gather(c), rank=ctx.rank, world=ctx.world)
-        terms["mi_q_nll"] = m.mi.learning_loss(z_list[-1], c)
-    return terms
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    weights = {"bpd": 1.0, "cond_bpd": cfg.beta, "recon": cfg.recon_weight}
-    if estimator_enabled(cfg):
-        weights.update(mi=cfg.mi_weight, mi_q_nll=cfg.mi_q_weight)
-    return weights
-
-
-@torch.no_grad()
-def sample(model: MIFlow, batch, ctx) -> tuple[Tensor, int]:
-    """Rows: the batch; its reconstruction from the top latent with split latents sampled
-    under its own conditions; the same under the conditions of the next image in the batch
-    (a mouth swap); samples from the priors under the batch's conditions. Fixed noise."""
-    cfg: Config = ctx.model_cfg
-    m = unwrap(model)
-    x = images(batch)[: cfg.n_sample]
-    g = torch.Generator().manual_seed(ctx.train_cfg.seed)
-
-    def noise(shapes) -> list[Tensor]:
-        return [torch.randn((x.shape[0], *s), generator=g).to(x.device, x.dtype)
-                for s in shapes]
-
-    z_list, conds = m.encode(quantize(x, cfg.n_bits) + 0.5 / 2**cfg.n_bits)
-    n_split = len(conds)
-    eps = noise(m.z_shapes(x.shape[-1]))
-    split_none = [None] * n_split
-    rec = m.reverse([*split_none, z_list[-1]], conds, cfg.temp, eps=eps)
-    swapped = [c.roll(1, 0) for c in conds]
-    swap = m.reverse([*split_none, z_list[-1]], swapped, cfg.temp, eps=eps)
-    prior = m.reverse([None] * (n_split + 1), conds, cfg.temp, eps=eps)
-    return torch.cat([x, rec, swap, prior]).clamp(-0.5, 0.5), x.shape[0]
-
-
-def checkpoint_extra(model: MIFlow, cfg: Config) -> dict:
-    return {"architecture": unwrap(model).config()}
-
-
 # ---------------------------------------------------------------------------------------------
-# Test time (test.py)
+# Loading (test.py, evaluate.py)
 # ---------------------------------------------------------------------------------------------
-
-def add_test_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("mi-flow")
-    g.add_argument("--mode", choices=["thesis", "cond"], default="thesis",
-                   help="thesis: the mix's split latents with the query's top latent, inverted "
-                        "exactly; cond: the query's top latent with the split latents at the "
-                        "conditional prior means under each source frame's mouth (no mix "
-                        "needed). Default: thesis")
-    g.add_argument("--n_flow", type=positive_int, default=None,
-                   help="thesis-format state dicts: flows per block (default: read from the "
-                        "file; the thesis used 32)")
-    g.add_argument("--n_block", type=positive_int, default=None,
-                   help="thesis-format state dicts: blocks (default: read from the file; 4)")
-    g.add_argument("--affine", action="store_true", default=None,
-                   help="thesis-format state dicts: affine couplings (default: read from the "
-                        "file; the thesis used additive)")
-    g.add_argument("--no_lu", dest="no_lu", action="store_true", default=None,
-                   help="thesis-format state dicts: plain 1x1 convs (default: read from the file)")
-    g.add_argument("--img_size", type=model_size, default=None,
-                   help="thesis-format state dicts: image size the model was trained at "
-                        "(default 64); our checkpoints record it")
-
 
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> MIFlow:
     """Rebuild the model of one of our checkpoints (``training.checkpoint`` layout)."""
 
     cfg = from_dict(Config, ckpt["config"]["model"])
-    model = build(cfg)
+    model = RECIPE.build(cfg)
     state = ckpt["weights"]
     if model.mi is None:  # an estimator trained alongside is not needed to generate
         state = {k: v for k, v in state.items() if not k.startswith("mi.")}
@@ -272,72 +112,11 @@ def _checkpoint_path(args) -> Path:
         value = getattr(args, name, None)
         if value:
             path = Path(value)
-            return path / DEFAULT_CHECKPOINT if path.is_dir() else path
-    return Path(getattr(args, "checkpoint_dir", "checkpoint")) / DEFAULT_CHECKPOINT
-
-
-def load_for_test(args, device: torch.device | str) -> MIFlow:
-    """Our checkpoint or the thesis's state dict at ``args.checkpoint``, in eval mode."""
-    no_lu = getattr(args, "no_lu", None)
-    model = load_mi_flow(
-        _checkpoint_path(args), map_location="cpu",
-        n_flow=getattr(args, "n_flow", None), n_block=getattr(args, "n_block", None),
-        affine=getattr(args, "affine", None), conv_lu=None if no_lu is None else not no_lu,
-        img_size=getattr(args, "img_size", None))
-    return model.to(device).eval()
-
-
-def model_size(model: nn.Module) -> int:
-    """The image size (px) the model works at: frames are resized to it before ``generate``."""
-    return int(unwrap(model).img_size)
-
-
-@torch.no_grad()
-def generate(model: MIFlow, query: Tensor, mix: Tensor | None, source: Tensor,
-             args) -> Tensor:
-    """The query face speaking with the source's mouth.
-
-    query [1, 3, S, S], mix [T, 3, S, S] (the query with each source frame's mouth blended
-    in), source [T, 3, S, S], all in [-0.5, 0.5] on the model's device -> [T, 3, S, S].
-
-    ``thesis`` mode: the mix's split latents and the query's top latent, inverted exactly
-    (the thesis's test.py). ``cond`` mode: the query's top latent with every split latent at
-    its conditional prior mean under the source frame's condition. The query is encoded once;
-    the frames go through as one batch.
-    """
-    m = unwrap(model)
-    mode = getattr(args, "mode", "thesis") or "thesis"
-    t = source.shape[0]
-    z_query, _ = m.encode(query)
-    top = z_query[-1].expand(t, *z_query[-1].shape[1:])
-    if mode == "thesis":
-        if mix is None:
-            raise ValueError("--mode thesis needs the mouth mix")
-        z_mix, conds = m.encode(mix)
-        return m.reverse([*z_mix[:-1], top], conds)
-    if mode == "cond":
-        conds = m.conditions(source)
-        return m.reverse([*([None] * len(conds)), top], conds, temperature=0.0)
-    raise ValueError(f"unknown --mode {mode!r} (thesis or cond)")
+            return path / RECIPE.DEFAULT_CHECKPOINT if path.is_dir() else path
+    return Path(getattr(args, "checkpoint_dir", "checkpoint")) / RECIPE.DEFAULT_CHECKPOINT
 
 
 MODES = ("thesis", "cond")
-
-
-def eval_systems(model: MIFlow, args) -> list[tuple[str, argparse.Namespace]]:
-    """evaluate.py: MI-flow in both its test modes, one system each ("mi-flow (MODE)")."""
-    out = []
-    for mode in MODES:
-        mode_args = copy.copy(args)
-        mode_args.mode = mode
-        out.append((f"{NAME} ({mode})", mode_args))
-    return out
-
-
-def eval_density(model: MIFlow, args) -> tuple[nn.Module, int, list[str]]:
-    """evaluate.py: bits/dim of the model itself (its forward returns ``log_c``, which
-    ``EvalModel.bits_per_dim`` adds), at the ``n_bits`` its checkpoint records."""
-    return model, recorded_n_bits(args.checkpoint), []
 
 
 def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",
@@ -362,3 +141,220 @@ def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: neither a project checkpoint nor an MI-flow state dict")
     return model_from_thesis_state(obj, source=str(path), **thesis_flags).eval()
+
+
+class MIFlowRecipe(Recipe):
+    """MI-flow: a Glow whose split latents have priors conditioned on the mouth."""
+
+    NAME = "mi-flow"
+    Config = Config
+    # The thesis's MI-flow training: batch 10, Adam lr 1e-4, gradient-norm clip 5, 200k
+    # iterations, sample grids every 100 and weights every 10k iterations.
+    TRAIN_DEFAULTS = {"batch": 10, "lr": 1e-4, "iter": 200000, "grad_clip": 5.0,
+                      "sample_every": 100, "save_every": 10000}
+    DEFAULT_CHECKPOINT = "mi-flow_total_checkpoint.pt"
+    GENERATES = True
+
+    def validate(self, cfg: Config) -> None:
+        if cfg.n_block < 2 or cfg.n_flow < 1:
+            raise ValueError("MI-flow needs --n_block >= 2 (a conditioned split) and --n_flow >= 1")
+        validate_glow_flags(cfg)
+        for name in ("beta", "recon_weight", "mi_weight", "mi_q_weight", "recon_temp"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"--{name} must be >= 0")
+        if cfg.mi_estimator not in ESTIMATORS:
+            raise ValueError(f"--mi_estimator {cfg.mi_estimator}: choose one of {ESTIMATORS}")
+        t, b, left, r = mouth_window(cfg.img_size)
+        if not 1 <= cfg.mi_cond_pool <= min(b - t, r - left):
+            raise ValueError(f"--mi_cond_pool {cfg.mi_cond_pool} must be between 1 and the mouth "
+                             f"window's side ({min(b - t, r - left)} px at {cfg.img_size} px)")
+        if estimator_enabled(cfg) and cfg.mi_q_weight <= 0:
+            raise ValueError("--mi_q_weight must be > 0 when the MI estimator is used")
+
+    def dataset(self, cfg: Config, data_dir: Path):
+        from lrw.datasets import ImageFolderDataset, training_root
+
+        cfg._data_dir = Path(data_dir)  # for diagnostics()
+        return ImageFolderDataset(training_root(data_dir), cfg.img_size)
+
+    def build(self, cfg: Config) -> MIFlow:
+        return MIFlow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
+                      hidden=cfg.hidden, img_size=cfg.img_size, prior_kept=cfg.prior_kept,
+                      mi_estimator=cfg.mi_estimator if estimator_enabled(cfg) else None,
+                      mi_hidden=cfg.mi_hidden, mi_cond_pool=cfg.mi_cond_pool)
+
+    def param_groups(self, model: MIFlow, cfg: Config, train_cfg) -> list[dict]:
+        groups = [{"params": model.flow_parameters()}]
+        if model.mi is not None:
+            groups.append({"params": list(model.mi.parameters()),
+                           "lr": train_cfg.lr * cfg.mi_lr_scale})
+        return groups
+
+    def initialize(self, model: MIFlow, batch, ctx) -> None:
+        x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)
+        unwrap(model).initialize(ctx.gather(x))
+
+    def losses(self, model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+        cfg: Config = ctx.model_cfg
+        m = unwrap(model)
+        image = images(batch)
+        x = dequantised(image, cfg.n_bits, ctx)
+        log_p, logdet, log_c, z_list, conds = model(x)  # through the (DDP) wrapper
+        n_dims = x[0].numel()
+        per_dim = n_dims * math.log(2)
+        terms = {
+            "bpd": bits_per_dim(log_p + log_c, logdet, n_dims, cfg.n_bits).mean(),
+            "cond_bpd": (-log_c / per_dim).mean(),
+            "log_p": (log_p / per_dim).mean().detach(),
+            "log_c": (log_c / per_dim).mean().detach(),
+            "logdet": (logdet / per_dim).mean().detach(),
+        }
+        if cfg.recon_weight > 0:
+            eps = [ctx.global_rand(tuple(z.shape), normal=True).to(z.dtype) for z in z_list[:-1]]
+            rec = m.reverse([*([None] * len(eps)), z_list[-1]], conds,
+                            temperature=cfg.recon_temp, eps=[*eps, None])
+            terms["recon"] = F.mse_loss(rec, image)
+        if m.mi is not None:
+            c = m.mi_condition(image)
+            # negatives from the global batch (ctx.gather: identity in one process)
+            terms["mi"] = m.mi.mi_upper(z_list[-1], c, generator=ctx.generator,
+                                        c_global=ctx.gather(c), rank=ctx.rank, world=ctx.world)
+            terms["mi_q_nll"] = m.mi.learning_loss(z_list[-1], c)
+        return terms
+
+    def loss_weights(self, cfg: Config) -> dict[str, float]:
+        weights = {"bpd": 1.0, "cond_bpd": cfg.beta, "recon": cfg.recon_weight}
+        if estimator_enabled(cfg):
+            weights.update(mi=cfg.mi_weight, mi_q_nll=cfg.mi_q_weight)
+        return weights
+
+    @torch.no_grad()
+    def sample(self, model: MIFlow, batch, ctx) -> tuple[Tensor, int]:
+        """Rows: the batch; its reconstruction from the top latent with split latents sampled
+        under its own conditions; the same under the conditions of the next image in the batch
+        (a mouth swap); samples from the priors under the batch's conditions. Fixed noise."""
+        cfg: Config = ctx.model_cfg
+        m = unwrap(model)
+        x = images(batch)[: cfg.n_sample]
+        g = torch.Generator().manual_seed(ctx.train_cfg.seed)
+
+        def noise(shapes) -> list[Tensor]:
+            return [torch.randn((x.shape[0], *s), generator=g).to(x.device, x.dtype)
+                    for s in shapes]
+
+        z_list, conds = m.encode(quantize(x, cfg.n_bits) + 0.5 / 2**cfg.n_bits)
+        n_split = len(conds)
+        eps = noise(m.z_shapes(x.shape[-1]))
+        split_none = [None] * n_split
+        rec = m.reverse([*split_none, z_list[-1]], conds, cfg.temp, eps=eps)
+        swapped = [c.roll(1, 0) for c in conds]
+        swap = m.reverse([*split_none, z_list[-1]], swapped, cfg.temp, eps=eps)
+        prior = m.reverse([None] * (n_split + 1), conds, cfg.temp, eps=eps)
+        return torch.cat([x, rec, swap, prior]).clamp(-0.5, 0.5), x.shape[0]
+
+    def checkpoint_extra(self, model: MIFlow, cfg: Config) -> dict:
+        return {"architecture": unwrap(model).config()}
+
+    def diagnostics(self, model: nn.Module, ctx) -> dict[str, float]:
+        """Held-out motion and identity (evaluation.motion) in both test modes on the first
+        ``--diag_pairs`` pairs, when the training data is a synthetic set's train/."""
+        import types
+
+        from evaluation.synthetic import heldout_scores, synthetic_root_of
+
+        cfg: Config = ctx.model_cfg
+        root = synthetic_root_of(getattr(cfg, "_data_dir", None))
+        if not cfg.diag_pairs or root is None:
+            return {}
+        m = unwrap(model)
+        out = {}
+        for mode in ("thesis", "cond"):
+            args = types.SimpleNamespace(mode=mode)
+            scores = heldout_scores(root, lambda q, mix, src, a=args:
+                                    self.generate(m, q, mix, src, a),
+                                    m.img_size, ctx.device, cfg.diag_pairs)
+            out.update({f"{mode}_{k}": v for k, v in scores.items()
+                        if k in ("motion_dev", "motion", "dpsnr")})
+        return out
+
+    def add_test_args(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("mi-flow")
+        g.add_argument("--mode", choices=["thesis", "cond"], default="thesis",
+                       help="thesis: the mix's split latents with the query's top latent, inverted "
+                            "exactly; cond: the query's top latent with the split latents at the "
+                            "conditional prior means under each source frame's mouth (no mix "
+                            "needed). Default: thesis")
+        g.add_argument("--n_flow", type=positive_int, default=None,
+                       help="thesis-format state dicts: flows per block (default: read from the "
+                            "file; the thesis used 32)")
+        g.add_argument("--n_block", type=positive_int, default=None,
+                       help="thesis-format state dicts: blocks (default: read from the file; 4)")
+        g.add_argument("--affine", action="store_true", default=None,
+                       help="thesis-format state dicts: affine couplings (default: read from the "
+                            "file; the thesis used additive)")
+        g.add_argument("--no_lu", dest="no_lu", action="store_true", default=None,
+                       help="thesis-format state dicts: plain 1x1 convs (default: read from the "
+                            "file)")
+        g.add_argument("--img_size", type=model_size, default=None,
+                       help="thesis-format state dicts: image size the model was trained at "
+                            "(default 64); our checkpoints record it")
+
+    def load_for_test(self, args, device: torch.device | str) -> MIFlow:
+        """Our checkpoint or the thesis's state dict at ``args.checkpoint``, in eval mode."""
+        no_lu = getattr(args, "no_lu", None)
+        model = load_mi_flow(
+            _checkpoint_path(args), map_location="cpu",
+            n_flow=getattr(args, "n_flow", None), n_block=getattr(args, "n_block", None),
+            affine=getattr(args, "affine", None), conv_lu=None if no_lu is None else not no_lu,
+            img_size=getattr(args, "img_size", None))
+        return model.to(device).eval()
+
+    @torch.no_grad()
+    def generate(self, model: MIFlow, query: Tensor, mix: Tensor | None, source: Tensor,
+                 args) -> Tensor:
+        """The query face speaking with the source's mouth.
+
+        query [1, 3, S, S], mix [T, 3, S, S] (the query with each source frame's mouth blended
+        in), source [T, 3, S, S], all in [-0.5, 0.5] on the model's device -> [T, 3, S, S].
+
+        ``thesis`` mode: the mix's split latents and the query's top latent, inverted exactly
+        (the thesis's test.py). ``cond`` mode: the query's top latent with every split latent at
+        its conditional prior mean under the source frame's condition. The query is encoded once;
+        the frames go through as one batch.
+        """
+        m = unwrap(model)
+        mode = getattr(args, "mode", "thesis") or "thesis"
+        t = source.shape[0]
+        z_query, _ = m.encode(query)
+        top = z_query[-1].expand(t, *z_query[-1].shape[1:])
+        if mode == "thesis":
+            if mix is None:
+                raise ValueError("--mode thesis needs the mouth mix")
+            z_mix, conds = m.encode(mix)
+            return m.reverse([*z_mix[:-1], top], conds)
+        if mode == "cond":
+            conds = m.conditions(source)
+            return m.reverse([*([None] * len(conds)), top], conds, temperature=0.0)
+        raise ValueError(f"unknown --mode {mode!r} (thesis or cond)")
+
+    def eval_systems(self, model: MIFlow, args) -> list[tuple[str, argparse.Namespace]]:
+        """evaluate.py: MI-flow in both its test modes, one system each ("mi-flow (MODE)")."""
+        out = []
+        for mode in MODES:
+            mode_args = copy.copy(args)
+            mode_args.mode = mode
+            out.append((f"{self.NAME} ({mode})", mode_args))
+        return out
+
+    def eval_density(self, model: MIFlow, args) -> tuple[nn.Module, int, list[str]]:
+        """evaluate.py: bits/dim of the model itself (its forward returns ``log_c``, which
+        ``EvalModel.bits_per_dim`` adds), at the ``n_bits`` its checkpoint records."""
+        return model, recorded_n_bits(args.checkpoint), []
+
+    def log_density(self, density: MIFlow, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The split latents' conditional log-density ``log_c`` included."""
+        log_p, logdet, log_c, _, _ = density(x)
+        return log_p + log_c, logdet
+
+
+RECIPE = MIFlowRecipe()

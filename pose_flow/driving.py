@@ -171,7 +171,7 @@ def _grid_cli(argv: list[str]) -> int:
     from talking.inputs import TalkingError, resolve_checkpoint
     from training.distributed import resolve_device
 
-    from .recipe import DEFAULT_CHECKPOINT, load_pose_flow
+    from .recipe import RECIPE, load_pose_flow
 
     p = argparse.ArgumentParser(prog="test.py --model pose-flow --transfer_grid",
                                 description="Pose-transfer grid: blank + targets on top, one "
@@ -201,7 +201,7 @@ def _grid_cli(argv: list[str]) -> int:
         check_folder_flags(a)
         device = resolve_device(a.device)
         model = load_pose_flow(resolve_checkpoint(a.checkpoint, a.checkpoint_dir,
-                                                  DEFAULT_CHECKPOINT), device)
+                                                  RECIPE.DEFAULT_CHECKPOINT), device)
         srcs, tgts = (_images_in(Path(d)) for d in a.transfer_grid)
         from faces.io import note_non_square
 

@@ -298,7 +298,7 @@ def evaluate_cli(argv: list[str]) -> int:
     from training.cli import claim_output
     from training.distributed import resolve_device
 
-    from .recipe import DEFAULT_CHECKPOINT, load_pose_flow
+    from .recipe import RECIPE, load_pose_flow
     from .synthetic import is_pose_set
 
     p = argparse.ArgumentParser(prog="evaluate.py --model pose-flow",
@@ -355,7 +355,7 @@ def evaluate_cli(argv: list[str]) -> int:
 
         nets = FieldNets.load(a.lpips, a.arcface, a.syncnet)
         device = resolve_device(a.device)
-        ckpt = resolve_checkpoint(a.checkpoint, a.checkpoint_dir, DEFAULT_CHECKPOINT)
+        ckpt = resolve_checkpoint(a.checkpoint, a.checkpoint_dir, RECIPE.DEFAULT_CHECKPOINT)
         name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
         claim_output(Path(a.result_dir) / "eval" / name,
                      {"model": "pose-flow", "checkpoint": str(ckpt.resolve()),

@@ -41,18 +41,11 @@ from torch import Tensor, nn
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from training.config import from_dict, opt
+from training.recipe import Recipe
 from training.recipe_helpers import dequantised, unwrap
 
 from .losses import quadruplet_loss
 from .model import PRIORS, REFERENCES, PoseFlow
-
-NAME = "pose-flow"
-DEFAULT_CHECKPOINT = "pose-flow.pt"
-NEEDS_MIX = False
-PASTE_REGION = "face"  # test.py --paste_back region: the pose flow changes the whole face
-# The anchor trained batch 16 quadruplets per GPU at lr 1e-4; one CPU/GPU here: 8.
-TRAIN_DEFAULTS = {"batch": 8, "lr": 1e-4, "iter": 100000, "sample_every": 500,
-                  "save_every": 10000, "grad_clip": 5.0}
 
 
 @dataclass
@@ -100,52 +93,6 @@ class Config:
     n_sample: int = opt(4, "quadruplets in the sample grids", check=grid_count)
 
 
-def validate(cfg: Config) -> None:
-    if cfg.n_block < 1 or cfg.n_header < 0 or cfg.n_flow < 1:
-        raise ValueError("need --n_block >= 1, --n_header >= 0 and --n_flow >= 1")
-    levels = cfg.n_block + cfg.n_header
-    if cfg.img_size % 2**levels:
-        raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^(n_block + "
-                         f"n_header) = {2**levels}; use a multiple of {2**levels}")
-    if not 1 <= cfg.n_bits <= 8:
-        raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
-    if cfg.prior not in PRIORS:
-        raise ValueError(f"--prior {cfg.prior}: choose one of {', '.join(PRIORS)}")
-    if cfg.reference not in REFERENCES:
-        raise ValueError(f"--reference {cfg.reference}: choose one of {', '.join(REFERENCES)}")
-    if cfg.sigma <= 0 or cfg.hidden < 0:
-        raise ValueError("--sigma must be > 0 and --hidden >= 0")
-    for name in ("quad_weight", "recs_weight", "recc_weight", "perc_weight", "id_weight",
-                 "recon_temp", "margin_pos", "margin_neg", "lr_min"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name} must be >= 0")
-    for flag, path in (("--vgg_weights", cfg.vgg_weights), ("--id_net", cfg.id_net)):
-        if path and not Path(path).is_file():
-            raise ValueError(f"{flag} {path}: no such file")
-
-
-def build(cfg: Config) -> PoseFlow:
-    return PoseFlow(img_size=cfg.img_size, n_flow=cfg.n_flow, n_block=cfg.n_block,
-                    n_header=cfg.n_header, hidden=cfg.hidden, sigma=cfg.sigma,
-                    coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine,
-                    reference=cfg.reference)
-
-
-def dataset(cfg: Config, data_dir: Path):
-    from lrw.datasets import training_root
-
-    from .data import QuadrupletDataset
-
-    ds = QuadrupletDataset(training_root(data_dir), cfg.img_size)
-    notes = [ds.index.skipped_summary()]
-    if ds.single_frame_identities:
-        notes.append(f"{ds.single_frame_identities} identities have a single frame (their "
-                     "positive is the anchor itself)")
-    for note in filter(None, notes):
-        print(f"warning: {data_dir}: {note}", file=sys.stderr)
-    return ds
-
-
 def flatten_batch(batch) -> tuple[Tensor, Tensor]:
     """``(images [B, 4, 3, S, S], landmarks [B, 4, 68, 2])`` -> ``[4B, ...]`` ordered
     anchors, positives, negatives 1, negatives 2 (so ``chunk(4)`` splits the roles)."""
@@ -169,105 +116,6 @@ def partner_reference(m: PoseFlow, image: Tensor, lm: Tensor) -> Tensor | None:
     return m.warp_reference(image[k], lm[k], lm)
 
 
-def initialize(model: PoseFlow, batch, ctx) -> None:
-    """ActNorm data init from the *global* first batch, so every DDP rank starts identical
-    (the anchor initialised each rank from its own shard)."""
-    m = unwrap(model)
-    image, lm = flatten_batch(batch)
-    x = dequantised(image, ctx.model_cfg.n_bits, ctx)
-    ref = partner_reference(m, image, lm)
-    m.initialize(ctx.gather(x), ctx.gather(lm), None if ref is None else ctx.gather(ref))
-
-
-def losses(model: nn.Module, batch, ctx) -> dict[str, Tensor]:
-    cfg: Config = ctx.model_cfg
-    m = unwrap(model)
-    image, lm = flatten_batch(batch)
-    x = dequantised(image, cfg.n_bits, ctx)
-    ref = partner_reference(m, image, lm)
-    log_p, logdet, w, splits, conds = model(x, lm, ref=ref)  # through the (DDP) wrapper
-    n_dims = x[0].numel()
-    terms = {"bpd": bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean(),
-             "logdet": (logdet / (n_dims * math.log(2))).mean().detach()}
-    if ref is None:  # with a reference, w codes the residual: no identity to pull together
-        quad, d_pos, d_neg = quadruplet_loss(*w.flatten(1).chunk(4), cfg.margin_pos,
-                                             cfg.margin_neg)
-        terms.update(quad=quad, d_pos=d_pos.detach(), d_neg=d_neg.detach())
-    want_rec = cfg.recs_weight > 0 or cfg.recc_weight > 0 or cfg.vgg_weights or cfg.id_net
-    if want_rec:
-        n = x.shape[0]
-        # one reverse pass for both: own w (self) and, for the cross reconstruction, the
-        # partner's w (or with a reference, w at its prior mean: the test-time path)
-        eps = [ctx.global_rand((2 * n, *s.shape[1:]), normal=True).to(s.dtype) for s in splits]
-        if ref is None:
-            w_cross = w[cross_order(n).to(w.device)]
-        else:  # exactly what a transfer computes: w and the split latents at their prior means
-            w_cross = m.prior_w(n, 0.0)
-            eps = [torch.cat([e[:n], torch.zeros_like(e[n:])]) for e in eps]
-        w2 = torch.cat([w, w_cross])
-        conds2 = [None if c is None else torch.cat([c, c]) for c in conds]
-        rec = m.reverse(w2, conds2, None, cfg.recon_temp, eps,
-                        ref=None if ref is None else torch.cat([ref, ref]))
-        rec_s, rec_c = rec[:n], rec[n:]
-        terms["recs"] = F.l1_loss(rec_s, image)
-        terms["recc"] = F.l1_loss(rec_c, image)
-        if cfg.vgg_weights:
-            from .losses import loss_net, perceptual_loss
-
-            terms["perc"] = perceptual_loss(loss_net("vgg", cfg.vgg_weights, x.device),
-                                            rec_c, image)
-        if cfg.id_net:
-            from .losses import identity_loss, loss_net
-
-            terms["idc"] = identity_loss(loss_net("id", cfg.id_net, x.device, cfg.id_size),
-                                         rec_c, image)
-    return terms
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    weights = {"bpd": 1.0, "recs": cfg.recs_weight, "recc": cfg.recc_weight}
-    if cfg.reference == "none":
-        weights["quad"] = cfg.quad_weight
-    if cfg.vgg_weights:
-        weights["perc"] = cfg.perc_weight
-    if cfg.id_net:
-        weights["idc"] = cfg.id_weight
-    return weights
-
-
-def lr_factor(cfg: Config, train_cfg, step: int) -> float:
-    """Cosine decay from ``--lr`` at step 0 to ``--lr_min`` at ``--iter``, then held: it never
-    climbs back (a function of the step alone, so a resumed run continues the same curve)."""
-    lr0 = train_cfg.lr
-    if lr0 <= 0:
-        return 1.0
-    u = min(step / max(train_cfg.iter, 1), 1.0)
-    floor = min(cfg.lr_min / lr0, 1.0)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
-
-
-@torch.no_grad()
-def sample(model: PoseFlow, batch, ctx) -> tuple[Tensor, int]:
-    """Rows: anchors; positives; anchors re-posed to their positive's landmarks; anchors
-    re-posed to a negative's landmarks (another face's pose); those negatives. Split latents
-    at their prior means."""
-    cfg: Config = ctx.model_cfg
-    m = unwrap(model)
-    image, lm = flatten_batch(batch)
-    b = image.shape[0] // 4
-    k = min(cfg.n_sample, b)
-    a, p, n1 = image[:k], image[b:b + k], image[2 * b:2 * b + k]
-    la, lp, ln = lm[:k], lm[b:b + k], lm[2 * b:2 * b + k]
-    x = quantize(a, cfg.n_bits) + 0.5 / 2**cfg.n_bits
-    to_p = m.transfer(x, la, lp)
-    to_n = m.transfer(x, la, ln)
-    return torch.cat([a, p, to_p, to_n, n1]).clamp(-0.5, 0.5), k
-
-
-def checkpoint_extra(model: PoseFlow, cfg: Config) -> dict:
-    return {"architecture": unwrap(model).config()}
-
-
 # ---------------------------------------------------------------------------------------------
 # Test time: test.py (--source / --transfer_grid) and evaluate.py
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +123,7 @@ def checkpoint_extra(model: PoseFlow, cfg: Config) -> dict:
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> PoseFlow:
     from glow.io import CheckpointError
 
-    model = build(from_dict(Config, ckpt["config"]["model"]))
+    model = RECIPE.build(from_dict(Config, ckpt["config"]["model"]))
     try:
         model.load_state_dict(ckpt["weights"])
     except RuntimeError as exc:
@@ -293,39 +141,183 @@ def load_pose_flow(path: str | Path, device: torch.device | str = "cpu") -> Pose
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (train one with `python train.py "
                               "--model pose-flow -n NAME DATA`)")
-    ckpt = load_checkpoint(path, "cpu", expect_model=NAME)
+    ckpt = load_checkpoint(path, "cpu", expect_model=RECIPE.NAME)
     return model_from_checkpoint(ckpt, str(path)).to(device).eval()
 
 
-def model_size(model: nn.Module) -> int:
-    return int(unwrap(model).img_size)
+class PoseFlowRecipe(Recipe):
+    """The pose flow: a conditional flow re-posing a face to other landmarks."""
+
+    NAME = "pose-flow"
+    Config = Config
+    DEFAULT_CHECKPOINT = "pose-flow.pt"
+    GENERATES = True
+    NEEDS_MIX = False
+    PASTE_REGION = "face"  # test.py --paste_back region: the pose flow changes the whole face
+    # The anchor trained batch 16 quadruplets per GPU at lr 1e-4; one CPU/GPU here: 8.
+    TRAIN_DEFAULTS = {"batch": 8, "lr": 1e-4, "iter": 100000, "sample_every": 500,
+                      "save_every": 10000, "grad_clip": 5.0}
+
+    def validate(self, cfg: Config) -> None:
+        if cfg.n_block < 1 or cfg.n_header < 0 or cfg.n_flow < 1:
+            raise ValueError("need --n_block >= 1, --n_header >= 0 and --n_flow >= 1")
+        levels = cfg.n_block + cfg.n_header
+        if cfg.img_size % 2**levels:
+            raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^(n_block + "
+                             f"n_header) = {2**levels}; use a multiple of {2**levels}")
+        if not 1 <= cfg.n_bits <= 8:
+            raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
+        if cfg.prior not in PRIORS:
+            raise ValueError(f"--prior {cfg.prior}: choose one of {', '.join(PRIORS)}")
+        if cfg.reference not in REFERENCES:
+            raise ValueError(f"--reference {cfg.reference}: choose one of {', '.join(REFERENCES)}")
+        if cfg.sigma <= 0 or cfg.hidden < 0:
+            raise ValueError("--sigma must be > 0 and --hidden >= 0")
+        for name in ("quad_weight", "recs_weight", "recc_weight", "perc_weight", "id_weight",
+                     "recon_temp", "margin_pos", "margin_neg", "lr_min"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"--{name} must be >= 0")
+        for flag, path in (("--vgg_weights", cfg.vgg_weights), ("--id_net", cfg.id_net)):
+            if path and not Path(path).is_file():
+                raise ValueError(f"{flag} {path}: no such file")
+
+    def dataset(self, cfg: Config, data_dir: Path):
+        from lrw.datasets import training_root
+
+        from .data import QuadrupletDataset
+
+        ds = QuadrupletDataset(training_root(data_dir), cfg.img_size)
+        notes = [ds.index.skipped_summary()]
+        if ds.single_frame_identities:
+            notes.append(f"{ds.single_frame_identities} identities have a single frame (their "
+                         "positive is the anchor itself)")
+        for note in filter(None, notes):
+            print(f"warning: {data_dir}: {note}", file=sys.stderr)
+        return ds
+
+    def build(self, cfg: Config) -> PoseFlow:
+        return PoseFlow(img_size=cfg.img_size, n_flow=cfg.n_flow, n_block=cfg.n_block,
+                        n_header=cfg.n_header, hidden=cfg.hidden, sigma=cfg.sigma,
+                        coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine,
+                        reference=cfg.reference)
+
+    def initialize(self, model: PoseFlow, batch, ctx) -> None:
+        """ActNorm data init from the *global* first batch, so every DDP rank starts identical
+        (the anchor initialised each rank from its own shard)."""
+        m = unwrap(model)
+        image, lm = flatten_batch(batch)
+        x = dequantised(image, ctx.model_cfg.n_bits, ctx)
+        ref = partner_reference(m, image, lm)
+        m.initialize(ctx.gather(x), ctx.gather(lm), None if ref is None else ctx.gather(ref))
+
+    def losses(self, model: nn.Module, batch, ctx) -> dict[str, Tensor]:
+        cfg: Config = ctx.model_cfg
+        m = unwrap(model)
+        image, lm = flatten_batch(batch)
+        x = dequantised(image, cfg.n_bits, ctx)
+        ref = partner_reference(m, image, lm)
+        log_p, logdet, w, splits, conds = model(x, lm, ref=ref)  # through the (DDP) wrapper
+        n_dims = x[0].numel()
+        terms = {"bpd": bits_per_dim(log_p, logdet, n_dims, cfg.n_bits).mean(),
+                 "logdet": (logdet / (n_dims * math.log(2))).mean().detach()}
+        if ref is None:  # with a reference, w codes the residual: no identity to pull together
+            quad, d_pos, d_neg = quadruplet_loss(*w.flatten(1).chunk(4), cfg.margin_pos,
+                                                 cfg.margin_neg)
+            terms.update(quad=quad, d_pos=d_pos.detach(), d_neg=d_neg.detach())
+        want_rec = cfg.recs_weight > 0 or cfg.recc_weight > 0 or cfg.vgg_weights or cfg.id_net
+        if want_rec:
+            n = x.shape[0]
+            # one reverse pass for both: own w (self) and, for the cross reconstruction, the
+            # partner's w (or with a reference, w at its prior mean: the test-time path)
+            eps = [ctx.global_rand((2 * n, *s.shape[1:]), normal=True).to(s.dtype) for s in splits]
+            if ref is None:
+                w_cross = w[cross_order(n).to(w.device)]
+            else:  # exactly what a transfer computes: w and the split latents at their prior means
+                w_cross = m.prior_w(n, 0.0)
+                eps = [torch.cat([e[:n], torch.zeros_like(e[n:])]) for e in eps]
+            w2 = torch.cat([w, w_cross])
+            conds2 = [None if c is None else torch.cat([c, c]) for c in conds]
+            rec = m.reverse(w2, conds2, None, cfg.recon_temp, eps,
+                            ref=None if ref is None else torch.cat([ref, ref]))
+            rec_s, rec_c = rec[:n], rec[n:]
+            terms["recs"] = F.l1_loss(rec_s, image)
+            terms["recc"] = F.l1_loss(rec_c, image)
+            if cfg.vgg_weights:
+                from .losses import loss_net, perceptual_loss
+
+                terms["perc"] = perceptual_loss(loss_net("vgg", cfg.vgg_weights, x.device),
+                                                rec_c, image)
+            if cfg.id_net:
+                from .losses import identity_loss, loss_net
+
+                terms["idc"] = identity_loss(loss_net("id", cfg.id_net, x.device, cfg.id_size),
+                                             rec_c, image)
+        return terms
+
+    def loss_weights(self, cfg: Config) -> dict[str, float]:
+        weights = {"bpd": 1.0, "recs": cfg.recs_weight, "recc": cfg.recc_weight}
+        if cfg.reference == "none":
+            weights["quad"] = cfg.quad_weight
+        if cfg.vgg_weights:
+            weights["perc"] = cfg.perc_weight
+        if cfg.id_net:
+            weights["idc"] = cfg.id_weight
+        return weights
+
+    def lr_factor(self, cfg: Config, train_cfg, step: int) -> float:
+        """Cosine decay from ``--lr`` at step 0 to ``--lr_min`` at ``--iter``, then held: it never
+        climbs back (a function of the step alone, so a resumed run continues the same curve)."""
+        lr0 = train_cfg.lr
+        if lr0 <= 0:
+            return 1.0
+        u = min(step / max(train_cfg.iter, 1), 1.0)
+        floor = min(cfg.lr_min / lr0, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
+
+    @torch.no_grad()
+    def sample(self, model: PoseFlow, batch, ctx) -> tuple[Tensor, int]:
+        """Rows: anchors; positives; anchors re-posed to their positive's landmarks; anchors
+        re-posed to a negative's landmarks (another face's pose); those negatives. Split latents
+        at their prior means."""
+        cfg: Config = ctx.model_cfg
+        m = unwrap(model)
+        image, lm = flatten_batch(batch)
+        b = image.shape[0] // 4
+        k = min(cfg.n_sample, b)
+        a, p, n1 = image[:k], image[b:b + k], image[2 * b:2 * b + k]
+        la, lp, ln = lm[:k], lm[b:b + k], lm[2 * b:2 * b + k]
+        x = quantize(a, cfg.n_bits) + 0.5 / 2**cfg.n_bits
+        to_p = m.transfer(x, la, lp)
+        to_n = m.transfer(x, la, ln)
+        return torch.cat([a, p, to_p, to_n, n1]).clamp(-0.5, 0.5), k
+
+    def checkpoint_extra(self, model: PoseFlow, cfg: Config) -> dict:
+        return {"architecture": unwrap(model).config()}
+
+    def add_test_args(self, parser) -> None:
+        from .driving import add_test_args as add
+
+        add(parser)
+
+    def load_for_test(self, args, device):
+        from .driving import load_for_test as load
+
+        return load(args, device)
+
+    def generate(self, model, query, mix, source, args):
+        from .driving import generate as gen
+
+        return gen(model, query, mix, source, args)
+
+    def test_cli(self, argv: list[str]) -> int:
+        from .driving import test_cli as cli
+
+        return cli(argv)
+
+    def evaluate_cli(self, argv: list[str]) -> int:
+        from .evaluate import evaluate_cli as cli
+
+        return cli(argv)
 
 
-def add_test_args(parser) -> None:
-    from .driving import add_test_args as add
-
-    add(parser)
-
-
-def load_for_test(args, device):
-    from .driving import load_for_test as load
-
-    return load(args, device)
-
-
-def generate(model, query, mix, source, args):
-    from .driving import generate as gen
-
-    return gen(model, query, mix, source, args)
-
-
-def test_cli(argv: list[str]) -> int:
-    from .driving import test_cli as cli
-
-    return cli(argv)
-
-
-def evaluate_cli(argv: list[str]) -> int:
-    from .evaluate import evaluate_cli as cli
-
-    return cli(argv)
+RECIPE = PoseFlowRecipe()

@@ -33,8 +33,7 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=model, choices=registry.names(),
                         help=f"which model (default: ad-flow; now: {model})")
     add_common_args(parser)
-    if hasattr(recipe, "add_test_args"):
-        recipe.add_test_args(parser)
+    recipe.add_test_args(parser)
     return parser
 
 
@@ -47,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from training import registry
 
         recipe = registry.get(known.model)
-        if hasattr(recipe, "test_cli"):  # a recipe with its own test job (e.g. a transfer grid)
-            return int(recipe.test_cli(argv))
-        if not (hasattr(recipe, "load_for_test") and hasattr(recipe, "generate")):
+        code = recipe.test_cli(argv)  # a recipe with its own test job (e.g. a transfer grid)
+        if code is not None:
+            return int(code)
+        if not recipe.GENERATES:
             raise ValueError(f"model '{known.model}' has no talking-face generation")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from cliargs import (
 from training.cli import claim_output
 from training.distributed import resolve_device
 from training.precision import add_precision_args, apply_precision, resolve_precision
+from training.recipe import Recipe
 
 from .inputs import TalkingError, read_rgb, resolve_checkpoint, resolve_query, resolve_source
 
@@ -189,7 +189,7 @@ def chunks(n: int, batch: int, first: int = 0) -> list[tuple[int, int]]:
     return bounds
 
 
-def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
+def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
     """Run the job for ``args`` (see :func:`add_common_args`) with a model recipe.
 
     Returns a summary dict (frames, seconds, seconds_per_frame, out_dir, video, grid, fps,
@@ -256,11 +256,11 @@ def run(args: argparse.Namespace, recipe: ModuleType, say=print) -> dict:
         check_fits((3 * GRID_FRAMES + 4) * args.out_size ** 2 * 3,
                    f"--out_size {args.out_size} (a frame and the {3 * GRID_FRAMES}-tile grid at "
                    "that size)", "lower --out_size")
-    needs_mix = getattr(recipe, "NEEDS_MIX", True)
-    region = PasteRegion.named(getattr(recipe, "PASTE_REGION", "mouth"))
+    needs_mix = recipe.NEEDS_MIX
+    region = PasteRegion.named(recipe.PASTE_REGION)
 
     out_dir = Path(args.result_dir) / "target_img" / source.name / query_name
-    claim_output(out_dir, {"model": getattr(recipe, "NAME", ""),
+    claim_output(out_dir, {"model": recipe.NAME,
                            "checkpoint": str(Path(args.checkpoint).resolve())},
                  getattr(args, "overwrite", False),
                  "give --result_dir DIR to keep both (e.g. one per model)", say)

@@ -20,7 +20,8 @@ from ad_flow import (
     roll_time,
     structural_loss,
 )
-from ad_flow import recipe as ad
+from ad_flow.recipe import DEFAULT_GLOW, draw, from_glow
+from ad_flow.recipe import RECIPE as ad
 from glow import CheckpointError, Glow
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
@@ -197,7 +198,7 @@ def test_two_ranks_draw_and_pair_like_one_process(tmp_path) -> None:
     labels = torch.tensor([0, 1, 2, 0])
     one = ad.losses(model, (frames, labels), ctx_for(cfg, step=3))
 
-    shifts, pair = ad.draw(4, 6, step_generator(0, 3))
+    shifts, pair = draw(4, 6, step_generator(0, 3))
     assert ((shifts >= 1) & (shifts < 6)).all() and ((pair >= 0) & (pair < 6)).all()
     g = torch.arange(4)
     every = frames[g, pair[(g - 1) % 4]]  # what the all-gather of the handed-over frames holds
@@ -220,7 +221,7 @@ def test_two_ranks_draw_and_pair_like_one_process(tmp_path) -> None:
 def test_transfer_with_zero_encoder_reconstructs_the_query(tmp_path) -> None:
     """E = 0 makes every latent pure face: the output is the query, exactly inverted."""
     glow = tiny_glow()
-    model = ad.from_glow(glow, tiny_cfg(tmp_path / "g.pt"))
+    model = from_glow(glow, tiny_cfg(tmp_path / "g.pt"))
     for lvl in model.encoder.levels:
         torch.nn.init.zeros_(lvl.linear.weight)
         torch.nn.init.zeros_(lvl.linear.bias)
@@ -230,7 +231,7 @@ def test_transfer_with_zero_encoder_reconstructs_the_query(tmp_path) -> None:
 
 
 def test_query_is_encoded_once(tmp_path, monkeypatch) -> None:
-    model = ad.from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
+    model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
     query = torch.rand(1, 3, SIZE, SIZE) - 0.5
     calls = []
     real = model.glow.encode
@@ -433,7 +434,7 @@ def test_test_time_finds_the_recorded_glow_or_says_how(tmp_path, monkeypatch) ->
     msg = str(err.value)
     assert "\n" not in msg and str(glow_rel) in msg and "--glow" in msg
     # another Glow at CHECKPOINT_DIR/glow_checkpoint.pt is not taken for the recorded one
-    save_glow(Path("checkpoint") / ad.DEFAULT_GLOW, tiny_glow(seed=4))
+    save_glow(Path("checkpoint") / DEFAULT_GLOW, tiny_glow(seed=4))
     with pytest.raises(CheckpointError, match="has changed") as err:
         load(moved / "checkpoint" / "ad" / "last.pt")
     assert "--glow" in str(err.value)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import faces.io
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402
+from training.recipe import Recipe  # noqa: E402
 
 
 class _FullDisk:
@@ -75,8 +75,8 @@ def test_image_writers_leave_no_partial_file(tmp_path, monkeypatch) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.png"]  # no temporary left
 
 
-def _recipe() -> types.ModuleType:
-    r = types.ModuleType("mix_recipe")
+def _recipe() -> Recipe:
+    r = Recipe()
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.load_for_test = lambda args, device: torch.nn.Identity()

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from content_ae import recipe
 from content_ae.model import ConvDecoder
+from content_ae.recipe import RECIPE as recipe
 from training.config import TrainConfig
 from training.loop import StepContext, clip_group_gradients, step_generator
 

@@ -170,8 +170,8 @@ def test_two_processes_train_what_one_process_trains(case: str, tmp_path: Path,
                                                      one_thread) -> None:
     name, _, variant = case.partition(":")
     recipe = registry.get(name)
-    if not getattr(recipe, "DDP_EXACT", True):
-        note = getattr(recipe, "DDP_NOTE", "")
+    if not recipe.DDP_EXACT:
+        note = recipe.DDP_NOTE
         assert len(note) > 20, f"{name}: DDP_EXACT = False needs a DDP_NOTE saying why"
         _spawn(name, recipe.Config(), tmp_path / "data", tmp_path / "two", {})
         for rank in range(2):

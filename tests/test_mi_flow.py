@@ -14,10 +14,11 @@ from PIL import Image
 
 from glow import ActNorm, ZeroConv2d, gaussian_log_p
 from mi_flow import CLUB, MIFlow, mask_condition, mouth_window
-from mi_flow import recipe as R
+from mi_flow.recipe import RECIPE as R
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.loop import StepContext, step_generator
+from training.recipe_helpers import dequantised
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
@@ -215,7 +216,7 @@ def test_bpd_plus_beta_is_the_thesis_loss():
     R.initialize(m, batch, _ctx(cfg))
     _perturb(m)
     terms = R.losses(m, batch, _ctx(cfg, 3))
-    x = R.dequantised(batch[0], cfg.n_bits, _ctx(cfg, 3))
+    x = dequantised(batch[0], cfg.n_bits, _ctx(cfg, 3))
     log_p, logdet, log_c, _, _ = m(x)
     d = x[0].numel()
     thesis = -(-np.log(2.0**cfg.n_bits) * d + logdet + log_p + (cfg.beta + 1) * log_c)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from faces.paste import PasteRegion, crop_to_picture, paste_back, region_mask_25
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402
+from training.recipe import Recipe  # noqa: E402
 
 
 def _outside(region: PasteRegion, to_pic: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -73,10 +73,10 @@ def test_the_region_takes_the_generated_face_in_the_picture_colour() -> None:
     del rng
 
 
-def _fake_recipe(size: int = 32, region: str = "mouth") -> types.ModuleType:
+def _fake_recipe(size: int = 32, region: str = "mouth") -> Recipe:
     """A model whose every output is random noise (so the pasted region cannot pass for the
     query by accident)."""
-    r = types.ModuleType("noise_recipe")
+    r = Recipe()
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.PASTE_REGION = region

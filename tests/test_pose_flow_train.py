@@ -18,12 +18,14 @@ from PIL import Image
 
 from glow import ZeroConv2d
 from lrw.video import read_video
-from pose_flow import recipe
 from pose_flow.data import PoseDataError, QuadrupletDataset, open_index
 from pose_flow.losses import quadruplet_loss
+from pose_flow.recipe import RECIPE as recipe
+from pose_flow.recipe import flatten_batch
 from pose_flow.synthetic import PoseSetConfig, generate
 from training.config import TrainConfig
 from training.loop import StepContext, step_generator, train
+from training.recipe_helpers import dequantised
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
@@ -135,7 +137,7 @@ def test_actnorm_init_uses_the_global_batch(pose_set):
     other = torch.utils.data.default_collate([ds[5]])
 
     def gather(x):  # two ranks: this one's shard and another's
-        o = recipe.flatten_batch(other)
+        o = flatten_batch(other)
         extra = o[0] if x.dim() == 4 else o[1]
         return torch.cat([x, extra.to(x.dtype)])
 
@@ -150,7 +152,7 @@ def test_actnorm_init_uses_the_global_batch(pose_set):
 def test_dequantisation_noise_at_every_size(size):
     cfg = recipe.Config(n_bits=8)
     x = torch.rand(1, 3, size, size) - 0.5
-    q = recipe.dequantised(x, cfg.n_bits, _ctx(cfg))
+    q = dequantised(x, cfg.n_bits, _ctx(cfg))
     noise = q - torch.round((x + 0.5) * 255) / 256 + 0.5
     assert noise.min() >= -1e-6 and noise.max() < 1 / 256 + 1e-6 and noise.std() > 1 / 256 / 4
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import glow.model as glow_model
 import training.precision as precision
 from glow import Glow
 from glow.precision import cast_conditioners, conditioner_dtypes
+from training.recipe import Recipe
 
 PIXEL = 1 / 255  # one grey level in [-0.5, 0.5] units
 
@@ -125,9 +125,9 @@ def _image_dir(root: Path, n_frames: int = 3) -> Path:
     return root
 
 
-def _glow_recipe(model: Glow) -> types.ModuleType:
+def _glow_recipe(model: Glow) -> Recipe:
     """A recipe around a tiny Glow: generate = encode the mix, invert (records the dtypes)."""
-    r = types.ModuleType("glow_roundtrip_recipe")
+    r = Recipe()
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.seen = []

@@ -108,7 +108,7 @@ def test_ad_flow_splits_logits_and_transfer_equal_the_thesis(tmp_path: Path,
     by ``ad_flow.recipe.load_for_test``: face/lip splits, word logits and the test-time
     transfer (``test.py``: query face parts + mix lip parts, reverse(reconstruct=True))."""
     ref_mod = _reference("FLOWDIS_REF_THESIS", "ad-flow/model.py")
-    from ad_flow import recipe as ad
+    from ad_flow.recipe import RECIPE as ad
 
     monkeypatch.setattr(torch, "qr", lambda a: torch.linalg.qr(a), raising=False)
     torch.manual_seed(0)
@@ -168,7 +168,8 @@ def test_mi_flow_equals_the_thesis(affine: bool, conv_lu: bool, tmp_path: Path,
     reverse(reconstruct=True), one frame at a time) and sampling from the conditional priors
     (reverse(reconstruct=False) at temperature 0.5, see the Glow test). Both in float64."""
     ref_mod = _reference("FLOWDIS_REF_THESIS", "mi-flow/model.py")
-    from mi_flow import recipe as mi
+    from mi_flow.recipe import RECIPE as mi
+    from mi_flow.recipe import load_mi_flow
 
     monkeypatch.setattr(torch, "qr", lambda a: torch.linalg.qr(a), raising=False)
     torch.manual_seed(0)
@@ -181,7 +182,7 @@ def test_mi_flow_equals_the_thesis(affine: bool, conv_lu: bool, tmp_path: Path,
     ref.eval()
     path = tmp_path / "mi-flow_total_checkpoint.pt"
     torch.save(ref.state_dict(), path)
-    ours = mi.load_mi_flow(path, img_size=size).double().eval()
+    ours = load_mi_flow(path, img_size=size).double().eval()
     assert (ours.n_flow, ours.n_block, ours.affine, ours.conv_lu) == (2, 4, affine, conv_lu)
 
     tol = dict(rtol=1e-5, atol=2e-5)  # float32 regions inside our float64 model (see above)

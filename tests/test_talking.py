@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from conftest import run_device
 from PIL import Image
 
-from ad_flow import recipe as ad
+from ad_flow.recipe import RECIPE as ad
 from glow import Glow
 from lrw.video import read_video
 from talking import TalkingError, resolve_checkpoint, resolve_query, resolve_source
@@ -25,6 +24,7 @@ DEVICE = str(run_device())  # the tests that train or run test.py (pytest --devi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402  (test.py is a thin wrapper of it)
+from training.recipe import Recipe  # noqa: E402
 
 SIZE = 16
 
@@ -45,9 +45,9 @@ def _image_dir(root: Path, n_frames: int = 5, src_size: int = 200, names=None) -
     return root
 
 
-def _fake_recipe(size: int = 32, needs_mix: bool = True) -> types.ModuleType:
+def _fake_recipe(size: int = 32, needs_mix: bool = True) -> Recipe:
     """A model that outputs its ``mix`` input: shows exactly what the job feeds a model."""
-    r = types.ModuleType("fake_recipe")
+    r = Recipe()
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = needs_mix
     r.calls = []

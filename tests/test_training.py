@@ -17,8 +17,8 @@ import torch
 from conftest import run_device
 from PIL import Image
 
-from glow import recipe as glow_recipe
 from glow.io import CheckpointError
+from glow.recipe import RECIPE as glow_recipe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.loop import TrainingStopped, train

@@ -4,7 +4,6 @@ source's sound in video.mp4 in sync; streaming reads; truncated and faceless vid
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,15 @@ from lrw.video import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402
+from training.recipe import Recipe  # noqa: E402
 
 N = 10
 FPS = 25
 
 
-def _recipe(size: int = 32) -> types.ModuleType:
+def _recipe(size: int = 32) -> Recipe:
     """A stand-in model that returns its mix input (deterministic)."""
-    r = types.ModuleType("mix_recipe")
+    r = Recipe()
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.load_for_test = lambda args, device: torch.nn.Identity()

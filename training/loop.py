@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from .logs import JsonlLog, plot_curves
 from .optim import StepInBackward, grads_finite, training_adam
 from .precision import SLOW_CPU_BF16, cpu_has_fast_bf16, set_gpu_switches
 from .progress import progress
+from .recipe import Recipe
 from .run import Run
 
 
@@ -212,13 +212,13 @@ def clip_group_gradients(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 # --- A run: the lock and the process group around it --------------------------------------------
 
-def train(recipe: ModuleType, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
+def train(recipe: Recipe, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
           say=print) -> dict:
     """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped."""
     # Refused before the process group forms, so every rank exits at once with the same line.
-    if distributed.launched_world() > 1 and not getattr(recipe, "DDP_EXACT", True):
+    if distributed.launched_world() > 1 and not recipe.DDP_EXACT:
         raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
-                         f"({getattr(recipe, 'DDP_NOTE', 'not exact')}); train with one process")
+                         f"({recipe.DDP_NOTE}); train with one process")
     hide_triton_without_gpu()
     run = Run(cfg.name, cfg.checkpoint_dir, cfg.result_dir)
     check_folder(cfg.result_dir, "--result_dir")
@@ -247,7 +247,7 @@ class Training:
     """One process's share of a run: its state, and its sections in the order they run.
     Building it prepares the run (sections 1 and 2); :meth:`loop` trains (3 to 5)."""
 
-    def __init__(self, recipe, model_cfg, cfg: TrainConfig, data_dir: Path,
+    def __init__(self, recipe: Recipe, model_cfg, cfg: TrainConfig, data_dir: Path,
                  info: distributed.DistInfo, run: Run, say) -> None:
         self.recipe, self.model_cfg, self.cfg, self.data_dir = recipe, model_cfg, cfg, data_dir
         self.info, self.run, self.say = info, run, say
@@ -354,8 +354,7 @@ class Training:
         resume's state, or the recipe's data-dependent initialisation."""
         recipe, model_cfg, cfg, dataset = self.recipe, self.model_cfg, self.cfg, self.dataset
         self.model = model = recipe.build(model_cfg).to(self.device)
-        groups = (recipe.param_groups(model, model_cfg, cfg) if hasattr(recipe, "param_groups")
-                  else [{"params": [p for p in model.parameters() if p.requires_grad]}])
+        groups = recipe.param_groups(model, model_cfg, cfg)
         self.lean = lean_optimizer(model_cfg)
         self.optimizer = training_adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a resume's
@@ -373,8 +372,7 @@ class Training:
 
         resumed = self.resumed
         if resumed is None:
-            if hasattr(recipe, "initialize"):
-                recipe.initialize(model, self.sample_batch, self.ctx())
+            recipe.initialize(model, self.sample_batch, self.ctx())
             return
         model.load_state_dict(resumed["weights"])
         if resumed.get("optimizer"):
@@ -421,14 +419,13 @@ class Training:
         if self.world > 1:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=getattr(recipe, "DDP_FIND_UNUSED", False))
+                find_unused_parameters=recipe.DDP_FIND_UNUSED)
         self.weights = recipe.loss_weights(self.model_cfg)
         self.group_clip = any(g.get("clip_norm", 0) > 0 for g in self.optimizer.param_groups)
         # Adam stepped layer by layer inside a low-memory backward (a whole gradient set never
         # alive at once): where the recipe offers it and nothing needs all gradients first
         # (clipping by a norm, fp16 loss scaling).
-        offer = getattr(recipe, "step_in_backward", None)
-        self.grads_ready = offer(self.model_cfg) if offer is not None else None
+        self.grads_ready = recipe.step_in_backward(self.model_cfg)
         if not self.lean or cfg.grad_clip > 0 or self.group_clip or self.scaler.is_enabled():
             self.grads_ready = None
         self.t0 = time.time()
@@ -443,8 +440,8 @@ class Training:
         cfg, optimizer, scaler, model = self.cfg, self.optimizer, self.scaler, self.model
         batch = to_device(batch, self.device)
         ctx = self.ctx()
-        if hasattr(self.recipe, "lr_factor"):  # a schedule that is a function of the step
-            factor = self.recipe.lr_factor(self.model_cfg, cfg, self.step)
+        factor = self.recipe.lr_factor(self.model_cfg, cfg, self.step)  # a function of the step
+        if factor is not None:
             for g, base in zip(optimizer.param_groups, self.base_lrs, strict=True):
                 g["lr"] = base * factor
         # Before the forward pass: freed gradients (the default) then do not sit beside the
@@ -502,8 +499,7 @@ class Training:
                        train_config={**dataclasses.asdict(self.cfg), "data": self.data_facts},
                        weights=model.state_dict(), scaler=self.scaler.state_dict(),
                        optimizer=self.optimizer.state_dict(), step=self.step,
-                       extra=(recipe.checkpoint_extra(model, model_cfg)
-                              if hasattr(recipe, "checkpoint_extra") else {}))
+                       extra=recipe.checkpoint_extra(model, model_cfg))
         save_checkpoint(self.run.last, **payload)
         if numbered:
             save_checkpoint(self.run.step_checkpoint(self.step), **payload)
@@ -525,7 +521,7 @@ class Training:
 
     def write_diagnostics(self) -> None:
         """Held-out diagnostics (e.g. AD-flow's motion metric on unseen identities)."""
-        if not self.main or not hasattr(self.recipe, "diagnostics"):
+        if not self.main:
             return
         self.model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
