@@ -77,6 +77,7 @@ def test_image_writers_leave_no_partial_file(tmp_path, monkeypatch) -> None:
 
 def _recipe() -> Recipe:
     r = Recipe()
+    r.GENERATES = True
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.load_for_test = lambda args, device: torch.nn.Identity()

@@ -77,6 +77,7 @@ def _fake_recipe(size: int = 32, region: str = "mouth") -> Recipe:
     """A model whose every output is random noise (so the pasted region cannot pass for the
     query by accident)."""
     r = Recipe()
+    r.GENERATES = True
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.PASTE_REGION = region

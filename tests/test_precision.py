@@ -128,6 +128,7 @@ def _image_dir(root: Path, n_frames: int = 3) -> Path:
 def _glow_recipe(model: Glow) -> Recipe:
     """A recipe around a tiny Glow: generate = encode the mix, invert (records the dtypes)."""
     r = Recipe()
+    r.GENERATES = True
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.seen = []

@@ -48,6 +48,7 @@ def _image_dir(root: Path, n_frames: int = 5, src_size: int = 200, names=None) -
 def _fake_recipe(size: int = 32, needs_mix: bool = True) -> Recipe:
     """A model that outputs its ``mix`` input: shows exactly what the job feeds a model."""
     r = Recipe()
+    r.GENERATES = True
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = needs_mix
     r.calls = []

@@ -22,6 +22,7 @@ from glow.recipe import RECIPE as glow_recipe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.loop import TrainingStopped, train
+from training.recipe import Recipe
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
@@ -147,7 +148,7 @@ class _Cfg:
     bad_from: int = 2
 
 
-def _fake_recipe(fail_from: int, interrupt_at: int | None = None) -> SimpleNamespace:
+def _fake_recipe(fail_from: int, interrupt_at: int | None = None) -> Recipe:
     """A minimal recipe whose loss turns NaN (or whose step is interrupted) at a given step."""
 
     def losses(model, batch, ctx):
@@ -156,13 +157,15 @@ def _fake_recipe(fail_from: int, interrupt_at: int | None = None) -> SimpleNames
         loss = (model(batch[0]) ** 2).mean()
         return {"mse": loss * (float("nan") if ctx.step >= fail_from else 1.0)}
 
-    return SimpleNamespace(
+    r = Recipe()
+    vars(r).update(
         NAME="fake", Config=_Cfg, validate=lambda c: None,
         build=lambda c: torch.nn.Conv2d(3, 3, 1),
         dataset=lambda c, d: [(torch.rand(3, 4, 4), 0) for _ in range(8)],
         losses=losses, loss_weights=lambda c: {"mse": 1.0},
         sample=lambda m, b, ctx: (b[0], 2),
     )
+    return r
 
 
 def test_nan_losses_skip_then_stop_with_good_checkpoint(tmp_path: Path) -> None:
@@ -201,7 +204,8 @@ def test_infinite_gradients_skip_the_step_and_keep_the_weights_finite(tmp_path: 
             out = _InfGrad.apply(out)
         return {"mse": (out ** 2).mean()}
 
-    rec = SimpleNamespace(**{**vars(base), "losses": losses})
+    rec = copy.copy(base)
+    rec.losses = losses
     tcfg = TrainConfig(name="inf", batch=2, iter=50, device="cpu", workers=0, sample_every=2,
                        save_every=0, max_bad_steps=3, progress=False, grad_clip=grad_clip,
                        checkpoint_dir=str(tmp_path / "c"), result_dir=str(tmp_path / "r"))

@@ -33,6 +33,7 @@ FPS = 25
 def _recipe(size: int = 32) -> Recipe:
     """A stand-in model that returns its mix input (deterministic)."""
     r = Recipe()
+    r.GENERATES = True
     r.DEFAULT_CHECKPOINT = "fake.pt"
     r.NEEDS_MIX = True
     r.load_for_test = lambda args, device: torch.nn.Identity()
