@@ -154,6 +154,7 @@ class MIFlowRecipe(Recipe):
                       "sample_every": 100, "save_every": 10000}
     DEFAULT_CHECKPOINT = "mi-flow_total_checkpoint.pt"
     GENERATES = True
+    MODES = MODES  # test.py --mode choices; evaluate.py evaluates each
 
     def validate(self, cfg: Config) -> None:
         if cfg.n_block < 2 or cfg.n_flow < 1:
@@ -340,7 +341,7 @@ class MIFlowRecipe(Recipe):
     def eval_systems(self, model: MIFlow, args) -> list[tuple[str, argparse.Namespace]]:
         """evaluate.py: MI-flow in both its test modes, one system each ("mi-flow (MODE)")."""
         out = []
-        for mode in MODES:
+        for mode in self.MODES:
             mode_args = copy.copy(args)
             mode_args.mode = mode
             out.append((f"{self.NAME} ({mode})", mode_args))

@@ -11,10 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ad_flow import recipe as ad
+from ad_flow.recipe import DEFAULT_GLOW
+from ad_flow.recipe import RECIPE as ad
 from evaluation.models import load_model
 from glow import Glow
-from mi_flow import recipe as mi
+from mi_flow.recipe import RECIPE as mi
 from training import registry
 from training.checkpoint import save_checkpoint
 
@@ -98,12 +99,12 @@ def test_ad_flow_density_is_the_glow_load_for_test_loaded(tmp_path) -> None:
                          extra=ad.checkpoint_extra(model, cfg))
     ckdir = tmp_path / "ck"
     ckdir.mkdir()
-    trained_on.rename(ckdir / ad.DEFAULT_GLOW)
+    trained_on.rename(ckdir / DEFAULT_GLOW)
     args = SimpleNamespace(checkpoint=str(ck), glow=None, checkpoint_dir=str(ckdir),
                            n_flow=None, n_block=None, affine=False, conv_lu=True)
     ev = load_model("ad-flow", args, torch.device("cpu"))
     assert ev.density is ev.model.glow
-    assert ev.model.glow_path == ckdir / ad.DEFAULT_GLOW
+    assert ev.model.glow_path == ckdir / DEFAULT_GLOW
     assert ev.n_bits == 3
     assert [s.label for s in ev.systems] == ["ad-flow"]
     assert any("frozen Glow" in n for n in ev.notes)

@@ -137,12 +137,11 @@ def load(files: dict[str, Path]) -> dict:
     trained on) loaded as the shared jobs load it (outside inference mode, as ``talking.job``
     does)."""
     from content_ae.transfer import load_model as load_content_ae
-    from glow import recipe as glow_recipe
     from glow.io import skip_init
     from pose_flow.recipe import load_pose_flow
     from training import registry
 
-    models = {"glow": glow_recipe.load_for_test(
+    models = {"glow": registry.get("glow").load_for_test(
         argparse.Namespace(checkpoint=str(files["glow"])))}
     with skip_init():
         models["ad_flow"] = registry.get("ad-flow").load_for_test(argparse.Namespace(
