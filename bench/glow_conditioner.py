@@ -1,6 +1,6 @@
 """The Glow conditioner as matrix products against the plain modules, one shape, one process.
 
-``glow.layers.ConditionerNet`` trains as BLAS products (``_ConditionerFn``) from
+``glow.fast.ConditionerNet`` trains as BLAS products (``_ConditionerFn``) from
 ``PRODUCTS_MIN_HIDDEN`` hidden channels (inference always runs the modules); this times both
 paths on the same net and input, alternating, forward + backward, and prints the medians and
 their ratio. It chose that threshold.
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from glow import layers
+    from glow import fast, layers
 
-    net = layers.coupling_net(args.channels, args.out or args.channels, args.hidden)
+    net = fast.install(layers.coupling_net(args.channels, args.out or args.channels, args.hidden))
     with torch.no_grad():  # ZeroConv2d starts at zero; realistic values for both paths
         for prm in net.parameters():
             prm.add_(0.05 * torch.randn_like(prm))
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         .contiguous(memory_format=torch.channels_last).requires_grad_()
 
     def run(products: bool) -> float:
-        layers.PRODUCTS_MIN_HIDDEN = 0 if products else 1 << 30
+        fast.PRODUCTS_MIN_HIDDEN = 0 if products else 1 << 30
         t = time.perf_counter()
         y = net(x)
         y.backward(torch.ones_like(y))

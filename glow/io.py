@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layers import no_random_init
+from .fast import no_random_init
 from .model import Glow
 
 CHECKPOINT_FORMAT = "flowdisentangle-checkpoint"
@@ -194,7 +194,7 @@ def skip_init():
     second it takes to build a Glow, for weights the checkpoint overwrites at once; the load
     is strict, so every tensor comes from the file. Outside the context construction draws
     from the global RNG as before, so a seeded training run that loads a Glow keeps the
-    random stream it always had. (:func:`glow.layers.no_random_init` is the mechanism.)
+    random stream it always had. (:func:`glow.fast.no_random_init` is the mechanism.)
     """
     return no_random_init()
 

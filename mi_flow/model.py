@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glow import Flow, ZeroConv2d, gaussian_log_p
+from glow.fast import install
 from glow.model import (
     actnorms_initialized,
     flows_forward,
@@ -152,6 +153,7 @@ class MIFlow(nn.Module):
             self.blocks.append(CondBlock(c, n_flow, True, affine, conv_lu, hidden, prior_kept))
             c *= 2
         self.blocks.append(CondBlock(c, n_flow, False, affine, self.conv_lu_last, hidden))
+        install(self.blocks)  # the layers' fast twins (glow.fast)
         self.mi_estimator, self.mi_hidden, self.mi_cond_pool = mi_estimator, mi_hidden, mi_cond_pool
         self.mi: CLUB | None = None
         if mi_estimator is not None:

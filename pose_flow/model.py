@@ -38,17 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glow import (
-    ActNorm,
-    Coupling,
-    Flow,
-    InvConv2dLU,
-    ZeroConv2d,
-    gaussian_log_p,
-    squeeze2d,
-    unsqueeze2d,
-)
-from glow.layers import _use_cache, conditioner_input
+from glow import ActNorm, Coupling, Flow, gaussian_log_p, squeeze2d, unsqueeze2d
+from glow.fast import InvConv2dLU, ZeroConv2d, install, use_cache
+from glow.layers import conditioner_input
 
 from .conditions import cond_channels, condition
 
@@ -140,7 +132,7 @@ class FactorInvConvLU(InvConv2dLU):
         return lower, upper
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if _use_cache(self, self.w_l):
+        if use_cache(self):
             return super().forward(x)
         b, c, h, w = x.shape
         lower, upper = self._factors()
@@ -153,7 +145,7 @@ class FactorInvConvLU(InvConv2dLU):
         return F.conv2d(x, weight[:, :, None, None]), logdet
 
     def reverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
-        if _use_cache(self, self.w_l):
+        if use_cache(self):
             return super().reverse(y)
         b, c, h, w = y.shape
         lower, upper = self._factors()
@@ -334,6 +326,7 @@ class PoseFlow(nn.Module):
         else:
             self.register_buffer("w_mean", torch.zeros(1, *self.w_shape))
             self.register_buffer("w_log_sd", torch.zeros(1, *self.w_shape))
+        install(self)  # the layers' fast twins (glow.fast)
 
     def level_widths(self) -> list[int]:
         n = 1 + self.n_block + self.n_header

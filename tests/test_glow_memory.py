@@ -12,7 +12,8 @@ import copy
 import pytest
 import torch
 
-from glow import Coupling, Flow, Glow, layers, memory
+from glow import Coupling, Flow, Glow, fast, memory
+from glow.fast import install
 from glow.memory import enable_low_memory, reversible_forward
 
 
@@ -46,7 +47,7 @@ def test_low_memory_gradients_equal_normal(affine: bool, conv_lu: bool, parts: i
     """Recomputed in parts of the batch or whole; gradients written straight into ``.grad``
     (no process group) or returned through autograd (what DDP needs): the same gradients."""
     monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
-    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 1)  # the products, as at hidden 512
+    monkeypatch.setattr(fast, "PRODUCTS_MIN_HIDDEN", 1)  # the products, as at hidden 512
     monkeypatch.setattr(memory, "_direct_grads_allowed", lambda: direct)
     model, x = _glow(affine, conv_lu)
     x = torch.cat([x, x.flip(-1)[:1]])  # batch 3: parts of unequal size
@@ -114,8 +115,8 @@ def test_grads_ready_leaves_shared_parameters_and_the_autograd_path(monkeypatch)
     """A parameter used by two layers is not final after the first: it stays in ``.grad``.
     Inside a process group (gradients through autograd, for DDP) nothing is handed over."""
     torch.manual_seed(2)
-    flows = torch.nn.ModuleList(
-        Flow(4, coupling=Coupling(4, affine=True, hidden=8)) for _ in range(2)).double()
+    flows = install(torch.nn.ModuleList(
+        Flow(4, coupling=Coupling(4, affine=True, hidden=8)) for _ in range(2))).double()
     flows[1].coupling = flows[0].coupling  # shared
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     with torch.no_grad():
@@ -170,12 +171,12 @@ def test_low_memory_can_be_switched_off_and_needs_a_block() -> None:
 def test_reversible_forward_with_condition(parts: int, direct: bool, monkeypatch) -> None:
     """The conditional use: flows whose couplings take ``cond``; cond gets its gradient."""
     monkeypatch.setattr(memory, "RECOMPUTE_PARTS", parts)
-    monkeypatch.setattr(layers, "PRODUCTS_MIN_HIDDEN", 1)  # the products, as at hidden 512
+    monkeypatch.setattr(fast, "PRODUCTS_MIN_HIDDEN", 1)  # the products, as at hidden 512
     monkeypatch.setattr(memory, "_direct_grads_allowed", lambda: direct)
     torch.manual_seed(1)
-    flows = torch.nn.ModuleList(
+    flows = install(torch.nn.ModuleList(
         Flow(4, coupling=Coupling(4, affine=True, hidden=8, cond_channel=3)) for _ in range(3)
-    ).double()
+    )).double()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     cond = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     with torch.no_grad():
@@ -258,7 +259,7 @@ def test_eval_caches_follow_parameter_changes() -> None:
 
 def test_flow_eval_with_grad_uses_the_differentiable_path() -> None:
     torch.manual_seed(2)
-    flow = Flow(4, affine=True, hidden=8).double().eval()
+    flow = install(Flow(4, affine=True, hidden=8)).double().eval()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     y, logdet = flow(x)
     assert y.requires_grad and logdet.requires_grad
