@@ -89,7 +89,6 @@ ALLOWLIST = {
     "private": [
         'pose_flow.driving -> talking.job._grid',
         'pose_flow.driving -> talking.job._upscale',
-        'pose_flow.model -> glow.layers._use_cache',
     ],
     # "file:function: import statement": an import inside a function without a `# deferred:`
     # comment (repeated entries for repeated imports in one function)
