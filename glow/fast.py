@@ -42,12 +42,12 @@ def no_random_init() -> Iterator[None]:
     """Layers built inside this context draw no random numbers; for weights loaded next.
 
     ``torch.nn.init``'s random fills are skipped (every ``torch.nn`` layer keeps its weights
-    as allocated) and the 1x1 convolutions start from the identity (``random_rotation``
-    of :mod:`glow.layers`): at the thesis size the ~110M draws were most of the second it takes to
-    build a Glow (AD-flow's encoders and classifier: 0.3 s more). The functions are replaced
-    process-wide while the outermost context is active: build nothing that needs its random
-    start in another thread meanwhile. Not ``torch.nn.utils.skip_init``: its meta-device detour
-    costs ~0.5 s on first use. Load every tensor (a strict ``load_state_dict``) before use.
+    as allocated) and the 1x1 convolutions start from the identity (``glow.layers.
+    random_rotation`` is replaced): at the thesis size the ~110M draws were most of the second
+    it takes to build a Glow (AD-flow's encoders and classifier: 0.3 s more). The functions are
+    replaced process-wide while the outermost context is active: build nothing that needs its
+    random start in another thread meanwhile. Not ``torch.nn.utils.skip_init``: its meta-device
+    detour costs ~0.5 s on first use. Load every tensor (a strict ``load_state_dict``) first.
     """
     saved = {}
     if _RANDOM_INIT.get():  # the outermost context replaces the functions
@@ -371,8 +371,8 @@ hidden 512, 0.98-1.09x at 384, 0.99-1.08x at 256, 0.82-0.96x at 128; a 32-px dem
 class ConditionerNet(layers.ConditionerNet):
     """When training on the CPU in float32/float64 without autocast, with at least
     :data:`PRODUCTS_MIN_HIDDEN` hidden channels, the conditioner runs as one autograd function
-    of matrix products (:class:`_ConditionerFn`); elsewhere (inference, CUDA, autocast, forward hooks on
-    its layers, a changed layer, a narrow net) as the plain sequence of modules.
+    of matrix products (:class:`_ConditionerFn`); elsewhere (inference, CUDA, autocast, forward
+    hooks on its layers, a changed layer, a narrow net) as the plain sequence of modules.
     """
 
     def _fast(self, x: Tensor) -> bool:
