@@ -260,6 +260,12 @@ def plot(results: list[dict], png: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (key, lower) in zip(axes, panels, strict=True):
         drawn = set()  # the baselines once per set and seed (they do not train)
+        vals = [r[key] for res in results for r in res["rows"]] + \
+            [res["blend"][key] for res in results]
+        pad = 0.15 * (max(vals) - min(vals) or 1.0)
+        ax.set_ylim(min(vals) - pad, max(vals) + pad)  # copying the query may fall outside
+        off = sorted({f"{res['copy'][key]:.2f}" for res in results
+                      if not min(vals) - pad <= res["copy"][key] <= max(vals) + pad})
         for i, res in enumerate(results):
             xs = [r["quiet_min"] for r in res["rows"]]
             ax.plot(xs, [r[key] for r in res["rows"]], "o-", color=f"C{i}",
@@ -276,7 +282,9 @@ def plot(results: list[dict], png: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("quiet-equivalent CPU minutes (2 cores)")
-        ax.set_title(f"{KEYS[key]} {'↓' if lower else '↑'}")
+        ax.set_title(f"{KEYS[key]} {'↓' if lower else '↑'}"
+                     + (f"\n(copy the query: {', '.join(off)}, off the chart)" if off else ""),
+                     fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
