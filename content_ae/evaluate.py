@@ -30,6 +30,7 @@ import torch
 
 from cliargs import add_no_progress, nonnegative_int
 from evaluation.metrics import PSNR_CAP, psnr_from_mse, ssim
+from training.distributed import resolve_device
 from training.run import Run
 
 EXAMPLES = 8
@@ -186,10 +187,10 @@ def run(args: argparse.Namespace, say=print) -> dict:
     from synthface.attributes import read_manifest
     from training.cli import claim_output
 
-    from .transfer import _device, load_for_inference
+    from .transfer import load_for_inference
 
     read_manifest(args.root)  # not a synthetic set: say so before loading the model
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, _, ckpt = load_for_inference(args, device)
     examples: dict[str, list] = {}
     name = args.name or ckpt["config"].get("train", {}).get("name") or "content-ae"

@@ -28,6 +28,7 @@ from cliargs import MAX_GRID, add_no_progress, finite, grid_count, whole
 from faces.io import note_non_square
 from lrw.datasets import load_image
 from lrw.imageio import save_image
+from training.distributed import resolve_device
 from training.run import Run
 
 from .model import MASK_POWER, ContentAE
@@ -58,12 +59,6 @@ def load_model(path: Path, device: torch.device) -> tuple[ContentAE, object, dic
     model = RECIPE.build(cfg)
     model.load_state_dict(ckpt["weights"])
     return model.to(device).eval(), cfg, ckpt
-
-
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def load_images(paths: list[Path], size: int, n: int, say=print) -> tuple[Tensor, int]:
@@ -180,7 +175,7 @@ def load_for_inference(args: argparse.Namespace, device: torch.device):
 def run(args: argparse.Namespace, say=print) -> dict:
     from .data import find_split, split_paths
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, cfg, ckpt = load_for_inference(args, device)
     name = ckpt["config"].get("train", {}).get("name") or Path(args.checkpoint).stem
     out = Path(args.out) if args.out else Path(args.result_dir) / "transfer" / name

@@ -115,7 +115,7 @@ ALLOWLIST = {
         'content_ae/evaluate.py:evaluate_set: from synthface.attributes import inputs, read_manifest, removal_truth, transfer_truth, truth_region',
         'content_ae/evaluate.py:main: from evaluation.html import command_line',
         'content_ae/evaluate.py:main: from training.cli import report_errors',
-        'content_ae/evaluate.py:run: from .transfer import _device, load_for_inference',
+        'content_ae/evaluate.py:run: from .transfer import load_for_inference',
         'content_ae/evaluate.py:run: from synthface.attributes import read_manifest',
         'content_ae/evaluate.py:run: from training.cli import claim_output',
         'content_ae/recipe.py:dataset: from .data import PairDataset, split_paths',
