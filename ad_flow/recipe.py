@@ -21,7 +21,7 @@ from cliargs import model_size, nonnegative, positive, positive_int, whole
 from glow import CheckpointError, Glow, load_glow, safe_load
 from glow.io import file_sha256, file_sha256_soon, is_ours, recorded_n_bits
 from training.config import from_dict, opt
-from training.recipe import Recipe
+from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
 
 from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
@@ -250,7 +250,8 @@ class ADFlowRecipe(Recipe):
             raise ValueError("--init_clips and --diag_pairs must not be negative")
 
     def dataset(self, cfg: Config, data_dir: Path):
-        """LRW-style clips ``(frames [T, 3, S, S], label)``; sets ``cfg.n_classes`` when 0."""
+        """LRW-style clips ``(frames [T, 3, S, S], label)``; the data decides ``--n_classes 0``
+        (the number of words) and ``--img_size`` when not given (the Glow's)."""
         from lrw.datasets import ClipDataset
         from lrw.index import open_index
 
@@ -258,24 +259,26 @@ class ADFlowRecipe(Recipe):
         note = index.ignored_note()
         if note:  # what was left out is said, with a count, not dropped silently
             print(note)
+        decided = {}
         if cfg.n_classes == 0:
-            cfg.n_classes = index.n_classes
+            decided["n_classes"] = index.n_classes
         elif cfg.n_classes < index.n_classes:
             raise ValueError(f"--n_classes {cfg.n_classes} but {data_dir} holds "
                              f"{index.n_classes} words")
-        cfg._words = list(index.words)  # recorded in the checkpoint by build/checkpoint_extra
-        if cfg.img_size is None:  # the frames must have the Glow's size: read it from the file
-            cfg.img_size = int(load_frozen_glow(cfg.glow, cfg).img_size)
-        ds = ClipDataset(index, cfg.img_size, n_frames=cfg.n_frames)
-        cfg._dataset, cfg._data_dir = ds, Path(data_dir)  # for initialize() and diagnostics()
-        return ds
+        size = cfg.img_size
+        if size is None:  # the frames must have the Glow's size: read it from the file
+            size = decided["img_size"] = int(load_frozen_glow(cfg.glow, cfg).img_size)
+        ds = ClipDataset(index, size, n_frames=cfg.n_frames)
+        # the words are recorded in the checkpoint (build, checkpoint_extra); the clips are
+        # read by initialize()
+        return ds, DataInfo(data_dir, decided, words=list(index.words), dataset=ds)
 
-    def build(self, cfg: Config) -> nn.Module:
+    def build(self, cfg: Config, data: DataInfo | None = None) -> nn.Module:
         glow = load_frozen_glow(cfg.glow, cfg)
         model = from_glow(glow, cfg)
         model.glow_info = {"path": str(cfg.glow), "absolute": str(Path(cfg.glow).resolve()),
                            "sha256": file_sha256(cfg.glow), "config": glow.config()}
-        model.words = getattr(cfg, "_words", None)
+        model.words = data.words if data is not None else None
         return model
 
     def param_groups(self, model: ADFlow, cfg: Config, train_cfg) -> list[dict]:
@@ -289,7 +292,7 @@ class ADFlowRecipe(Recipe):
         cfg: Config = ctx.model_cfg
         if cfg.init != "lstsq":
             return
-        ds = getattr(cfg, "_dataset", None)
+        ds = ctx.data.dataset if ctx.data is not None else None
         if ds is None:
             raise ValueError("--init lstsq needs the training clips (call dataset() first)")
         from .init import fit_linear_encoders
@@ -349,7 +352,7 @@ class ADFlowRecipe(Recipe):
         from evaluation.synthetic import heldout_scores, synthetic_root_of
 
         cfg: Config = ctx.model_cfg
-        root = synthetic_root_of(getattr(cfg, "_data_dir", None))
+        root = synthetic_root_of(ctx.data.root)
         if not cfg.diag_pairs or root is None:
             return {}
 

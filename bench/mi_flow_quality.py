@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     generate(SyntheticConfig(out=str(root), words=8, speakers=12, clips=2, frames=29,
                              size=size, queries=2, sources=2), log=lambda *_: None)
     ds = SyntheticSet.load(root)
-    data = R.dataset(R.Config(img_size=size), root / "train")
+    data, _ = R.dataset(R.Config(img_size=size), root / "train")
     images = torch.stack([data[i][0] for i in range(len(data))])
     held_out = torch.stack([to_tensor(read_image(f), size)
                             for s in ds.source_names

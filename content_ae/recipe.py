@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive_int
 from training.config import opt
-from training.recipe import Recipe
+from training.recipe import DataInfo, Recipe
 
 from .model import Arch, ContentAE, _ints, bce_logits
 
@@ -197,14 +197,14 @@ class ContentAERecipe(Recipe):
         if cfg.n_display < 1:
             raise ValueError("--n_display must be at least 1")
 
-    def build(self, cfg: Config) -> ContentAE:
+    def build(self, cfg: Config, data: DataInfo | None = None) -> ContentAE:
         return ContentAE(arch_of(cfg))
 
     def dataset(self, cfg: Config, data_dir: Path):
         from .data import PairDataset, split_paths
 
         a, b = split_paths(data_dir, "train")
-        return PairDataset(a, b, cfg.img_size)
+        return PairDataset(a, b, cfg.img_size), DataInfo(data_dir)
 
     def param_groups(self, model: ContentAE, cfg: Config, train_cfg) -> list[dict]:
         """Two Adam groups, each clipped on its own (``clip_norm``, see ``training.loop``).

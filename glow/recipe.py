@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive_int, whole
 from training.config import opt
-from training.recipe import Recipe
+from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, images
 
 from .io import load_glow, recorded_n_bits
@@ -73,7 +73,7 @@ class GlowRecipe(Recipe):
                       "save_every": 10000}
     validate = staticmethod(validate)
 
-    def build(self, cfg: Config) -> nn.Module:
+    def build(self, cfg: Config, data: DataInfo | None = None) -> nn.Module:
         model = Glow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
                      hidden=cfg.hidden, img_size=cfg.img_size)
         if cfg.low_memory:
@@ -95,7 +95,7 @@ class GlowRecipe(Recipe):
     def dataset(self, cfg: Config, data_dir: Path):
         from lrw.datasets import ImageFolderDataset, training_root
 
-        return ImageFolderDataset(training_root(data_dir), cfg.img_size)
+        return ImageFolderDataset(training_root(data_dir), cfg.img_size), DataInfo(data_dir)
 
     def initialize(self, model: Glow, batch, ctx) -> None:
         x = dequantised(images(batch), ctx.model_cfg.n_bits, ctx)

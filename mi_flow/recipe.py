@@ -36,7 +36,7 @@ from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_
 from glow.recipe import GlowFlags
 from glow.recipe import validate as validate_glow_flags
 from training.config import from_dict, opt
-from training.recipe import Recipe
+from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, images, unwrap
 
 from .io import is_thesis_state, model_from_thesis_state
@@ -175,10 +175,9 @@ class MIFlowRecipe(Recipe):
     def dataset(self, cfg: Config, data_dir: Path):
         from lrw.datasets import ImageFolderDataset, training_root
 
-        cfg._data_dir = Path(data_dir)  # for diagnostics()
-        return ImageFolderDataset(training_root(data_dir), cfg.img_size)
+        return ImageFolderDataset(training_root(data_dir), cfg.img_size), DataInfo(data_dir)
 
-    def build(self, cfg: Config) -> MIFlow:
+    def build(self, cfg: Config, data: DataInfo | None = None) -> MIFlow:
         return MIFlow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
                       hidden=cfg.hidden, img_size=cfg.img_size, prior_kept=cfg.prior_kept,
                       mi_estimator=cfg.mi_estimator if estimator_enabled(cfg) else None,
@@ -264,7 +263,7 @@ class MIFlowRecipe(Recipe):
         from evaluation.synthetic import heldout_scores, synthetic_root_of
 
         cfg: Config = ctx.model_cfg
-        root = synthetic_root_of(getattr(cfg, "_data_dir", None))
+        root = synthetic_root_of(ctx.data.root)
         if not cfg.diag_pairs or root is None:
             return {}
         m = unwrap(model)

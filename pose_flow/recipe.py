@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from training.config import from_dict, opt
-from training.recipe import Recipe
+from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
 
 from .losses import quadruplet_loss
@@ -193,9 +193,9 @@ class PoseFlowRecipe(Recipe):
                          "positive is the anchor itself)")
         for note in filter(None, notes):
             print(f"warning: {data_dir}: {note}", file=sys.stderr)
-        return ds
+        return ds, DataInfo(data_dir)
 
-    def build(self, cfg: Config) -> PoseFlow:
+    def build(self, cfg: Config, data: DataInfo | None = None) -> PoseFlow:
         return PoseFlow(img_size=cfg.img_size, n_flow=cfg.n_flow, n_block=cfg.n_block,
                         n_header=cfg.n_header, hidden=cfg.hidden, sigma=cfg.sigma,
                         coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine,

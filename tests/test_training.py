@@ -22,7 +22,7 @@ from glow.recipe import RECIPE as glow_recipe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.loop import TrainingStopped, train
-from training.recipe import Recipe
+from training.recipe import DataInfo, Recipe
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
@@ -161,7 +161,7 @@ def _fake_recipe(fail_from: int, interrupt_at: int | None = None) -> Recipe:
     vars(r).update(
         NAME="fake", Config=_Cfg, validate=lambda c: None,
         build=lambda c: torch.nn.Conv2d(3, 3, 1),
-        dataset=lambda c, d: [(torch.rand(3, 4, 4), 0) for _ in range(8)],
+        dataset=lambda c, d: ([(torch.rand(3, 4, 4), 0) for _ in range(8)], DataInfo(d)),
         losses=losses, loss_weights=lambda c: {"mse": 1.0},
         sample=lambda m, b, ctx: (b[0], 2),
     )

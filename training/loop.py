@@ -37,7 +37,7 @@ from .logs import JsonlLog, plot_curves
 from .optim import StepInBackward, grads_finite, training_adam
 from .precision import SLOW_CPU_BF16, cpu_has_fast_bf16, set_gpu_switches
 from .progress import progress
-from .recipe import Recipe
+from .recipe import DataInfo, Recipe
 from .run import Run
 
 
@@ -62,6 +62,7 @@ class StepContext:
     model_cfg: Any
     train_cfg: TrainConfig
     generator: torch.Generator = field(repr=False, default=None)
+    data: DataInfo | None = field(repr=False, default=None)  # from recipe.dataset
 
     def global_rand(self, local_shape: tuple[int, ...], normal: bool = False) -> Tensor:
         """Noise for this rank's share of the global batch (same values as one process)."""
@@ -263,7 +264,7 @@ class Training:
     def ctx(self) -> StepContext:
         return StepContext(step=self.step, rank=self.info.rank, world=self.world,
                            device=self.device, model_cfg=self.model_cfg, train_cfg=self.cfg,
-                           generator=step_generator(self.cfg.seed, self.step))
+                           generator=step_generator(self.cfg.seed, self.step), data=self.data)
 
     # --- 1. Prepare the run: the flags, then the checkpoint to resume or a fresh start ----------
 
@@ -331,7 +332,9 @@ class Training:
         model_cfg, cfg, data_dir = self.model_cfg, self.cfg, self.data_dir
         self.recipe.validate(model_cfg)
         seed_everything(cfg.seed)
-        self.dataset = dataset = self.recipe.dataset(model_cfg, data_dir)
+        self.dataset, self.data = dataset, data = self.recipe.dataset(model_cfg, data_dir)
+        # the flags the data decided (e.g. AD-flow's number of words): the checkpoint records them
+        self.model_cfg = model_cfg = dataclasses.replace(model_cfg, **data.config)
         if hasattr(dataset, "record_unreadable"):  # every process of the run appends to it
             dataset.record_unreadable(self.run.unreadable)
         self.data_facts = {"path": str(data_dir.resolve()), "items": len(dataset)}
@@ -353,7 +356,7 @@ class Training:
         sampler and the fixed batch of the sample grids (the first items of epoch 0); then a
         resume's state, or the recipe's data-dependent initialisation."""
         recipe, model_cfg, cfg, dataset = self.recipe, self.model_cfg, self.cfg, self.dataset
-        self.model = model = recipe.build(model_cfg).to(self.device)
+        self.model = model = recipe.build(model_cfg, self.data).to(self.device)
         groups = recipe.param_groups(model, model_cfg, cfg)
         self.lean = lean_optimizer(model_cfg)
         self.optimizer = training_adam(groups, lr=cfg.lr, eps=cfg.adam_eps)

@@ -1,10 +1,11 @@
 """The model interface: a :class:`Recipe` subclass per model package, one instance each
 (``training.registry.get``). The loop, test.py and evaluate.py call these methods and never
-probe for them; an optional hook's default below is what a model without it gets."""
+probe for them; a hook's default here is what a model without it gets."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,25 +14,33 @@ if TYPE_CHECKING:  # annotations only: importing the registry stays free of torc
     from torch import Tensor, nn
 
 
-class Recipe:
-    """What ``train.py``, ``test.py`` and ``evaluate.py`` know of a model.
+@dataclass
+class DataInfo:
+    """Facts about the training data, from ``Recipe.dataset`` to ``build`` and the hooks
+    (``ctx.data``); ``dataset`` never writes into the config."""
 
-    Training: ``Config`` (a dataclass of ``training.config.opt`` fields: the model's flags),
-    ``validate``, ``dataset``, ``build``, ``losses`` (named scalar terms), ``loss_weights``
-    (the loop sums ``weight * term``) and ``sample`` are required; the other hooks have
-    defaults. Test time: ``load_for_test`` and ``generate`` (the talking-face job), the
-    evaluation hooks ``eval_systems`` and ``eval_density``.
-    """
+    root: Path  # DATA_DIR as given
+    # flags the data decides (e.g. AD-flow's --n_classes 0: the number of words): the loop
+    # applies them to the config, which the checkpoint records
+    config: dict[str, Any] = field(default_factory=dict)
+    words: list[str] | None = None  # class names, recorded in the checkpoint
+    dataset: Any = None  # the training items, for an init that reads them all
+
+
+class Recipe:
+    """A model as ``train.py``, ``test.py`` and ``evaluate.py`` see it. Required: ``Config`` (a
+    dataclass of ``training.config.opt`` fields, the model's flags), ``dataset``, ``build``,
+    ``losses`` (named scalar terms; the loop sums ``weight * term`` with ``loss_weights``) and
+    ``sample``; every other hook has a default."""
 
     NAME: str = ""
     Config: type = object
     TRAIN_DEFAULTS: dict[str, Any] = {}  # overrides of TrainConfig defaults (thesis values)
     DDP_FIND_UNUSED = False
     # N torchrun processes train what one process with the same global batch trains
-    # (tests/test_ddp.py checks it per recipe): draw per-step randomness with ctx.global_rand /
-    # ctx.generator for the global batch and slice rank::world, and take anything that mixes
-    # items of the batch (partners, negatives) from ctx.gather(...). False: torchrun is refused
-    # with DDP_NOTE (why).
+    # (tests/test_ddp.py): per-step randomness from ctx.global_rand / ctx.generator for the
+    # global batch, sliced rank::world; what mixes items of the batch from ctx.gather(...).
+    # False: torchrun is refused with DDP_NOTE (why).
     DDP_EXACT = True
     DDP_NOTE = "not exact"
     DEFAULT_CHECKPOINT = ""  # file name under CHECKPOINT_DIR when --checkpoint is not given
@@ -39,17 +48,18 @@ class Recipe:
     NEEDS_MIX = True  # generate wants the mouth mix (else the source is passed as mix)
     PASTE_REGION = "mouth"  # test.py --paste_back region (faces.paste.PasteRegion.named)
 
-    # -- training ------------------------------------------------------------------------------
+    # -- training: cfg is a Config, ctx a training.loop.StepContext ------------------------------
 
     def validate(self, cfg) -> None:
         """Raise ``ValueError`` with a one-line message for flags that cannot work."""
 
-    def dataset(self, cfg, data_dir: Path) -> torch.utils.data.Dataset:
-        """The training items; an optional ``set_epoch(epoch, seed)`` on the dataset is called
-        every epoch, so random per-item draws can be seeded by (seed, epoch, item)."""
+    def dataset(self, cfg, data_dir: Path) -> tuple[torch.utils.data.Dataset, DataInfo]:
+        """The training items (an optional ``set_epoch(epoch, seed)`` on them is called every
+        epoch, so per-item draws can be seeded by (seed, epoch, item)) and what they tell."""
         raise NotImplementedError
 
-    def build(self, cfg) -> nn.Module:
+    def build(self, cfg, data: DataInfo | None = None) -> nn.Module:
+        """The model (``data``: None when rebuilt from a checkpoint)."""
         raise NotImplementedError
 
     def losses(self, model: nn.Module, batch, ctx) -> dict[str, Tensor]:
@@ -63,11 +73,10 @@ class Recipe:
         raise NotImplementedError
 
     def initialize(self, model: nn.Module, batch, ctx) -> None:
-        """Data-dependent init on the first batch of a fresh run (default: none)."""
+        """Data-dependent init on the first batch of a fresh run."""
 
     def param_groups(self, model: nn.Module, cfg, train_cfg) -> list[dict]:
-        """Adam groups (default: every trainable parameter at --lr); a group with
-        ``clip_norm`` > 0 is clipped on its own."""
+        """Adam groups (a group with ``clip_norm`` > 0 is clipped on its own)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     def checkpoint_extra(self, model: nn.Module, cfg) -> dict:
@@ -75,7 +84,7 @@ class Recipe:
         return {}
 
     def diagnostics(self, model: nn.Module, ctx) -> dict[str, float]:
-        """At step 0 and every sample grid: diagnostics.jsonl/.png (default: none)."""
+        """At step 0 and every sample grid: diagnostics.jsonl/.png."""
         return {}
 
     def lr_factor(self, cfg, train_cfg, step: int) -> float | None:
@@ -83,15 +92,15 @@ class Recipe:
         return None
 
     def step_in_backward(self, cfg):
-        """A context factory ``factory(fn)`` that makes backward call ``fn(params)`` as groups
-        of parameter gradients become final (the loop then steps Adam there), or None."""
+        """None, or a context factory ``factory(fn)`` making backward call ``fn(params)`` as
+        groups of gradients become final (the loop then steps Adam there)."""
         return None
 
     def translate_argv(self, argv: list[str]) -> list[str]:
-        """train.py: the model's own flag aliases (default: none)."""
+        """train.py: the model's own flag aliases."""
         return argv
 
-    # -- test time -----------------------------------------------------------------------------
+    # -- test time ------------------------------------------------------------------------------
 
     def test_cli(self, argv: list[str]) -> int | None:
         """test.py's whole argv for a model with its own test job; None: the shared job."""
@@ -102,7 +111,7 @@ class Recipe:
         return None
 
     def add_test_args(self, parser: argparse.ArgumentParser) -> None:
-        """The model's test-time flags (test.py, evaluate.py)."""
+        """The model's flags in test.py and evaluate.py."""
 
     def load_for_test(self, args: argparse.Namespace, device) -> nn.Module:
         """``args.checkpoint`` in eval mode on ``device``."""
@@ -118,8 +127,8 @@ class Recipe:
         raise ValueError(f"model '{self.NAME}' has no talking-face generation")
 
     def eval_systems(self, model: nn.Module, args) -> list[tuple[str, argparse.Namespace]]:
-        """evaluate.py: one talking-face system per entry, run as ``generate(model, ..., args)``
-        (e.g. MI-flow: one per --mode)."""
+        """evaluate.py: ``(label, args)`` per talking-face system, run as ``generate(model, ...,
+        args)`` (e.g. MI-flow: one per --mode)."""
         return [(self.NAME, args)] if self.GENERATES else []
 
     def eval_density(self, model: nn.Module, args) -> tuple[nn.Module | None, int, list[str]]:
