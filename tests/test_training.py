@@ -160,7 +160,7 @@ def _fake_recipe(fail_from: int, interrupt_at: int | None = None) -> Recipe:
     r = Recipe()
     vars(r).update(
         NAME="fake", Config=_Cfg, validate=lambda c: None,
-        build=lambda c: torch.nn.Conv2d(3, 3, 1),
+        build=lambda c, data=None: torch.nn.Conv2d(3, 3, 1),
         dataset=lambda c, d: ([(torch.rand(3, 4, 4), 0) for _ in range(8)], DataInfo(d)),
         losses=losses, loss_weights=lambda c: {"mse": 1.0},
         sample=lambda m, b, ctx: (b[0], 2),
@@ -223,7 +223,7 @@ def test_low_memory_infinite_gradients_step_nothing(tmp_path: Path) -> None:
     whole step: the weights after the bad steps are the last good ones, bit for bit."""
     built = []
 
-    def build(cfg):
+    def build(cfg, data=None):
         built.append(glow_recipe.build(cfg))
         return built[-1]
 
