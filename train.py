@@ -25,11 +25,22 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from glow.io import CheckpointError  # noqa: E402
+from training import registry  # noqa: E402
+from training.cli import (  # noqa: E402
+    apply_config,
+    checkpoint_values,
+    given_dests,
+    os_error_line,
+    plain_warnings,
+    read_config_file,
+)
+from training.config import TrainConfig, add_dataclass_args, check_fields, from_args  # noqa: E402
+from training.loop import TrainingStopped, train, validate_train  # noqa: E402
+from training.run import Run  # noqa: E402
+
 
 def build_parser(model: str) -> argparse.ArgumentParser:
-    from training import registry
-    from training.config import TrainConfig, add_dataclass_args
-
     recipe = registry.get(model)
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="train.py", description=__doc__.split("\n\n")[0],
@@ -58,19 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--model", default=None)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    from glow.io import CheckpointError
-    from training.cli import (
-        apply_config,
-        checkpoint_values,
-        given_dests,
-        os_error_line,
-        plain_warnings,
-        read_config_file,
-    )
-
     try:
-        from training import registry
-
         file_values = read_config_file(known.config) if known.config else {}
         model = known.model or file_values.get("model") or "glow"
         recipe = registry.get(model)
@@ -81,16 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(model)
     args = parser.parse_args(argv)
 
-    from training.config import TrainConfig, check_fields, from_args
-    from training.loop import TrainingStopped, train, validate_train
-
     try:
         given = given_dests(parser, argv)
         file_values.pop("model", None)
         given |= apply_config(parser, args, file_values, given, f"--config {known.config}")
         if args.resume:  # flags given nowhere continue the saved run's
-            from training.run import Run
-
             source = Run(args.name, args.checkpoint_dir, args.result_dir).resume_source()
             saved = checkpoint_values(source) if source is not None else {}
             dests = {a.dest for a in parser._actions}

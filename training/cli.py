@@ -20,7 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cliargs import os_error_line  # (also imported from here by the scripts and recipes)
+import yaml
+
+from cliargs import (
+    BadValue,
+    os_error_line,  # (also imported from here by the scripts and recipes)
+)
+from faces.io import write_bytes_atomic
+from glow.io import CheckpointError
+
+from .checkpoint import load_checkpoint
 
 
 @contextlib.contextmanager
@@ -73,8 +82,6 @@ def report_errors(job: Callable[[], object], *extra: type[BaseException],
     ``error: ...`` line on stderr and exit status 1, else 0. ``args``: its folder flags are
     checked first (:func:`check_folder_flags`). Warnings meanwhile are one line each
     (:func:`plain_warnings`)."""
-    from glow.io import CheckpointError
-
     try:
         check_folder_flags(args)
         with plain_warnings():
@@ -120,8 +127,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"--config {path}: cannot read it ({exc.strerror})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
@@ -161,8 +166,6 @@ def apply_config(parser: argparse.ArgumentParser, ns: argparse.Namespace, values
             if not isinstance(value, bool):
                 raise ValueError(f"{source}: {key} must be true or false, not {value!r}")
         elif value is not None and action.type is not None:
-            from cliargs import BadValue
-
             try:
                 value = action.type(value)
             except BadValue as exc:  # the message says what is wanted (a whole number, ...)
@@ -183,8 +186,6 @@ def checkpoint_values(path: Path) -> dict[str, Any]:
     plus ``data_dir`` (the absolute data path it recorded)."""
     if not path.is_file():
         return {}
-    from .checkpoint import load_checkpoint
-
     obj = load_checkpoint(path)
     config = obj.get("config", {})
     train = {k: v for k, v in config.get("train", {}).items()
@@ -204,8 +205,6 @@ def claim_output(folder: str | Path, made_by: dict[str, Any], overwrite: bool, e
     fix (``elsewhere``, e.g. "give --name NEW"), so a second job never silently replaces the
     first's output. The record is kept beside the folder (``.NAME.json`` in its parent), never
     inside it."""
-    from faces.io import write_bytes_atomic
-
     folder = Path(folder)
     record = folder.parent / f".{folder.name}.json"
     made_by = {k: (str(v) if isinstance(v, Path) else v) for k, v in made_by.items()}

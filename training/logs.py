@@ -40,10 +40,12 @@ def plot_curves(records: list[dict], path: str | Path, skip: tuple[str, ...] = (
     """One panel per logged term, against the step."""
     if not records:
         return
+    # deferred: matplotlib costs ~0.3 s at start-up (python -X importtime); only the loss
+    # curves draw with it
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: as said above
 
     keys = [k for k in records[-1] if k not in skip and isinstance(records[-1][k], (int, float))]
     if not keys:

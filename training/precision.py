@@ -20,6 +20,8 @@ import argparse
 
 import torch
 
+from glow.precision import cast_conditioners
+
 PRECISIONS = ("auto", "float32", "bf16")
 
 SLOW_CPU_BF16 = ("this CPU has no bf16 support in oneDNN (it needs AVX-512 BF16 or AMX), so "
@@ -115,7 +117,5 @@ def apply_precision(model: torch.nn.Module, dtype: torch.dtype | None, device: t
     """For inference in ``dtype`` (from :func:`resolve_precision`): cast the model's coupling
     conditioners to it (:func:`glow.precision.cast_conditioners`) and set the GPU switches
     (TF32 unless ``tf32=False``; no cuDNN autotuning, since the chunk sizes vary). In place."""
-    from glow.precision import cast_conditioners
-
     set_gpu_switches(device, tf32=tf32, benchmark=False)
     return cast_conditioners(model, dtype)

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import IO, Any
 
+from tqdm import tqdm
+
 
 class PlainProgress:
     """tqdm's small surface (``update``, ``set_postfix``, ``write``, ``close``), as lines."""
@@ -61,8 +63,6 @@ def progress(total: int, desc: str, initial: int = 0, unit: str = "it",
         return None
     file = file if file is not None else sys.stderr
     if getattr(file, "isatty", lambda: False)():
-        from tqdm import tqdm
-
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                     file=file)
     return PlainProgress(total, desc, initial=initial, unit=unit, file=file)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faces.io import read_image
+
 __all__ = ["EventLog", "SKIP_KEYS", "event_files"]
 
 SKIP_KEYS = ("step",)
@@ -34,6 +36,7 @@ class EventLog:
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
         try:
+            # deferred: an optional package (--tensorboard only), ~0.1 s at start-up
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise ValueError("--tensorboard needs the tensorboard package (pip install "
@@ -53,8 +56,6 @@ class EventLog:
 
     def image(self, tag: str, path: str | Path, step: int) -> None:
         """The PNG at ``path`` (a sample grid, as written) as image ``tag`` at ``step``."""
-        from faces.io import read_image
-
         arr = read_image(path)  # the project's one reader
         self.writer.add_image(tag, arr, step, dataformats="HWC")
 
