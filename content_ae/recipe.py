@@ -157,7 +157,7 @@ class ContentAERecipe(Recipe):
 
     NAME = "content-ae"
     Config = Config
-    DDP_EXACT = False  # train.py refuses torchrun with DDP_NOTE (tests/test_ddp.py)
+    DDP_EXACT = False  # train.py refuses torchrun with DDP_NOTE (tests/training/test_ddp.py)
     DDP_NOTE = ("its losses call the sub-networks directly rather than through the DDP wrapper "
                 "and freeze the discriminator mid-step, which DDP's gradient reducer does not "
                 "follow")

@@ -7,7 +7,7 @@ moved, zipped or served as it is. It holds the score tables (rendered from the s
 baselines, loss curves), the command that made it, and the machine and versions.
 
 ``Section`` is one block of the page; :func:`write_html` writes it; :func:`references` lists the
-files a page refers to (the tests check each exists; ``tests/test_html_report.py`` also opens
+files a page refers to (the tests check each exists; ``tests/evaluation/test_html_report.py`` also opens
 the page in headless Chromium).
 """
 

@@ -4,7 +4,7 @@ Nearly all of a Glow's compute is in the coupling conditioners (conv3x3 -> conv1
 ZeroConv): those may run in bf16. The invertible path (ActNorm, the 1x1 convolutions, the
 additive/affine update), the log-determinants and the priors stay float32, so ``x -> z -> x``
 stays exact to float32 rounding plus what a bf16 conditioner gives for inputs that differ by
-float32 rounding (``tests/test_precision.py``: within 1/255 per pixel at the thesis layout;
+float32 rounding (``tests/training/test_precision.py``: within 1/255 per pixel at the thesis layout;
 the whole model under plain bf16 autocast is off by whole pixel ranges).
 
 :func:`cast_conditioners` converts the conditioners' weights once (no per-call cast as autocast

@@ -4,7 +4,7 @@
 ``torchvision.ops``, which imports ``torch._dynamo``: about 1.6 s and 150-165 MiB resident
 (triton included) on a CPU machine, paid by every process that only wants to write a PNG
 (docs/performance.md). The three functions here do what the project used from it, pixel for
-pixel (``tests/test_imageio.py`` compares them with torchvision's):
+pixel (``tests/lrw/test_imageio.py`` compares them with torchvision's):
 
 * :func:`thesis_transform`: ``Resize(size)`` (shorter side, bilinear with antialiasing, as PIL
   resizes), ``CenterCrop(size)``, ``ToTensor`` -> float32 ``[3, size, size]`` in ``[0, 1]``;

@@ -104,7 +104,7 @@ def lean_optimizer(model_cfg) -> bool:
     inside backward, ``step_in_backward``): with ``--low_memory``. Gradients freed and
     re-allocated every step leave glibc holding the old pages (part of -112 MiB peak at the
     thesis config, ``bench/glow_memory.py``). The same numbers either way
-    (``tests/test_training.py``)."""
+    (``tests/training/test_training.py``)."""
     return bool(getattr(model_cfg, "low_memory", False))
 
 

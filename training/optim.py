@@ -6,7 +6,7 @@ every call (to place graph breaks) and ``add_param_group``/``zero_grad``/``state
 ``torch.compile`` both wrappers only call the method, but the import costs about 1.6 s and 75 MiB
 resident (150 MiB with triton) in every training process (docs/performance.md). This subclass
 calls the wrapped methods directly, in the grad mode ``torch.optim`` would set: the same
-arithmetic, state dict and checkpoints as ``torch.optim.Adam`` (``tests/test_training.py``).
+arithmetic, state dict and checkpoints as ``torch.optim.Adam`` (``tests/training/test_training.py``).
 Nothing here compiles an optimiser; code that does should use ``torch.optim.Adam``.
 
 :class:`StepInBackward` steps an optimiser on a few parameters at a time during a low-memory

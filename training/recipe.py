@@ -38,7 +38,7 @@ class Recipe:
     TRAIN_DEFAULTS: dict[str, Any] = {}  # overrides of TrainConfig defaults (thesis values)
     DDP_FIND_UNUSED = False
     # N torchrun processes train what one process with the same global batch trains
-    # (tests/test_ddp.py): per-step randomness from ctx.global_rand / ctx.generator for the
+    # (tests/training/test_ddp.py): per-step randomness from ctx.global_rand / ctx.generator for the
     # global batch, sliced rank::world; what mixes items of the batch from ctx.gather(...).
     # False: torchrun is refused with DDP_NOTE (why).
     DDP_EXACT = True

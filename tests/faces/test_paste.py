@@ -14,7 +14,7 @@ from PIL import Image
 
 from faces.paste import PasteRegion, crop_to_picture, paste_back, region_mask_256
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402
 from training.recipe import Recipe  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A child process that reports how many bytes glibc holds in mmap'd blocks while a 40 MiB
 # buffer is alive (mallinfo2's hblkhd): 0 when large blocks come from the heap.

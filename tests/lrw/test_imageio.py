@@ -11,7 +11,7 @@ from PIL import Image
 
 from lrw.imageio import make_grid, save_image, thesis_transform
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("wh", [(64, 64), (100, 80), (80, 100), (37, 129), (333, 250), (16, 16),

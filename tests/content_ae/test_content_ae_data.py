@@ -25,7 +25,7 @@ from synthface.attributes import (
 )
 from synthface.face import sample_identity
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def preprocess(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ from PIL import Image
 import faces.io as fio
 from faces.io import read_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A grey ramp 0..65535 (16 x 16) and the 8-bit levels it stands for.
 RAMP16 = np.linspace(0, 65535, 256).reshape(16, 16).astype(np.uint16)

@@ -217,7 +217,7 @@ def test_two_torchrun_nodes_train_what_one_process_trains(tmp_path: Path) -> Non
     """Two ``torchrun --nnodes 2`` launches of one process each, meeting through a c10d
     rendezvous on the loopback address (as two machines would through HOST:PORT), form one
     2-process job whose weights equal one process's with the same global batch of 4."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     data = _png_folder(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     endpoint = f"127.0.0.1:{_free_port()}"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import browser  # noqa: E402
 
 from evaluation.html import Section, markdown_to_html, references, write_html  # noqa: E402

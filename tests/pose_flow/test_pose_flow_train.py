@@ -30,7 +30,7 @@ from training.recipe_helpers import dequantised
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
 TINY = dict(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name: str):

@@ -14,7 +14,7 @@ import pytest
 from conftest import noise_images as _data
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("tensorboard")

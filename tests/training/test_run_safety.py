@@ -17,7 +17,7 @@ import torch
 from conftest import noise_images as _data
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train as train_cli  # noqa: E402
 from training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402

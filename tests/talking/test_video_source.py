@@ -21,7 +21,7 @@ from lrw.video import (
     write_video,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402
 from training.recipe import Recipe  # noqa: E402

@@ -21,7 +21,7 @@ from training.loop import train
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from talking import cli as test_cli  # noqa: E402  (test.py is a thin wrapper of it)
 from training.recipe import Recipe  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import noise_images as _data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train as train_cli  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402

@@ -17,7 +17,7 @@ from content_ae.recipe import RECIPE as recipe
 from training.config import TrainConfig
 from training.loop import StepContext, clip_group_gradients, step_generator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--img_size", "16", "--n_down", "3", "--code", "32", "--sep", "4",
         "--e1_widths", "8", "--e2_widths", "8,8", "--dec_widths", "16,8", "--disc_hidden", "16"]
 

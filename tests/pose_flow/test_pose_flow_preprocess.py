@@ -11,7 +11,7 @@ from PIL import Image
 
 from pose_flow.preprocess import landmark_folder, wants
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _preprocess_main():

@@ -29,7 +29,7 @@ from training.loop import StepContext, step_generator
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import train as train_cli  # noqa: E402
 
