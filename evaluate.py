@@ -160,11 +160,12 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
     from evaluation.real import evaluate_real
     from evaluation.report import format_table, write_report
     from evaluation.synthetic import evaluate_synthetic, is_synthetic
-    from talking.inputs import available_queries, available_sources, resolve_checkpoint
+    from talking.inputs import available_queries, available_sources
     from training import registry
     from training.cli import claim_output
     from training.distributed import resolve_device
     from training.precision import apply_precision, precision_name, resolve_precision
+    from training.run import resolve_checkpoint
 
     if not args.checkpoint:
         raise ValueError("--checkpoint is required (or use --compare RUN RUN ...)")

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, say=print) -> dict:
 
     read_manifest(args.root)  # not a synthetic set: say so before loading the model
     device = resolve_device(args.device)
-    model, _, ckpt = load_for_inference(args, device)
+    model, ckpt = load_for_inference(args, device)
     examples: dict[str, list] = {}
     name = args.name or ckpt["config"].get("train", {}).get("name") or "content-ae"
     out = Path(args.result_dir) / "eval" / name

@@ -28,37 +28,12 @@ from cliargs import MAX_GRID, add_no_progress, finite, grid_count, whole
 from faces.io import note_non_square
 from lrw.datasets import load_image
 from lrw.imageio import save_image
+from training import registry
+from training.checkpoint import load_checkpoint
 from training.distributed import resolve_device
-from training.run import Run
+from training.run import Run, resolve_checkpoint
 
 from .model import MASK_POWER, ContentAE
-
-
-def resolve_checkpoint(spec: str, checkpoint_dir: str) -> Path:
-    """A checkpoint path, or a run name meaning ``CHECKPOINT_DIR/NAME/last.pt``."""
-    p = Path(spec)
-    if p.is_file():
-        return p
-    q = Run(spec, checkpoint_dir).last
-    if q.is_file():
-        return q
-    raise ValueError(f"--checkpoint {spec}: neither a file nor a run in {checkpoint_dir}/ "
-                     f"(expected {q}); train one with train.py --model content-ae -n NAME DATA")
-
-
-def load_model(path: Path, device: torch.device) -> tuple[ContentAE, object, dict]:
-    """``(model in eval mode, its Config, the checkpoint)``: every size from the checkpoint,
-    so testing always matches training."""
-    from training.checkpoint import load_checkpoint
-    from training.config import from_dict
-
-    from .recipe import RECIPE
-
-    ckpt = load_checkpoint(path, expect_model=RECIPE.NAME)
-    cfg = from_dict(RECIPE.Config, ckpt["config"]["model"])
-    model = RECIPE.build(cfg)
-    model.load_state_dict(ckpt["weights"])
-    return model.to(device).eval(), cfg, ckpt
 
 
 def load_images(paths: list[Path], size: int, n: int, say=print) -> tuple[Tensor, int]:
@@ -161,25 +136,34 @@ def add_mask_power(p: argparse.ArgumentParser) -> None:
                         f"trained; higher drops its soft fringe; default: {MASK_POWER})")
 
 
-def load_for_inference(args: argparse.Namespace, device: torch.device):
-    """:func:`load_model` from ``--checkpoint``/``--checkpoint_dir`` with ``--mask_power`` set."""
+def load_for_inference(args: argparse.Namespace, device: torch.device) -> tuple[ContentAE, dict]:
+    """The model at ``--checkpoint`` (a file, or a run name meaning CHECKPOINT_DIR/NAME/last.pt)
+    in eval mode with ``--mask_power`` set, and its checkpoint; every size from the checkpoint,
+    so testing always matches training."""
     if not args.mask_power > 0:
         raise ValueError(f"--mask_power {args.mask_power}: give a positive power (1: the mask "
                          "as trained)")
-    model, cfg, ckpt = load_model(resolve_checkpoint(args.checkpoint, args.checkpoint_dir),
-                                  device)
+    recipe = registry.get("content-ae")
+    path = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, recipe.DEFAULT_CHECKPOINT)
+    if not path.is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint}: neither a file nor a run in "
+                         f"{args.checkpoint_dir}/ (expected "
+                         f"{Run(args.checkpoint, args.checkpoint_dir).last}); train one with "
+                         "train.py --model content-ae -n NAME DATA")
+    ckpt = load_checkpoint(path, expect_model=recipe.NAME)
+    model = recipe.from_checkpoint(ckpt, path).to(device).eval()
     model.mask_power = args.mask_power
-    return model, cfg, ckpt
+    return model, ckpt
 
 
 def run(args: argparse.Namespace, say=print) -> dict:
     from .data import find_split, split_paths
 
     device = resolve_device(args.device)
-    model, cfg, ckpt = load_for_inference(args, device)
+    model, ckpt = load_for_inference(args, device)
     name = ckpt["config"].get("train", {}).get("name") or Path(args.checkpoint).stem
     out = Path(args.out) if args.out else Path(args.result_dir) / "transfer" / name
-    size = cfg.img_size
+    size = model.arch.img_size
     result: dict = {"out": out}
     if (args.a is None) != (args.b is None):
         raise ValueError("--a and --b go together (the face with the attribute and the one to "

@@ -213,38 +213,41 @@ def load_glow(path: str | Path, n_flow: int | None = None, n_block: int | None =
     are checked against it, and ``img_size`` (which the weights do not fix) defaults to 64.
     """
     obj = safe_load(path, map_location)
+    given = dict(n_flow=n_flow, n_block=n_block, affine=affine, conv_lu=conv_lu, hidden=hidden)
     if is_ours(obj):
-        if obj.get("model") != "glow":
-            raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, not a Glow one")
-        cfg = dict(obj["config"]["model"]) if "model" in obj["config"] else dict(obj["config"])
-        cfg = {k: cfg[k] for k in ("in_channel", "n_flow", "n_block", "affine", "conv_lu",
-                                   "hidden", "img_size") if k in cfg}
-        given = dict(n_flow=n_flow, n_block=n_block, affine=affine, conv_lu=conv_lu,
-                     hidden=hidden, img_size=img_size)
-        bad = [f"--{k} {v} (the Glow has {cfg[k]})" for k, v in given.items()
-               if v is not None and k in cfg and v != cfg[k]]
-        if bad:
-            raise CheckpointError(f"{path}: architecture mismatch: {', '.join(bad)}; drop the "
-                                  "flag(s), a project Glow checkpoint fixes them")
-        model = Glow(**cfg)
-        img_size = None  # the checkpoint's own
-        state = obj["weights"]
-    else:
-        state = _state_from(obj)
-        if state is None:
-            raise CheckpointError(f"{path}: neither a project checkpoint nor a Glow state dict")
-        state = strip_prefix(state)
-        try:
-            cfg = infer_glow_config(state)
-        except (KeyError, IndexError) as exc:
-            raise CheckpointError(f"{path}: not a Glow state dict (missing {exc})") from None
-        given = dict(n_flow=n_flow, n_block=n_block, affine=affine, conv_lu=conv_lu,
-                     hidden=hidden)
-        bad = [f"{k}={v} (file has {cfg[k]})" for k, v in given.items()
-               if v is not None and v != cfg[k]]
-        if bad:
-            raise CheckpointError(f"{path}: architecture mismatch: {', '.join(bad)}")
-        model = Glow(img_size=img_size or 64, **cfg)
+        return glow_from_checkpoint(obj, path, **given, img_size=img_size)
+    state = _state_from(obj)
+    if state is None:
+        raise CheckpointError(f"{path}: neither a project checkpoint nor a Glow state dict")
+    state = strip_prefix(state)
+    try:
+        cfg = infer_glow_config(state)
+    except (KeyError, IndexError) as exc:
+        raise CheckpointError(f"{path}: not a Glow state dict (missing {exc})") from None
+    bad = [f"{k}={v} (file has {cfg[k]})" for k, v in given.items()
+           if v is not None and v != cfg[k]]
+    if bad:
+        raise CheckpointError(f"{path}: architecture mismatch: {', '.join(bad)}")
+    return _with_weights(Glow(img_size=img_size or 64, **cfg), state, path)
+
+
+def glow_from_checkpoint(obj: dict, path: str | Path = "checkpoint", **given) -> Glow:
+    """The Glow of our checkpoint ``obj`` (read from ``path``) in eval mode; an architecture
+    flag given (not None) that differs from the recorded one is a one-line error."""
+    if obj.get("model") != "glow":
+        raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, not a Glow one")
+    cfg = dict(obj["config"]["model"]) if "model" in obj["config"] else dict(obj["config"])
+    cfg = {k: cfg[k] for k in ("in_channel", "n_flow", "n_block", "affine", "conv_lu",
+                               "hidden", "img_size") if k in cfg}
+    bad = [f"--{k} {v} (the Glow has {cfg[k]})" for k, v in given.items()
+           if v is not None and k in cfg and v != cfg[k]]
+    if bad:
+        raise CheckpointError(f"{path}: architecture mismatch: {', '.join(bad)}; drop the "
+                              "flag(s), a project Glow checkpoint fixes them")
+    return _with_weights(Glow(**cfg), obj["weights"], path)
+
+
+def _with_weights(model: Glow, state: Mapping, path) -> Glow:
     try:
         # The model owns the loaded tensors (cast to its float32), nothing is copied.
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
@@ -252,6 +255,4 @@ def load_glow(path: str | Path, n_flow: int | None = None, n_block: int | None =
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the Glow "
                               f"({str(exc).splitlines()[0]})") from None
-    if img_size is not None:
-        model.img_size = img_size
     return model.eval()

@@ -20,7 +20,7 @@ from training.config import opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, images
 
-from .io import load_glow, recorded_n_bits
+from .io import glow_from_checkpoint, load_glow, recorded_n_bits
 from .likelihood import bits_per_dim
 from .model import Glow
 
@@ -120,6 +120,9 @@ class GlowRecipe(Recipe):
         return model.sample(cfg.n_sample, cfg.temp, generator=g), 10
 
     # Test time: a Glow generates nothing (test.py refuses it); evaluate.py reports its bits/dim.
+
+    def from_checkpoint(self, ckpt: dict, path: str | Path = "checkpoint", args=None) -> Glow:
+        return glow_from_checkpoint(ckpt, path)
 
     def load_for_test(self, args: argparse.Namespace, device: torch.device | str = "cpu") -> Glow:
         """The Glow at ``args.checkpoint`` (ours or a reference/thesis state dict), in eval mode."""

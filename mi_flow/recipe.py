@@ -35,9 +35,10 @@ from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_prefix
 from glow.recipe import GlowFlags
 from glow.recipe import validate as validate_glow_flags
-from training.config import from_dict, opt
+from training.config import opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, images, unwrap
+from training.run import resolve_checkpoint
 
 from .io import is_thesis_state, model_from_thesis_state
 from .model import MIFlow, mouth_window
@@ -91,31 +92,6 @@ def estimator_enabled(cfg: Config) -> bool:
 # Loading (test.py, evaluate.py)
 # ---------------------------------------------------------------------------------------------
 
-def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> MIFlow:
-    """Rebuild the model of one of our checkpoints (``training.checkpoint`` layout)."""
-
-    cfg = from_dict(Config, ckpt["config"]["model"])
-    model = RECIPE.build(cfg)
-    state = ckpt["weights"]
-    if model.mi is None:  # an estimator trained alongside is not needed to generate
-        state = {k: v for k, v in state.items() if not k.startswith("mi.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source}: weights do not fit MI-flow "
-                              f"({str(exc).splitlines()[0]})") from None
-    return model
-
-
-def _checkpoint_path(args) -> Path:
-    for name in ("checkpoint", "ckpt", "mdir"):
-        value = getattr(args, name, None)
-        if value:
-            path = Path(value)
-            return path / RECIPE.DEFAULT_CHECKPOINT if path.is_dir() else path
-    return Path(getattr(args, "checkpoint_dir", "checkpoint")) / RECIPE.DEFAULT_CHECKPOINT
-
-
 MODES = ("thesis", "cond")
 
 
@@ -131,7 +107,7 @@ def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",
         from training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path, map_location, expect_model="mi-flow")
-        return model_from_checkpoint(ckpt, source=str(path)).eval()
+        return RECIPE.from_checkpoint(ckpt, path).eval()
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping) and not is_thesis_state(
@@ -182,6 +158,11 @@ class MIFlowRecipe(Recipe):
                       hidden=cfg.hidden, img_size=cfg.img_size, prior_kept=cfg.prior_kept,
                       mi_estimator=cfg.mi_estimator if estimator_enabled(cfg) else None,
                       mi_hidden=cfg.mi_hidden, mi_cond_pool=cfg.mi_cond_pool)
+
+    def load_weights(self, model: MIFlow, state: dict) -> None:
+        if model.mi is None:  # an estimator trained alongside is not needed to generate
+            state = {k: v for k, v in state.items() if not k.startswith("mi.")}
+        model.load_state_dict(state)
 
     def param_groups(self, model: MIFlow, cfg: Config, train_cfg) -> list[dict]:
         groups = [{"params": model.flow_parameters()}]
@@ -302,8 +283,11 @@ class MIFlowRecipe(Recipe):
     def load_for_test(self, args, device: torch.device | str) -> MIFlow:
         """Our checkpoint or the thesis's state dict at ``args.checkpoint``, in eval mode."""
         no_lu = getattr(args, "no_lu", None)
+        path = resolve_checkpoint(getattr(args, "checkpoint", None),
+                                  getattr(args, "checkpoint_dir", "checkpoint"),
+                                  self.DEFAULT_CHECKPOINT)
         model = load_mi_flow(
-            _checkpoint_path(args), map_location="cpu",
+            path, map_location="cpu",
             n_flow=getattr(args, "n_flow", None), n_block=getattr(args, "n_block", None),
             affine=getattr(args, "affine", None), conv_lu=None if no_lu is None else not no_lu,
             img_size=getattr(args, "img_size", None))

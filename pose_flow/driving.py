@@ -168,8 +168,9 @@ def _grid_cli(argv: list[str]) -> int:
     from PIL import Image
 
     from glow.io import CheckpointError
-    from talking.inputs import TalkingError, resolve_checkpoint
+    from talking.inputs import TalkingError
     from training.distributed import resolve_device
+    from training.run import resolve_checkpoint
 
     from .recipe import RECIPE, load_pose_flow
 

@@ -294,9 +294,10 @@ def write(out: Path, rows: list[dict], details: list[dict], title: str,
 
 def evaluate_cli(argv: list[str]) -> int:
     from glow.io import CheckpointError
-    from talking.inputs import TalkingError, resolve_checkpoint
+    from talking.inputs import TalkingError
     from training.cli import claim_output
     from training.distributed import resolve_device
+    from training.run import resolve_checkpoint
 
     from .recipe import RECIPE, load_pose_flow
     from .synthetic import is_pose_set

@@ -40,9 +40,11 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
-from training.config import from_dict, opt
+from glow.io import CheckpointError
+from training.config import opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
+from training.registry import load_model
 
 from .losses import quadruplet_loss
 from .model import PRIORS, REFERENCES, PoseFlow
@@ -120,29 +122,12 @@ def partner_reference(m: PoseFlow, image: Tensor, lm: Tensor) -> Tensor | None:
 # Test time: test.py (--source / --transfer_grid) and evaluate.py
 # ---------------------------------------------------------------------------------------------
 
-def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> PoseFlow:
-    from glow.io import CheckpointError
-
-    model = RECIPE.build(from_dict(Config, ckpt["config"]["model"]))
-    try:
-        model.load_state_dict(ckpt["weights"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source}: weights do not fit the pose flow "
-                              f"({str(exc).splitlines()[0]})") from None
-    return model
-
-
 def load_pose_flow(path: str | Path, device: torch.device | str = "cpu") -> PoseFlow:
     """Our checkpoint at ``path`` -> the model in eval mode on ``device``."""
-    from glow.io import CheckpointError
-    from training.checkpoint import load_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such checkpoint (train one with `python train.py "
                               "--model pose-flow -n NAME DATA`)")
-    ckpt = load_checkpoint(path, "cpu", expect_model=RECIPE.NAME)
-    return model_from_checkpoint(ckpt, str(path)).to(device).eval()
+    return load_model(path, device, expect=RECIPE.NAME)
 
 
 class PoseFlowRecipe(Recipe):

@@ -5,11 +5,10 @@ from .inputs import (
     TalkingError,
     available_queries,
     available_sources,
-    resolve_checkpoint,
     resolve_query,
     resolve_source,
 )
 from .job import add_common_args, run
 
 __all__ = ["TalkingError", "add_common_args", "available_queries", "available_sources",
-           "resolve_checkpoint", "resolve_query", "resolve_source", "run"]
+           "resolve_query", "resolve_source", "run"]

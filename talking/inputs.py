@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from faces.io import ImageReadError, open_rgb
-from training.run import Run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 25.0
@@ -136,24 +135,6 @@ def read_rgb(path: Path, size: int | None = THESIS_SIZE) -> np.ndarray:
     if size is not None and im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)
     return np.asarray(im).copy()
-
-
-def resolve_checkpoint(value: str | None, checkpoint_dir: str | Path, default: str) -> Path:
-    """``--checkpoint``: a file path, or a run name (CHECKPOINT_DIR/NAME/last.pt); default
-    CHECKPOINT_DIR/DEFAULT. A missing file is left for the loader to report."""
-    ckdir = Path(checkpoint_dir)
-    if value is None:
-        return ckdir / default
-    p = Path(value)
-    if p.is_file():
-        return p
-    last = Run(value, ckdir).last
-    for cand in (last, ckdir / value):
-        if cand.is_file():
-            return cand
-    if p.suffix or "/" in value or "\\" in value:
-        return p
-    return last
 
 
 def load_alignment(query_path: Path) -> tuple[np.ndarray, np.ndarray]:

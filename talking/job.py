@@ -32,8 +32,9 @@ from training.cli import claim_output
 from training.distributed import resolve_device
 from training.precision import add_precision_args, apply_precision, resolve_precision
 from training.recipe import Recipe
+from training.run import resolve_checkpoint
 
-from .inputs import TalkingError, read_rgb, resolve_checkpoint, resolve_query, resolve_source
+from .inputs import TalkingError, read_rgb, resolve_query, resolve_source
 
 GRID_FRAMES = 8
 

@@ -136,9 +136,7 @@ def load(files: dict[str, Path]) -> dict:
     """Each checkpoint in ``files`` (run name -> file; ``ad_flow_glow``: the Glow AD-flow was
     trained on) loaded as the shared jobs load it (outside inference mode, as ``talking.job``
     does)."""
-    from content_ae.transfer import load_model as load_content_ae
     from glow.io import skip_init
-    from pose_flow.recipe import load_pose_flow
     from training import registry
 
     models = {"glow": registry.get("glow").load_for_test(
@@ -151,10 +149,10 @@ def load(files: dict[str, Path]) -> dict:
             argparse.Namespace(checkpoint=str(files["mi_flow"])), "cpu")
     for arch in ("original", "improved"):
         name = f"content_ae_{arch}"
-        models[name] = load_content_ae(files[name], torch.device("cpu"))[0]
+        models[name] = registry.load_model(files[name])
     for ref in ("none", "warp"):
         name = f"pose_flow_{ref}"
-        models[name] = load_pose_flow(files[name])
+        models[name] = registry.load_model(files[name])
     return models
 
 

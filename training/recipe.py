@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import from_dict
+
 if TYPE_CHECKING:  # annotations only: importing the registry stays free of torch
     import torch
     from torch import Tensor, nn
@@ -112,6 +114,24 @@ class Recipe:
 
     def add_test_args(self, parser: argparse.ArgumentParser) -> None:
         """The model's flags in test.py and evaluate.py."""
+
+    def from_checkpoint(self, ckpt: dict, path: str | Path = "checkpoint",
+                        args: argparse.Namespace | None = None) -> nn.Module:
+        """The model of our checkpoint ``ckpt`` (read from ``path``; ``training.checkpoint``
+        layout) rebuilt from its recorded config, on the CPU, as built; ``args``: test flags."""
+        from glow.io import CheckpointError  # deferred: the registry stays free of torch
+
+        model = self.build(from_dict(self.Config, ckpt["config"]["model"]))
+        try:
+            self.load_weights(model, ckpt["weights"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit {self.NAME} "
+                                  f"({str(exc).splitlines()[0]})") from None
+        return model
+
+    def load_weights(self, model: nn.Module, state: dict) -> None:
+        """``state`` (a checkpoint's weights) into the model ``build`` made."""
+        model.load_state_dict(state)
 
     def load_for_test(self, args: argparse.Namespace, device) -> nn.Module:
         """``args.checkpoint`` in eval mode on ``device``."""

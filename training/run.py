@@ -99,6 +99,25 @@ class Run:
         return RunLock(self.checkpoints, self.name)
 
 
+def resolve_checkpoint(value: str | None, checkpoint_dir: str | Path, default: str) -> Path:
+    """``--checkpoint``: a file path, or a run name (CHECKPOINT_DIR/NAME/last.pt), or a folder
+    holding DEFAULT; default CHECKPOINT_DIR/DEFAULT. A missing file is left for the loader to
+    report."""
+    ckdir = Path(checkpoint_dir)
+    if value is None:
+        return ckdir / default
+    p = Path(value)
+    if p.is_file():
+        return p
+    last = Run(value, ckdir).last
+    for cand in (last, ckdir / value):
+        if cand.is_file():
+            return cand
+    if p.suffix or "/" in value or "\\" in value:
+        return p / default if p.is_dir() else p
+    return last
+
+
 class RunLock:
     """The lock of one run folder (see the module docstring). Use as a context manager, or
     :meth:`acquire` / :meth:`release`. ``stale`` is set after :meth:`acquire` to a one-line

@@ -14,10 +14,11 @@ from PIL import Image
 from ad_flow.recipe import RECIPE as ad
 from glow import Glow
 from lrw.video import read_video
-from talking import TalkingError, resolve_checkpoint, resolve_query, resolve_source
+from talking import TalkingError, resolve_query, resolve_source
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.loop import train
+from training.run import resolve_checkpoint
 
 DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
 
