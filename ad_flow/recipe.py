@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -388,26 +388,25 @@ class ADFlowRecipe(Recipe):
             if obj.get("model") != self.NAME:
                 raise CheckpointError(f"{path}: a '{obj.get('model')}' checkpoint, expected "
                                       f"'{self.NAME}' (use --model {obj.get('model')})")
-            return self.from_checkpoint(obj, path, args).to(device).eval()
-        if not is_thesis_checkpoint(obj):
+        elif is_thesis_checkpoint(obj):
+            state, facts = convert(obj, str(path))
+            cfg = Config(encoder=facts["encoder"], encoder_target=facts["target"],
+                         img_size=facts["img_size"] or 64, n_classes=facts["n_classes"] or 500,
+                         cls_hidden=",".join(map(str, facts["hidden"] or [2048, 1024])))
+            obj = {"config": {"model": asdict(cfg)}, "weights": state}
+        else:
             raise CheckpointError(f"{path}: neither an AD-flow checkpoint of this project nor the "
                                   "thesis's (a dict with 'f_encoder')")
-        state, facts = convert(obj, str(path))
-        cfg = Config(encoder=facts["encoder"], encoder_target=facts["target"],
-                     img_size=facts["img_size"] or 64, n_classes=facts["n_classes"] or 500,
-                     cls_hidden=",".join(map(str, facts["hidden"] or [2048, 1024])))
-        return self._with_glow(cfg, state, {}, None, path, args).to(device).eval()
+        return self.from_checkpoint(obj, path, args).to(device).eval()
 
     def from_checkpoint(self, ckpt: dict, path: str | Path = "checkpoint",
                         args=None) -> ADFlow:
         """With its Glow: ``args.glow``, else the one the checkpoint records (``glow_path``)."""
-        extra = ckpt.get("extra", {})
-        return self._with_glow(from_dict(Config, ckpt["config"]["model"]), ckpt["weights"],
-                               dict(extra.get("glow", {})), extra.get("words"), Path(path),
-                               args or argparse.Namespace(checkpoint=str(path)))
-
-    def _with_glow(self, cfg: Config, state: dict, recorded: dict, words, path: Path,
-                   args) -> ADFlow:
+        args, path = args or argparse.Namespace(checkpoint=str(path)), Path(path)
+        cfg = from_dict(Config, ckpt["config"]["model"])
+        state = ckpt["weights"]
+        recorded = dict(ckpt.get("extra", {}).get("glow", {}))
+        words = ckpt.get("extra", {}).get("words")
         cfg.n_flow = getattr(args, "n_flow", None)
         cfg.n_block = getattr(args, "n_block", None)
         cfg.affine = bool(getattr(args, "affine", False))

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 
 from cliargs import MAX_SIZE, add_no_progress, check_fits, image_size, nonnegative
+from training.registry import load_model
+from training.run import resolve_checkpoint
 
 from .data import REASONS, landmark_path, read_landmarks
 
@@ -91,9 +93,7 @@ def load_for_test(args, device):
     """The model, plus the query's and the source frames' landmarks kept on ``args``."""
     from talking.inputs import resolve_query, resolve_source
 
-    from .recipe import load_pose_flow
-
-    model = load_pose_flow(args.checkpoint, device)
+    model = load_model(args.checkpoint, device, expect="pose-flow")
     query_path, _ = resolve_query(args.query, args.image_dir)
     source = resolve_source(args.source, args.image_dir)
     frames = source.frames[: args.max_frames] if args.max_frames else source.frames
@@ -170,9 +170,8 @@ def _grid_cli(argv: list[str]) -> int:
     from glow.io import CheckpointError
     from talking.inputs import TalkingError
     from training.distributed import resolve_device
-    from training.run import resolve_checkpoint
 
-    from .recipe import RECIPE, load_pose_flow
+    from .recipe import RECIPE
 
     p = argparse.ArgumentParser(prog="test.py --model pose-flow --transfer_grid",
                                 description="Pose-transfer grid: blank + targets on top, one "
@@ -201,8 +200,8 @@ def _grid_cli(argv: list[str]) -> int:
     try:
         check_folder_flags(a)
         device = resolve_device(a.device)
-        model = load_pose_flow(resolve_checkpoint(a.checkpoint, a.checkpoint_dir,
-                                                  RECIPE.DEFAULT_CHECKPOINT), device)
+        model = load_model(resolve_checkpoint(a.checkpoint, a.checkpoint_dir,
+                                              RECIPE.DEFAULT_CHECKPOINT), device, expect=RECIPE.NAME)
         srcs, tgts = (_images_in(Path(d)) for d in a.transfer_grid)
         from faces.io import note_non_square
 

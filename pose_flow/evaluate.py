@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from cliargs import add_no_progress, positive_int
-from training.run import Run
+from training.registry import load_model
+from training.run import Run, resolve_checkpoint
 
 COLUMNS = (("psnr", "PSNR dB ↑", 2), ("ssim", "SSIM ↑", 4), ("l1", "L1 ↓", 4),
            ("lm_err", "landmark err ↓", 4), ("id_dist", "identity dist ↓", 3),
@@ -297,9 +298,8 @@ def evaluate_cli(argv: list[str]) -> int:
     from talking.inputs import TalkingError
     from training.cli import claim_output
     from training.distributed import resolve_device
-    from training.run import resolve_checkpoint
 
-    from .recipe import RECIPE, load_pose_flow
+    from .recipe import RECIPE
     from .synthetic import is_pose_set
 
     p = argparse.ArgumentParser(prog="evaluate.py --model pose-flow",
@@ -363,7 +363,7 @@ def evaluate_cli(argv: list[str]) -> int:
                       "data": [str(Path(d).resolve()) for d in a.data],
                       "sources": a.source, "queries": a.query}, a.overwrite,
                      "give --name NEW to keep both")
-        model = load_pose_flow(ckpt, device)
+        model = load_model(ckpt, device, expect=RECIPE.NAME)
         scorer = FaceScorer() if a.dlib or a.source else None
         rows, details = [], []
         examples: dict[str, list] = {}

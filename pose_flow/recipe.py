@@ -40,11 +40,9 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
-from glow.io import CheckpointError
 from training.config import opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
-from training.registry import load_model
 
 from .losses import quadruplet_loss
 from .model import PRIORS, REFERENCES, PoseFlow
@@ -121,14 +119,6 @@ def partner_reference(m: PoseFlow, image: Tensor, lm: Tensor) -> Tensor | None:
 # ---------------------------------------------------------------------------------------------
 # Test time: test.py (--source / --transfer_grid) and evaluate.py
 # ---------------------------------------------------------------------------------------------
-
-def load_pose_flow(path: str | Path, device: torch.device | str = "cpu") -> PoseFlow:
-    """Our checkpoint at ``path`` -> the model in eval mode on ``device``."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such checkpoint (train one with `python train.py "
-                              "--model pose-flow -n NAME DATA`)")
-    return load_model(path, device, expect=RECIPE.NAME)
-
 
 class PoseFlowRecipe(Recipe):
     """The pose flow: a conditional flow re-posing a face to other landmarks."""
