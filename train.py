@@ -25,13 +25,13 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from cliargs import error_exit  # noqa: E402
 from glow.io import CheckpointError  # noqa: E402
 from training import registry  # noqa: E402
 from training.cli import (  # noqa: E402
     apply_config,
     checkpoint_values,
     given_dests,
-    os_error_line,
     plain_warnings,
     read_config_file,
 )
@@ -109,12 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{data_dir}: no such folder (give the folder of training frames)")
         with plain_warnings():
             summary = train(recipe, mcfg, tcfg, data_dir)
-    except (ValueError, CheckpointError, TrainingStopped) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a full disk, a file where a folder belongs, no permission
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
+    # an OSError: a full disk, a file where a folder belongs, no permission
+    except (ValueError, CheckpointError, TrainingStopped, OSError) as exc:
+        return error_exit(exc)
     if summary.get("interrupted"):
         return 130
     last = summary.get("last", {})

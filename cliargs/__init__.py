@@ -22,6 +22,7 @@ import argparse
 import errno
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,10 @@ def os_error_line(exc: OSError) -> str:
         return f"{where or 'a file'}: permission denied; give a path you can read and write"
     reason = exc.strerror or str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"{where}: {reason}" if where else str(reason)
+
+
+def error_exit(exc: BaseException) -> int:
+    """Report a failed job: one ``error: ...`` line on stderr (an ``OSError`` as
+    :func:`os_error_line` says it), and the exit status 1."""
+    print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
+    return 1

@@ -19,11 +19,17 @@ swaps A and B.
 from __future__ import annotations
 
 import csv
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cliargs import add_no_progress, image_size, model_size, nonnegative_int, positive_int
+from cliargs import (
+    add_no_progress,
+    error_exit,
+    image_size,
+    model_size,
+    nonnegative_int,
+    positive_int,
+)
 
 CELEBA_ATTRS = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
@@ -351,12 +357,6 @@ def cli(argv: list[str]) -> int:
                 raise ValueError("--attr_from FILE.csv takes exactly one PHOTO_FOLDER")
             convert_folder(args.attr_from, args.paths[0], args.out, negate=args.negate,
                            size=args.size)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        from training.cli import os_error_line
-
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as exc:
+        return error_exit(exc)
     return 0

@@ -111,7 +111,3 @@ class PairDataset(Dataset):
         """Both sides' unreadable files go to ``path`` (``FrameDataset.record_unreadable``)."""
         self.a.record_unreadable(path)
         self.b.record_unreadable(path)
-
-    def unreadable_summary(self) -> str:
-        """:meth:`skipped_summary` (the training loop reports it at the end of a run)."""
-        return self.skipped_summary()

@@ -146,10 +146,6 @@ class _SkippingDataset(Dataset):
             return ""
         return f"skipped {n} unreadable frame{'s' if n != 1 else ''} (first: {self._skips.first})"
 
-    def unreadable_summary(self) -> str:
-        """:meth:`skipped_summary` (the training loop reports it at the end of a run)."""
-        return self.skipped_summary()
-
 
 class FrameDataset(_SkippingDataset):
     """Single frames: items ``(image [3, H, W] float32 in [-0.5, 0.5], label int)``.

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cliargs import add_no_progress, image_size, model_size, os_error_line, positive_int, seed
+from cliargs import add_no_progress, error_exit, image_size, model_size, positive_int, seed
 from faces.align import alignment_params, similarity_matrix
 from faces.io import write_bytes_atomic
 from faces.sequence import smooth_params
@@ -555,12 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           query_size=args.query_size, workers=args.workers, hard=args.hard)
     try:
         generate(cfg, force=args.force)
-    except ValueError as e:  # the job failed: 1, as every script (2 is argparse's usage error)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:  # 1, as every script (2: argparse's usage error)
+        return error_exit(e)
     return 0
 
 

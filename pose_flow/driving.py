@@ -14,14 +14,13 @@ synthetic sets), else from dlib; an image with neither is a one-line error namin
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from cliargs import MAX_SIZE, add_no_progress, check_fits, image_size, nonnegative
+from cliargs import MAX_SIZE, add_no_progress, check_fits, error_exit, image_size, nonnegative
 from training.registry import load_model
 from training.run import resolve_checkpoint
 
@@ -195,7 +194,7 @@ def _grid_cli(argv: list[str]) -> int:
                         "in memory, checked before it is made)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
-    from training.cli import check_folder_flags, os_error_line
+    from training.cli import check_folder_flags
 
     try:
         check_folder_flags(a)
@@ -217,12 +216,8 @@ def _grid_cli(argv: list[str]) -> int:
         from faces.io import save_pil
 
         save_pil(Image.fromarray(grid), out)
-    except (ValueError, CheckpointError, TalkingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
+    except (ValueError, CheckpointError, TalkingError, OSError) as exc:
+        return error_exit(exc)
     print(f"{len(srcs)} sources x {len(tgts)} targets -> {out}")
     return 0
 

@@ -23,13 +23,12 @@ import argparse
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cliargs import add_no_progress, positive_int
+from cliargs import add_no_progress, error_exit, positive_int
 from training.registry import load_model
 from training.run import Run, resolve_checkpoint
 
@@ -341,7 +340,7 @@ def evaluate_cli(argv: list[str]) -> int:
                         "(a one-line note says so)")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     a = p.parse_args(argv)
-    from training.cli import check_folder_flags, os_error_line
+    from training.cli import check_folder_flags
 
     try:
         check_folder_flags(a)
@@ -387,12 +386,8 @@ def evaluate_cli(argv: list[str]) -> int:
         table = write(Path(a.result_dir) / "eval" / name, rows, details,
                       f"pose-flow evaluation: {name}", notes)
         report = _html(table.parent, name, examples, a, ckpt, argv)
-    except (ValueError, CheckpointError, TalkingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
+    except (ValueError, CheckpointError, TalkingError, OSError) as exc:
+        return error_exit(exc)
     print(format_table(rows))
     print(f"-> {table}\nreport: {report}")
     return 0

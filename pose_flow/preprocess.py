@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cliargs import add_no_progress, image_size, positive_int
+from cliargs import add_no_progress, image_size, os_error_line, positive_int
 
 from .data import IMAGE_EXTENSIONS, landmark_path, read_landmarks
 
@@ -255,8 +255,6 @@ def cli(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        from training.cli import os_error_line
-
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
 

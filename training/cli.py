@@ -24,7 +24,7 @@ import yaml
 
 from cliargs import (
     BadValue,
-    os_error_line,  # (also imported from here by the scripts and recipes)
+    error_exit,
 )
 from faces.io import write_bytes_atomic
 from glow.io import CheckpointError
@@ -86,12 +86,8 @@ def report_errors(job: Callable[[], object], *extra: type[BaseException],
         check_folder_flags(args)
         with plain_warnings():
             job()
-    except (ValueError, CheckpointError, *extra) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
+    except (ValueError, CheckpointError, *extra, OSError) as exc:
+        return error_exit(exc)
     return 0
 
 
