@@ -424,9 +424,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from training import registry
 
-        code = registry.get(known.model).evaluate_cli(argv) if known.compare is None else None
-        if code is not None:  # a recipe with its own evaluation
-            return int(code)
+        job = registry.get(known.model).EVAL_JOB if known.compare is None else "talking"
+        if job == "attribute":
+            from evaluation import attribute
+
+            return attribute.main(argv)
+        if job == "pose":
+            from evaluation import pose
+
+            return pose.main(argv)
     except ValueError as exc:
         if known.compare is None:
             print(f"error: {exc}", file=sys.stderr)

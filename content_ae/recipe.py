@@ -156,6 +156,8 @@ class ContentAERecipe(Recipe):
     """The content-disentanglement auto-encoder (two players, one optimiser step)."""
 
     NAME = "content-ae"
+    TEST_JOB = "transfer"
+    EVAL_JOB = "attribute"
     Config = Config
     DDP_EXACT = False  # train.py refuses torchrun with DDP_NOTE (tests/training/test_ddp.py)
     DDP_NOTE = ("its losses call the sub-networks directly rather than through the DDP wrapper "
@@ -272,16 +274,6 @@ class ContentAERecipe(Recipe):
         from .cli import translate
 
         return translate(argv, TRAIN_ALIASES)
-
-    def test_cli(self, argv: list[str]) -> int:
-        from .transfer import main
-
-        return main(argv)
-
-    def evaluate_cli(self, argv: list[str]) -> int:
-        from .evaluate import main
-
-        return main(argv)
 
 
 RECIPE = ContentAERecipe()

@@ -124,6 +124,8 @@ class PoseFlowRecipe(Recipe):
     """The pose flow: a conditional flow re-posing a face to other landmarks."""
 
     NAME = "pose-flow"
+    TRANSFER_GRID = True
+    EVAL_JOB = "pose"
     Config = Config
     DEFAULT_CHECKPOINT = "pose-flow.pt"
     GENERATES = True
@@ -283,16 +285,6 @@ class PoseFlowRecipe(Recipe):
         from .driving import generate as gen
 
         return gen(model, query, mix, source, args)
-
-    def test_cli(self, argv: list[str]) -> int:
-        from .driving import test_cli as cli
-
-        return cli(argv)
-
-    def evaluate_cli(self, argv: list[str]) -> int:
-        from .evaluate import evaluate_cli as cli
-
-        return cli(argv)
 
 
 RECIPE = PoseFlowRecipe()

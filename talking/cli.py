@@ -1,7 +1,7 @@
 """The logic of ``test.py`` (the thesis's script name, kept for users), importable as
 ``talking.cli``: ``test.py`` at the top level shadows the standard library's ``test`` package, so
-nothing should have to import it. A recipe with its own test job (``test_cli(argv)``) gets the
-whole argv.
+nothing should have to import it. The recipe names the job (``TEST_JOB``, ``TRANSFER_GRID``);
+the job owns the command line and calls the recipe's test-time hooks.
 """
 
 from __future__ import annotations
@@ -46,9 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         from training import registry
 
         recipe = registry.get(known.model)
-        code = recipe.test_cli(argv)  # a recipe with its own test job (e.g. a transfer grid)
-        if code is not None:
-            return int(code)
+        if recipe.TEST_JOB == "transfer":
+            from talking import transfer
+
+            return transfer.main(argv)
+        if any(a.split("=")[0] == "--transfer_grid" for a in argv):
+            if not recipe.TRANSFER_GRID:
+                raise ValueError(f"--transfer_grid: model '{known.model}' has no transfer grid "
+                                 "(pose-flow has one)")
+            from talking import pose_grid
+
+            return pose_grid.main(argv)
         if not recipe.GENERATES:
             raise ValueError(f"model '{known.model}' has no talking-face generation")
     except ValueError as exc:

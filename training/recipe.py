@@ -102,15 +102,14 @@ class Recipe:
         """train.py: the model's own flag aliases."""
         return argv
 
-    # -- test time ------------------------------------------------------------------------------
+    # -- test time: test.py and evaluate.py own the command line and run the shared job named
+    # here (talking/, evaluation/), which calls the hooks below ---------------------------------
 
-    def test_cli(self, argv: list[str]) -> int | None:
-        """test.py's whole argv for a model with its own test job; None: the shared job."""
-        return None
-
-    def evaluate_cli(self, argv: list[str]) -> int | None:
-        """evaluate.py's whole argv (not with --compare); None: the shared evaluation."""
-        return None
+    TEST_JOB = "talking"  # test.py: "talking" (a query driven by a source, through generate)
+    #                      or "transfer" (an attribute transfer grid, talking.transfer)
+    TRANSFER_GRID = False  # test.py --transfer_grid SOURCES TARGETS (talking.pose_grid)
+    EVAL_JOB = "talking"  # evaluate.py: "talking", "attribute" (evaluation.attribute) or
+    #                      "pose" (evaluation.pose)
 
     def add_test_args(self, parser: argparse.ArgumentParser) -> None:
         """The model's flags in test.py and evaluate.py."""
