@@ -9,6 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training import registry
+from training.cli import report_errors
+
+from . import pose_grid, transfer
+from .job import add_common_args, run
+
 USAGE = """Make a query face talk with a source sequence's mouth motion (AD-flow, MI-flow).
 
 Examples:
@@ -23,9 +29,6 @@ Use `python test.py --model NAME --help` to list that model's flags.
 
 
 def build_parser(model: str) -> argparse.ArgumentParser:
-    from talking import add_common_args
-    from training import registry
-
     recipe = registry.get(model)
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="test.py", description=USAGE.split("\n\n")[0],
@@ -43,19 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--model", default="ad-flow")
     known, _ = pre.parse_known_args(argv)
     try:
-        from training import registry
-
         recipe = registry.get(known.model)
         if recipe.TEST_JOB == "transfer":
-            from talking import transfer
-
             return transfer.main(argv)
         if any(a.split("=")[0] == "--transfer_grid" for a in argv):
             if not recipe.TRANSFER_GRID:
                 raise ValueError(f"--transfer_grid: model '{known.model}' has no transfer grid "
                                  "(pose-flow has one)")
-            from talking import pose_grid
-
             return pose_grid.main(argv)
         if not recipe.GENERATES:
             raise ValueError(f"model '{known.model}' has no talking-face generation")
@@ -63,10 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     args = build_parser(known.model).parse_args(argv)
-
-    from talking import run
-    from training.cli import report_errors
-
     return report_errors(lambda: run(args, recipe), args=args)
 
 

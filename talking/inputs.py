@@ -5,6 +5,8 @@ and how to make what is missing."""
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +14,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faces.io import ImageReadError, open_rgb
+from faces.io import ImageReadError, open_rgb, read_image, write_bytes_atomic
+from faces.landmarks import ModelFileError, shared_detector
+from lrw.video import has_audio
+
+from .video_source import RECORD, open_frames, write_sequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 25.0
 THESIS_SIZE = 256  # query and source frames are brought to 256 x 256, as the thesis did
+CACHE_DIR = ".video"  # test.py --source VIDEO: IMAGE_DIR/source_img/.video/ holds the crops
+CACHE_VERSION = 1
 
 
 class TalkingError(ValueError):
@@ -98,11 +106,9 @@ def resolve_source(name: str, image_dir: str | Path, progress: bool = False,
 
     A video file (any container ffmpeg reads) is detected, aligned and cropped as
     ``preprocess.py --source`` does, once: the crops are cached under
-    IMAGE_DIR/source_img/.video/ (see :mod:`talking.video_source`)."""
+    IMAGE_DIR/source_img/.video/ (:func:`video_source`)."""
     folder = Path(name)
     if folder.is_file() and not _is_image(folder):
-        from .video_source import video_source
-
         return video_source(folder, image_dir, progress=progress, say=say)
     if not folder.is_dir() or not any(map(_is_image, folder.iterdir())):
         folder = Path(image_dir) / "source_img" / name
@@ -142,8 +148,6 @@ def load_alignment(query_path: Path) -> tuple[np.ndarray, np.ndarray]:
     crop pixels at 256 to photo pixels, from the record ``NAME_SIZE.json`` that ``preprocess.py
     PHOTO`` writes beside ``NAME_SIZE.jpg``. One-line :class:`TalkingError` when the record or
     the photo is missing or the photo changed size."""
-    import json
-
     record_path = Path(query_path).with_suffix(".json")
     how = ("align the original photo with `python preprocess.py PHOTO` (it writes "
            "ref_img/NAME_256.jpg and the record NAME_256.json)")
@@ -165,8 +169,6 @@ def load_alignment(query_path: Path) -> tuple[np.ndarray, np.ndarray]:
     if photo_path is None:
         raise TalkingError(f"--full_frame: the original photo {absolute or rel} (recorded in "
                            f"{record_path}) is missing; put it back there or {how}")
-    from faces.io import read_image
-
     try:
         photo = read_image(photo_path)
     except ValueError as exc:
@@ -177,3 +179,65 @@ def load_alignment(query_path: Path) -> tuple[np.ndarray, np.ndarray]:
                            f"aligned; {how}")
     to_crop256 = np.vstack([matrix * (256.0 / crop_size), [0.0, 0.0, 1.0]])
     return photo, np.linalg.inv(to_crop256)[:2]
+
+
+def _stamp(video: Path) -> dict:
+    st = video.stat()
+    return {"version": CACHE_VERSION, "video": str(video.resolve()), "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def cache_folder(video: Path, image_dir: str | Path) -> Path:
+    """Where ``test.py --source VIDEO`` keeps the video's crops:
+    ``IMAGE_DIR/source_img/.video/STEM-HASH`` (HASH: of the video's absolute path)."""
+    key = hashlib.blake2s(str(video.resolve()).encode(), digest_size=4).hexdigest()
+    return Path(image_dir) / "source_img" / CACHE_DIR / f"{video.stem}-{key}"
+
+
+def video_source(video: str | Path, image_dir: str | Path, progress: bool = False,
+                 say=print, detect_width: int = 640, detect_every: int = 2,
+                 smooth: int = 5) -> Source:
+    """A video file as a driving sequence: detect, smooth and crop as ``preprocess.py
+    --source`` does, once; later runs reuse the cached crops while the file is unchanged.
+    Frames without a face take their neighbours' geometry (counted and reported). Raises
+    :class:`TalkingError` (one line) for an unreadable or truncated video or one where no
+    frame has a face."""
+    video = Path(video)
+    folder = cache_folder(video, image_dir)
+    stamp = _stamp(video)
+    record = folder / RECORD
+    rec = None
+    if record.is_file():
+        try:
+            rec = json.loads(record.read_text())
+        except (OSError, ValueError):
+            rec = None
+    if rec is None or any(rec.get(k) != v for k, v in stamp.items()):
+        try:
+            src = open_frames(video)
+            audio = has_audio(video)
+            detector = shared_detector(None, detect_width=detect_width)
+            say(f"{video}: finding the face in every frame (once; the crops are kept in "
+                f"{folder})")
+            rec = dict(stamp, fps=src.fps or DEFAULT_FPS, fps_known=src.fps is not None,
+                       audio=audio)
+            plan = write_sequence(src, folder, 256, smooth, detect_every, detector=detector,
+                                  progress=progress, landmarks=True, extra=None)
+            rec.update(frames=plan.report.frames, missing=plan.report.missing,
+                       missing_frames=plan.report.missing_frames[:50],
+                       summary=plan.report.summary())
+            write_bytes_atomic(record, (json.dumps(rec, indent=1) + "\n").encode())
+        except ModelFileError as exc:
+            raise TalkingError(str(exc)) from None
+        except ValueError as exc:
+            msg = str(exc) if str(video) in str(exc) else f"{video}: {exc}"
+            raise TalkingError(f"--source {msg}") from None
+    frames = sorted((p for p in folder.iterdir() if _is_image(p)), key=_frame_key)
+    if len(frames) != rec.get("frames"):
+        raise TalkingError(f"--source {video}: the cached crops in {folder} are incomplete; "
+                           "delete that folder and run again")
+    if rec.get("missing"):
+        say(f"note: {video}: {rec['missing']} of {rec['frames']} frames without a face took "
+            "their neighbours' geometry")
+    return Source(video.stem, folder, frames, float(rec["fps"]), bool(rec["fps_known"]),
+                  video=video, audio=video if rec.get("audio") else None)

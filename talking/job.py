@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+import faces.io
 from cliargs import (
     MAX_SIZE,
     add_no_progress,
@@ -28,13 +29,19 @@ from cliargs import (
     positive,
     positive_int,
 )
+from faces.blend import mouth_mix
+from faces.io import ImageReadError, write_image
+from faces.paste import PasteRegion, paste_back
+from glow.io import skip_init
+from lrw.video import VideoWriter, has_audio
 from training.cli import claim_output
 from training.distributed import resolve_device
 from training.precision import add_precision_args, apply_precision, resolve_precision
+from training.progress import progress
 from training.recipe import Recipe
 from training.run import resolve_checkpoint
 
-from .inputs import TalkingError, read_rgb, resolve_query, resolve_source
+from .inputs import TalkingError, load_alignment, read_rgb, resolve_query, resolve_source
 
 GRID_FRAMES = 8
 
@@ -132,8 +139,6 @@ def model_inputs(query256: np.ndarray, frames256: list[np.ndarray], size: int,
     source). ``mixes256``: when given, the 256 px mixes are appended to it (the source
     frames themselves for "none").
     """
-    from faces.blend import mouth_mix
-
     if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; choose one of {', '.join(BLENDS)}")
     src_t = to_tensor(frames256, size).to(device)
@@ -199,10 +204,6 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
     Frames are written under a temporary name and renamed, the video under a temporary name
     and moved into place at the end: an interrupted job leaves whole frames and no video.
     """
-    from faces.io import write_image
-    from faces.paste import PasteRegion, paste_back
-    from lrw.video import VideoWriter
-
     t0 = time.perf_counter()
     if args.batch < 1:
         raise TalkingError(f"--batch {args.batch}: must be at least 1")
@@ -218,8 +219,6 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
     query_path, query_name = resolve_query(args.query, args.image_dir)
     photo, crop_to_photo = (None, None)
     if full_frame:
-        from .inputs import load_alignment
-
         photo, crop_to_photo = load_alignment(query_path)
     source = resolve_source(args.source, args.image_dir,
                             progress=getattr(args, "progress", True), say=say)
@@ -228,8 +227,6 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
     fps = args.fps if args.fps else source.fps
     audio = source.audio
     if getattr(args, "audio", None):
-        from lrw.video import has_audio
-
         audio = Path(args.audio)
         if not audio.is_file():
             raise TalkingError(f"--audio {audio}: no such file")
@@ -246,8 +243,6 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
                                              recipe.DEFAULT_CHECKPOINT))
     device = resolve_device(args.device)
     precision = resolve_precision(getattr(args, "precision", "auto"), device)
-
-    from glow.io import skip_init
 
     with skip_init():  # the Glow's weights come from the checkpoint: no random init first
         model = recipe.load_for_test(args, device)
@@ -291,8 +286,6 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
 
     bar = None
     if getattr(args, "progress", True):
-        from training.progress import progress
-
         bar = progress(n, f"{source.name} -> {query_name}", unit="frame", file=sys.stderr)
     try:
         for start, stop in chunks(n, args.batch, getattr(args, "first_batch", 0)):
@@ -349,10 +342,8 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
 def _image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` from the file's header (nothing decoded; EXIF orientation applied,
     as the frames are read)."""
-    from faces.io import ImageReadError, image_size
-
     try:
-        w, h = image_size(path)
+        w, h = faces.io.image_size(path)
     except ImageReadError as exc:
         raise TalkingError(str(exc)) from None
     return h, w

@@ -10,13 +10,11 @@ before anything is written (``lrw.video.TruncatedVideoError``).
 The crops are written into a temporary folder beside the target and moved into place at the
 end, so an interrupted run or a full disk leaves the earlier sequence (or nothing), never half
 of one. ``preprocess.py --source NAME VIDEO_OR_FOLDER`` and ``test.py --source VIDEO`` both
-come here; ``test.py`` keeps the crops under ``IMAGE_DIR/source_img/.video/`` and reuses them
-while the video file is unchanged.
+come here (``talking.inputs`` keeps ``test.py``'s crops under ``IMAGE_DIR/source_img/.video/``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from .inputs import Source, TalkingError
+from faces.align import apply_transform
+from faces.io import read_image, sorted_frames, write_bytes_atomic, write_image
+from faces.sequence import crops_of, plan_sequence
+from lrw.video import VideoReader
 
-__all__ = ["CACHE_DIR", "FrameSource", "open_frames", "video_source", "write_sequence"]
+__all__ = ["FrameSource", "open_frames", "write_sequence"]
 
-CACHE_DIR = ".video"
-CACHE_VERSION = 1
 RECORD = "source.json"
 
 
@@ -52,8 +52,6 @@ class FrameSource:
 def open_frames(path: str | Path) -> FrameSource:
     """A video file (any container the decoder reads) or a folder of frames (ordered by the
     number in each name). ``ValueError`` (one line, naming the path) when it is neither."""
-    from faces.io import read_image, sorted_frames
-
     path = Path(path)
     if path.is_dir():
         files = sorted_frames(path)
@@ -65,15 +63,11 @@ def open_frames(path: str | Path) -> FrameSource:
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder (give a video file or a folder of "
                          "frames)")
-    from lrw.video import VideoReader
-
     reader = VideoReader(path)
     return FrameSource(path, reader.fps, lambda: iter(reader), reader.declared, True)
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total or None, desc=desc, unit="frame", file=sys.stderr,
                 disable=not enabled or (0 < total < 10))
 
@@ -86,10 +80,6 @@ def write_sequence(src: FrameSource, out_dir: str | Path, size: int = 256, smoot
     ``extra`` as ``source.json``). Returns the ``faces.sequence.SequencePlan`` (its
     ``report`` says what was found). ``ValueError`` when no frame has a face or the video is
     truncated; ``out_dir`` is then left as it was."""
-    from faces.align import apply_transform
-    from faces.io import write_bytes_atomic, write_image
-    from faces.sequence import crops_of, plan_sequence
-
     out_dir = Path(out_dir)
     with _progress(src.count, "landmarks", progress) as bar:
         plan = plan_sequence(src.passes(), detector, smooth, detect_every, bar.update)
@@ -129,71 +119,3 @@ def write_sequence(src: FrameSource, out_dir: str | Path, size: int = 256, smoot
         raise
     return plan
 
-
-def _stamp(video: Path) -> dict:
-    st = video.stat()
-    return {"version": CACHE_VERSION, "video": str(video.resolve()), "bytes": st.st_size,
-            "mtime_ns": st.st_mtime_ns}
-
-
-def cache_folder(video: Path, image_dir: str | Path) -> Path:
-    """Where ``test.py --source VIDEO`` keeps the video's crops:
-    ``IMAGE_DIR/source_img/.video/STEM-HASH`` (HASH: of the video's absolute path)."""
-    key = hashlib.blake2s(str(video.resolve()).encode(), digest_size=4).hexdigest()
-    return Path(image_dir) / "source_img" / CACHE_DIR / f"{video.stem}-{key}"
-
-
-def video_source(video: str | Path, image_dir: str | Path, progress: bool = False,
-                 say=print, detect_width: int = 640, detect_every: int = 2,
-                 smooth: int = 5) -> Source:
-    """A video file as a driving sequence: detect, smooth and crop as ``preprocess.py
-    --source`` does, once; later runs reuse the cached crops while the file is unchanged.
-    Frames without a face take their neighbours' geometry (counted and reported). Raises
-    :class:`TalkingError` (one line) for an unreadable or truncated video or one where no
-    frame has a face."""
-    from faces.landmarks import ModelFileError, shared_detector
-    from lrw.video import has_audio
-
-    from .inputs import DEFAULT_FPS, _frame_key, _is_image
-
-    video = Path(video)
-    folder = cache_folder(video, image_dir)
-    stamp = _stamp(video)
-    record = folder / RECORD
-    rec = None
-    if record.is_file():
-        try:
-            rec = json.loads(record.read_text())
-        except (OSError, ValueError):
-            rec = None
-    if rec is None or any(rec.get(k) != v for k, v in stamp.items()):
-        try:
-            src = open_frames(video)
-            audio = has_audio(video)
-            detector = shared_detector(None, detect_width=detect_width)
-            say(f"{video}: finding the face in every frame (once; the crops are kept in "
-                f"{folder})")
-            rec = dict(stamp, fps=src.fps or DEFAULT_FPS, fps_known=src.fps is not None,
-                       audio=audio)
-            plan = write_sequence(src, folder, 256, smooth, detect_every, detector=detector,
-                                  progress=progress, landmarks=True, extra=None)
-            rec.update(frames=plan.report.frames, missing=plan.report.missing,
-                       missing_frames=plan.report.missing_frames[:50],
-                       summary=plan.report.summary())
-            from faces.io import write_bytes_atomic
-
-            write_bytes_atomic(record, (json.dumps(rec, indent=1) + "\n").encode())
-        except ModelFileError as exc:
-            raise TalkingError(str(exc)) from None
-        except ValueError as exc:
-            msg = str(exc) if str(video) in str(exc) else f"{video}: {exc}"
-            raise TalkingError(f"--source {msg}") from None
-    frames = sorted((p for p in folder.iterdir() if _is_image(p)), key=_frame_key)
-    if len(frames) != rec.get("frames"):
-        raise TalkingError(f"--source {video}: the cached crops in {folder} are incomplete; "
-                           "delete that folder and run again")
-    if rec.get("missing"):
-        say(f"note: {video}: {rec['missing']} of {rec['frames']} frames without a face took "
-            "their neighbours' geometry")
-    return Source(video.stem, folder, frames, float(rec["fps"]), bool(rec["fps_known"]),
-                  video=video, audio=video if rec.get("audio") else None)
