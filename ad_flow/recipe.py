@@ -20,10 +20,13 @@ from torch import Tensor, nn
 from cliargs import model_size, nonnegative, positive, positive_int, whole
 from glow import CheckpointError, Glow, load_glow, safe_load
 from glow.io import file_sha256, file_sha256_soon, is_ours, recorded_n_bits
+from lrw.datasets import ClipDataset
+from lrw.index import open_index
 from training.config import from_dict, opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
 
+from .init import fit_linear_encoders
 from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
 from .thesis import convert, is_thesis_checkpoint
 
@@ -252,9 +255,6 @@ class ADFlowRecipe(Recipe):
     def dataset(self, cfg: Config, data_dir: Path):
         """LRW-style clips ``(frames [T, 3, S, S], label)``; the data decides ``--n_classes 0``
         (the number of words) and ``--img_size`` when not given (the Glow's)."""
-        from lrw.datasets import ClipDataset
-        from lrw.index import open_index
-
         index = open_index(data_dir)
         note = index.ignored_note()
         if note:  # what was left out is said, with a count, not dropped silently
@@ -295,8 +295,6 @@ class ADFlowRecipe(Recipe):
         ds = ctx.data.dataset if ctx.data is not None else None
         if ds is None:
             raise ValueError("--init lstsq needs the training clips (call dataset() first)")
-        from .init import fit_linear_encoders
-
         def clips():
             for i in range(len(ds)):
                 yield ds[i]

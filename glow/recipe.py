@@ -1,9 +1,9 @@
 """Glow as a trainable model (``train.py --model glow``): maximum likelihood on dequantised
 images (bits/dim), and its evaluation face (``evaluate.py --model glow``: bits/dim only).
 
-A recipe (see ``training/registry.py``): imported by the registry and by MI-flow (which shares
-:class:`GlowFlags` and :func:`validate`), never by ``glow/__init__.py``, so ``import glow``
-stays free of ``training``.
+A recipe (see ``training/registry.py``): imported by the registry, never by
+``glow/__init__.py``, so ``import glow`` stays free of ``training``. Its flags are
+``training.recipe_helpers.GlowFlags``, shared with MI-flow.
 """
 
 from __future__ import annotations
@@ -15,31 +15,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from cliargs import grid_count, model_size, nonnegative, positive_int, whole
+from lrw.datasets import ImageFolderDataset, training_root
 from training.config import opt
 from training.recipe import DataInfo, Recipe
-from training.recipe_helpers import dequantised, images
+from training.recipe_helpers import GlowFlags, dequantised, images, validate_glow_flags
 
 from .io import glow_from_checkpoint, load_glow, recorded_n_bits
 from .likelihood import bits_per_dim
+from .memory import enable_low_memory, on_grads_ready
 from .model import Glow
-
-
-@dataclass
-class GlowFlags:
-    """The Glow architecture and likelihood flags (thesis names and defaults), shared by every
-    model that trains a Glow-shaped flow (Glow itself, MI-flow)."""
-
-    n_flow: int = opt(32, "flows per block (K)", check=positive_int)
-    n_block: int = opt(4, "number of blocks (L)", check=positive_int)
-    conv_lu: bool = opt(True, "use the plain invertible 1x1 conv instead of its LU form",
-                        flag="--no_lu")
-    affine: bool = opt(False, "affine coupling instead of additive")
-    hidden: int = opt(512, "hidden channels of the coupling networks", check=positive_int)
-    n_bits: int = opt(5, "bits per colour channel after quantisation", check=whole(1, 8))
-    img_size: int = opt(64, "image size (must be divisible by 2^n_block)", check=model_size)
-    temp: float = opt(0.7, "temperature of the sample grids", check=nonnegative)
-    n_sample: int = opt(20, "images per sample grid", check=grid_count)
 
 
 @dataclass
@@ -51,17 +35,6 @@ class Config(GlowFlags):
                            "backward unless --grad_clip is set (much lower peak memory)")
 
 
-def validate(cfg: GlowFlags) -> None:
-    """One-line errors for Glow flags that cannot work (also used by MI-flow)."""
-    if cfg.n_block < 1 or cfg.n_flow < 1:
-        raise ValueError("--n_block and --n_flow must be at least 1")
-    if cfg.img_size % (2**cfg.n_block):
-        raise ValueError(f"--img_size {cfg.img_size} is not divisible by 2^n_block = "
-                         f"{2**cfg.n_block}; use a multiple of {2**cfg.n_block}")
-    if not 1 <= cfg.n_bits <= 8:
-        raise ValueError(f"--n_bits {cfg.n_bits} must be between 1 and 8")
-
-
 class GlowRecipe(Recipe):
     """Glow: maximum likelihood on dequantised images; evaluated for bits/dim only."""
 
@@ -71,14 +44,12 @@ class GlowRecipe(Recipe):
     # The thesis's Glow training: batch 16, lr 1e-4, 200k iterations, samples every 100.
     TRAIN_DEFAULTS = {"batch": 16, "lr": 1e-4, "iter": 200000, "sample_every": 100,
                       "save_every": 10000}
-    validate = staticmethod(validate)
+    validate = staticmethod(validate_glow_flags)
 
     def build(self, cfg: Config, data: DataInfo | None = None) -> nn.Module:
         model = Glow(3, cfg.n_flow, cfg.n_block, affine=cfg.affine, conv_lu=cfg.conv_lu,
                      hidden=cfg.hidden, img_size=cfg.img_size)
         if cfg.low_memory:
-            from glow.memory import enable_low_memory
-
             enable_low_memory(model)
         return model
 
@@ -88,13 +59,9 @@ class GlowRecipe(Recipe):
         update, without the whole model's gradients held at once."""
         if not cfg.low_memory:
             return None
-        from glow.memory import on_grads_ready
-
         return on_grads_ready
 
     def dataset(self, cfg: Config, data_dir: Path):
-        from lrw.datasets import ImageFolderDataset, training_root
-
         return ImageFolderDataset(training_root(data_dir), cfg.img_size), DataInfo(data_dir)
 
     def initialize(self, model: Glow, batch, ctx) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,11 @@ from torch import Tensor, nn
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_prefix
-from glow.recipe import GlowFlags
-from glow.recipe import validate as validate_glow_flags
+from lrw.datasets import ImageFolderDataset, training_root
+from training.checkpoint import load_checkpoint
 from training.config import opt
 from training.recipe import DataInfo, Recipe
-from training.recipe_helpers import dequantised, images, unwrap
+from training.recipe_helpers import GlowFlags, dequantised, images, unwrap, validate_glow_flags
 from training.run import resolve_checkpoint
 
 from .io import is_thesis_state, model_from_thesis_state
@@ -104,8 +105,6 @@ def load_mi_flow(path: str | Path, map_location: str | torch.device = "cpu",
     """
     obj = safe_load(path, map_location)
     if is_ours(obj):
-        from training.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path, map_location, expect_model="mi-flow")
         return RECIPE.from_checkpoint(ckpt, path).eval()
     if isinstance(obj, Mapping):
@@ -149,8 +148,6 @@ class MIFlowRecipe(Recipe):
             raise ValueError("--mi_q_weight must be > 0 when the MI estimator is used")
 
     def dataset(self, cfg: Config, data_dir: Path):
-        from lrw.datasets import ImageFolderDataset, training_root
-
         return ImageFolderDataset(training_root(data_dir), cfg.img_size), DataInfo(data_dir)
 
     def build(self, cfg: Config, data: DataInfo | None = None) -> MIFlow:
@@ -239,8 +236,6 @@ class MIFlowRecipe(Recipe):
     def diagnostics(self, model: nn.Module, ctx) -> dict[str, float]:
         """Held-out motion and identity (evaluation.motion) in both test modes on the first
         ``--diag_pairs`` pairs, when the training data is a synthetic set's train/."""
-        import types
-
         from evaluation.synthetic import heldout_scores, synthetic_root_of
 
         cfg: Config = ctx.model_cfg

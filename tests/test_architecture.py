@@ -68,7 +68,6 @@ ALLOWLIST = {
     ],
     # "importer -> imported": one model package importing another
     "models": [
-        'mi_flow.recipe -> glow.recipe',
     ],
     # "importer -> imported": an import that closes a cycle (the imported module reaches the
     # importer again)
@@ -85,10 +84,7 @@ ALLOWLIST = {
     # "file:function: import statement": an import inside a function without a `# deferred:`
     # comment (repeated entries for repeated imports in one function)
     "deferred": [
-        'ad_flow/recipe.py:dataset: from lrw.datasets import ClipDataset',
-        'ad_flow/recipe.py:dataset: from lrw.index import open_index',
         'ad_flow/recipe.py:diagnostics: from evaluation.synthetic import heldout_scores, synthetic_root_of',
-        'ad_flow/recipe.py:initialize: from .init import fit_linear_encoders',
         'content_ae/celeba.py:_convert_celeba: from faces.io import save_pil',
         'content_ae/celeba.py:_convert_folder: from faces.align import align_face',
         'content_ae/celeba.py:_convert_folder: from faces.io import read_image, write_image',
@@ -150,13 +146,7 @@ ALLOWLIST = {
         'evaluation/models.py:like_model_input: from talking.job import to_tensor, to_uint8',
         'evaluation/models.py:run_sequence: from faces.paste import PasteRegion, paste_back',
         'evaluation/models.py:run_sequence: from talking.job import model_inputs, to_tensor, to_uint8',
-        'glow/recipe.py:build: from glow.memory import enable_low_memory',
-        'glow/recipe.py:dataset: from lrw.datasets import ImageFolderDataset, training_root',
-        'glow/recipe.py:step_in_backward: from glow.memory import on_grads_ready',
-        'mi_flow/recipe.py:dataset: from lrw.datasets import ImageFolderDataset, training_root',
         'mi_flow/recipe.py:diagnostics: from evaluation.synthetic import heldout_scores, synthetic_root_of',
-        'mi_flow/recipe.py:diagnostics: import types',
-        'mi_flow/recipe.py:load_mi_flow: from training.checkpoint import load_checkpoint',
         'pose_flow/data.py:_write_cache: from faces.io import umask_mode',
         'pose_flow/data.py:load: from lrw.datasets import load_image',
         'pose_flow/demo.py:run: from .synthetic import main as synth_main',

@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from glow.io import CheckpointError
 
 from .config import from_dict
-
-if TYPE_CHECKING:  # annotations only: importing the registry stays free of torch
-    import torch
-    from torch import Tensor, nn
 
 
 @dataclass
@@ -118,8 +119,6 @@ class Recipe:
                         args: argparse.Namespace | None = None) -> nn.Module:
         """The model of our checkpoint ``ckpt`` (read from ``path``; ``training.checkpoint``
         layout) rebuilt from its recorded config, on the CPU, as built; ``args``: test flags."""
-        from glow.io import CheckpointError  # deferred: the registry stays free of torch
-
         model = self.build(from_dict(self.Config, ckpt["config"]["model"]))
         try:
             self.load_weights(model, ckpt["weights"])

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from torch import nn
+
+from .checkpoint import load_checkpoint
 from .recipe import Recipe
-
-if TYPE_CHECKING:  # annotations only: importing the registry stays free of torch
-    from torch import nn
 
 # The model test.py and evaluate.py use when --model is not given (the thesis's main model).
 DEFAULT_MODEL = "ad-flow"
@@ -50,7 +49,5 @@ def get(name: str) -> Recipe:
 def load_model(path: str | Path, device="cpu", expect: str | None = None) -> nn.Module:
     """The model of our checkpoint at ``path`` (any model: the checkpoint names it; ``expect``:
     refuse any other) rebuilt by its recipe's ``from_checkpoint``, in eval mode on ``device``."""
-    from .checkpoint import load_checkpoint  # deferred: the registry stays free of torch
-
     ckpt = load_checkpoint(path, expect_model=expect)
     return get(ckpt["model"]).from_checkpoint(ckpt, path).to(device).eval()
