@@ -18,9 +18,13 @@ swaps A and B.
 
 from __future__ import annotations
 
+import argparse
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image
 
 from cliargs import (
     add_no_progress,
@@ -30,6 +34,10 @@ from cliargs import (
     nonnegative_int,
     positive_int,
 )
+from faces.align import align_face
+from faces.io import ImageReadError, open_rgb, read_image, save_pil, write_image
+from faces.landmarks import shared_detector
+from synthface.output import replacing
 
 CELEBA_ATTRS = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
@@ -112,10 +120,6 @@ def side_of(values: list[int], names: list[str], attr: str, negate: bool) -> str
 
 
 def _crop_resize(path: Path, size: int, crop: int):
-    from PIL import Image
-
-    from faces.io import ImageReadError, open_rgb
-
     try:
         im = open_rgb(path)
     except ImageReadError:
@@ -139,8 +143,6 @@ def _replacing_ab_set(out: str | Path, convert, say) -> Report:
     """Run ``convert(folder)`` on a new folder that replaces ``out`` once it succeeds
     (:func:`synthface.output.replacing`: an earlier A/B set in ``out`` is replaced whole; any
     other non-empty folder is refused)."""
-    from synthface.output import replacing
-
     with replacing(out, _is_ab_set, "A/B set (only trainA/ trainB/ testA/ testB/)") as tmp:
         report = convert(tmp)
     say(report.line(Path(out)))
@@ -158,8 +160,6 @@ def convert_celeba(root: str | Path, attr: str, out: str | Path, negate: bool = 
 
 def _convert_celeba(root: str | Path, attr: str, out: Path, negate: bool, size: int,
                     crop: int, n_test: int, limit: int) -> Report:
-    from faces.io import save_pil
-
     root, out = Path(root), Path(out)
     if attr not in CELEBA_ATTRS and attr not in RULES:
         raise ValueError(f"--attr {attr}: not a CelebA attribute; choose one of "
@@ -254,12 +254,6 @@ def convert_folder(csv_path: str | Path, photos: str | Path, out: str | Path,
 
 def _convert_folder(csv_path: str | Path, photos: str | Path, out: Path, negate: bool,
                     size: int) -> Report:
-    import warnings
-
-    from faces.align import align_face
-    from faces.io import read_image, write_image
-    from faces.landmarks import shared_detector
-
     csv_path, photos, out = Path(csv_path), Path(photos), Path(out)
     if not csv_path.is_file():
         raise ValueError(f"{csv_path}: no such CSV (give filename,attribute lines)")
@@ -305,8 +299,6 @@ def _convert_folder(csv_path: str | Path, photos: str | Path, out: Path, negate:
 
 
 def build_parser():
-    import argparse
-
     p = argparse.ArgumentParser(
         prog="preprocess.py --celeba / --attr_from",
         description="Make an A/B set for train.py --model content-ae (A: faces with the "

@@ -13,6 +13,10 @@ import importlib.util
 import time
 from pathlib import Path
 
+import torch
+
+from synthface.attributes import write_attribute_set
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # 32 px, a 4 x 4 code grid (the glasses are local), 128 channels of which 16 specific.
@@ -37,8 +41,6 @@ def _cli(name: str):
 def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     """Returns ``{"grid": path, "table": markdown, "eval": folder, "seconds": float}``; raises RuntimeError when
     a step fails."""
-    from synthface.attributes import write_attribute_set
-
     plan = TINY if tiny else FULL
     t0 = time.time()
     out, result_dir = Path(out), Path(result_dir)
@@ -58,8 +60,6 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     last = ckpt_dir / name / "last.pt"
     done = False
     if last.is_file():
-        import torch
-
         done = int(torch.load(last, map_location="cpu", weights_only=True)["step"]) >= plan["iter"]
     if not done:  # a finished run is reused; anything else starts over
         say(f"content-ae: training ({plan['iter']} iterations)")

@@ -228,6 +228,7 @@ class ContentAE(nn.Module):
     def __init__(self, arch: Arch):
         super().__init__()
         self.arch = arch
+        self.img_size = arch.img_size
         self.mask_power = MASK_POWER  # an inference setting, not a weight: not in the state dict
         common = arch.code - arch.sep
         if arch.arch == "original":

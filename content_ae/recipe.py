@@ -20,6 +20,7 @@ losses, as the paper does. ``--mask`` adds ``mask_rec`` (A rebuilt as ``m * Dec(
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cliargs import grid_count, model_size, nonnegative, positive_int
+from cliargs import finite, grid_count, model_size, nonnegative, positive_int
 from training.config import opt
 from training.recipe import DataInfo, Recipe
 
-from .model import Arch, ContentAE, _ints, bce_logits
+from .data import PairDataset, split_paths
+from .model import MASK_POWER, Arch, ContentAE, _ints, bce_logits
 
 ARCH_DEFAULTS = {
     "original": dict(n_down=6, sep=25, e1_widths="32,64,128,256", e2_widths="32,64,128,128,128",
@@ -136,20 +138,47 @@ def _flip(x: Tensor, ctx) -> Tensor:
     return torch.where((u < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def transfer_grid(model: ContentAE, a: Tensor, b: Tensor) -> Tensor:
-    """The paper's grid as ``[(n+1)^2, 3, S, S]`` in ``[-1, 1]`` (row-major, ``nrow = n + 1``):
-    row 0 a blank tile then ``b_1..b_n``; row ``i`` ``a_i`` then ``Dec(E1(b_j) ⊕ E2(a_i))``."""
-    n = a.shape[0]
-    tiles = [torch.full_like(b[:1], -1.0), b]
-    for i in range(n):
-        tiles += [a[i:i + 1], model.transfer(a[i:i + 1].expand_as(b), b)]
-    return torch.cat(tiles)
-
-
 TRAIN_ALIASES = {"--bs": "--batch", "--iters": "--iter", "--resize": "--img_size",
                  "--discweight": "--w_adv", "--disclr": "--disc_lr",
                  "--display_iter": "--sample_every", "--save_iter": "--save_every",
                  "--progress_iter": "--log_every", "--num_display": "--n_display"}
+
+
+def translate(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """Rewrite the original's flags as ours.
+
+    ``aliases`` renames flags that take a value. Besides: ``--root DATA`` becomes the
+    positional data folder, ``--out DIR`` sets both ``--checkpoint_dir`` and ``--result_dir``,
+    ``--load DIR`` becomes ``--resume`` with ``--checkpoint_dir DIR`` (an empty ``--load ''``,
+    the original's default, means a fresh run). Everything else passes through unchanged.
+    """
+    out: list[str] = []
+    tail: list[str] = []
+    i = 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=") if argv[i].startswith("--") else (argv[i], "", "")
+        value = value if eq else None  # --flag=value or --flag value
+        special = flag in ("--root", "--out", "--load") or flag in aliases
+        if special and value is None:
+            if i + 1 >= len(argv):
+                out.append(argv[i])  # let argparse report the missing value
+                break
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if not special:
+            out.append(argv[i - 1])
+            continue
+        if flag == "--root":
+            tail.append(value)
+        elif flag == "--out":
+            out += ["--checkpoint_dir", value, "--result_dir", value]
+        elif flag == "--load":
+            if value:
+                out += ["--resume", "--checkpoint_dir", value]
+        else:
+            out += [aliases[flag], value]
+    return out + tail
 
 
 class ContentAERecipe(Recipe):
@@ -203,8 +232,6 @@ class ContentAERecipe(Recipe):
         return ContentAE(arch_of(cfg))
 
     def dataset(self, cfg: Config, data_dir: Path):
-        from .data import PairDataset, split_paths
-
         a, b = split_paths(data_dir, "train")
         return PairDataset(a, b, cfg.img_size), DataInfo(data_dir)
 
@@ -260,9 +287,10 @@ class ContentAERecipe(Recipe):
         return w
 
     def sample(self, model: ContentAE, batch, ctx) -> tuple[Tensor, int]:
-        """The transfer grid of the first ``--n_display`` pairs of the fixed sample batch."""
+        """The paper's transfer grid (``Dec(E1(b_j) ⊕ E2(a_i))`` in row ``i``) of the first
+        ``--n_display`` pairs of the fixed sample batch."""
         n = min(ctx.model_cfg.n_display, batch[0].shape[0])
-        grid = transfer_grid(model, batch[0][:n] * 2, batch[1][:n] * 2)
+        grid = self.transfer_grid(model, batch[0][:n] * 2, batch[1][:n] * 2)
         return grid / 2, n + 1
 
     def translate_argv(self, argv: list[str]) -> list[str]:
@@ -271,9 +299,49 @@ class ContentAERecipe(Recipe):
         ``--bs``, ``--iters``, ``--resize``, ``--discweight``, ``--disclr``, ``--display_iter``,
         ``--save_iter``, ``--progress_iter``, ``--num_display``; ``--load DIR`` resumes the run
         whose checkpoints are in DIR."""
-        from .cli import translate
-
         return translate(argv, TRAIN_ALIASES)
+
+    # -- test time: talking.transfer (test.py) and evaluation.attribute (evaluate.py)
+
+    def add_test_args(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--mask_power", type=finite, default=MASK_POWER, metavar="P",
+                            help="models trained with --mask: blend with mask**P (1: the mask as "
+                                 f"trained; higher drops its soft fringe; default: {MASK_POWER})")
+
+    def from_checkpoint(self, ckpt: dict, path: str | Path = "checkpoint",
+                        args: argparse.Namespace | None = None) -> ContentAE:
+        """With ``args.mask_power`` (test.py, evaluate.py) set."""
+        if args is not None and not args.mask_power > 0:
+            raise ValueError(f"--mask_power {args.mask_power}: give a positive power (1: the "
+                             "mask as trained)")
+        model = super().from_checkpoint(ckpt, path)
+        if args is not None:
+            model.mask_power = args.mask_power
+        return model
+
+    def transfer(self, model: ContentAE, a: Tensor, b: Tensor) -> Tensor:
+        return model.transfer(a, b)
+
+    def remove(self, model: ContentAE, a: Tensor) -> Tensor:
+        return model.remove(a)
+
+    @torch.no_grad()
+    def interpolate(self, model: ContentAE, a: Tensor, b: Tensor, k: int) -> Tensor:
+        """The specific code from ``E2(a[0])`` to ``E2(a[1])`` (or zero) under ``E1(b_j)``."""
+        s0 = model.e2(a[:1])
+        s1 = model.e2(a[1:2]) if a.shape[0] > 1 else torch.zeros_like(s0)
+        tiles = []
+        for j in range(b.shape[0]):
+            bj = b[j:j + 1]
+            common = model.e1(bj)
+            tiles.append(bj)
+            for t in torch.linspace(0, 1, k).tolist():
+                img, mask = model.decode(common, (1 - t) * s0 + t * s1)
+                tiles.append(model.blend(img, mask, bj))
+        return torch.cat(tiles)
+
+    def transfer_info(self, model: ContentAE) -> dict:
+        return {"mask_power": model.mask_power if model.arch.mask else None}
 
 
 RECIPE = ContentAERecipe()

@@ -158,7 +158,6 @@ def load(files: dict[str, Path]) -> dict:
 
 def outputs(models: dict, inp: dict) -> dict:
     """Every model's test-time outputs on the fixed inputs ``inp``."""
-    from content_ae.recipe import transfer_grid
     from pose_flow.driving import generate as pose_generate
     from training import registry
 
@@ -181,12 +180,13 @@ def outputs(models: dict, inp: dict) -> dict:
             out["mi_flow"][mode] = mi.generate(model, inp["query"], inp["mix"], inp["source"],
                                                argparse.Namespace(mode=mode))
 
+        cae = registry.get("content-ae")
         for arch in ("original", "improved"):
             model = models[f"content_ae_{arch}"]
             a, b = inp["mix"] * 2, inp["source"] * 2  # content-AE images are in [-1, 1]
             out[f"content_ae_{arch}"] = {"transfer": model.transfer(a[:1], b[:1]),
                                          "remove": model.remove(a[:1]),
-                                         "grid": transfer_grid(model, a[:1], b[:1])}
+                                         "grid": cae.transfer_grid(model, a[:1], b[:1])}
 
         for ref in ("none", "warp"):
             model, lm = models[f"pose_flow_{ref}"], inp["landmarks"]

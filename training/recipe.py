@@ -158,3 +158,30 @@ class Recipe:
         """``(log p(z), log|det|)`` [B] of ``x`` under ``eval_density``'s flow."""
         log_p, logdet = density(x)[:2]
         return log_p, logdet
+
+    # attribute transfer (talking.transfer, evaluation.attribute): images [n, 3, S, S] in [-1, 1]
+
+    def transfer(self, model: nn.Module, a: Tensor, b: Tensor) -> Tensor:
+        """``b`` wearing ``a``'s attribute, pair by pair."""
+        raise ValueError(f"model '{self.NAME}' has no attribute transfer")
+
+    def remove(self, model: nn.Module, a: Tensor) -> Tensor:
+        """``a`` without its attribute."""
+        raise ValueError(f"model '{self.NAME}' has no attribute removal")
+
+    def transfer_grid(self, model: nn.Module, a: Tensor, b: Tensor) -> Tensor:
+        """``[(n+1)^2, 3, S, S]`` (``nrow = n + 1``): row 0 a blank tile then ``b_1..b_n``;
+        row ``i`` ``a_i`` then ``b_j`` wearing ``a_i``'s attribute."""
+        tiles = [torch.full_like(b[:1], -1.0), b]
+        for i in range(a.shape[0]):
+            tiles += [a[i:i + 1], self.transfer(model, a[i:i + 1].expand_as(b), b)]
+        return torch.cat(tiles)
+
+    def interpolate(self, model: nn.Module, a: Tensor, b: Tensor, k: int) -> Tensor:
+        """``[n * (k + 1), 3, S, S]``: per ``b_j``, the image then ``k`` steps from ``a_1``'s
+        attribute to ``a_2``'s (to none when ``a`` holds one image)."""
+        raise ValueError(f"model '{self.NAME}' has no attribute interpolation")
+
+    def transfer_info(self, model: nn.Module) -> dict[str, Any]:
+        """Test-time settings recorded beside the attribute scores (metrics.json's _info)."""
+        return {}

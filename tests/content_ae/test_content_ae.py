@@ -169,28 +169,6 @@ def test_mask_terms_are_the_formulas():
         recipe.validate(tiny_cfg(w_rec_a=-1.0))
 
 
-def test_outside_cost_is_zero_for_an_untouched_outside():
-    from content_ae.evaluate import _Pool
-
-    rng = np.random.default_rng(0)
-    truth = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
-    region = np.zeros((8, 8), bool)
-    region[2:5, 2:5] = True
-    inside_only = truth.copy()
-    inside_only[region] = 0
-    p = _Pool()
-    p.add(truth, inside_only, region)
-    assert p.outside_cost() == 0.0
-    both = inside_only.copy()
-    both[~region] = np.clip(both[~region].astype(int) + 40, 0, 255).astype(np.uint8)
-    q = _Pool()
-    q.add(truth, both, region)
-    cost = q.outside_cost()
-    # the same inside error, plus outside error: the PSNR drop is exactly that share's
-    expect = 10 * np.log10(q.sse["all"] / p.sse["all"])
-    assert cost > 1.0 and abs(cost - expect) < 1e-9
-
-
 def test_b_code_specific_part_is_exactly_zero():
     torch.manual_seed(1)
     cfg = tiny_cfg()

@@ -210,7 +210,7 @@ def test_non_square_pictures_are_said_once_per_job(tmp_path: Path) -> None:
     content-ae transfer and pose-flow grid that use it (test.py and evaluate.py say it too)."""
     import torch
 
-    from content_ae.transfer import load_images
+    from talking.transfer import load_images
 
     paths = []
     for i, size in enumerate([(24, 16), (16, 16), (20, 12)]):

@@ -42,7 +42,7 @@ def test_grid_and_png_match_torchvision(tmp_path, n, nrow, c):
 
 
 def test_training_and_content_ae_do_not_import_torchvision():
-    code = ("import sys; import training.loop, content_ae.transfer, content_ae.evaluate, "
+    code = ("import sys; import training.loop, talking.transfer, evaluation.attribute, "
             "lrw.datasets; bad = [m for m in ('torchvision', 'torch._dynamo') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
