@@ -28,15 +28,48 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from cliargs import add_no_progress, nonnegative_int, positive_int, seed  # noqa: E402
-from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402 (import-light)
-from training.run import Run  # noqa: E402 (import-light)
+from evaluation.html import command_line, compare_report, talking_report  # noqa: E402
+from evaluation.likelihood import bits_per_dim_over, heldout_frames  # noqa: E402
+from evaluation.models import (  # noqa: E402
+    BASELINE_BLEND,
+    BASELINE_COPY,
+    load_for_evaluation,
+    pasted_label,
+    run_sequence,
+)
+from evaluation.report import compare_runs, format_table, write_report  # noqa: E402
+from evaluation.syncnet import audio_mfcc, sync_scores  # noqa: E402
+from evaluation.visuals import real_rows, synthetic_rows  # noqa: E402
+from faces.io import image_size  # noqa: E402
+from talking.inputs import (  # noqa: E402
+    available_queries,
+    available_sources,
+    read_rgb,
+    resolve_query,
+    resolve_source,
+)
+from training import registry  # noqa: E402
+from training.cli import claim_output, report_errors  # noqa: E402
+from training.distributed import resolve_device  # noqa: E402
+from training.precision import (  # noqa: E402
+    add_precision_args,
+    apply_precision,
+    precision_name,
+    resolve_precision,
+)
+from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402
+from training.run import Run, resolve_checkpoint  # noqa: E402
+
+# evaluation.metrics (and .synthetic, .real, .field_metrics, the attribute and pose jobs, which
+# import it) loads scikit-image's metrics and with them scipy.stats: ~2 s more before
+# `evaluate.py --help` answers (python -X importtime), so the jobs import them when they run.
 
 
 def build_parser(model: str | None) -> argparse.ArgumentParser:
-    from training import registry
-    from training.precision import add_precision_args
-
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="evaluate.py", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,20 +185,8 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
 
     Raises ``ValueError``/``CheckpointError`` with one-line messages.
     """
-    import torch
-
-    from evaluation.likelihood import bits_per_dim_over, heldout_frames
-    from evaluation.metrics import PSNR_CAP, SSIM_WINDOW
-    from evaluation.models import BASELINE_BLEND, BASELINE_COPY, load_model, pasted_label
-    from evaluation.real import evaluate_real
-    from evaluation.report import format_table, write_report
-    from evaluation.synthetic import evaluate_synthetic, is_synthetic
-    from talking.inputs import available_queries, available_sources
-    from training import registry
-    from training.cli import claim_output
-    from training.distributed import resolve_device
-    from training.precision import apply_precision, precision_name, resolve_precision
-    from training.run import resolve_checkpoint
+    # deferred: scikit-image and scipy.stats, ~2 s of start-up (see the note at the top)
+    from evaluation import field_metrics, metrics, real, synthetic
 
     if not args.checkpoint:
         raise ValueError("--checkpoint is required (or use --compare RUN RUN ...)")
@@ -188,15 +209,14 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         if not queries:
             raise ValueError(f"no query face in {image_dir}/ref_img")
 
-    from evaluation.field_metrics import FieldNets
-
-    nets = FieldNets.load(args.lpips, args.arcface, args.syncnet)  # refused before any work
+    # refused before any work
+    nets = field_metrics.FieldNets.load(args.lpips, args.arcface, args.syncnet)
     recipe = registry.get(args.model)
     ckpt = resolve_checkpoint(args.checkpoint, args.checkpoint_dir, recipe.DEFAULT_CHECKPOINT)
     args.checkpoint = str(ckpt)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    ev = load_model(args.model, args, device)
+    ev = load_for_evaluation(args.model, args, device)
     apply_precision(ev.model, precision, device, args.tf32)
     mode = getattr(args, "mode", None)
     if mode:  # an explicit --mode keeps that mode only
@@ -234,11 +254,11 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         header.append(f"bits/dim: {n} frames of {'; '.join(wheres)}, {ev.n_bits}-bit, "
                       f"seeded dequantisation (seed {args.seed})")
 
-    synthetic = [d for d in args.data if is_synthetic(d)]
-    if synthetic:
+    synthetic_sets = [d for d in args.data if synthetic.is_synthetic(d)]
+    if synthetic_sets:
         per_set = []
-        for root in synthetic:
-            r, det = evaluate_synthetic(root, ev.systems, ev.size, device, args.batch,
+        for root in synthetic_sets:
+            r, det = synthetic.evaluate_synthetic(root, ev.systems, ev.size, device, args.batch,
                                         args.pairs, args.seq_frames, args.progress, args.blend,
                                         paste=args.paste_back == "region")
             per_set.append(r)
@@ -247,22 +267,20 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         for lab, row in merged.items():
             rows.setdefault(lab, {}).update(row)
         header.append(
-            f"synthetic: {', '.join(synthetic)}; {merged[BASELINE_COPY]['frames']} frames per "
+            f"synthetic: {', '.join(synthetic_sets)}; {merged[BASELINE_COPY]['frames']} frames per "
             f"system ({'first ' + str(args.pairs) if args.pairs else 'all'} query x source "
             f"pairs); ground truth = query identity with the source frame's mouth, resized like "
-            f"the model input; SSIM window {SSIM_WINDOW}x{SSIM_WINDOW} uniform, per channel, "
-            f"data_range 255; PSNR of identical images capped at {PSNR_CAP:g} dB")
+            f"the model input; SSIM window {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} uniform, "
+            f"per channel, data_range 255; PSNR of identical images capped at "
+            f"{metrics.PSNR_CAP:g} dB")
         if args.paste_back == "region":
             header.append(
                 "rows '@256 px': what test.py writes, scored at 256 px against the 256 px "
                 "truth: each model pasted back into the query (--paste_back region), the query "
                 "itself and the mouth blend made at 256 px; dPSNR against the query at 256 px; "
                 f"mouth states read back from the frames brought to {ev.size} px")
-        header += _field_metrics(args, nets, ev, synthetic, per_set, rows, device)
+        header += _field_metrics(args, nets, ev, synthetic_sets, per_set, rows, device)
     if sources:
-        from faces.io import image_size
-        from talking.inputs import resolve_query, resolve_source
-
         firsts = [resolve_query(q, image_dir)[0] for q in queries]
         firsts += [resolve_source(s, image_dir).frames[0] for s in sources]
         for path in firsts:  # said once per file, not per frame
@@ -270,7 +288,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
             if w != h:
                 say(f"note: {path} is {w}x{h}, not square: the models see it stretched to a "
                     "square (align it with preprocess.py for an undistorted face)")
-        r, det = evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
+        r, det = real.evaluate_real(image_dir, sources, queries, ev.systems, ev.size, device,
                                args.batch, args.seq_frames, args.face_box == "detect",
                                args.progress, args.field_metrics)
         details += det
@@ -294,7 +312,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         raise ValueError("nothing was scored (a Glow alone is scored by bits/dim on DATA)")
     title = f"Evaluation of {name} ({args.model})"
     paths = write_report(out_dir, table_rows, title, header, details)
-    paths["html"] = _html(args, ev, out_dir, title, paths["table"], synthetic, sources,
+    paths["html"] = _html(args, ev, out_dir, title, paths["table"], synthetic_sets, sources,
                           queries, image_dir, ckpt, device)
     say("\n" + format_table(table_rows))
     say(f"table: {paths['table']}\ncsv: {paths['csv']}\nchart: {paths['chart']}\n"
@@ -308,16 +326,16 @@ def _field_metrics(args, nets, ev, synthetic: list[str], per_set: list[dict], ro
                    device) -> list[str]:
     """The field's metrics (``evaluation.field_metrics``) of every system and baseline on the
     synthetic sets, merged into ``rows`` (frame-weighted over sets); returns header lines."""
-    from evaluation.field_metrics import CSIM_FRAMES, SCORE_SIZE, FieldScorer
-    from evaluation.field_metrics import evaluate_synthetic_field as field
+    # deferred: scikit-image and scipy.stats, ~2 s of start-up (see the note at the top)
+    from evaluation import field_metrics as fm
 
     if not (args.field_metrics or nets.lpips or nets.arcface):
         return []
-    scorer = FieldScorer(nets, dlib=args.field_metrics)
+    scorer = fm.FieldScorer(nets, dlib=args.field_metrics)
     scored = []
     for root, base in zip(synthetic, per_set, strict=True):
-        r = field(root, ev.systems, ev.size, scorer, device, args.batch, args.pairs,
-                  args.seq_frames, args.blend, args.progress)
+        r = fm.evaluate_synthetic_field(root, ev.systems, ev.size, scorer, device, args.batch,
+                                        args.pairs, args.seq_frames, args.blend, args.progress)
         scored.append({lab: {**v, "frames": base[lab]["frames"]} for lab, v in r.items()})
     for lab, row in _weighted(scored, "frames").items():
         rows.setdefault(lab, {}).update({k: v for k, v in row.items() if k != "frames"})
@@ -325,10 +343,10 @@ def _field_metrics(args, nets, ev, synthetic: list[str], per_set: list[dict], ro
     if args.field_metrics:
         lines.append(
             f"field metrics: MS-SSIM (5 scales, 11x11 Gaussian sigma 1.5) on output and truth "
-            f"enlarged to {SCORE_SIZE} px; dlib (68 landmarks, face descriptor) on frames "
-            f"enlarged to {SCORE_SIZE} px with the aligned face box (dlib finds no face at the "
-            f"model's size); LMD/AKD in px at {SCORE_SIZE} against the truth's landmarks; "
-            f"dlib-CSIM against the query on {CSIM_FRAMES} frames per sequence; sharpness = "
+            f"enlarged to {fm.SCORE_SIZE} px; dlib (68 landmarks, face descriptor) on frames "
+            f"enlarged to {fm.SCORE_SIZE} px with the aligned face box (dlib finds no face at the "
+            f"model's size); LMD/AKD in px at {fm.SCORE_SIZE} against the truth's landmarks; "
+            f"dlib-CSIM against the query on {fm.CSIM_FRAMES} frames per sequence; sharpness = "
             "variance of the Laplacian of the grey mouth box at the model's size")
     if nets.lpips:
         lines.append(f"LPIPS: {args.lpips}")
@@ -342,12 +360,6 @@ def _lip_sync(args, net, ev, image_dir: Path, sources: list[str], queries: list[
     """LSE-C/LSE-D (``evaluation.syncnet``) of every system and baseline on the real sources
     that have sound (a video file as --source), means over pairs into ``rows``; returns the
     table's one-line note."""
-    import numpy as np
-
-    from evaluation.models import run_sequence
-    from evaluation.syncnet import audio_mfcc, sync_scores
-    from talking.inputs import read_rgb, resolve_query, resolve_source
-
     scored: dict[str, list[tuple[float, float]]] = {}
     with_audio = []
     for name in sources:
@@ -383,9 +395,6 @@ def _html(args, ev, out_dir: Path, title: str, table: Path, synthetic: list[str]
           sources: list[str], queries: list[str], image_dir: Path, ckpt: Path, device) -> Path:
     """``report.html`` beside ``table.md``: the table, the first pair side by side with the
     baselines (grid and video), the charts and the checkpoint's training curves."""
-    from evaluation.html import talking_report
-    from evaluation.visuals import real_rows, synthetic_rows
-
     example = None
     if ev.systems and synthetic:
         example = synthetic_rows(synthetic[0], ev.systems, ev.size, device, args.batch,
@@ -399,13 +408,9 @@ def _html(args, ev, out_dir: Path, title: str, table: Path, synthetic: list[str]
 
 
 def compare(args: argparse.Namespace, say=print) -> dict:
-    from evaluation.report import compare_runs, format_table
-
     eval_root = Path(args.result_dir) / "eval"
     name = args.name or "compare_" + "_".join(args.compare)
     rows, paths = compare_runs(eval_root, args.compare, eval_root / name)
-    from evaluation.html import compare_report
-
     paths["html"] = compare_report(eval_root / name, paths["table"],
                                    [eval_root / run for run in args.compare],
                                    getattr(args, "command", None))
@@ -422,15 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--compare", nargs="+", default=None)
     known, _ = pre.parse_known_args(argv)
     try:
-        from training import registry
-
         job = registry.get(known.model).EVAL_JOB if known.compare is None else "talking"
         if job == "attribute":
-            from evaluation import attribute
+            from evaluation import attribute  # deferred: scipy.stats, as the note at the top says
 
             return attribute.main(argv)
         if job == "pose":
-            from evaluation import pose
+            from evaluation import pose  # deferred: scipy.stats, as the note at the top says
 
             return pose.main(argv)
     except ValueError as exc:
@@ -439,10 +442,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         known.model = None
     args = build_parser(known.model if known.compare is None else None).parse_args(argv)
-
-    from evaluation.html import command_line
-    from training.cli import report_errors
-
     args.command = command_line("evaluate.py", argv)
     return report_errors(lambda: compare(args) if args.compare else evaluate(args), args=args)
 

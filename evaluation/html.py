@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from .visuals import comparison_grid, comparison_video
+
 __all__ = ["Section", "environment", "markdown_to_html", "references", "write_html"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,10 +269,6 @@ def talking_report(out_dir: str | Path, title: str, table_md: str | Path, comman
     the first pair's grid and side-by-side video (``example`` from
     :func:`evaluation.visuals.synthetic_rows` / ``real_rows``), ``metrics.png``, and the loss
     curves and diagnostics of the training run folders ``run_dirs`` that exist."""
-    # deferred: .visuals pulls in torch (~1.7 s at start-up, python -X importtime), which
-    # evaluate.py --compare and the other reports do not need
-    from .visuals import comparison_grid, comparison_video
-
     out = Path(out_dir)
     text = Path(table_md).read_text()
     body = text.split("\n", 1)[1] if text.startswith("# ") else text

@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from faces.paste import PasteRegion, paste_back
 from glow import CheckpointError, bits_per_dim
+from talking.job import model_inputs, to_tensor, to_uint8
 from training import registry
 from training.recipe import Recipe
 
-__all__ = ["BASELINE_BLEND", "BASELINE_COPY", "EvalModel", "System", "load_model",
+__all__ = ["BASELINE_BLEND", "BASELINE_COPY", "EvalModel", "System", "load_for_evaluation",
            "pasted_label", "run_sequence"]
 
 BASELINE_COPY = "baseline: copy query"
@@ -67,8 +69,9 @@ class EvalModel:
         return bits_per_dim(log_p, logdet, x[0].numel(), self.n_bits)
 
 
-def load_model(kind: str, args: argparse.Namespace, device: torch.device) -> EvalModel:
-    """Load ``args.checkpoint`` as model ``kind`` (see :func:`training.registry.get`).
+def load_for_evaluation(kind: str, args: argparse.Namespace, device: torch.device) -> EvalModel:
+    """Load ``args.checkpoint`` as model ``kind`` (see :func:`training.registry.get`) with
+    what is evaluated of it: its talking-face systems and the flow whose bits/dim is reported.
 
     ``args`` carries the recipe's test-time flags (``add_test_args``). What is evaluated comes
     from the recipe's hooks (``training/registry.py``): ``eval_systems`` (the talking-face
@@ -118,9 +121,6 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     as it saw it, upsampled and added), the query itself and the mouth blend
     made at 256 px (``uint8 [T, 256, 256, 3]``).
     """
-    from faces.paste import PasteRegion, paste_back
-    from talking.job import model_inputs, to_tensor, to_uint8
-
     query_t = to_tensor([query256], size).to(device)
     query8 = to_uint8(query_t)[0]
     outs: dict[str, list[np.ndarray]] = {BASELINE_COPY: [], BASELINE_BLEND: []}
@@ -151,6 +151,4 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
 
 def like_model_input(image256: np.ndarray, size: int) -> np.ndarray:
     """A 256 px uint8 image brought to the model's size exactly as its inputs are."""
-    from talking.job import to_tensor, to_uint8
-
     return to_uint8(to_tensor([image256], size))[0]

@@ -13,7 +13,7 @@ import torch
 
 from ad_flow.recipe import DEFAULT_GLOW
 from ad_flow.recipe import RECIPE as ad
-from evaluation.models import load_model
+from evaluation.models import load_for_evaluation
 from glow import Glow
 from mi_flow.recipe import RECIPE as mi
 from training import registry
@@ -102,7 +102,7 @@ def test_ad_flow_density_is_the_glow_load_for_test_loaded(tmp_path) -> None:
     trained_on.rename(ckdir / DEFAULT_GLOW)
     args = SimpleNamespace(checkpoint=str(ck), glow=None, checkpoint_dir=str(ckdir),
                            n_flow=None, n_block=None, affine=False, conv_lu=True)
-    ev = load_model("ad-flow", args, torch.device("cpu"))
+    ev = load_for_evaluation("ad-flow", args, torch.device("cpu"))
     assert ev.density is ev.model.glow
     assert ev.model.glow_path == ckdir / DEFAULT_GLOW
     assert ev.n_bits == 3
@@ -117,7 +117,7 @@ def test_mi_flow_is_evaluated_in_both_modes(tmp_path) -> None:
     ck = save_checkpoint(tmp_path / "mi.pt", model_name="mi-flow", model_config=dict(
         cfg.__dict__), train_config={}, weights=model.state_dict())
     args = SimpleNamespace(checkpoint=str(ck), mode="thesis")
-    ev = load_model("mi-flow", args, torch.device("cpu"))
+    ev = load_for_evaluation("mi-flow", args, torch.device("cpu"))
     assert [s.label for s in ev.systems] == ["mi-flow (thesis)", "mi-flow (cond)"]
     assert ev.density is ev.model and ev.n_bits == 4
     torch.manual_seed(1)
@@ -133,7 +133,7 @@ def test_mi_flow_is_evaluated_in_both_modes(tmp_path) -> None:
 
 def test_glow_is_evaluated_for_likelihood_only_and_test_py_refuses_it(tmp_path, capsys) -> None:
     path = _save_glow(tmp_path / "g.pt", _tiny_glow(2), n_bits=6)
-    ev = load_model("glow", SimpleNamespace(checkpoint=str(path)), torch.device("cpu"))
+    ev = load_for_evaluation("glow", SimpleNamespace(checkpoint=str(path)), torch.device("cpu"))
     assert ev.systems == [] and ev.density is ev.model and ev.n_bits == 6 and ev.size == SIZE
     from talking.cli import main
 
