@@ -21,13 +21,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from faces.io import umask_mode
+from lrw.datasets import load_image
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_NAME = ".pose_index.json"
 CACHE_FORMAT = "flowdisentangle-pose-index/1"
 
 
 class PoseDataError(ValueError):
-    """The pose data cannot be used; the message is one line naming the folder and the fix."""
+    """The pose data cannot be used; the message is one line naming the file or folder and the
+    fix."""
 
 
 def landmark_path(frame: Path) -> Path:
@@ -92,8 +96,6 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, clips: dict) -> bool:
-    from faces.io import umask_mode
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".pose_index.", suffix=".tmp", dir=path.parent)
@@ -225,8 +227,6 @@ class QuadrupletDataset(Dataset):
         return i, pos, n1, self._other(group, n1, g)
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from lrw.datasets import load_image
-
         path = self.index.frames[i]
         lm, reason = read_landmarks(landmark_path(path))
         if lm is None:  # changed since it was indexed

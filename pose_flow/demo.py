@@ -10,6 +10,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.checkpoint import load_checkpoint
+
+from .synthetic import main as synth_main
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "demo_pose"
 
@@ -67,10 +71,6 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
     """Make the set under ``out/pose_synthetic``, train ``out/checkpoint/demo_pose``, write the
     driving outputs, the transfer grid and the evaluation under ``result_dir``. A failing step
     is a ``ValueError`` naming it (the scripts print their own one-line errors)."""
-    from training.checkpoint import load_checkpoint
-
-    from .synthetic import main as synth_main
-
     plan = TINY if tiny else FULL
     t0 = time.perf_counter()
     out, result_dir = Path(out), Path(result_dir)

@@ -43,6 +43,8 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
+        # deferred: torchvision costs 1.7 s (python -X importtime), paid by every
+        # train.py/test.py --model pose-flow (even --help) though few runs use --vgg_weights
         from torchvision.models.vgg import cfgs, make_layers
 
         path = Path(path)

@@ -43,6 +43,7 @@ from glow.fast import InvConv2dLU, ZeroConv2d, install, use_cache
 from glow.layers import conditioner_input
 
 from .conditions import cond_channels, condition
+from .warp import piecewise_affine
 
 # The anchor's conditioner widths per level at 64 px: first block, 4 split blocks, 2 headers.
 ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
@@ -359,8 +360,6 @@ class PoseFlow(nn.Module):
     def warp_reference(self, ref: Tensor, ref_landmarks: Tensor, landmarks: Tensor) -> Tensor:
         """The reference images ``[B, 3, S, S]`` warped so their landmarks land on
         ``landmarks`` (the piecewise-affine warp of :mod:`pose_flow.warp`)."""
-        from .warp import piecewise_affine
-
         return piecewise_affine(ref, ref_landmarks, landmarks)
 
     def _residual(self, x: Tensor, ref: Tensor | None, sign: int) -> Tensor:

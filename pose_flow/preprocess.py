@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from cliargs import add_no_progress, image_size, os_error_line, positive_int
+from faces.align import apply_transform
+from faces.io import read_image, umask_mode, write_image
+from faces.landmarks import LandmarkDetector, ModelFileError
+from faces.sequence import crops_of, plan_sequence
+from lrw.video import VideoReader
 
 from .data import IMAGE_EXTENSIONS, landmark_path, read_landmarks
 
@@ -32,8 +38,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def save_landmarks(path: Path, lm: np.ndarray) -> None:
     """Write ``lm`` atomically (a crash never leaves a truncated .npy behind)."""
-    from faces.io import umask_mode
-
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
     try:
         umask_mode(fd)
@@ -59,15 +63,11 @@ _WORKER: dict = {}
 
 
 def _init(predictor: str | None, detect_width: int) -> None:
-    from faces.landmarks import LandmarkDetector
-
     _WORKER["det"] = LandmarkDetector(predictor, detect_width)
 
 
 def _one(path: str) -> tuple[str, str]:
     """-> (path, "ok" | "no_face" | "unreadable")."""
-    from faces.io import read_image
-
     try:
         image = read_image(path)
     except (OSError, ValueError):
@@ -151,14 +151,6 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
     decoded frame in memory at a time) into a temporary folder that is moved into place with
     its ``.done`` marker; an unreadable, truncated or faceless video is a counted failure that
     leaves nothing behind and is tried again next time."""
-    import shutil
-
-    from faces.align import apply_transform
-    from faces.io import write_image
-    from faces.landmarks import LandmarkDetector
-    from faces.sequence import crops_of, plan_sequence
-    from lrw.video import VideoReader
-
     videos, out = Path(videos), Path(out)
     if not videos.is_dir():
         raise ValueError(f"--from_video {videos}: no such folder (expected "
@@ -236,8 +228,6 @@ def cli(argv: list[str]) -> int:
         a = p.parse_args(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 2
-    from faces.landmarks import ModelFileError
-
     try:
         if a.from_video:
             if not a.out:

@@ -40,11 +40,14 @@ from torch import Tensor, nn
 
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
+from lrw.datasets import training_root
 from training.config import opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
 
-from .losses import quadruplet_loss
+from . import driving
+from .data import QuadrupletDataset
+from .losses import identity_loss, loss_net, perceptual_loss, quadruplet_loss
 from .model import PRIORS, REFERENCES, PoseFlow
 
 
@@ -159,10 +162,6 @@ class PoseFlowRecipe(Recipe):
                 raise ValueError(f"{flag} {path}: no such file")
 
     def dataset(self, cfg: Config, data_dir: Path):
-        from lrw.datasets import training_root
-
-        from .data import QuadrupletDataset
-
         ds = QuadrupletDataset(training_root(data_dir), cfg.img_size)
         notes = [ds.index.skipped_summary()]
         if ds.single_frame_identities:
@@ -220,13 +219,9 @@ class PoseFlowRecipe(Recipe):
             terms["recs"] = F.l1_loss(rec_s, image)
             terms["recc"] = F.l1_loss(rec_c, image)
             if cfg.vgg_weights:
-                from .losses import loss_net, perceptual_loss
-
                 terms["perc"] = perceptual_loss(loss_net("vgg", cfg.vgg_weights, x.device),
                                                 rec_c, image)
             if cfg.id_net:
-                from .losses import identity_loss, loss_net
-
                 terms["idc"] = identity_loss(loss_net("id", cfg.id_net, x.device, cfg.id_size),
                                              rec_c, image)
         return terms
@@ -272,19 +267,22 @@ class PoseFlowRecipe(Recipe):
         return {"architecture": unwrap(model).config()}
 
     def add_test_args(self, parser) -> None:
-        from .driving import add_test_args as add
-
-        add(parser)
+        driving.add_test_args(parser)
 
     def load_for_test(self, args, device):
-        from .driving import load_for_test as load
-
-        return load(args, device)
+        return driving.load_for_test(args, device)
 
     def generate(self, model, query, mix, source, args):
-        from .driving import generate as gen
+        return driving.generate(model, query, mix, source, args)
 
-        return gen(model, query, mix, source, args)
+    @torch.no_grad()
+    def transfer_poses(self, model: PoseFlow, images, landmarks, target_landmarks,
+                       temperature: float = 0.0) -> Tensor:
+        """Each face's appearance (its ``w``) under every target's landmarks."""
+        app = model.appearance(images, landmarks)
+        n = target_landmarks.shape[0]
+        return torch.stack([model.render(model.select_appearance(app, i, n), target_landmarks,
+                                         temperature) for i in range(images.shape[0])])
 
 
 RECIPE = PoseFlowRecipe()

@@ -32,6 +32,7 @@ import numpy as np
 from cliargs import add_no_progress, model_size, nonnegative_int, positive_int, seed
 from faces.io import write_image
 from synthface.face import Identity, MouthState, sample_identity
+from synthface.output import replacing
 from synthface.pose import HeadPose, render_posed, sample_pose
 
 from .preprocess import save_landmarks
@@ -135,8 +136,6 @@ def generate(cfg: PoseSetConfig, force: bool = False, log=print) -> dict:
     A pose set made with other options is replaced whole once the new one is complete
     (:func:`synthface.output.replacing`); any other non-empty folder is refused, never
     written into."""
-    from synthface.output import replacing
-
     final = Path(cfg.out)
     manifest = build_manifest(cfg)
     mpath = final / "manifest.json"

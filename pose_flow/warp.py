@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .conditions import pixel_centres
+
 BORDER = np.array([[0, 0], [0.5, 0], [1, 0], [1, 0.5], [1, 1], [0.5, 1], [0, 1], [0, 0.5]],
                   np.float64)
 
@@ -28,6 +30,8 @@ BORDER = np.array([[0, 0], [0.5, 0], [1, 0], [1, 0.5], [1, 1], [0.5, 1], [0, 1],
 def triangles(points: np.ndarray) -> np.ndarray:
     """Delaunay triangles ``[M, 3]`` (vertex indices) of ``points [K, 2]``; repeated points
     (a closed mouth's inner lips) are left out by the triangulation."""
+    # deferred: scipy.spatial costs 0.6 s (python -X importtime), paid by every
+    # train.py/test.py --model pose-flow (even --help) through the model
     from scipy.spatial import Delaunay
 
     return Delaunay(points).simplices.astype(np.int64)
@@ -36,8 +40,6 @@ def triangles(points: np.ndarray) -> np.ndarray:
 def _source_coords(src: Tensor, dst: Tensor, tri: Tensor, size: int) -> Tensor:
     """For one image: ``src, dst [K, 2]``, ``tri [M, 3]`` -> source coordinates ``[S, S, 2]``
     of every output pixel centre (units of the image)."""
-    from .conditions import pixel_centres
-
     g = pixel_centres(size, dst)  # [N, 2]
     a, b, c = dst[tri[:, 0]], dst[tri[:, 1]], dst[tri[:, 2]]  # [M, 2]
     v0, v1 = b - a, c - a

@@ -15,7 +15,9 @@ from training.cli import report_errors
 from . import pose_grid, transfer
 from .job import add_common_args, run
 
-USAGE = """Make a query face talk with a source sequence's mouth motion (AD-flow, MI-flow).
+USAGE = """Make a query face talk with a source sequence's mouth motion (AD-flow, MI-flow), or
+drive it with the source's pose and expression (pose-flow; --transfer_grid SOURCES_DIR
+TARGETS_DIR for its pose-transfer grid).
 
 Examples:
   python test.py --model ad-flow --source ellen obama

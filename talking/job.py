@@ -222,8 +222,8 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
         photo, crop_to_photo = load_alignment(query_path)
     source = resolve_source(args.source, args.image_dir,
                             progress=getattr(args, "progress", True), say=say)
-    args.source = str(source.folder)  # a video's cached crops, for recipes that read the frames
     frames = source.frames[: args.max_frames] if args.max_frames else source.frames
+    args.query_path, args.frames = query_path, frames  # for a recipe reading files beside them
     fps = args.fps if args.fps else source.fps
     audio = source.audio
     if getattr(args, "audio", None):

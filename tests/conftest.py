@@ -68,3 +68,36 @@ def noise_images(root: Path, n: int = 8, size: int = 8) -> Path:
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
             root / f"img_{i:02d}.png")
     return root
+
+
+# pose-flow's tiny model, shared by its training tests (tests/pose_flow) and the jobs that run
+# it (tests/talking/test_pose_grid.py, tests/evaluation/test_pose.py)
+POSE_TINY = dict(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8)
+
+
+@pytest.fixture(scope="session")
+def pose_set(tmp_path_factory) -> Path:
+    from pose_flow.synthetic import PoseSetConfig, generate
+
+    out = tmp_path_factory.mktemp("pose") / "set"
+    generate(PoseSetConfig(str(out), identities=4, clips=1, frames=3, size=16,
+                           eval_identities=2, targets=2, drive_frames=5), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session", params=["none", "warp"])
+def pose_trained(request, pose_set, tmp_path_factory) -> dict:
+    """A tiny run of each pose flow: the anchor's (``--reference none``) and the warp-residual;
+    ``ckpt``: its checkpoint."""
+    from pose_flow.recipe import RECIPE
+    from training.config import TrainConfig
+    from training.loop import train
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(name="tiny", batch=2, iter=20, workers=0, progress=False,
+                      sample_every=20, log_every=1, checkpoint_dir=str(root / "ck"),
+                      result_dir=str(root / "res"), device=str(run_device()), lr=1e-3)
+    summary = train(RECIPE, RECIPE.Config(**POSE_TINY, reference=request.param), cfg, pose_set,
+                    say=lambda *_: None)
+    return {"summary": summary, "root": root, "cfg": cfg, "reference": request.param,
+            "ckpt": root / "ck" / "tiny" / "last.pt"}

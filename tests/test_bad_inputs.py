@@ -727,8 +727,8 @@ def test_pose_flow_query_without_landmarks_advises_that_one_image_and_the_advice
     """A small face in a large query image: dlib misses it at the default detection width;
     the advice names that image (never its folder) and a width that finds it, and running it
     writes that image's landmark file and nothing else."""
+    from pose_flow.data import PoseDataError
     from pose_flow.driving import landmarks_for
-    from talking.inputs import TalkingError
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -738,7 +738,7 @@ def test_pose_flow_query_without_landmarks_advises_that_one_image_and_the_advice
     canvas.save(folder / "query.png")
     _png(folder / "other.png", size=64)  # a neighbour the advice must not touch
     before = _tree(folder)
-    with pytest.raises(TalkingError) as exc:
+    with pytest.raises(PoseDataError) as exc:
         landmarks_for(folder / "query.png", "query")
     message = str(exc.value)
     assert "--landmarks " + str(folder) + " " not in message + " "

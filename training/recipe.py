@@ -144,6 +144,13 @@ class Recipe:
         """query [1, 3, S, S], mix and source [T, 3, S, S] in [-0.5, 0.5] -> [T, 3, S, S]."""
         raise ValueError(f"model '{self.NAME}' has no talking-face generation")
 
+    def transfer_poses(self, model: nn.Module, images: Tensor, landmarks: Tensor,
+                       target_landmarks: Tensor, temperature: float = 0.0) -> Tensor:
+        """test.py --transfer_grid: faces [N, 3, S, S] in [-0.5, 0.5] with their landmarks
+        [N, 68, 2] (x, y in 0..1), each re-posed to every target's landmarks [M, 68, 2]
+        -> [N, M, 3, S, S]."""
+        raise ValueError(f"model '{self.NAME}' has no pose transfer")
+
     def eval_systems(self, model: nn.Module, args) -> list[tuple[str, argparse.Namespace]]:
         """evaluate.py: ``(label, args)`` per talking-face system, run as ``generate(model, ...,
         args)`` (e.g. MI-flow: one per --mode)."""

@@ -301,9 +301,10 @@ def pose_scores(tmp_path_factory):
     first pairs of a small pose set (32 px), with a random LPIPS."""
     import json
 
+    from evaluation.pose import FaceScorer, _resize, field_values
+    from evaluation.pose import piecewise_affine_warp as warp
+    from faces.io import read_image as _read
     from pose_flow.data import read_landmarks
-    from pose_flow.evaluate import FaceScorer, _read, _resize, field_values
-    from pose_flow.evaluate import piecewise_affine_warp as warp
     from pose_flow.synthetic import PoseSetConfig, generate
 
     root = tmp_path_factory.mktemp("pose") / "set"

@@ -131,15 +131,15 @@ def test_every_reader_of_the_project_goes_through_it(tmp_path: Path) -> None:
     """The readers of training, test.py / evaluate.py, the CelebA converter and the pose-flow
     evaluation all decode a 16-bit PNG as the one reader does."""
     from content_ae.celeba import _crop_resize
+    from evaluation import pose
     from lrw.datasets import load_image
-    from pose_flow.evaluate import _read
     from talking.inputs import read_rgb
 
     path = tmp_path / "g16.png"
     Image.fromarray(RAMP16).save(path)
     want = read_image(path)
     assert abs(float(want.mean()) - float(RAMP8.mean())) < 1
-    assert np.array_equal(_read(path), want)
+    assert np.array_equal(pose.read_image(path), want)
     assert np.array_equal(read_rgb(path, size=16), want)
     assert np.array_equal(np.asarray(_crop_resize(path, 16, 16)), want)
     tensor = load_image(path, 16)
@@ -227,5 +227,5 @@ def test_non_square_pictures_are_said_once_per_job(tmp_path: Path) -> None:
     images, skipped = load_images(paths, 8, 3, said.append)
     assert isinstance(images, torch.Tensor) and images.shape == (3, 3, 8, 8) and skipped == 0
     assert len(said) == 1 and "24x16, not square (and 1 more)" in said[0]
-    src = (ROOT / "pose_flow" / "driving.py").read_text()
+    src = (ROOT / "talking" / "pose_grid.py").read_text()
     assert 'note_non_square(srcs, "source"' in src and 'note_non_square(tgts, "target"' in src

@@ -1,6 +1,7 @@
-"""Pose flow training, data and test time: losses on hand-made codes, a tiny run that lowers
+"""Pose flow training, data and driving: losses on hand-made codes, a tiny run that lowers
 its losses, the anchor's bugs (lazy ZeroConv scale, per-rank init, no dequantisation, a
-climbing learning rate), the data checks and every bad input, test.py and evaluate.py."""
+climbing learning rate), the data checks and every bad input, test.py's driving (the grid:
+tests/talking/test_pose_grid.py; evaluate.py: tests/evaluation/test_pose.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_device
+from conftest import POSE_TINY as TINY
 from PIL import Image
 
 from glow import ZeroConv2d
@@ -22,14 +23,10 @@ from pose_flow.data import PoseDataError, QuadrupletDataset, open_index
 from pose_flow.losses import quadruplet_loss
 from pose_flow.recipe import RECIPE as recipe
 from pose_flow.recipe import flatten_batch
-from pose_flow.synthetic import PoseSetConfig, generate
 from training.config import TrainConfig
-from training.loop import StepContext, step_generator, train
+from training.loop import StepContext, step_generator
 from training.recipe_helpers import dequantised
 
-DEVICE = str(run_device())  # the tests that train or run test.py (pytest --device)
-
-TINY = dict(img_size=16, n_flow=1, n_block=2, n_header=2, hidden=8)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,26 +37,6 @@ def _script(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def pose_set(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pose") / "set"
-    generate(PoseSetConfig(str(out), identities=4, clips=1, frames=3, size=16,
-                           eval_identities=2, targets=2, drive_frames=5), log=lambda *_: None)
-    return out
-
-
-@pytest.fixture(scope="module", params=["none", "warp"])
-def trained(request, pose_set, tmp_path_factory) -> dict:
-    """A tiny run of each model: the anchor's (``--reference none``) and the warp-residual."""
-    root = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(name="tiny", batch=2, iter=20, workers=0, progress=False,
-                      sample_every=20, log_every=1, checkpoint_dir=str(root / "ck"),
-                      result_dir=str(root / "res"), device=DEVICE, lr=1e-3)
-    summary = train(recipe, recipe.Config(**TINY, reference=request.param), cfg, pose_set,
-                    say=lambda *_: None)
-    return {"summary": summary, "root": root, "cfg": cfg, "reference": request.param}
 
 
 def _ctx(cfg: recipe.Config, step: int = 0, world: int = 1, gather=None) -> StepContext:
@@ -84,18 +61,18 @@ def test_quadruplet_loss_on_hand_made_codes():
     assert loss.item() == pytest.approx(0.05 - 0.2)
 
 
-def test_tiny_run_lowers_the_losses(trained):
-    log = [json.loads(x) for x in (Path(trained["summary"]["run_dir"]) / "log.jsonl")
+def test_tiny_run_lowers_the_losses(pose_trained):
+    log = [json.loads(x) for x in (Path(pose_trained["summary"]["run_dir"]) / "log.jsonl")
            .read_text().splitlines()]
     first = np.mean([r["loss"] for r in log[:3]])
     last = np.mean([r["loss"] for r in log[-3:]])
     assert last < first - 0.5, (first, last)
     # with a reference the reconstructions start at the warp's error (an untrained model
     # decodes a zero residual): twenty tiny steps are not expected to beat it
-    keys = ("bpd", "recs", "recc") if trained["reference"] == "none" else ("bpd",)
+    keys = ("bpd", "recs", "recc") if pose_trained["reference"] == "none" else ("bpd",)
     for key in keys:
         assert np.mean([r[key] for r in log[-3:]]) < np.mean([r[key] for r in log[:3]]), key
-    assert (Path(trained["summary"]["run_dir"]) / "000020.png").is_file()
+    assert (Path(pose_trained["summary"]["run_dir"]) / "000020.png").is_file()
     # the learning rate decays and never climbs back
     lrs = [r["lr"] for r in log]
     assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < lrs[0] / 10
@@ -223,10 +200,10 @@ def test_single_frame_identity_and_one_identity(pose_set, tmp_path):
 
 # -- test.py and evaluate.py -------------------------------------------------------------------
 
-def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, trained, tmp_path):
+def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, pose_trained, tmp_path):
     test_script = _script("test")
 
-    ck = trained["root"] / "ck" / "tiny" / "last.pt"
+    ck = pose_trained["ckpt"]
     src = pose_set / "image" / "source_img" / "drive00"
     query = pose_set / "image" / "ref_img" / "ev00_16.png"
     rc = test_script.main(["--model", "pose-flow", "--source", str(src), str(query),
@@ -239,17 +216,9 @@ def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, trained, tmp_pa
     frames, fps = read_video(out / "video.mp4")
     assert len(frames) == n and fps == pytest.approx(25)
     assert (out / "grid.png").is_file()
-    rc = test_script.main(["--model", "pose-flow", "--transfer_grid",
-                           str(pose_set / "eval" / "sources"), str(pose_set / "eval" / "targets"),
-                           "--checkpoint", str(ck), "--result_dir", str(tmp_path)])
-    from PIL import Image
-
-    grid = np.asarray(Image.open(tmp_path / "transfer_grid" / "grid.png"))
-    # 3 x 3 cells of a 16 px model, shown at 128 px (+ 2 px gutters)
-    assert rc == 0 and grid.shape[:2] == (2 + 3 * 130, 2 + 3 * 130)
 
 
-def test_source_without_landmarks_is_a_one_line_error(pose_set, trained, tmp_path, capsys):
+def test_source_without_landmarks_is_a_one_line_error(pose_set, pose_trained, tmp_path, capsys):
     test_script = _script("test")
 
     src = tmp_path / "src"
@@ -257,32 +226,13 @@ def test_source_without_landmarks_is_a_one_line_error(pose_set, trained, tmp_pat
     (src / "002.npy").unlink()
     rc = test_script.main(["--model", "pose-flow", "--source", str(src),
                            str(pose_set / "image" / "ref_img" / "ev00_16.png"), "--checkpoint",
-                           str(trained["root"] / "ck" / "tiny" / "last.pt"),
+                           str(pose_trained["ckpt"]),
                            "--result_dir", str(tmp_path), "--no_progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "002.png" in err[0] and err[0].startswith("error:")
 
 
-@pytest.mark.slow
-def test_evaluate_scores_the_model_and_both_baselines(pose_set, trained, tmp_path, capsys):
-    evaluate_script = _script("evaluate")
-
-    rc = evaluate_script.main(["--model", "pose-flow", str(pose_set), "--checkpoint",
-                               str(trained["root"] / "ck" / "tiny" / "last.pt"),
-                               "--result_dir", str(tmp_path), "--name", "e", "--pairs", "2"])
-    assert rc == 0
-    rows = (tmp_path / "eval" / "e" / "metrics.csv").read_text().splitlines()
-    want = ["pose-flow", "copy source", "warp source"]
-    if trained["reference"] == "warp":  # the residual flow's own starting point beside it
-        want.append("warp source (the flow's own warp)")
-    assert [r.split(",")[0] for r in rows[1:]] == want
-    table = (tmp_path / "eval" / "e" / "table.md").read_text()
-    assert "landmark err" in table and "identity dist" in table
-    rc = evaluate_script.main(["--model", "pose-flow", str(tmp_path), "--checkpoint", "x"])
-    assert rc == 1 and "not a pose set" in capsys.readouterr().err
-
-
-def test_driving_from_a_video_file(pose_set, trained, tmp_path, shared_faces):
+def test_driving_from_a_video_file(pose_set, pose_trained, tmp_path, shared_faces):
     """test.py --model pose-flow --source VIDEO: the cached crops carry their landmarks, one
     frame out per source frame, pasted back at the query's size (the face region)."""
     from faces.io import read_image, sorted_frames
@@ -292,7 +242,7 @@ def test_driving_from_a_video_file(pose_set, trained, tmp_path, shared_faces):
     video = write_video(tmp_path / "clip.mp4", frames, 25)
     query = pose_set / "image" / "ref_img" / "ev00_16.png"
     rc = _script("test").main(["--model", "pose-flow", "--source", str(video), str(query),
-                               "--checkpoint", str(trained["root"] / "ck" / "tiny" / "last.pt"),
+                               "--checkpoint", str(pose_trained["ckpt"]),
                                "--result_dir", str(tmp_path / "res"), "--image_dir",
                                str(tmp_path / "image"), "--no_progress"])
     assert rc == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pose_flow.evaluate import piecewise_affine_warp
+from evaluation.pose import piecewise_affine_warp
 from pose_flow.model import PoseFlow
 from pose_flow.warp import piecewise_affine
 from synthface.face import MouthState, render, sample_identity
