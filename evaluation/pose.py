@@ -36,7 +36,7 @@ from faces.landmarks import LandmarkDetector
 from faces.metrics import recognizer
 from glow.io import CheckpointError
 from pose_flow.data import read_landmarks
-from pose_flow.driving import landmarks_for, retarget
+from pose_flow.driving import inter_ocular, landmarks_for, retarget
 from pose_flow.synthetic import is_pose_set
 from talking.inputs import read_rgb, resolve_query, resolve_source
 from talking.job import to_uint8
@@ -115,8 +115,7 @@ class FaceScorer:
 def landmark_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean point distance between landmark sets [68, 2], in units of ``b``'s inter-ocular
     distance."""
-    iod = float(np.linalg.norm(b[36:42].mean(0) - b[42:48].mean(0)))
-    return float(np.linalg.norm(a - b, axis=1).mean() / max(iod, 1e-9))
+    return float(np.linalg.norm(a - b, axis=1).mean() / max(inter_ocular(b), 1e-9))
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:

@@ -16,7 +16,7 @@ Adding a row
 ``Case(id, script, args, names, make={...}, code=None, subprocess=False)``
 
 - ``script``: a key of ``SCRIPTS`` (``train``, ``test``, ``evaluate``, ``preprocess``, ``demo``,
-  ``lrw.synthetic``, ``synthface.attributes``, ``pose_flow.synthetic``, ``pose_flow.driving``).
+  ``lrw.synthetic``, ``synthface.attributes``, ``pose_flow.synthetic``).
 - ``args``: the command line after the script name, split with ``shlex``; ``{name}``
   placeholders are filled from ``World`` (built lazily, so a row pays only for what it names):
   ``{w}`` the world folder (also the working directory of every row), ``{data}`` a folder of
