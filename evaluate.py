@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cliargs import add_no_progress, nonnegative_int, positive_int, seed  # noqa: E402
+from evaluation import pose  # noqa: E402
 from evaluation.html import command_line, compare_report, talking_report  # noqa: E402
 from evaluation.likelihood import bits_per_dim_over, heldout_frames  # noqa: E402
 from evaluation.models import (  # noqa: E402
@@ -64,7 +65,7 @@ from training.precision import (  # noqa: E402
 from training.registry import DEFAULT_MODEL as MODELS_DEFAULT  # noqa: E402
 from training.run import Run, resolve_checkpoint  # noqa: E402
 
-# evaluation.metrics (and .synthetic, .real, .field_metrics, the attribute and pose jobs, which
+# evaluation.metrics (and .synthetic, .real, .field_metrics and the attribute job, which
 # import it) loads scikit-image's metrics and with them scipy.stats: ~2 s more before
 # `evaluate.py --help` answers (python -X importtime), so the jobs import them when they run.
 
@@ -433,8 +434,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return attribute.main(argv)
         if job == "pose":
-            from evaluation import pose  # deferred: scipy.stats, as the note at the top says
-
             return pose.main(argv)
     except ValueError as exc:
         if known.compare is None:

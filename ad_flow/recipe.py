@@ -347,6 +347,8 @@ class ADFlowRecipe(Recipe):
         """Held-out motion and identity scores (see evaluation.motion) on the first
         ``--diag_pairs`` query x source pairs, when the training data is a synthetic set's
         train/."""
+        # deferred: evaluation.synthetic loads scikit-image's metrics and scipy.stats, ~2 s
+        # that train.py, test.py and evaluate.py --help would wait for (python -X importtime)
         from evaluation.synthetic import heldout_scores, synthetic_root_of
 
         cfg: Config = ctx.model_cfg

@@ -236,6 +236,8 @@ class MIFlowRecipe(Recipe):
     def diagnostics(self, model: nn.Module, ctx) -> dict[str, float]:
         """Held-out motion and identity (evaluation.motion) in both test modes on the first
         ``--diag_pairs`` pairs, when the training data is a synthetic set's train/."""
+        # deferred: evaluation.synthetic loads scikit-image's metrics and scipy.stats, ~2 s
+        # that train.py, test.py and evaluate.py --help would wait for (python -X importtime)
         from evaluation.synthetic import heldout_scores, synthetic_root_of
 
         cfg: Config = ctx.model_cfg

@@ -67,8 +67,6 @@ ALLOWLIST = {
     # "file:function: import statement": an import inside a function without a `# deferred:`
     # comment (repeated entries for repeated imports in one function)
     "deferred": [
-        'ad_flow/recipe.py:diagnostics: from evaluation.synthetic import heldout_scores, synthetic_root_of',
-        'mi_flow/recipe.py:diagnostics: from evaluation.synthetic import heldout_scores, synthetic_root_of',
     ],
 }
 
