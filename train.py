@@ -63,6 +63,14 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _heldout_scorer(data_dir: Path, device):
+    """AD-flow's and MI-flow's held-out diagnostics on a synthetic set (evaluation's scorer)."""
+    # deferred: scikit-image and scipy.stats, ~2 s of --help (python -X importtime)
+    from evaluation.synthetic import heldout_scorer
+
+    return heldout_scorer(data_dir, device)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if not data_dir.exists():
             raise ValueError(f"{data_dir}: no such folder (give the folder of training frames)")
         with plain_warnings():
-            summary = train(recipe, mcfg, tcfg, data_dir)
+            summary = train(recipe, mcfg, tcfg, data_dir, heldout=_heldout_scorer)
     # an OSError: a full disk, a file where a folder belongs, no permission
     except (ValueError, CheckpointError, TrainingStopped, OSError) as exc:
         return error_exit(exc)

@@ -347,18 +347,12 @@ class ADFlowRecipe(Recipe):
         """Held-out motion and identity scores (see evaluation.motion) on the first
         ``--diag_pairs`` query x source pairs, when the training data is a synthetic set's
         train/."""
-        # deferred: evaluation.synthetic loads scikit-image's metrics and scipy.stats, ~2 s
-        # that train.py, test.py and evaluate.py --help would wait for (python -X importtime)
-        from evaluation.synthetic import heldout_scores, synthetic_root_of
-
         cfg: Config = ctx.model_cfg
-        root = synthetic_root_of(ctx.data.root)
-        if not cfg.diag_pairs or root is None:
+        if not cfg.diag_pairs or ctx.heldout is None:
             return {}
-
         m = unwrap(model)
-        return heldout_scores(root, lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),
-                              m.img_size, ctx.device, cfg.diag_pairs)
+        return ctx.heldout(lambda q, mix, src: m.transfer(q, mix).clamp_(-0.5, 0.5),
+                           m.img_size, cfg.diag_pairs)
 
     def add_test_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("model: ad-flow")

@@ -41,8 +41,8 @@ from .models import (
 )
 from .motion import mouth_reader, ratio, state_array
 
-__all__ = ["MIN_READER_SIZE", "evaluate_synthetic", "heldout_scores", "is_synthetic",
-           "synthetic_root_of"]
+__all__ = ["MIN_READER_SIZE", "evaluate_synthetic", "heldout_scorer", "heldout_scores",
+           "is_synthetic", "synthetic_root_of"]
 
 MIN_READER_SIZE = 32
 """Smallest image size the geometric motion error is computed at (NaN below: at 16 px the mouth
@@ -142,6 +142,15 @@ def synthetic_root_of(data_dir: str | Path | None) -> Path | None:
         return None
     d = Path(data_dir)
     return next((r for r in (d, d.parent) if is_synthetic(r)), None)
+
+
+def heldout_scorer(data_dir: str | Path, device):
+    """``training.loop.train``'s ``heldout``: ``score(fn, size, pairs)`` on the held-out pairs
+    of the synthetic set whose training folder is ``data_dir``; None when it is not one."""
+    root = synthetic_root_of(data_dir)
+    if root is None:
+        return None
+    return lambda fn, size, pairs: heldout_scores(root, fn, size, device, pairs)
 
 
 def heldout_scores(root: str | Path, fn, size: int, device="cpu", pairs: int = 2,

@@ -236,21 +236,15 @@ class MIFlowRecipe(Recipe):
     def diagnostics(self, model: nn.Module, ctx) -> dict[str, float]:
         """Held-out motion and identity (evaluation.motion) in both test modes on the first
         ``--diag_pairs`` pairs, when the training data is a synthetic set's train/."""
-        # deferred: evaluation.synthetic loads scikit-image's metrics and scipy.stats, ~2 s
-        # that train.py, test.py and evaluate.py --help would wait for (python -X importtime)
-        from evaluation.synthetic import heldout_scores, synthetic_root_of
-
         cfg: Config = ctx.model_cfg
-        root = synthetic_root_of(ctx.data.root)
-        if not cfg.diag_pairs or root is None:
+        if not cfg.diag_pairs or ctx.heldout is None:
             return {}
         m = unwrap(model)
         out = {}
         for mode in ("thesis", "cond"):
             args = types.SimpleNamespace(mode=mode)
-            scores = heldout_scores(root, lambda q, mix, src, a=args:
-                                    self.generate(m, q, mix, src, a),
-                                    m.img_size, ctx.device, cfg.diag_pairs)
+            scores = ctx.heldout(lambda q, mix, src, a=args: self.generate(m, q, mix, src, a),
+                                 m.img_size, cfg.diag_pairs)
             out.update({f"{mode}_{k}": v for k, v in scores.items()
                         if k in ("motion_dev", "motion", "dpsnr")})
         return out

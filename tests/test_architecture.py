@@ -51,8 +51,6 @@ SCRIPTS = {"train", "test", "evaluate", "preprocess", "demo"}
 ALLOWLIST = {
     # "importer -> imported": a lower layer importing a higher one
     "layers": [
-        'ad_flow.recipe -> evaluation.synthetic',
-        'mi_flow.recipe -> evaluation.synthetic',
     ],
     # "importer -> imported": one model package importing another
     "models": [

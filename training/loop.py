@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ class StepContext:
     train_cfg: TrainConfig
     generator: torch.Generator = field(repr=False, default=None)
     data: DataInfo | None = field(repr=False, default=None)  # from recipe.dataset
+    # ``heldout(fn, size, pairs) -> scores`` of a generator on the held-out pairs of the
+    # synthetic set the training data belongs to (train.py gives evaluation's scorer; None:
+    # no such set, or train() called without one)
+    heldout: Callable[..., dict[str, float]] | None = field(repr=False, default=None)
 
     def global_rand(self, local_shape: tuple[int, ...], normal: bool = False) -> Tensor:
         """Noise for this rank's share of the global batch (same values as one process)."""
@@ -214,8 +219,9 @@ def clip_group_gradients(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 # --- A run: the lock and the process group around it --------------------------------------------
 
 def train(recipe: Recipe, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path,
-          say=print) -> dict:
-    """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped."""
+          say=print, heldout=None) -> dict:
+    """Train ``recipe``'s model; returns a summary dict. Raises ValueError/TrainingStopped.
+    ``heldout(data_dir, device)``: the held-out scorer for ``StepContext.heldout`` (or None)."""
     # Refused before the process group forms, so every rank exits at once with the same line.
     if distributed.launched_world() > 1 and not recipe.DDP_EXACT:
         raise ValueError(f"--model {recipe.NAME} does not support torchrun/DDP "
@@ -234,7 +240,8 @@ def train(recipe: Recipe, model_cfg: Any, cfg: TrainConfig, data_dir: str | Path
     try:
         info = distributed.setup(cfg.device)
         try:
-            result = Training(recipe, model_cfg, cfg, Path(data_dir), info, run, say).loop()
+            result = Training(recipe, model_cfg, cfg, Path(data_dir), info, run, say,
+                              heldout).loop()
             distributed.barrier()  # every rank done with its collectives before any tears down
             return result
         finally:
@@ -249,10 +256,11 @@ class Training:
     Building it prepares the run (sections 1 and 2); :meth:`loop` trains (3 to 5)."""
 
     def __init__(self, recipe: Recipe, model_cfg, cfg: TrainConfig, data_dir: Path,
-                 info: distributed.DistInfo, run: Run, say) -> None:
+                 info: distributed.DistInfo, run: Run, say, heldout=None) -> None:
         self.recipe, self.model_cfg, self.cfg, self.data_dir = recipe, model_cfg, cfg, data_dir
         self.info, self.run, self.say = info, run, say
         self.device, self.world, self.main = info.device, info.world, info.is_main
+        self.heldout = heldout(data_dir, self.device) if heldout else None
         self.step = self.skipped = self.bad_in_row = 0
         self.sampled_at = -1  # the step of the last sample grid
         self.prepare()
@@ -264,7 +272,8 @@ class Training:
     def ctx(self) -> StepContext:
         return StepContext(step=self.step, rank=self.info.rank, world=self.world,
                            device=self.device, model_cfg=self.model_cfg, train_cfg=self.cfg,
-                           generator=step_generator(self.cfg.seed, self.step), data=self.data)
+                           generator=step_generator(self.cfg.seed, self.step), data=self.data,
+                           heldout=self.heldout)
 
     # --- 1. Prepare the run: the flags, then the checkpoint to resume or a fresh start ----------
 
