@@ -216,7 +216,7 @@ def _frames(folder: Path, n: int, size: int) -> Path:
 def section_low_memory(args) -> dict:
     import torch
 
-    from glow.recipe import RECIPE as recipe
+    from plain_glow.recipe import RECIPE as recipe
     from training.config import TrainConfig
     from training.loop import train
 

@@ -37,6 +37,7 @@ from faces.metrics import recognizer
 from glow.io import CheckpointError
 from pose_flow.data import read_landmarks
 from pose_flow.driving import inter_ocular, landmarks_for, retarget
+from pose_flow.recipe import RECIPE
 from pose_flow.synthetic import is_pose_set
 from talking.inputs import read_rgb, resolve_query, resolve_source
 from talking.job import to_uint8
@@ -188,7 +189,7 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
         lt_t = torch.from_numpy(lm_t)[None].to(device)
         with torch.no_grad():
             out = model.transfer(x, ls_t, lt_t)
-        outputs = {"pose-flow": to_uint8(out)[0], "copy source": src,
+        outputs = {RECIPE.NAME: to_uint8(out)[0], "copy source": src,
                    "warp source": piecewise_affine_warp(src, lm_s, lm_t)}
         if getattr(model, "reference", "none") == "warp":
             # the flow's own starting point: what the flow adds is its row minus this one
@@ -249,7 +250,7 @@ def evaluate_real(model, args, device, scorer: FaceScorer) -> tuple[list[dict], 
                 for k, img in enumerate(to_uint8(out)):
                     tgt = targets[i + k]
                     details.append({
-                        "system": "pose-flow" + (" (retarget)" if args.retarget else ""),
+                        "system": RECIPE.NAME + (" (retarget)" if args.retarget else ""),
                         "source": sname, "target": qname, "frame": i + k,
                         "lm_err": landmark_error(scorer.landmarks(img, tgt), tgt),
                         "id_dist": float(np.linalg.norm(scorer.descriptor(img, tgt) - q_desc))})
@@ -283,12 +284,12 @@ def write(out: Path, rows: list[dict], details: list[dict], title: str,
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="evaluate.py --model pose-flow",
+    p = argparse.ArgumentParser(prog=f"evaluate.py --model {RECIPE.NAME}",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("data", nargs="*", metavar="POSE_SET", help="synthetic pose-set roots")
-    p.add_argument("--model", default="pose-flow", help="pose-flow (this evaluation)")
+    p.add_argument("--model", default=RECIPE.NAME, help=f"{RECIPE.NAME} (this evaluation)")
     p.add_argument("--checkpoint", required=True, help="file, or run name (CHECKPOINT_DIR/"
                    "NAME/last.pt)")
     p.add_argument("--checkpoint_dir", default="checkpoint",
@@ -339,7 +340,7 @@ def main(argv: list[str]) -> int:
         ckpt = resolve_checkpoint(a.checkpoint, a.checkpoint_dir, recipe.DEFAULT_CHECKPOINT)
         name = a.name or (ckpt.parent.name if ckpt.name == "last.pt" else ckpt.stem)
         claim_output(Path(a.result_dir) / "eval" / name,
-                     {"model": "pose-flow", "checkpoint": str(ckpt.resolve()),
+                     {"model": RECIPE.NAME, "checkpoint": str(ckpt.resolve()),
                       "data": [str(Path(d).resolve()) for d in a.data],
                       "sources": a.source, "queries": a.query}, a.overwrite,
                      "give --name NEW to keep both")
@@ -365,7 +366,7 @@ def main(argv: list[str]) -> int:
             notes.append("LSE-C/LSE-D: not computed: --syncnet needs audio and pose sets have "
                          "none")
         table = write(Path(a.result_dir) / "eval" / name, rows, details,
-                      f"pose-flow evaluation: {name}", notes)
+                      f"{RECIPE.NAME} evaluation: {name}", notes)
         report = _html(table.parent, name, examples, a, ckpt, argv)
     except (ValueError, CheckpointError, OSError) as exc:
         return error_exit(exc)
@@ -394,5 +395,5 @@ def _html(out: Path, name: str, examples: dict[str, list], a: argparse.Namespace
              if (run_dir / n).is_file()]
     if media:
         sections.append(Section("Training", "", media))
-    return write_html(out, f"pose-flow evaluation: {name}", sections,
+    return write_html(out, f"{RECIPE.NAME} evaluation: {name}", sections,
                       command_line("evaluate.py", argv))

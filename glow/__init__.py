@@ -2,8 +2,8 @@
 
 The lowest layer (tests/test_architecture.py): nothing here imports another package of the
 project. The self-describing checkpoint format is read here (glow/io.py) so that ``training``
-can build on it; ``glow.recipe`` (the Glow as a trainable model) sits in the model layer above
-``training`` and is never imported by the core.
+can build on it; ``plain_glow`` (the Glow as a trainable model) sits in the model layer above
+``training``.
 """
 
 from .io import CheckpointError, load_glow, safe_load

@@ -1,7 +1,7 @@
 """Model registry: ``train.py``/``test.py``/``evaluate.py`` pick a model by name and never
 branch per model.
 
-A model is a :class:`training.recipe.Recipe` subclass in its own package (``glow.recipe``,
+A model is a :class:`training.recipe.Recipe` subclass in its own package (``plain_glow.recipe``,
 ``ad_flow.recipe``, ...), whose module holds one instance, ``RECIPE``. The base class lists the
 interface: the training side (``Config``, ``validate``, ``dataset``, ``build``, ``losses``,
 ``loss_weights``, ``sample``, and hooks with defaults such as ``initialize``, ``param_groups``,
@@ -23,7 +23,7 @@ from .recipe import Recipe
 DEFAULT_MODEL = "ad-flow"
 
 RECIPES: dict[str, str] = {
-    "glow": "glow.recipe",
+    "glow": "plain_glow.recipe",
     "ad-flow": "ad_flow.recipe",
     "mi-flow": "mi_flow.recipe",
     "pose-flow": "pose_flow.recipe",

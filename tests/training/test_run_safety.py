@@ -167,7 +167,7 @@ def test_missing_last_pt_with_step_files_resumes_from_the_newest(tmp: Path, caps
 
 def test_max_bad_steps_before_any_checkpoint_names_none_and_the_advice_works(
         tmp: Path, capsys, monkeypatch) -> None:
-    from glow.recipe import RECIPE as glow_recipe
+    from plain_glow.recipe import RECIPE as glow_recipe
 
     real = glow_recipe.losses
     monkeypatch.setattr(glow_recipe, "losses", lambda model, batch, ctx: {

@@ -41,7 +41,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def test_event_files_read_back_equal_the_jsonl_logs(tmp_path: Path) -> None:
-    from glow.recipe import RECIPE as glow_recipe
+    from plain_glow.recipe import RECIPE as glow_recipe
     from training.config import TrainConfig
     from training.loop import train
 

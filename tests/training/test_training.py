@@ -18,7 +18,7 @@ from conftest import run_device
 from PIL import Image
 
 from glow.io import CheckpointError
-from glow.recipe import RECIPE as glow_recipe
+from plain_glow.recipe import RECIPE as glow_recipe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.loop import TrainingStopped, train

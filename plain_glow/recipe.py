@@ -1,9 +1,8 @@
 """Glow as a trainable model (``train.py --model glow``): maximum likelihood on dequantised
 images (bits/dim), and its evaluation face (``evaluate.py --model glow``: bits/dim only).
 
-A recipe (see ``training/registry.py``): imported by the registry, never by
-``glow/__init__.py``, so ``import glow`` stays free of ``training``. Its flags are
-``training.recipe_helpers.GlowFlags``, shared with MI-flow.
+A recipe (see ``training/registry.py``) on the core in ``glow``, which never imports it. Its
+flags are ``training.recipe_helpers.GlowFlags``, shared with MI-flow.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ from training.config import opt
 from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import GlowFlags, dequantised, images, validate_glow_flags
 
-from .io import glow_from_checkpoint, load_glow, recorded_n_bits
-from .likelihood import bits_per_dim
-from .memory import enable_low_memory, on_grads_ready
-from .model import Glow
+from glow.io import glow_from_checkpoint, load_glow, recorded_n_bits
+from glow.likelihood import bits_per_dim
+from glow.memory import enable_low_memory, on_grads_ready
+from glow.model import Glow
 
 
 @dataclass
