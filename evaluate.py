@@ -103,11 +103,13 @@ def build_parser(model: str | None) -> argparse.ArgumentParser:
                         help="the mouth mix given to the models and scored as the blend "
                              "baseline on the synthetic set (as test.py --blend; default: "
                              "poisson, gain-matched)")
-    parser.add_argument("--paste_back", default="region", choices=["region", "none"],
+    parser.add_argument("--paste_back", default="region", choices=["region", "query", "none"],
                         help="synthetic: also score what test.py writes, pasted back at 256 px "
                              "against the 256 px truth, beside the query and the mouth blend at "
-                             "256 px (rows '@256 px'; default: region); none: the model's size "
-                             "only")
+                             "256 px (rows '@256 px'), as test.py --paste_back does it: region "
+                             "(default; the model's change added to its input at 256 px, the "
+                             "mouth mix for the talking models) or query (added to the query); "
+                             "none: the model's size only")
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the dequantisation noise for bits/dim (default: 0)")
     add_precision_args(parser)  # --precision, --no_tf32 (as test.py)
@@ -261,7 +263,7 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
         for root in synthetic_sets:
             r, det = synthetic.evaluate_synthetic(root, ev.systems, ev.size, device, args.batch,
                                         args.pairs, args.seq_frames, args.progress, args.blend,
-                                        paste=args.paste_back == "region")
+                                        paste=args.paste_back != "none" and args.paste_back)
             per_set.append(r)
             details += det
         merged = _weighted(per_set, "frames")
@@ -274,12 +276,15 @@ def evaluate(args: argparse.Namespace, say=print) -> dict:
             f"the model input; SSIM window {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} uniform, "
             f"per channel, data_range 255; PSNR of identical images capped at "
             f"{metrics.PSNR_CAP:g} dB")
-        if args.paste_back == "region":
+        if args.paste_back != "none":
+            into = ("its input at 256 px (the mouth mix made at 256 px for a model fed one)"
+                    if args.paste_back == "region" else "the query at 256 px")
             header.append(
                 "rows '@256 px': what test.py writes, scored at 256 px against the 256 px "
-                "truth: each model pasted back into the query (--paste_back region), the query "
-                "itself and the mouth blend made at 256 px; dPSNR against the query at 256 px; "
-                f"mouth states read back from the frames brought to {ev.size} px")
+                f"truth: each model pasted back (--paste_back {args.paste_back}: its change "
+                f"added to {into}), the query itself and the mouth blend made at 256 px; dPSNR "
+                f"against the query at 256 px; mouth states read back from the frames brought "
+                f"to {ev.size} px")
         header += _field_metrics(args, nets, ev, synthetic_sets, per_set, rows, device)
     if sources:
         firsts = [resolve_query(q, image_dir)[0] for q in queries]

@@ -253,8 +253,8 @@ def quality(work: Path, glow_iter: int, ad_iter: int, size: int, seed: int) -> d
     from PIL import Image
 
     from ad_flow.recipe import RECIPE as ad
-    from plain_glow.recipe import RECIPE as glow_recipe
     from lrw.synthetic import SyntheticConfig, SyntheticSet, generate
+    from plain_glow.recipe import RECIPE as glow_recipe
     from talking import run
     from training.config import TrainConfig
     from training.loop import train

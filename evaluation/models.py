@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from faces.paste import PasteRegion, paste_back
 from glow import CheckpointError, bits_per_dim
-from talking.job import model_inputs, to_tensor, to_uint8
+from talking.job import model_inputs, paste_inputs, to_tensor, to_uint8
 from training import registry
 from training.recipe import Recipe
 
@@ -41,6 +41,7 @@ class System:
     label: str
     fn: Callable[[Tensor, Tensor, Tensor], Tensor]
     region: str = "mouth"  # what test.py pastes back (faces.paste.PasteRegion.named)
+    fed_mix: bool = False  # fn reads the mouth mix (test.py --paste_back region adds to it)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def load_for_evaluation(kind: str, args: argparse.Namespace, device: torch.devic
     def system(label: str, run_args: argparse.Namespace) -> System:
         def fn(query: Tensor, mix: Tensor, source: Tensor) -> Tensor:
             return recipe.generate(model, query, mix if needs_mix else source, source, run_args)
-        return System(label, fn, region)
+        return System(label, fn, region, needs_mix)
 
     entries = recipe.eval_systems(model, args)
     density, n_bits, notes = recipe.eval_density(model, args)
@@ -108,7 +109,7 @@ def pasted_label(label: str) -> str:
 def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: int,
                  systems: Sequence[System], device: torch.device | str = "cpu",
                  batch: int = 16, blend: str = "poisson",
-                 paste: bool = False) -> dict[str, np.ndarray]:
+                 paste: bool | str = False) -> dict[str, np.ndarray]:
     """Every system's output for one query and one source sequence, plus both baselines.
 
     ``query256``: uint8 [256, 256, 3]; ``frames256``: source frames uint8 [256, 256, 3].
@@ -117,10 +118,13 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     the model's size, i.e. the model's ``mix`` input, made with ``blend``, one of
     ``talking.job.BLENDS``), and one entry per system. With ``paste`` also, under
     :func:`pasted_label`, each at 256 px as ``test.py`` writes it: the systems' outputs pasted
-    back into the query as ``test.py --paste_back region`` does (the model's change to the query
-    as it saw it, upsampled and added), the query itself and the mouth blend
-    made at 256 px (``uint8 [T, 256, 256, 3]``).
+    back into the query as ``test.py --paste_back PASTE`` does (``paste``: ``"region"``, the
+    default of ``True``: the model's change to its input as it saw it, upsampled and added to
+    that input at 256 px, the mouth mix for a model fed one; ``"query"``: added to the query;
+    ``talking.job.paste_inputs``), the query itself and the mouth blend made at 256 px
+    (``uint8 [T, 256, 256, 3]``).
     """
+    mode = "region" if paste is True else paste
     query_t = to_tensor([query256], size).to(device)
     query8 = to_uint8(query_t)[0]
     outs: dict[str, list[np.ndarray]] = {BASELINE_COPY: [], BASELINE_BLEND: []}
@@ -136,15 +140,20 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
         if paste:
             outs[pasted_label(BASELINE_BLEND)].extend(mixes256)
             outs[pasted_label(BASELINE_COPY)].extend([query256] * len(chunk))
+        mix8 = to_uint8(mix_t)
         for s in systems:
             with torch.inference_mode():
                 out = s.fn(query_t, mix_t, src_t)
             out8 = to_uint8(out)
             outs[s.label].extend(out8)
-            if paste:
+            if mode:
                 region = PasteRegion.named(s.region)
-                outs[pasted_label(s.label)].extend(
-                    paste_back(query256, o, region, reference=query8) for o in out8)
+                for o, m8, m256 in zip(out8, mix8, mixes256, strict=True):
+                    ref, offset = paste_inputs(mode, query8, query256,
+                                               m8 if s.fed_mix and blend != "none" else None,
+                                               m256)
+                    outs[pasted_label(s.label)].append(
+                        paste_back(query256, o, region, reference=ref, reference_offset=offset))
     return {k: np.stack(v) if v else np.zeros((0, size, size, 3), np.uint8)
             for k, v in outs.items()}
 

@@ -57,7 +57,7 @@ def is_synthetic(path: str | Path) -> bool:
 def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
                        device="cpu", batch: int = 16, pairs: int | None = None,
                        seq_frames: int | None = None, progress: bool = True,
-                       blend: str = "poisson", paste: bool = False
+                       blend: str = "poisson", paste: bool | str = False
                        ) -> tuple[dict[str, dict[str, float]], list[dict]]:
     """Score every system and both baselines on query x source pairs of the set at ``root``.
 
@@ -69,7 +69,9 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     one dict per (pair, system) with the same figures over that pair's frames.
 
     ``paste``: also score what ``test.py`` writes, at 256 px against the 256 px truth, under
-    ``models.pasted_label(label)``: each system pasted back into the query, the query itself and
+    ``models.pasted_label(label)``: each system pasted back into the query (``True`` or
+    ``"region"``: its change added to its input at 256 px; ``"query"``: to the query; see
+    ``models.run_sequence``), the query itself and
     the mouth blend made at 256 px (their ``dpsnr`` against the query at 256 px). PSNR, SSIM
     and the mouth-box PSNR are taken at 256 px; the mouth states are read back from the frames
     brought to the model's size (the reader at 256 px costs seconds per frame).

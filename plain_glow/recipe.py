@@ -14,15 +14,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lrw.datasets import ImageFolderDataset, training_root
-from training.config import opt
-from training.recipe import DataInfo, Recipe
-from training.recipe_helpers import GlowFlags, dequantised, images, validate_glow_flags
-
 from glow.io import glow_from_checkpoint, load_glow, recorded_n_bits
 from glow.likelihood import bits_per_dim
 from glow.memory import enable_low_memory, on_grads_ready
 from glow.model import Glow
+from lrw.datasets import ImageFolderDataset, training_root
+from training.config import opt
+from training.recipe import DataInfo, Recipe
+from training.recipe_helpers import GlowFlags, dequantised, images, validate_glow_flags
 
 
 @dataclass

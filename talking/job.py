@@ -73,11 +73,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="frames in the first forward pass (default: 1; 0: --batch)")
     parser.add_argument("--paste_back", default="region", choices=PASTE_BACK,
                         help="region (default): in the region the model changes (the mouth "
-                             "with a margin; pose-flow: the face) the model's change to the "
-                             "query is upsampled and added to the query at the query's own "
-                             "resolution, feathered; every other pixel is the query's; replace: "
-                             "the region's pixels are the model's, upsampled and colour-matched "
-                             "(the mouth blend's gain); none: the model's frame as it is")
+                             "with a margin; pose-flow: the face) the model's change to its "
+                             "input is upsampled and added to that input at the query's own "
+                             "resolution (the talking models' input is the mouth mix, made at "
+                             "256 px; pose-flow's the query), feathered; every other pixel is "
+                             "the query's; query: the same, but the change is added to the "
+                             "query; replace: the region's pixels are the model's, upsampled "
+                             "and colour-matched (the mouth blend's gain); none: the model's "
+                             "frame as it is")
     parser.add_argument("--full_frame", action="store_true",
                         help="paste back into the original photo the query was aligned from "
                              "(the alignment record NAME_256.json that `preprocess.py PHOTO` "
@@ -110,11 +113,29 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add_precision_args(parser)
 
 
-PASTE_BACK = ("region", "replace", "none")
+PASTE_BACK = ("region", "query", "replace", "none")
 MIN_TILE = 128  # grid tiles are at least this many pixels, so a person can see the mouth
 
 BLENDS = ("poisson", "poisson_plain", "paste", "none")
 """Mouth-mix methods of :func:`model_inputs` (``none``: the source frame itself)."""
+
+
+def paste_inputs(paste: str, query_seen: np.ndarray, query256: np.ndarray,
+                 mix_seen: np.ndarray | None = None, mix256: np.ndarray | None = None
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(reference, reference_offset)`` of :func:`faces.paste.paste_back` for one frame.
+
+    ``paste``: one of :data:`PASTE_BACK` but ``none``. ``query_seen``/``mix_seen``: the query and
+    the mouth mix as the model saw them (uint8, the model's size); ``query256``/``mix256``: the
+    same at 256 px. ``region`` adds the model's change to its input at full resolution: the mix
+    when the model was fed one (``mix_seen`` given), else the query; ``query`` adds it to the
+    query; ``replace`` pastes the model's pixels (no reference).
+    """
+    if paste == "replace":
+        return None, None
+    if paste == "region" and mix_seen is not None:
+        return mix_seen, mix256.astype(np.float32) - query256.astype(np.float32)
+    return query_seen, None
 
 
 def to_tensor(images: list[np.ndarray], size: int) -> Tensor:
@@ -215,7 +236,7 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
     full_frame = bool(getattr(args, "full_frame", False))
     if full_frame and paste == "none":
         raise TalkingError("--full_frame pastes the face back into the photo: it needs "
-                           "--paste_back region (the default) or replace")
+                           "--paste_back region (the default), query or replace")
     query_path, query_name = resolve_query(args.query, args.image_dir)
     photo, crop_to_photo = (None, None)
     if full_frame:
@@ -274,7 +295,7 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
                 "to a square (align it with preprocess.py for an undistorted face)")
     picture = photo if full_frame else query_full
     query = to_tensor([query256], size).to(device)
-    query_seen = to_uint8(query)[0]  # the query as the model sees it (--paste_back region)
+    query_seen = to_uint8(query)[0]  # the query as the model sees it (--paste_back query)
     n = len(frames)
     width = max(3, len(str(n - 1)))
     show = set(np.unique(np.linspace(0, n - 1, min(GRID_FRAMES, n)).round().astype(int)).tolist())
@@ -292,19 +313,23 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
             chunk = [read_rgb(p) for p in frames[start:stop]]
             mixes256: list[np.ndarray] = []
             # --no-poisson is the thesis's flag: no blending, the source frame itself.
+            fed_mix = needs_mix and args.poisson
             src_t, mix_t = model_inputs(query256, chunk, size, device,
                                         getattr(args, "blend", "poisson")
-                                        if needs_mix and args.poisson else "none", mixes256)
+                                        if fed_mix else "none", mixes256)
             with torch.inference_mode():
                 out = recipe.generate(model, query, mix_t, src_t, args)
             out8 = to_uint8(out)
+            mix8 = to_uint8(mix_t) if fed_mix else None
             for k, img in enumerate(out8):
                 i = start + k
                 if paste != "none":
-                    ref = query_seen if paste == "region" else None
-                    frame = paste_back(picture, img, region, crop_to_photo, reference=ref)
-                    shown = frame if not full_frame else paste_back(query_full, img, region,
-                                                                    reference=ref)
+                    ref, offset = paste_inputs(paste, query_seen, query256,
+                                               None if mix8 is None else mix8[k], mixes256[k])
+                    frame = paste_back(picture, img, region, crop_to_photo, reference=ref,
+                                       reference_offset=offset)
+                    shown = frame if not full_frame else paste_back(
+                        query_full, img, region, reference=ref, reference_offset=offset)
                 else:
                     frame = shown = img
                 frame = _upscale(frame, args.out_size)

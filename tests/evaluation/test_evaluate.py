@@ -185,6 +185,22 @@ def test_systems_that_copy_an_input_score_like_the_baselines(synthetic):
     assert rows1["mix"]["frames"] == 3
 
 
+def test_a_system_that_gives_back_its_mix_pastes_back_as_the_256_px_blend(synthetic):
+    """At 256 px (what test.py writes) a system fed the mix that returns it is, with
+    --paste_back region, the mouth blend made at 256 px, exactly; pasted onto the query
+    (--paste_back query) it is not, and a system not fed the mix is pasted onto the query."""
+    from evaluation.models import pasted_label
+
+    mix = System("mix", lambda q, m, s: m, fed_mix=True)
+    rows, _ = evaluate_synthetic(synthetic, [mix], SIZE, progress=False, paste="region")
+    np.testing.assert_equal(rows[pasted_label("mix")], rows[pasted_label(BASELINE_BLEND)])
+    rows_q, _ = evaluate_synthetic(synthetic, [mix], SIZE, progress=False, paste="query")
+    assert rows_q[pasted_label("mix")]["psnr"] < rows[pasted_label("mix")]["psnr"]
+    unfed = System("mix", lambda q, m, s: m)
+    rows_u, _ = evaluate_synthetic(synthetic, [unfed], SIZE, progress=False, paste=True)
+    np.testing.assert_equal(rows_u[pasted_label("mix")], rows_q[pasted_label("mix")])
+
+
 def test_copy_query_matches_the_ground_truth_of_a_closed_mouth(synthetic):
     """Frame 0 of every source has a closed, neutral mouth: ground truth == the query."""
     from evaluation.models import like_model_input

@@ -223,3 +223,67 @@ def test_a_model_that_changes_nothing_changes_nothing_at_full_resolution() -> No
     core = (slice(t + 12, b - 12), slice(left + 12, r - 12))
     want = (picture[core].astype(int) - 40).clip(0, 255)
     assert np.abs(out[core].astype(int) - want).max() <= 1
+
+
+def test_a_model_that_gives_back_its_mix_gives_back_the_256_px_blend() -> None:
+    """--paste_back region for a model fed the mouth mix adds the model's change to the mix made
+    at 256 px: a frame equal to the mix as the model saw it gives back that 256 px blend exactly,
+    in the query and (through the alignment's map) in an original photo only inside the region."""
+    from faces.blend import mouth_mix
+    from talking.job import paste_inputs
+
+    rng = np.random.default_rng(6)
+    query = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    source = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    mix256 = mouth_mix(query, source)
+    small = lambda im: np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR))  # noqa: E731
+    mix_seen, query_seen = small(mix256), small(query)
+    region = PasteRegion.named("mouth")
+    ref, offset = paste_inputs("region", query_seen, query, mix_seen, mix256)
+    assert ref is mix_seen
+    assert np.array_equal(paste_back(query, mix_seen, region, reference=ref,
+                                     reference_offset=offset), mix256)
+    # --paste_back query adds the same frame's change to the query instead: the mouth is blurred
+    ref_q, off_q = paste_inputs("query", query_seen, query, mix_seen, mix256)
+    assert ref_q is query_seen and off_q is None
+    assert not np.array_equal(paste_back(query, mix_seen, region, reference=ref_q), mix256)
+    assert paste_inputs("replace", query_seen, query, mix_seen, mix256) == (None, None)
+    # a model not fed a mix (pose-flow): region is the change to the query
+    assert paste_inputs("region", query_seen, query)[0] is query_seen
+    # a darker mouth than the mix is the 256 px mix, darker, in the region's core
+    darker = (mix_seen.astype(int) - 40).clip(0, 255).astype(np.uint8)
+    out = paste_back(query, darker, region, reference=ref, reference_offset=offset)
+    t, b, left, r = region.box
+    core = (slice(t + 12, b - 12), slice(left + 12, r - 12))
+    want = (mix256[core].astype(int) - 40).clip(0, 255)
+    assert np.abs(out[core].astype(int) - want).max() <= 1
+    # into an original photo: outside the region the photo's pixels, exactly
+    a, s = 0.2, 1.4
+    to_photo = np.array([[s * np.cos(a), -s * np.sin(a), 30.0],
+                         [s * np.sin(a), s * np.cos(a), 5.0]])
+    photo = rng.integers(0, 256, (400, 420, 3), dtype=np.uint8)
+    out = paste_back(photo, darker, region, to_photo, reference=ref, reference_offset=offset)
+    outside = _outside(region, to_photo, photo.shape[:2])
+    assert np.array_equal(out[outside], photo[outside]) and (out != photo).any()
+    with pytest.raises(ValueError, match="reference_offset needs reference"):
+        paste_back(query, darker, region, reference_offset=offset)
+    with pytest.raises(ValueError, match=r"\[256, 256, 3\]"):
+        paste_back(query, darker, region, reference=ref, reference_offset=offset[:100])
+
+
+def test_job_of_a_model_that_gives_back_its_mix_writes_the_256_px_blend(tmp_path) -> None:
+    """test.py end to end: frames of a model that returns its mouth mix are the blend made at
+    256 px (--paste_back region, the default), and the query's own pixels elsewhere."""
+    from faces.blend import mouth_mix
+    from talking import run
+
+    rng = np.random.default_rng(7)
+    query = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    image_dir = _image_dir(tmp_path / "image", query)
+    recipe = _fake_recipe(32)
+    recipe.generate = lambda model, q, mix, source, args: mix
+    out = Path(run(_args(image_dir, tmp_path / "res", "--batch", "3"), recipe)["out_dir"])
+    for i in range(4):
+        frame = np.asarray(Image.open(out / f"{i:03d}.png"))
+        src = np.asarray(Image.open(image_dir / "source_img" / "talk" / f"{i:03d}.png"))
+        assert np.array_equal(frame, mouth_mix(query, src))
