@@ -333,7 +333,10 @@ class Demo:
                 media += [(ev / "compare_video.mp4", f"{model} beside the truth and the "
                            "baselines (first scored pair, every frame)"),
                           (ev / "compare_grid.png", f"{model}: the same pair, frames side by "
-                           "side")]
+                           "side"),
+                          (ev / "compare_grid_256.png", f"{model}: the same pair at 256 px, as "
+                           "test.py writes it (pasted back), beside the truth and the baselines "
+                           "made at 256 px")]
             if "video" in o:
                 media += [(o["video"], f"test.py's video: {s['query']} with the mouth of "
                            f"{s['source']}"),

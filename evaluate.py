@@ -404,7 +404,8 @@ def _html(args, ev, out_dir: Path, title: str, table: Path, synthetic: list[str]
     example = None
     if ev.systems and synthetic:
         example = synthetic_rows(synthetic[0], ev.systems, ev.size, device, args.batch,
-                                 args.seq_frames, args.blend)
+                                 args.seq_frames, args.blend,
+                                 args.paste_back != "none" and args.paste_back)
     elif ev.systems and sources:
         example = real_rows(image_dir, sources[0], queries[0], ev.systems, ev.size, device,
                             args.batch, args.seq_frames)

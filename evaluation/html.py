@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .visuals import comparison_grid, comparison_video
+from .visuals import comparison_grid, comparison_video, split_256
 
 __all__ = ["Section", "environment", "markdown_to_html", "references", "write_html"]
 
@@ -275,13 +275,23 @@ def talking_report(out_dir: str | Path, title: str, table_md: str | Path, comman
     sections = [Section("Scores", body)]
     if example is not None:
         rows, caption, fps = example
+        rows, rows256 = split_256(rows)
+        size = next(iter(rows.values())).shape[1]
         grid = comparison_grid(rows, out / "compare_grid.png")
         video = comparison_video(rows, out / "compare_video.mp4", fps)
         order = ", ".join(rows)
         sections.append(Section(
             "Each system beside its baselines",
-            f"The first pair scored: {caption}. Rows (grid) and columns (video), in order: "
-            f"{order}.", [(grid, "grid: evenly spaced frames"), (video, "video: every frame")]))
+            f"The first pair scored: {caption}, at the model's {size} px, enlarged by pixel "
+            f"repetition. Rows (grid) and columns (video), in order: {order}.",
+            [(grid, "grid: evenly spaced frames"), (video, "video: every frame")]))
+        if rows256:
+            grid256 = comparison_grid(rows256, out / "compare_grid_256.png")
+            sections.append(Section(
+                "At 256 px, as test.py writes it",
+                f"The same pair: {caption}, each model pasted back into the 256 px query, the "
+                f"baselines made at 256 px. Rows, in order: {', '.join(rows256)}.",
+                [(grid256, "grid at 256 px: evenly spaced frames")]))
     if (out / "metrics.png").is_file():
         sections.append(Section("Charts", "", [(out / "metrics.png", "one chart per metric; "
                                                 "baselines grey")]))

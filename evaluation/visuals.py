@@ -24,7 +24,7 @@ from lrw.synthetic import SyntheticSet
 from lrw.video import write_video
 from talking.inputs import read_rgb, resolve_query, resolve_source
 
-from .models import like_model_input, run_sequence
+from .models import like_model_input, pasted_label, run_sequence
 
 __all__ = ["TILE", "comparison_grid", "comparison_video", "enlarge"]
 
@@ -129,22 +129,37 @@ def _save_png(canvas: np.ndarray, path: Path) -> Path:
     return path
 
 
+TRUTH = "ground truth"
+
+
 def synthetic_rows(root: str | Path, systems, size: int, device="cpu", batch: int = 16,
-                   seq_frames: int | None = None, blend: str = "poisson"
-                   ) -> tuple[dict[str, np.ndarray], str, float]:
+                   seq_frames: int | None = None, blend: str = "poisson",
+                   paste: bool | str = False) -> tuple[dict[str, np.ndarray], str, float]:
     """The first query x source pair of a synthetic set: ``(rows, caption, fps)`` with the
-    ground truth first, then both baselines and every system (as they were scored)."""
+    ground truth first, then both baselines and every system (as they were scored). With
+    ``paste`` (``models.run_sequence``'s) also the 256 px rows, labelled by
+    ``models.pasted_label``, the truth at 256 px first (:func:`split_256` separates them)."""
     syn = SyntheticSet.load(root)
     q, s = syn.query_names[0], syn.source_names[0]
     source = resolve_source(str(syn.source_folder(s)), syn.root / "image")
     paths = source.frames[:seq_frames] if seq_frames else source.frames
     frames = [read_rgb(p) for p in paths]
-    outs = run_sequence(read_rgb(syn.query_path(q)), frames, size, systems, device, batch, blend)
-    truth = np.stack([like_model_input(syn.ground_truth(q, s, t, 256), size)
-                      for t in range(len(frames))])
-    caption = (f"query {q} speaking with the mouth of source {s} ({Path(root).name}), at the "
-               f"model's {size} px, enlarged by pixel repetition")
-    return {"ground truth": truth, **outs}, caption, source.fps
+    outs = run_sequence(read_rgb(syn.query_path(q)), frames, size, systems, device, batch, blend,
+                        paste)
+    truth256 = [syn.ground_truth(q, s, t, 256) for t in range(len(frames))]
+    truth = np.stack([like_model_input(t256, size) for t256 in truth256])
+    rows = {TRUTH: truth}
+    if paste:
+        rows[pasted_label(TRUTH)] = np.stack(truth256)
+    rows.update(outs)
+    caption = f"query {q} speaking with the mouth of source {s} ({Path(root).name})"
+    return rows, caption, source.fps
+
+
+def split_256(rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(at the model's size, at 256 px)``: the rows of :func:`synthetic_rows` apart."""
+    big = {k: v for k, v in rows.items() if k.endswith(pasted_label(""))}
+    return {k: v for k, v in rows.items() if k not in big}, big
 
 
 def real_rows(image_dir: str | Path, source_name: str, query_name: str, systems, size: int,
@@ -158,6 +173,5 @@ def real_rows(image_dir: str | Path, source_name: str, query_name: str, systems,
     qpath, qname = resolve_query(query_name, image_dir)
     outs = run_sequence(read_rgb(qpath), frames, size, systems, device, batch)
     src = np.stack([like_model_input(f, size) for f in frames])
-    caption = (f"query {qname} driven by source {source.name}, at the model's {size} px, "
-               "enlarged by pixel repetition")
+    caption = f"query {qname} driven by source {source.name}"
     return {"source": src, **outs}, caption, source.fps

@@ -121,6 +121,12 @@ def test_every_evaluation_and_the_demo_write_a_page_whose_files_exist(tiny_demo,
         if page.parent.name != "demo":
             assert any(r.endswith("compare_grid.png") for r in refs) or \
                 page.parent.name == "demo_report", page
+        if page.parent.name in ("demo_ad-flow", "demo_mi-flow", "demo_report"):
+            big = [r for r in refs if r.endswith("compare_grid_256.png")]
+            assert big, page  # the talking faces at 256 px, as test.py writes them
+            for ref in big:
+                with Image.open(page.parent / ref) as im:
+                    assert im.height >= 4 * 256, ref  # truth, copy, blend, model at 256 px
     demo_refs = references(tiny_demo / "demo_report" / "report.html")
     videos = [r for r in demo_refs if r.endswith(".mp4")]
     grids = [r for r in demo_refs if r.endswith(".png")]
