@@ -73,9 +73,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="not an oracle: each clip's own speaker is the query (its first frame, "
                         "a closed mouth) and the clip's frames are the answers, so only what a "
                         "training set holds is used (the mix of a face with its own mouth)")
+    p.add_argument("--matched_pairs", action="store_true",
+                   help="not an oracle: the answer for the query speaker A and source frame "
+                        "B_t is A's own training frame whose mouth state is nearest B_t's "
+                        "(the set's recorded states stand in for a landmark reading), the query "
+                        "A's first frame of a clip: training data and mouth readings only")
     p.add_argument("--out", default=None, help="default: oracle_ad_flow.pt (self_ad_flow.pt "
-                   "with --self_pairs) beside --checkpoint")
+                   "with --self_pairs, matched_ad_flow.pt with --matched_pairs) beside "
+                   "--checkpoint")
     args = p.parse_args(argv)
+    if args.self_pairs and args.matched_pairs:
+        sys.exit("bench/oracle_ad_flow.py: --self_pairs or --matched_pairs, not both")
     ck = Path(args.checkpoint)
     obj = safe_load(ck)
     model = RECIPE.from_checkpoint(obj, ck).eval()
@@ -89,12 +97,25 @@ def main(argv: list[str] | None = None) -> int:
     syx = [torch.zeros_like(s) for s in sxx]
     syy = [0.0 for _ in sxx]
     frames = 0
+    own: dict[str, np.ndarray] = {}  # each speaker's training mouth states [n, 2]
+    for clip in syn.manifest["clips"]:
+        own.setdefault(clip["speaker"], []).extend(clip["mouth"])
+    own = {k: np.asarray(v, np.float64) for k, v in own.items()}
     for k, (q, clip) in enumerate(pairs_of(syn, args.pairs, args.seed, args.self_pairs)):
         qi, si = syn.identity(q), syn.identity(clip["speaker"])
         states = [MouthState(o, w) for o, w in clip["mouth"]]
-        query256 = render(qi, states[0] if args.self_pairs else NEUTRAL, 256)
+        if args.matched_pairs:  # a first frame of one of the query speaker's clips
+            first = next(c for c in syn.manifest["clips"] if c["speaker"] == q)["mouth"][0]
+            query256 = render(qi, MouthState(*first), 256)
+        else:
+            query256 = render(qi, states[0] if args.self_pairs else NEUTRAL, 256)
         mixes = [mouth_mix(query256, render(si, st, 256)) for st in states]
-        truths = [render(qi, st, 256) for st in states]
+        if args.matched_pairs:  # A's own frame nearest in mouth state, not the exact answer
+            near = [own[q][int(np.argmin(((own[q] - [st.open, st.width]) ** 2).sum(1)))]
+                    for st in states]
+            truths = [render(qi, MouthState(*m), 256) for m in near]
+        else:
+            truths = [render(qi, st, 256) for st in states]
         x = to_tensor([query256, *mixes, *truths], size)
         with torch.no_grad():
             zs = model.encode_frames(x)
@@ -121,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         residual = yy - 2 * float(torch.sum(w * b)) + float(torch.sum((w @ a) * w))
         explained.append(1 - residual / max(yy, 1e-12))
     out = Path(args.out) if args.out else ck.with_name(
-        "self_ad_flow.pt" if args.self_pairs else "oracle_ad_flow.pt")
+        "self_ad_flow.pt" if args.self_pairs else "matched_ad_flow.pt" if args.matched_pairs
+        else "oracle_ad_flow.pt")
     new = dict(obj, weights=weights)
     new["extra"] = dict(obj.get("extra", {}), oracle={
         "what": "linear encoders fitted to each training clip's own frames from mixes of its "
                 "first frame with its own mouth (training data only)" if args.self_pairs else
+                "linear encoders fitted to the query speaker's own training frame nearest in "
+                "mouth state (training data and mouth readings only)" if args.matched_pairs else
                 "linear encoders fitted to rendered answers of training pairs (an upper bound; "
                 "not trainable on real data)", "pairs": args.pairs, "frames": frames,
         "ridge": args.ridge, "seed": args.seed, "data": str(Path(args.data).resolve()),

@@ -13,6 +13,10 @@ train: their figures are per seed.
   python bench/budget_curve.py --seed S --threads T --budgets 1    # for each S, T (and mi-flow)
   python bench/seed_table.py                                        # this table
 
+Beside an AD-flow checkpoint, the fits ``bench/oracle_ad_flow.py`` writes (``matched_ad_flow.pt``:
+the matched-pairs fit; ``oracle_ad_flow.pt``: the oracle, an upper bound) are scored as rows
+of their own.
+
 Outputs under ``--out`` (default ``bench_quality/budget_curve``): ``seed_table.json`` (every
 run's rows) and ``seed_table.md`` (mean ± std over the runs found, the count of runs where the
 model beats the blend on each of motion err, mouth PSNR and dPSNR, and on all three).
@@ -33,19 +37,24 @@ from budget_curve import KEYS, MODELS, SET, Runner, cpu_info  # noqa: E402
 from evaluation.report import read_csv  # noqa: E402
 
 RES = ("32 px", "256 px")
+VARIANTS = {  # checkpoints bench/oracle_ad_flow.py writes beside an AD-flow one: (file, label)
+    "ad-flow": [("matched_ad_flow.pt", "ad-flow, matched-pairs fit"),
+                ("oracle_ad_flow.pt", "ad-flow, oracle fit (upper bound)")],
+}
 BETTER = {"motion_dev": -1, "psnr_mouth": 1, "dpsnr": 1}  # the issue's three criteria
 
 
-def pick(csv: Path, prefix: str) -> dict:
+def pick(csv: Path, prefix: str, label: str | None = None) -> dict:
     """``{(system kind, resolution): row}`` of a metrics.csv: kind ``model:LABEL``, ``copy``,
-    ``blend``; resolution ``32 px`` (the model's size) or ``256 px``."""
+    ``blend``; resolution ``32 px`` (the model's size) or ``256 px``. ``label`` renames the
+    model's rows (a variant checkpoint scored under the model's name)."""
     out = {}
     for r in read_csv(csv):
         s = r["system"]
         res = RES[1] if s.endswith("@256 px") else RES[0]
         low = s.lower()
         kind = "copy" if "copy" in low else "blend" if "blend" in low else \
-            f"model:{s.removesuffix(' @256 px')}" if low.startswith(prefix) else None
+            f"model:{label or s.removesuffix(' @256 px')}" if low.startswith(prefix) else None
         if kind:
             out[(kind, res)] = {k: float(r.get(k, math.nan)) for k in KEYS}
     return out
@@ -90,15 +99,22 @@ def main(argv: list[str] | None = None) -> int:
                 if not (hard / "manifest.json").is_file():
                     r.run(f"set_hard_{seed}", ["-m", "lrw.synthetic", str(hard), *SET, "--seed",
                                                str(seed), "--workers", "2", "--hard"])
+                cks = [(ck, None, "")]
+                cks += [(ck.with_name(f), lab, "_" + f.removesuffix(".pt"))
+                        for f, lab in VARIANTS.get(model, []) if ck.with_name(f).is_file()]
                 for kind, data in (("frontal", frontal), ("hard", hard)):
-                    name = f"table_{model}_{kind}_seed{seed}_t{threads}_iter{iters:06d}"
-                    csv = out / "result" / "eval" / name / "metrics.csv"
-                    if not csv.is_file() or csv.stat().st_mtime < ck.stat().st_mtime:
-                        r.run(name, ["evaluate.py", "--model", model, "--checkpoint", str(ck),
-                                     str(data), "--result_dir", str(out / "result"), "--name",
-                                     name, "--max_frames", "8", "--no_field_metrics",
-                                     "--paste_back", "region", "--overwrite", "--no_progress"])
-                    rows = pick(csv, model.split("-")[0])
+                    rows = {}
+                    for path, label, suffix in cks:
+                        name = (f"table_{model}_{kind}_seed{seed}_t{threads}_iter{iters:06d}"
+                                f"{suffix}")
+                        csv = out / "result" / "eval" / name / "metrics.csv"
+                        if not csv.is_file() or csv.stat().st_mtime < path.stat().st_mtime:
+                            r.run(name, ["evaluate.py", "--model", model, "--checkpoint",
+                                         str(path), str(data), "--result_dir",
+                                         str(out / "result"), "--name", name, "--max_frames",
+                                         "8", "--no_field_metrics", "--paste_back", "region",
+                                         "--overwrite", "--no_progress"])
+                        rows.update(pick(csv, model.split("-")[0], label))
                     runs.append({"model": model, "set": kind, "seed": seed, "threads": threads,
                                  "iterations": iters, "csv": str(csv),
                                  "rows": {f"{k}|{res}": v for (k, res), v in rows.items()}})
