@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_name(out.name + ".tmp")
     torch.save(new, tmp)
     tmp.replace(out)
-    print(f"oracle fit from {args.pairs} pairs ({frames} frames) in {time.time() - t0:.0f} s; "
+    what = "self-pairs" if args.self_pairs else "matched-pairs" if args.matched_pairs else "oracle"
+    print(f"{what} fit from {args.pairs} pairs ({frames} frames) in {time.time() - t0:.0f} s; "
           "share of z_truth - z_q explained per level (training pairs): "
           + ", ".join(f"{e:.3f}" for e in explained) + f"\nwrote {out}")
     return 0
