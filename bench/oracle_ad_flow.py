@@ -11,8 +11,9 @@ vectors, of ``z_truth - z_q`` on ``z_mix - z_q``, uncentred:
 
 Pairs: query = a training speaker's neutral face, source = another training speaker's clip,
 truth = the query speaker rendered with each source frame's mouth state, the mix = the mouth
-blend ``test.py`` feeds (all rendered at 256 px and brought to the model's size as
-``test.py`` does). The held-out identities are never seen. The result is written as an AD-flow
+blend ``test.py`` feeds (all rendered at 256 px from the set's recorded identities and states,
+as a 256 px training set would hold them, and brought to the model's size as ``test.py``
+does; the set's own training frames are 32 px). The held-out identities are never seen. The result is written as an AD-flow
 checkpoint beside ``--checkpoint`` (the same Glow, the same classifier) for ``evaluate.py``:
 
   python bench/oracle_ad_flow.py --checkpoint CK/ad/iter000200.pt --data FRONTAL_SET
