@@ -85,13 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.self_pairs and args.matched_pairs:
         sys.exit("bench/oracle_ad_flow.py: --self_pairs or --matched_pairs, not both")
+    syn = SyntheticSet.load(args.data)
+    if syn.hard:
+        sys.exit(f"bench/oracle_ad_flow.py: {args.data} is a --hard set; the fits render "
+                 "frontal faces, give the frontal set the checkpoint was trained on")
     ck = Path(args.checkpoint)
     obj = safe_load(ck)
     model = RECIPE.from_checkpoint(obj, ck).eval()
     if obj.get("config", {}).get("model", {}).get("encoder", "linear") != "linear":
         sys.exit("bench/oracle_ad_flow.py: needs a linear-encoder AD-flow")
     size = int(model.img_size)
-    syn = SyntheticSet.load(args.data)
     t0 = time.time()
     levels = model.encoder.levels
     sxx = [torch.zeros(m.size ** 2, m.size ** 2, dtype=torch.float64) for m in levels]

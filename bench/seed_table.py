@@ -18,7 +18,8 @@ the matched-pairs fit; ``oracle_ad_flow.pt``: the oracle, an upper bound) are sc
 of their own.
 
 Outputs under ``--out`` (default ``bench_quality/budget_curve``): ``seed_table.json`` (every
-run's rows) and ``seed_table.md`` (mean ± std over the runs found, the count of runs where the
+run's rows) and ``seed_table.md`` (one table per resolution, as README.md and
+docs/quality_curve.md give them: mean ± std over the runs found, the count of runs where the
 model beats the blend on each of motion err, mouth PSNR and dPSNR, and on all three).
 """
 
@@ -60,13 +61,54 @@ def pick(csv: Path, prefix: str, label: str | None = None) -> dict:
     return out
 
 
-def mean_std(vals: list[float]) -> str:
+def mean_std(vals: list[float], digits: int) -> str:
     vals = [v for v in vals if not math.isnan(v)]
     if not vals:
         return "–"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+LABELS = {"ad-flow": "AD-flow (the demo's recipe)",
+          "ad-flow, matched-pairs fit": "AD-flow, matched-pairs fit "
+                                        "(`bench/oracle_ad_flow.py --matched_pairs`)",
+          "ad-flow, oracle fit (upper bound)": "AD-flow, oracle fit (upper bound, not trainable)",
+          "mi-flow (thesis)": "MI-flow (thesis mode)", "mi-flow (cond)": "MI-flow (cond mode)"}
+
+
+def table(runs: list[dict], res: str) -> list[str]:
+    """Markdown rows at resolution ``res``: every model label found, then both baselines, per
+    set; mean ± std over runs and the runs that beat their seed's blend."""
+    lines = ["| system | set | runs | motion err ↓ | mouth PSNR dB ↑ | dPSNR vs copy dB ↑ | "
+             "beats the blend on motion / mouth / dPSNR / all three |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for kind in ("frontal", "hard"):
+        found = {k.split("|")[0].split(":", 1)[1] for r in runs if r["set"] == kind
+                 for k in r["rows"] if k.startswith("model:") and k.endswith(res)}
+        for lab in [x for x in LABELS if x in found] + sorted(found - set(LABELS)):
+            key = f"model:{lab}|{res}"
+            sel = [r for r in runs if r["set"] == kind and key in r["rows"]]
+            vals = {k: [r["rows"][key][k] for r in sel] for k in BETTER}
+            beats = [[(r["rows"][key][k] - r["rows"][f"blend|{res}"][k]) * s > 0
+                      for k, s in BETTER.items()] for r in sel]
+            wins = " / ".join(str(sum(b[i] for b in beats)) for i in range(len(BETTER)))
+            lines.append(f"| {LABELS.get(lab, lab)} | {kind} | {len(sel)} | "
+                         f"{mean_std(vals['motion_dev'], 3)} | {mean_std(vals['psnr_mouth'], 2)} | "
+                         f"{mean_std(vals['dpsnr'], 2)} | {wins} / {sum(map(all, beats))} of "
+                         f"{len(sel)} |")
+        for base, name in (("blend", "mouth blend (baseline)"),
+                           ("copy", "copy the query (baseline)")):
+            seen = {}
+            for r in runs:  # one value per seed: baselines do not train
+                if r["set"] == kind and f"{base}|{res}" in r["rows"]:
+                    seen.setdefault(r["seed"], r["rows"][f"{base}|{res}"])
+            if seen:
+                v = {k: [row[k] for row in seen.values()] for k in BETTER}
+                lines.append(f"| {name} | {kind} | {len(seen)} seeds | "
+                             f"{mean_std(v['motion_dev'], 3)} | {mean_std(v['psnr_mouth'], 2)} | "
+                             f"{mean_std(v['dpsnr'], 2)} | |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,43 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "seed_table.json").write_text(json.dumps({"runs": runs, "cpu": cpu_info()},
                                                     indent=1))
     lines = [f"CPU: {cpu_info()['model']}; {len(runs)} scored runs; mean ± std over the runs "
-             "found (a baseline: over seeds). Wins: runs where the model beats the blend at the "
-             "same resolution on that metric (motion err lower, mouth PSNR and dPSNR higher).",
-             "", "| system | set | res | runs (seed/threads) | motion err ↓ | mouth PSNR dB ↑ | "
-             "dPSNR vs copy dB ↑ | state err ↓ | wins motion / mouth / dPSNR / all |",
-             "|---|---|---|---|---:|---:|---:|---:|---|"]
-    for kind in ("frontal", "hard"):
-        for res in RES:
-            labels = sorted({k.split("|")[0] for rr in runs if rr["set"] == kind
-                             for k in rr["rows"] if k.endswith(res) and k.startswith("model:")})
-            for lab in labels:
-                sel = [rr for rr in runs if rr["set"] == kind and f"{lab}|{res}" in rr["rows"]]
-                vals = {k: [rr["rows"][f"{lab}|{res}"][k] for rr in sel] for k in KEYS}
-                wins = {k: sum(
-                    (rr["rows"][f"{lab}|{res}"][k] - rr["rows"][f"blend|{res}"][k]) * s > 0
-                    for rr in sel) for k, s in BETTER.items()}
-                every = sum(all((rr["rows"][f"{lab}|{res}"][k] - rr["rows"][f"blend|{res}"][k])
-                                * s > 0 for k, s in BETTER.items()) for rr in sel)
-                who = ", ".join(f"{rr['seed']}/{rr['threads']}" for rr in sel)
-                lines.append(
-                    f"| {lab.split(':', 1)[1]} | {kind} | {res} | {len(sel)} ({who}) | "
-                    f"{mean_std(vals['motion_dev'])} | {mean_std(vals['psnr_mouth'])} | "
-                    f"{mean_std(vals['dpsnr'])} | {mean_std(vals['motion'])} | "
-                    f"{wins['motion_dev']} / {wins['psnr_mouth']} / {wins['dpsnr']} / {every} "
-                    f"of {len(sel)} |")
-            for base in ("blend", "copy"):
-                seen = {}
-                for rr in runs:  # one value per seed: baselines do not train
-                    if rr["set"] == kind and f"{base}|{res}" in rr["rows"]:
-                        seen.setdefault(rr["seed"], rr["rows"][f"{base}|{res}"])
-                if seen:
-                    v = {k: [row[k] for row in seen.values()] for k in KEYS}
-                    name = "mouth blend (baseline)" if base == "blend" else \
-                        "copy the query (baseline)"
-                    lines.append(
-                        f"| {name} | {kind} | {res} | {len(seen)} seeds | "
-                        f"{mean_std(v['motion_dev'])} | {mean_std(v['psnr_mouth'])} | "
-                        f"{mean_std(v['dpsnr'])} | {mean_std(v['motion'])} | |")
+             "found (a baseline does not train: over seeds). The last column counts the runs "
+             "that beat the blend of their own seed (motion err lower, mouth PSNR and dPSNR "
+             "higher)."]
+    titles = {RES[1]: "Pasted back at 256 px, as test.py writes it",
+              RES[0]: "At the models' size (32 px)"}
+    for res in (RES[1], RES[0]):
+        lines += ["", f"### {titles[res]}", "", *table(runs, res)]
     lines += ["", "Command: python bench/seed_table.py " + " ".join(argv or sys.argv[1:])]
     (out / "seed_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -71,3 +71,15 @@ def test_self_and_matched_are_exclusive(tiny):
     with pytest.raises(SystemExit, match="not both"):
         oracle_ad_flow.main(["--checkpoint", str(ck), "--data", str(data), "--self_pairs",
                              "--matched_pairs"])
+
+
+def test_a_hard_set_is_refused(tiny, tmp_path):
+    import oracle_ad_flow
+
+    from lrw.synthetic import SyntheticConfig, generate
+
+    hard = tmp_path / "hard"
+    generate(SyntheticConfig(out=str(hard), words=1, speakers=1, clips=1, frames=2, size=SIZE,
+                             queries=1, sources=1, hard=True), log=lambda *a: None)
+    with pytest.raises(SystemExit, match="--hard set"):
+        oracle_ad_flow.main(["--checkpoint", str(tiny[1]), "--data", str(hard)])
