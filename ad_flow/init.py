@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .model import ADFlow, LinearEncoder
 
-__all__ = ["LevelStats", "fit_linear_encoders"]
+__all__ = ["LevelStats", "PairStats", "fit_linear_encoders"]
 
 
 class LevelStats:
@@ -68,6 +68,42 @@ class LevelStats:
         lam = ridge * float(torch.trace(cxx)) / p + 1e-12
         w = torch.linalg.solve(cxx + lam * torch.eye(p, dtype=cxx.dtype), cyx.T).T
         return w, my - w @ mx
+
+
+class PairStats:
+    """Uncentred running sums of one level's inputs ``x`` and targets ``y`` [n, P] (float64) for
+    a map without bias, ``y ~ W x``: what the matched and oracle fits regress."""
+
+    def __init__(self, p: int) -> None:
+        self.sxx = torch.zeros(p, p, dtype=torch.float64)
+        self.syx = torch.zeros(p, p, dtype=torch.float64)
+        self.syy = torch.zeros((), dtype=torch.float64)
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        x, y = x.double(), y.double()
+        self.sxx += x.T @ x
+        self.syx += y.T @ x
+        self.syy += (y * y).sum()
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum these statistics over every rank of the process group."""
+        for t in (self.sxx, self.syx, self.syy):
+            buf = t.to(device)
+            torch.distributed.all_reduce(buf)
+            t.copy_(buf.cpu())
+
+    def solve(self, ridge: float) -> Tensor:
+        """``W [P, P] = S_yx (S_xx + lambda I)^-1``, ``lambda = ridge x tr(S_xx) / P``."""
+        p = self.sxx.shape[0]
+        lam = ridge * float(torch.trace(self.sxx)) / p + 1e-12
+        return torch.linalg.solve(self.sxx + lam * torch.eye(p, dtype=self.sxx.dtype),
+                                  self.syx.T).T
+
+    def explained(self, w: Tensor) -> float:
+        """1 - residual / total of ``y`` under ``W`` (from the sums)."""
+        yy = float(self.syy)
+        res = yy - 2 * float(torch.sum(w * self.syx)) + float(torch.sum((w @ self.sxx) * w))
+        return 1.0 - res / max(yy, 1e-12)
 
 
 def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float,

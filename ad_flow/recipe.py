@@ -27,6 +27,7 @@ from training.recipe import DataInfo, Recipe
 from training.recipe_helpers import dequantised, unwrap
 
 from .init import fit_linear_encoders
+from .matched import fit_matched_encoders
 from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
 from .thesis import convert, is_thesis_checkpoint
 
@@ -68,12 +69,17 @@ class Config:
     n_sample_clips: int = opt(2, "clips shown with the reference in each sample grid (0: the "
                               "first alone)")
     init: str = opt("lstsq", "encoder initialisation: lstsq (ours: the closed-form minimiser of "
-                    "the structural term over the training clips, linear encoders only) or "
-                    "random (the thesis)", choices=["lstsq", "random"])
+                    "the structural term over the training clips), matched (ours: fitted to "
+                    "the test's task, a query speaker's own frame nearest in mouth reading as "
+                    "the answer to a mix with another speaker's mouth; needs landmarks, see "
+                    "docs/ad_flow.md), both for linear encoders, or random (the thesis)",
+                    choices=["lstsq", "matched", "random"])
     init_ridge: float = opt(0.01, "ridge of the least-squares init, relative to the latents' "
                             "mean variance (larger: the lip part moves less, the face is kept "
                             "better)", check=positive)
     init_clips: int = opt(0, "clips the least-squares init reads (0: every training clip)")
+    init_pairs: int = opt(192, "(query clip, source clip) pairs of different speakers the "
+                          "matched init fits", check=positive_int)
     diag_pairs: int = opt(2, "held-out query x source pairs scored (motion, PSNR) at every "
                           "sample grid when DATA is a synthetic set's train/ (0: off)")
 
@@ -244,9 +250,9 @@ class ADFlowRecipe(Recipe):
         _hidden(cfg)
         if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
             raise ValueError("loss weights must not be negative")
-        if cfg.init == "lstsq" and cfg.encoder != "linear":
-            raise ValueError(f"--init lstsq is the closed form of a linear encoder; with --encoder "
-                             f"{cfg.encoder} use --init random")
+        if cfg.init in ("lstsq", "matched") and cfg.encoder != "linear":
+            raise ValueError(f"--init {cfg.init} is the closed form of a linear encoder; with "
+                             f"--encoder {cfg.encoder} use --init random")
         if cfg.init_ridge <= 0:
             raise ValueError(f"--init_ridge {cfg.init_ridge} must be positive")
         if cfg.init_clips < 0 or cfg.diag_pairs < 0:
@@ -288,13 +294,19 @@ class ADFlowRecipe(Recipe):
         return groups
 
     def initialize(self, model: ADFlow, batch, ctx) -> None:
-        """``--init lstsq``: the linear encoders start at the structural term's closed form."""
+        """``--init lstsq``: the linear encoders start at the structural term's closed form;
+        ``--init matched``: at the matched-pairs fit (ad_flow/matched.py)."""
         cfg: Config = ctx.model_cfg
-        if cfg.init != "lstsq":
+        if cfg.init == "random":
             return
         ds = ctx.data.dataset if ctx.data is not None else None
         if ds is None:
-            raise ValueError("--init lstsq needs the training clips (call dataset() first)")
+            raise ValueError(f"--init {cfg.init} needs the training clips (call dataset() first)")
+        if cfg.init == "matched":
+            fit_matched_encoders(unwrap(model), ds, ctx.data.root, cfg.init_pairs,
+                                 cfg.init_ridge, ctx.train_cfg.seed, ctx.rank, ctx.world,
+                                 log=print if ctx.rank == 0 else None)
+            return
         def clips():
             for i in range(len(ds)):
                 yield ds[i]

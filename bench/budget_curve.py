@@ -150,7 +150,8 @@ def curve(args) -> dict:
     kind = "hard" if args.hard else "frontal"
     data = r.out / f"{kind}_seed{args.seed}"
     ckdir, resdir = r.out / "checkpoint", r.out / "result"
-    tag = args.tag or f"{args.model}_{kind}_seed{args.seed}_t{args.threads}"
+    init = f"_{args.init}" if args.init else ""
+    tag = args.tag or f"{args.model}_{kind}_seed{args.seed}_t{args.threads}{init}"
     if not (data / "manifest.json").is_file():
         r.run(f"set_{kind}_{args.seed}", ["-m", "lrw.synthetic", str(data), *SET, "--seed",
                                           str(args.seed), "--workers", "2",
@@ -187,6 +188,8 @@ def curve(args) -> dict:
                         "--iter", str(iters)]
                 if glow is not None:
                     argv += ["--glow", str(glow)]
+                if args.init:
+                    argv += ["--init", args.init]
                 argv += ["--resume"] if done > 0 else ["--force"]
                 seg = r.run(f"{name}_{iters}", argv)
             shutil.copy2(last, keep)  # same folder: the recorded Glow path still resolves
@@ -328,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet_s_per_iter", type=float, default=None,
                    help="quiet-machine seconds per iteration of the model (default: "
                         "docs/demo.md's: AD-flow 0.215, MI-flow 0.2725)")
+    p.add_argument("--init", default=None, choices=["lstsq", "matched", "random"],
+                   help="AD-flow's --init (default: train.py's); the tag ends in _INIT")
     p.add_argument("--tag", default=None, help="name of the run and its files")
     p.add_argument("--out", default="bench_quality/budget_curve")
     p.add_argument("--plot", nargs="+", default=None, metavar="JSON",

@@ -38,6 +38,7 @@ __all__ = [
     "inter_ocular_distance",
     "landmark_jitter",
     "mouth_landmark_distance",
+    "mouth_reading",
     "recognizer",
     "temporal_jitter",
 ]
@@ -142,6 +143,22 @@ def _normalised_mouth(landmarks: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected landmarks [68, 2], got shape {lm.shape}")
     mouth = lm[48:68]
     return (mouth - mouth.mean(axis=0)) / max(inter_ocular_distance(lm), 1e-6)
+
+
+def mouth_reading(landmarks: np.ndarray) -> np.ndarray:
+    """The mouth's state read from 68 landmarks ``[..., 68, 2]``: ``[..., 2]`` = (opening, width)
+    of the inner lips (points 62-66 and 60-64) in inter-ocular distances.
+
+    Position, scale and in-plane rotation of the face drop out; a closed mouth opens 0.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape[-2:] != (68, 2):
+        raise ValueError(f"expected landmarks [..., 68, 2], got shape {lm.shape}")
+    iod = np.linalg.norm(lm[..., 36:42, :].mean(-2) - lm[..., 42:48, :].mean(-2), axis=-1)
+    iod = np.maximum(iod, 1e-6)
+    opening = np.linalg.norm(lm[..., 66, :] - lm[..., 62, :], axis=-1)
+    width = np.linalg.norm(lm[..., 64, :] - lm[..., 60, :], axis=-1)
+    return np.stack([opening / iod, width / iod], axis=-1)
 
 
 def mouth_landmark_distance(lm_a: np.ndarray | None, lm_b: np.ndarray | None) -> float:

@@ -243,7 +243,7 @@ class ClipDataset(_SkippingDataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def _positions(self, length: int) -> list[int]:
+    def positions(self, length: int) -> list[int]:
         """Frame positions of one item inside a clip of ``length`` frames."""
         t = self.n_frames
         if t is None:
@@ -275,7 +275,7 @@ class ClipDataset(_SkippingDataset):
             return loaded[j]
 
         out = []
-        for j in self._positions(len(paths)):
+        for j in self.positions(len(paths)):
             image = get(j)
             d = 1
             while image is None and d < len(paths):

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from cliargs import add_no_progress, error_exit, image_size, model_size, positive_int, seed
 from faces.align import alignment_params, similarity_matrix
@@ -59,6 +60,7 @@ from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's
     round4,
     sample_identity,
 )
+from synthface.landmarks import face_landmarks
 from synthface.output import replacing
 from synthface.pose import HeadPose
 from synthface.scene import (
@@ -184,6 +186,7 @@ class SyntheticConfig:
         d.pop("workers")
         if not self.hard:
             d.pop("hard")  # frontal sets keep the manifests they had before --hard existed
+        d["train_frames"] = TRAIN_FRAMES  # sets drawn the old way are made again
         return d
 
 
@@ -339,9 +342,24 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
     write_bytes_atomic(path, buf.tobytes())
 
 
-def _write_word(args: tuple[str, dict, list[dict], int]) -> int:
+TRAIN_FRAMES = "rendered at query_size, resized like test.py's inputs (PIL bilinear)"
+"""How training frames are made, recorded in the manifest (``config.train_frames``): at the
+queries' size and brought to ``size`` the way ``test.py`` brings a 256 px crop to the model's
+size, so a model trains on frames drawn like the ones it is tested on. (Sets made before drew
+them at ``size`` directly: sharper, aliased eyes and lips that the 256 px queries and sources
+never have.)"""
+
+
+def train_frame(img: np.ndarray, size: int) -> np.ndarray:
+    """A rendered ``uint8`` frame brought to the training size (``TRAIN_FRAMES``)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def _write_word(args: tuple[str, dict, list[dict], int, int]) -> int:
     """Write every training frame of one word; returns the number of frames."""
-    out_train, identities, clips, size = args
+    out_train, identities, clips, size, render_size = args
     n = 0
     cache: dict[str, Identity] = {}
     for clip in clips:
@@ -352,12 +370,10 @@ def _write_word(args: tuple[str, dict, list[dict], int]) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         shots = [Shot.from_dict(d) for d in clip["shots"]] if "shots" in clip else None
         for t, (o, w) in enumerate(clip["mouth"], start=1):
-            if shots is None:
-                img = render(cache[spk], MouthState(o, w), size)
-            else:  # sampled at twice the size, then an area resize (no aliasing)
-                img = cv2.resize(render_shot(cache[spk], MouthState(o, w), shots[t - 1],
-                                             2 * size), (size, size),
-                                 interpolation=cv2.INTER_AREA)
+            img = train_frame(render(cache[spk], MouthState(o, w), render_size)
+                              if shots is None else
+                              render_shot(cache[spk], MouthState(o, w), shots[t - 1],
+                                          render_size), size)
             _write_image(folder / f"{clip['word']}_{clip['clip_id']}_{t:02d}.jpg", img)
             n += 1
     return n
@@ -404,7 +420,7 @@ def _write_set(manifest: dict, out: Path, cfg: SyntheticConfig) -> int:
     by_word: dict[str, list[dict]] = {}
     for clip in manifest["clips"]:
         by_word.setdefault(clip["word"], []).append(clip)
-    jobs = [(str(out / "train"), manifest["identities"], clips, cfg.size)
+    jobs = [(str(out / "train"), manifest["identities"], clips, cfg.size, cfg.query_size)
             for clips in by_word.values()]
     if cfg.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
@@ -464,6 +480,17 @@ class SyntheticSet:
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{root}/manifest.json is not a synthetic set ({FORMAT})")
         return cls(root, manifest)
+
+    def training_landmarks(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Per training clip ``WORD_ID``: ``(speaker, landmarks [T, 68, 2])`` in [0, 1], the
+        exact 68 points of each frame's recorded mouth state on the speaker's frontal face
+        (what a landmark detector reads from the frames, without its error)."""
+        out = {}
+        for clip in self.manifest["clips"]:
+            ident = self._identities[clip["speaker"]]
+            lms = np.stack([face_landmarks(ident, MouthState(o, w)) for o, w in clip["mouth"]])
+            out[f"{clip['word']}_{clip['clip_id']}"] = (clip["speaker"], lms)
+        return out
 
     def _query(self, name: str) -> str:
         key = Path(str(name)).stem

@@ -1,0 +1,203 @@
+"""``--init matched``: AD-flow's linear encoders fitted in closed form to the test's own task,
+on training data and mouth readings only.
+
+At test time AD-flow outputs, per Glow level, ``z = z_q - E(z_q) + E(z_mix) = z_q + W (z_mix - z_q)``
+(the bias cancels): the query's latents moved by a linear map of what the mouth mix changed.
+The thesis's terms (and ``--init lstsq``) only ever see a clip with its own lips, so ``W`` never
+learns what another person's lips in the query's face should become. Training data can say it
+without any rendering: for a query frame of speaker A and a source frame ``B_t`` of another
+speaker, the answer is **A's own training frame whose mouth reads nearest ``B_t``'s**. The
+fit is the ridge regression, over (pair, frame, channel) position vectors, of
+``z_answer - z_q`` on ``z_mix - z_q`` (uncentred; ``lambda = ridge x tr(S_xx) / P``), with the
+mix made as ``test.py`` makes it (the gain-matched seamless mouth clone at 256 px, brought to
+the model's size).
+
+Mouth readings (:func:`faces.metrics.mouth_reading`: inner-lip opening and width in inter-ocular
+distances, the width relative to the speaker's median so that wide lips do not read as a wide
+mouth) come from landmarks: ``FRAME.npy`` beside each frame (``preprocess.py --landmarks DATA``)
+or, for a synthetic set, the exact landmarks of the recorded mouth states. Speakers: a
+synthetic set records them; elsewhere each clip is its own speaker (answers come from the query's
+own clip; LRW records no speakers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from faces.blend import mouth_mix
+from faces.io import read_image
+from faces.metrics import mouth_reading
+from lrw.datasets import ClipDataset
+from lrw.synthetic import FORMAT, SyntheticSet
+
+from .init import PairStats
+from .model import ADFlow, LinearEncoder
+
+__all__ = ["MIX_SIZE", "clip_readings", "fit_matched_encoders"]
+
+MIX_SIZE = 256
+"""The mouth mix is made at this size, as ``test.py`` makes it from 256 px crops."""
+
+
+def _synthetic_root(root: Path) -> Path | None:
+    for cand in (root, root.parent):
+        try:
+            if json.loads((cand / "manifest.json").read_text()).get("format") == FORMAT:
+                return cand
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
+def clip_readings(ds: ClipDataset, root: str | Path
+                  ) -> tuple[list[np.ndarray | None], list[str], str]:
+    """Per clip of ``ds``: mouth readings ``[T, 2]`` of the frames ``ds[i]`` returns (``None``
+    where a frame has no landmarks), its speaker, and where the readings came from."""
+    root = Path(root)
+    syn_root = _synthetic_root(root)
+    readings: list[np.ndarray | None] = []
+    speakers: list[str] = []
+    if syn_root is not None:
+        exact = SyntheticSet.load(syn_root).training_landmarks()
+        source = f"the exact landmarks of {syn_root}/manifest.json's mouth states"
+    else:
+        exact = {}
+        source = "FRAME.npy landmark files beside the frames (preprocess.py --landmarks)"
+    for clip in ds.clips:
+        positions = ds.positions(clip.n_frames)
+        if clip.name in exact:
+            speaker, lms = exact[clip.name]
+            readings.append(mouth_reading(lms[positions]))
+            speakers.append(speaker)
+            continue
+        speakers.append(clip.name)
+        frames = clip.frames
+        try:
+            lms = np.stack([np.load(frames[j].with_suffix(".npy")) for j in positions])
+            readings.append(mouth_reading(lms))
+        except (OSError, ValueError):
+            readings.append(None)
+    # width relative to the speaker's median: lips differ between people, the state is the change
+    for spk in set(speakers):
+        idx = [i for i, s in enumerate(speakers) if s == spk and readings[i] is not None]
+        if idx:
+            med = float(np.median(np.concatenate([readings[i][:, 1] for i in idx])))
+            for i in idx:
+                readings[i] = readings[i] - np.array([0.0, med])
+    return readings, speakers, source
+
+
+def _resized(img: np.ndarray, size: int) -> np.ndarray:
+    """``uint8 [H, W, 3]`` -> ``[size, size, 3]``, bilinear (antialiased when shrinking), as
+    ``test.py`` resizes."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def _model_tensor(images: list[np.ndarray], size: int) -> Tensor:
+    """uint8 images -> [N, 3, size, size] in [-0.5, 0.5], resized as test.py resizes."""
+    out = np.stack([_resized(im, size) for im in images])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255).sub_(0.5)
+
+
+def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs: int,
+                         ridge: float, seed: int = 0, rank: int = 0, world: int = 1,
+                         log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Set every linear encoder of ``model`` to the matched-pairs fit (module docstring);
+    returns facts for the log. ``ValueError`` (one line) when the data has no mouth readings
+    or fewer than two speakers with them."""
+    levels = model.encoder.levels
+    if not all(isinstance(m, LinearEncoder) for m in levels):
+        raise ValueError("--init matched needs --encoder linear (the closed form is for a "
+                         "linear map); use --init random with mlp or conv encoders")
+    readings, speakers, source = clip_readings(ds, root)
+    usable = [i for i, r in enumerate(readings) if r is not None]
+    if len({speakers[i] for i in usable}) < 2:
+        raise ValueError(f"--init matched: {root} has mouth readings for "
+                         f"{len(usable)} of {len(readings)} clips (from {source}); write "
+                         f"them with `python preprocess.py --landmarks {root}` or use "
+                         "--init lstsq")
+    by_speaker: dict[str, list[int]] = {}
+    for i in usable:
+        by_speaker.setdefault(speakers[i], []).append(i)
+    rng = np.random.default_rng(seed)
+    drawn = []
+    while len(drawn) < pairs:  # (query clip, source clip) of different speakers
+        a, b = (usable[int(k)] for k in rng.integers(len(usable), size=2))
+        if speakers[a] != speakers[b]:
+            drawn.append((a, b))
+    size = int(model.img_size)
+    device = next(model.encoder.parameters()).device
+    stats = [PairStats(m.size * m.size) for m in levels]
+    cache: dict[int, np.ndarray | None] = {}
+
+    def frames(i: int) -> np.ndarray | None:
+        """Clip i's frames as stored (up to the mix's size), ``uint8 [T, H, W, 3]``; None when
+        one cannot be read (the pair is skipped)."""
+        if i not in cache:
+            if len(cache) > 512:
+                cache.clear()
+            clip = ds.clips[i]
+            try:
+                imgs = [read_image(clip.frames[j]) for j in ds.positions(clip.n_frames)]
+                cache[i] = np.stack([_resized(im, MIX_SIZE) if im.shape[0] > MIX_SIZE
+                                     else _resized(im, imgs[0].shape[0]) for im in imgs])
+            except ValueError:
+                cache[i] = None
+        return cache[i]
+
+    t0 = last = time.time()
+    n_frames = skipped = 0
+    for k, (a, b) in enumerate(drawn):
+        if k % world != rank:
+            continue
+        own = [i for i in by_speaker[speakers[a]] if frames(i) is not None]
+        if frames(a) is None or frames(b) is None:
+            skipped += 1
+            continue
+        q = frames(a)[int(np.argmin(readings[a][:, 0]))]  # the query: A's most closed mouth
+        pool = np.concatenate([frames(i) for i in own])
+        pool_r = np.concatenate([readings[i] for i in own])
+        near = [int(np.argmin(((pool_r - r) ** 2).sum(1))) for r in readings[b]]
+        q_mix = _resized(q, MIX_SIZE)  # the mix is made at 256 px, as test.py makes it
+        mixes = [mouth_mix(q_mix, _resized(src, MIX_SIZE)) for src in frames(b)]
+        x = _model_tensor([q, *mixes, *pool[near]], size).to(device)
+        t = len(near)
+        with torch.no_grad():
+            zs = model.encode_frames(x)
+        for st, z in zip(stats, zs, strict=True):
+            z = z.double().flatten(2).cpu()  # [1 + 2T, C, P]
+            st.add((z[1:1 + t] - z[:1]).reshape(-1, z.shape[-1]),
+                   (z[1 + t:] - z[:1]).reshape(-1, z.shape[-1]))
+        n_frames += t
+        if log is not None and time.time() - last > 10:
+            log(f"[ad-flow] matched init: {k + 1}/{pairs} pairs ({time.time() - t0:.0f} s)")
+            last = time.time()
+    if world > 1 and torch.distributed.is_initialized():
+        for st in stats:
+            st.all_reduce(device)
+    explained = []
+    with torch.no_grad():
+        for st, enc in zip(stats, levels, strict=True):
+            w = st.solve(ridge)
+            enc.linear.weight.copy_(w.to(enc.linear.weight))
+            enc.linear.bias.zero_()
+            explained.append(st.explained(w))
+    facts = {"pairs": float(pairs), "skipped": float(skipped), "frames": float(n_frames * world),
+             "seconds": round(time.time() - t0, 2)}
+    facts.update({f"explained_l{i}": e for i, e in enumerate(explained)})
+    if log is not None:
+        log(f"[ad-flow] matched init from {pairs} pairs of {len(by_speaker)} speakers "
+            f"(mouth readings: {source}; {skipped} skipped for an unreadable frame) in "
+            f"{facts['seconds']} s; share of z_answer - z_q "
+            "explained per level: " + ", ".join(f"{e:.3f}" for e in explained))
+    return facts

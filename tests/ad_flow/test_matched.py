@@ -1,0 +1,141 @@
+"""``--init matched``: mouth readings from landmarks, the uncentred ridge fit, the fit on a
+synthetic set and on landmark files, and the one-line refusal without readings."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ad_flow.init import PairStats
+from ad_flow.matched import clip_readings, fit_matched_encoders
+from ad_flow.recipe import RECIPE as ad
+from ad_flow.recipe import from_glow
+from faces.metrics import mouth_reading
+from lrw.datasets import ClipDataset
+from lrw.index import open_index
+from lrw.synthetic import MouthState, SyntheticSet, sample_identity
+from synthface.landmarks import face_landmarks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_ad_flow import SIZE, save_glow, synthetic_set, tiny_cfg, tiny_glow  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+import train as train_cli  # noqa: E402
+
+
+def test_mouth_reading_follows_the_state_and_ignores_where_the_face_is():
+    ident = sample_identity(np.random.default_rng(3))
+    lm = [face_landmarks(ident, MouthState(o, 0.0)) for o in (0.0, 0.3, 0.6, 0.9)]
+    opening = mouth_reading(np.stack(lm))[:, 0]
+    assert opening[0] < 0.05 and np.all(np.diff(opening) > 0.02), opening
+    wide = mouth_reading(face_landmarks(ident, MouthState(0.0, 0.8)))
+    narrow = mouth_reading(face_landmarks(ident, MouthState(0.0, -0.8)))
+    assert wide[1] > narrow[1] + 0.05
+    a = math.radians(17)  # scaled, rotated, moved: the same reading
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    moved = 3.1 * lm[2] @ rot.T + np.array([40.0, -7.0])
+    assert np.allclose(mouth_reading(moved), mouth_reading(lm[2]))
+    with pytest.raises(ValueError, match="68, 2"):
+        mouth_reading(np.zeros((67, 2)))
+
+
+def test_pair_stats_recover_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    st = PairStats(5)
+    for _ in range(4):
+        x = torch.randn(50, 5, generator=g, dtype=torch.float64)
+        st.add(x, x @ w.T)
+    fit = st.solve(1e-9)
+    assert torch.allclose(fit, w, atol=1e-5) and st.explained(fit) > 0.999999
+    assert abs(st.explained(torch.zeros(5, 5, dtype=torch.float64))) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    return synthetic_set(tmp_path_factory.mktemp("matched") / "syn")
+
+
+def _dataset(root: Path) -> ClipDataset:
+    return ClipDataset(open_index(root, cache=False), SIZE, n_frames=6)
+
+
+def test_readings_of_a_synthetic_set_are_its_recorded_states(syn: Path):
+    ds = _dataset(syn / "train")
+    readings, speakers, source = clip_readings(ds, syn / "train")
+    s = SyntheticSet.load(syn)
+    by_name = {f"{c['word']}_{c['clip_id']}": c for c in s.manifest["clips"]}
+    assert "manifest.json" in source and all(r is not None for r in readings)
+    for clip, r, spk in zip(ds.clips, readings, speakers, strict=True):
+        rec = by_name[clip.name]
+        assert spk == rec["speaker"] and r.shape == (6, 2)
+        exact = [mouth_reading(face_landmarks(s.identity(spk), MouthState(o, w)))[0]
+                 for o, w in rec["mouth"]]
+        assert np.allclose(r[:, 0], exact)  # the opening as read; the width is relative
+    for spk in set(speakers):  # ... to the speaker's median width
+        widths = np.concatenate([r[:, 1] for r, s_ in zip(readings, speakers) if s_ == spk])
+        assert abs(np.median(widths)) < 1e-9
+
+
+def test_landmark_files_stand_in_and_no_readings_is_one_line(syn: Path, tmp_path: Path):
+    plain = tmp_path / "plain"  # the frames alone: an LRW-style folder without a manifest
+    shutil.copytree(syn / "train", plain)
+    glow = tiny_glow()
+    model = from_glow(glow, tiny_cfg(tmp_path / "g.pt"))
+    with pytest.raises(ValueError, match=r"preprocess\.py --landmarks .*plain"):
+        fit_matched_encoders(model, _dataset(plain), plain, pairs=4, ridge=0.01)
+    s = SyntheticSet.load(syn)  # landmark files as preprocess.py --landmarks writes them
+    for c in s.manifest["clips"]:
+        for t, (o, w) in enumerate(c["mouth"], start=1):
+            lm = face_landmarks(s.identity(c["speaker"]), MouthState(o, w))
+            np.save(plain / c["word"] / f"{c['word']}_{c['clip_id']}_{t:02d}.npy", lm)
+    ds = _dataset(plain)
+    readings, speakers, source = clip_readings(ds, plain)
+    assert "npy" in source and speakers == [c.name for c in ds.clips]  # no speakers: clips
+    facts = fit_matched_encoders(model, ds, plain, pairs=4, ridge=0.01)
+    assert facts["pairs"] == 4 and facts["skipped"] == 0
+
+
+def test_fit_sets_every_level_and_is_seeded(syn: Path, tmp_path: Path):
+    ds = _dataset(syn / "train")
+    glow = tiny_glow()
+    fits = []
+    for seed in (0, 0, 1):
+        model = from_glow(glow, tiny_cfg(tmp_path / "g.pt"))
+        before = [m.linear.weight.clone() for m in model.encoder.levels]
+        logs = []
+        facts = fit_matched_encoders(model, ds, syn / "train", pairs=6, ridge=0.01, seed=seed,
+                                     log=logs.append)
+        assert "matched init from 6 pairs" in logs[-1]
+        for m, b in zip(model.encoder.levels, before, strict=True):
+            assert not torch.equal(m.linear.weight, b) and torch.count_nonzero(m.linear.bias) == 0
+        assert all(0 < facts[f"explained_l{i}"] <= 1 for i in range(len(before)))
+        fits.append(torch.cat([m.linear.weight.flatten() for m in model.encoder.levels]))
+    assert torch.equal(fits[0], fits[1]) and not torch.equal(fits[0], fits[2])
+
+
+def test_train_py_init_matched(syn: Path, tmp_path: Path, capsys):
+    glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
+    args = ["--model", "ad-flow", "-n", "m", str(syn / "train"), "--glow", str(glow_path),
+            "--img_size", str(SIZE), "--n_frames", "6", "--cls_hidden", "24", "--iter", "2",
+            "--batch", "2", "--workers", "0", "--no_progress", "--init", "matched",
+            "--init_pairs", "4", "--save_every", "0", "--sample_every", "0",
+            "--checkpoint_dir", str(tmp_path / "ck"), "--result_dir", str(tmp_path / "res")]
+    assert train_cli.main(args) == 0
+    assert "matched init from 4 pairs" in capsys.readouterr().out
+    ck = torch.load(tmp_path / "ck/m/last.pt", weights_only=True)
+    assert ck["config"]["model"]["init"] == "matched"
+    assert ck["config"]["model"]["init_pairs"] == 4
+    assert train_cli.main([*args[:-4], "--encoder", "mlp", "--checkpoint_dir",
+                           str(tmp_path / "ck2"), "--result_dir", str(tmp_path / "res2")]) != 0
+    err = capsys.readouterr().err
+    assert "--init matched" in err and "--init random" in err
+    assert json.loads(json.dumps(ck["config"]["model"]))["init_ridge"] == 0.01
