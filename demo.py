@@ -54,7 +54,7 @@ class Plan:
     speakers: int
     clips: int
     frames: int
-    size: int
+    size: int  # the models' size (px)
     queries: int
     sources: int
     # Glow: flows per block, blocks, coupling width, iterations, batch, learning rate
@@ -65,15 +65,24 @@ class Plan:
     out_size: int | None = None  # test.py --out_size (None: pasted back at the query's 256 px)
     seed: int = 0  # of the synthetic set (identities, words) and of every training run
     others: bool = True  # also run content-ae and pose-flow (bench/quality.py turns it off)
+    # the set's stored training frames (None: ``size``); 256 stores them as preprocess.py stores
+    # real crops, so a mix made at 256 px from training frames is the one test.py makes
+    frame_size: int | None = None
+
+    @property
+    def stored_size(self) -> int:
+        return self.frame_size or self.size
 
 
 FULL = Plan(
     # 48 training identities (one clip per word each): with 12 the frozen Glow and the encoders
     # did not generalise to unseen faces; 4 x 4 held-out query x source pairs are scored
-    words=8, speakers=48, clips=1, frames=15, size=32, queries=4, sources=4,
+    words=8, speakers=48, clips=1, frames=15, size=32, queries=4, sources=4, frame_size=256,
     glow=dict(n_flow=8, n_block=3, hidden=128, iter=400, batch=16, lr=5e-4, sample_every=200),
+    # --init matched: the encoders start at the closed-form fit to the test's task (the query
+    # speaker's own frame nearest in mouth reading as the answer to a 256 px mix)
     ad_flow=dict(iter=200, batch=2, n_frames=15, cls_hidden="128", lr=1e-3, cls_lr=1e-3,
-                 sample_every=100),
+                 sample_every=100, init="matched"),
     mi_flow=dict(n_flow=6, n_block=3, hidden=96, iter=400, batch=16, lr=5e-4,
                  sample_every=200),
 )
@@ -130,7 +139,8 @@ class Demo:
     def synthetic(self) -> None:
         p = self.plan
         cfg = SyntheticConfig(out=str(self.data), words=p.words, speakers=p.speakers,
-                              clips=p.clips, frames=p.frames, size=p.size, queries=p.queries,
+                              clips=p.clips, frames=p.frames, size=p.stored_size,
+                              queries=p.queries,
                               sources=p.sources, seed=p.seed, workers=2)
         generate(cfg, log=self.say)
 
@@ -245,7 +255,8 @@ class Demo:
         t0 = self._step(3, total, f"AD-flow on that Glow: {p.ad_flow['iter']} iterations of "
                         f"{p.ad_flow['batch']} clips x {p.ad_flow['n_frames']} frames")
         ad_cfg = {"glow": str(glow), "img_size": p.size, "n_frames": p.ad_flow["n_frames"],
-                  "cls_hidden": p.ad_flow["cls_hidden"], "cls_lr": p.ad_flow["cls_lr"]}
+                  "cls_hidden": p.ad_flow["cls_hidden"], "cls_lr": p.ad_flow["cls_lr"],
+                  "init": p.ad_flow.get("init", "lstsq")}
         try:
             registry.get("ad-flow")
             models["ad-flow"] = self.train("demo_ad", "ad-flow", ad_cfg, p.ad_flow, glow=glow)
@@ -314,7 +325,7 @@ class Demo:
         demo in one folder (files copied into it), with the command and the machine."""
         p = self.plan
         intro = (f"A synthetic talking-face set ({p.words} words, {p.speakers} training "
-                 f"speakers, {p.size} px), a Glow, AD-flow on that Glow and MI-flow trained "
+                 f"speakers, {p.stored_size} px frames, models at {p.size} px), a Glow, AD-flow on that Glow and MI-flow trained "
                  "for minutes, then scored on identities never seen in training against the "
                  "exact ground truth, beside two baselines: copying the query unchanged and "
                  "the mouth blend the models start from. Then content-ae (glasses moved "
@@ -363,14 +374,16 @@ class Demo:
         p = self.plan
         lines = ["", "=" * 78, "Demo finished: what happened and where to look", "=" * 78, "",
                  f"Data: a synthetic talking-face set ({p.words} words, {p.speakers} training "
-                 f"speakers, {p.size} px training frames) in {self.data}. Queries and sources "
+                 f"speakers, training frames stored at {p.stored_size} px, models at {p.size} px) "
+                 f"in {self.data}. Queries and sources "
                  "are identities never seen in training, and the exact ground truth of every "
                  "generated frame is known.", "",
                  "Trained (checkpoints in " + str(self.ckpt_dir) + "):",
                  f"  Glow     K={p.glow['n_flow']} L={p.glow['n_block']} hidden "
                  f"{p.glow['hidden']}, {p.glow['iter']} iterations -> {s['glow']}"]
         if "ad-flow" in s["models"]:
-            lines.append(f"  AD-flow  encoders on that frozen Glow, {p.ad_flow['iter']} "
+            lines.append(f"  AD-flow  encoders on that frozen Glow (--init "
+                         f"{p.ad_flow.get('init', 'lstsq')}), {p.ad_flow['iter']} "
                          f"iterations -> {s['models']['ad-flow']}")
         if "mi-flow" in s["models"]:
             lines.append(f"  MI-flow  K={p.mi_flow['n_flow']} L={p.mi_flow['n_block']} hidden "

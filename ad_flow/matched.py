@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from faces.blend import mouth_mix
+from faces.blend import mouth_box, mouth_mix
 from faces.io import read_image
 from faces.metrics import mouth_reading
 from lrw.datasets import ClipDataset
@@ -109,6 +109,22 @@ def _model_tensor(images: list[np.ndarray], size: int) -> Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255).sub_(0.5)
 
 
+def _mix(q: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """The mouth mix made at ``MIX_SIZE`` and brought back to ``q``'s size. Frames stored
+    smaller than that are resampled twice on the way; every pixel outside the (one pixel
+    wider) mouth box is then ``q``'s own again, so the resampling leaves nothing outside the
+    mouth that the fit could take for the mouth's change."""
+    s = q.shape[0]
+    mix = _resized(mouth_mix(_resized(q, MIX_SIZE), _resized(src, MIX_SIZE)), s)
+    if s == MIX_SIZE:
+        return mix
+    top, bottom, left, right = mouth_box(s)
+    out = q.copy()
+    r0, r1, c0, c1 = max(top - 1, 0), min(bottom + 1, s), max(left - 1, 0), min(right + 1, s)
+    out[r0:r1, c0:c1] = mix[r0:r1, c0:c1]
+    return out
+
+
 def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs: int,
                          ridge: float, seed: int = 0, rank: int = 0, world: int = 1,
                          log: Callable[[str], None] | None = None) -> dict[str, float]:
@@ -168,10 +184,9 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
         pool = np.concatenate([frames(i) for i in own])
         pool_r = np.concatenate([readings[i] for i in own])
         near = [int(np.argmin(((pool_r - r) ** 2).sum(1))) for r in readings[b]]
-        q_mix = _resized(q, MIX_SIZE)  # the mix is made at 256 px, as test.py makes it
-        mixes = [mouth_mix(q_mix, _resized(src, MIX_SIZE)) for src in frames(b)]
-        x = _model_tensor([q, *mixes, *pool[near]], size).to(device)
+        mixes = [_mix(q, src) for src in frames(b)]  # made at 256 px, as test.py makes it
         t = len(near)
+        x = _model_tensor([q, *mixes, *pool[near]], size).to(device)
         with torch.no_grad():
             zs = model.encode_frames(x)
         for st, z in zip(stats, zs, strict=True):

@@ -55,7 +55,7 @@ import torch  # noqa: E402
 from evaluation.report import read_csv  # noqa: E402
 
 # demo.py's FULL plan (the sizes of `make demo`), repeated as command-line flags
-SET = ["--words", "8", "--speakers", "48", "--clips", "1", "--frames", "15", "--size", "32",
+SET = ["--words", "8", "--speakers", "48", "--clips", "1", "--frames", "15", "--size", "256",
        "--queries", "4", "--sources", "4"]
 COMMON = ["--save_every", "0", "--log_every", "5", "--workers", "0", "--no_progress"]
 GLOW = ["--batch", "16", "--lr", "0.0005", "--sample_every", "200", "--n_flow", "8",

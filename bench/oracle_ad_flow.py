@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ad_flow.init import PairStats  # noqa: E402
 from ad_flow.recipe import RECIPE  # noqa: E402
 from faces.blend import mouth_mix  # noqa: E402
 from glow.io import safe_load  # noqa: E402
@@ -97,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     size = int(model.img_size)
     t0 = time.time()
     levels = model.encoder.levels
-    sxx = [torch.zeros(m.size ** 2, m.size ** 2, dtype=torch.float64) for m in levels]
-    syx = [torch.zeros_like(s) for s in sxx]
-    syy = [0.0 for _ in sxx]
+    stats = [PairStats(m.size ** 2) for m in levels]
     frames = 0
     own: dict[str, np.ndarray] = {}  # each speaker's training mouth states [n, 2]
     for clip in syn.manifest["clips"]:
@@ -126,25 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         t = len(states)
         for i, z in enumerate(zs):
             z = z.double().flatten(2)  # [1 + 2T, C, P]
-            dx = (z[1:1 + t] - z[:1]).reshape(-1, z.shape[-1])
-            dy = (z[1 + t:] - z[:1]).reshape(-1, z.shape[-1])
-            sxx[i] += dx.T @ dx
-            syx[i] += dy.T @ dx
-            syy[i] += float((dy * dy).sum())
+            stats[i].add((z[1:1 + t] - z[:1]).reshape(-1, z.shape[-1]),
+                         (z[1 + t:] - z[:1]).reshape(-1, z.shape[-1]))
         frames += t
         if (k + 1) % 32 == 0:
             print(f"{k + 1}/{args.pairs} pairs ({time.time() - t0:.0f} s)", flush=True)
     weights = dict(obj["weights"])
     explained = []
-    for i, (a, b, yy) in enumerate(zip(sxx, syx, syy, strict=True)):
-        n = a.shape[0]
-        lam = args.ridge * float(torch.trace(a)) / n + 1e-12
-        w = torch.linalg.solve(a + lam * torch.eye(n, dtype=a.dtype), b.T).T
+    for i, st in enumerate(stats):
+        w = st.solve(args.ridge)
         key = f"encoder.levels.{i}.linear"
         weights[f"{key}.weight"] = w.to(weights[f"{key}.weight"].dtype)
         weights[f"{key}.bias"] = torch.zeros_like(weights[f"{key}.bias"])
-        residual = yy - 2 * float(torch.sum(w * b)) + float(torch.sum((w @ a) * w))
-        explained.append(1 - residual / max(yy, 1e-12))
+        explained.append(st.explained(w))
     out = Path(args.out) if args.out else ck.with_name(
         "self_ad_flow.pt" if args.self_pairs else "matched_ad_flow.pt" if args.matched_pairs
         else "oracle_ad_flow.pt")

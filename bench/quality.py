@@ -115,7 +115,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], float]:
 
             hard = out / "hard"
             generate(SyntheticConfig(out=str(hard), words=plan.words, speakers=plan.speakers,
-                                     clips=plan.clips, frames=plan.frames, size=plan.size,
+                                     clips=plan.clips, frames=plan.frames, size=plan.stored_size,
                                      queries=plan.queries, sources=plan.sources, seed=seed,
                                      workers=2, hard=True), log=print)
             for model, ck, name in [("ad-flow", summary["models"]["ad-flow"], "ad"),

@@ -13,7 +13,8 @@ train: their figures are per seed.
   python bench/budget_curve.py --seed S --threads T --budgets 1    # for each S, T (and mi-flow)
   python bench/seed_table.py                                        # this table
 
-Beside an AD-flow checkpoint, the fits ``bench/oracle_ad_flow.py`` writes (``matched_ad_flow.pt``:
+AD-flow runs trained with ``--init matched`` (``budget_curve.py --init matched``: the demo's
+recipe) are scored beside those with ``--init lstsq``. Beside an AD-flow checkpoint, the fits ``bench/oracle_ad_flow.py`` writes (``matched_ad_flow.pt``:
 the matched-pairs fit; ``oracle_ad_flow.pt``: the oracle, an upper bound) are scored as rows
 of their own.
 
@@ -70,7 +71,11 @@ def mean_std(vals: list[float], digits: int) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
-LABELS = {"ad-flow": "AD-flow (the demo's recipe)",
+INITS = {  # AD-flow runs trained with another --init (budget_curve.py --init X): (suffix, label)
+    "ad-flow": [("", None), ("_matched", "ad-flow, --init matched")],
+}
+LABELS = {"ad-flow, --init matched": "AD-flow, `--init matched` (the demo's recipe)",
+          "ad-flow": "AD-flow, `--init lstsq`",
           "ad-flow, matched-pairs fit": "AD-flow, matched-pairs fit "
                                         "(`bench/oracle_ad_flow.py --matched_pairs`)",
           "ad-flow, oracle fit (upper bound)": "AD-flow, oracle fit (upper bound, not trainable)",
@@ -130,19 +135,21 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             unit = MODELS[model][0]
             iters = int(round(args.budget * unit))
-            for threads in args.threads:
-                ck = (out / "checkpoint" / f"{model}_frontal_seed{seed}_t{threads}_run" /
+            for threads, (init, init_label) in ((t, i) for t in args.threads
+                                                for i in INITS.get(model, [("", None)])):
+                ck = (out / "checkpoint" / f"{model}_frontal_seed{seed}_t{threads}{init}_run" /
                       f"iter{iters:06d}.pt")
                 if not ck.is_file():
                     print(f"skip: {ck} (train it with bench/budget_curve.py --model {model} "
-                          f"--seed {seed} --threads {threads})", flush=True)
+                          f"--seed {seed} --threads {threads}"
+                          + (f" --init {init[1:]}" if init else "") + ")", flush=True)
                     continue
                 r = Runner(argparse.Namespace(out=str(out), threads=threads))
                 if not (hard / "manifest.json").is_file():
                     r.run(f"set_hard_{seed}", ["-m", "lrw.synthetic", str(hard), *SET, "--seed",
                                                str(seed), "--workers", "2", "--hard"])
-                cks = [(ck, None, "")]
-                cks += [(ck.with_name(f), lab, "_" + f.removesuffix(".pt"))
+                cks = [(ck, init_label, init)]
+                cks += [(ck.with_name(f), lab, init + "_" + f.removesuffix(".pt"))
                         for f, lab in VARIANTS.get(model, []) if ck.with_name(f).is_file()]
                 for kind, data in (("frontal", frontal), ("hard", hard)):
                     rows = {}
