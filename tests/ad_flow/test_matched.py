@@ -15,7 +15,6 @@ import torch
 
 from ad_flow.init import PairStats
 from ad_flow.matched import clip_readings, fit_matched_encoders
-from ad_flow.recipe import RECIPE as ad
 from ad_flow.recipe import from_glow
 from faces.metrics import mouth_reading
 from lrw.datasets import ClipDataset
@@ -81,7 +80,8 @@ def test_readings_of_a_synthetic_set_are_its_recorded_states(syn: Path):
                  for o, w in rec["mouth"]]
         assert np.allclose(r[:, 0], exact)  # the opening as read; the width is relative
     for spk in set(speakers):  # ... to the speaker's median width
-        widths = np.concatenate([r[:, 1] for r, s_ in zip(readings, speakers) if s_ == spk])
+        widths = np.concatenate([r[:, 1] for r, s_ in zip(readings, speakers, strict=True)
+                                 if s_ == spk])
         assert abs(np.median(widths)) < 1e-9
 
 

@@ -12,13 +12,13 @@ import pytest
 from lrw.index import open_index
 from lrw.synthetic import (
     NEUTRAL,
+    TRAIN_FRAMES,
     MouthState,
     SyntheticConfig,
     SyntheticSet,
     generate,
     main,
     mouth_box,
-    TRAIN_FRAMES,
     render,
     sample_identity,
     train_frame,
