@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,39 +155,36 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
     size = int(model.img_size)
     device = next(model.encoder.parameters()).device
     stats = [PairStats(m.size * m.size) for m in levels]
-    cache: dict[int, np.ndarray | None] = {}
+    cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
-    def frames(i: int) -> np.ndarray | None:
-        """Clip i's frames as stored (up to the mix's size), ``uint8 [T, H, W, 3]``; None when
-        one cannot be read (the pair is skipped)."""
-        if i not in cache:
-            if len(cache) > 512:
-                cache.clear()
+    def frame(i: int, j: int) -> np.ndarray:
+        """Frame j of clip i's item as stored (at most the mix's size), ``uint8 [H, W, 3]``;
+        the last few hundred are kept. ``ValueError`` when it cannot be read."""
+        if (i, j) not in cache:
             clip = ds.clips[i]
-            try:
-                imgs = [read_image(clip.frames[j]) for j in ds.positions(clip.n_frames)]
-                cache[i] = np.stack([_resized(im, MIX_SIZE) if im.shape[0] > MIX_SIZE
-                                     else _resized(im, imgs[0].shape[0]) for im in imgs])
-            except ValueError:
-                cache[i] = None
-        return cache[i]
+            img = read_image(clip.frames[ds.positions(clip.n_frames)[j]])
+            cache[(i, j)] = _resized(img, MIX_SIZE) if img.shape[0] > MIX_SIZE else img
+            if len(cache) > 256:
+                cache.popitem(last=False)
+        return cache[(i, j)]
 
     t0 = last = time.time()
     n_frames = skipped = 0
     for k, (a, b) in enumerate(drawn):
         if k % world != rank:
             continue
-        own = [i for i in by_speaker[speakers[a]] if frames(i) is not None]
-        if frames(a) is None or frames(b) is None:
+        own = [(i, j) for i in by_speaker[speakers[a]] for j in range(len(readings[i]))]
+        pool_r = np.concatenate([readings[i] for i in by_speaker[speakers[a]]])
+        near = [own[int(np.argmin(((pool_r - r) ** 2).sum(1)))] for r in readings[b]]
+        try:  # only the frames the pair uses are read
+            q = frame(a, int(np.argmin(readings[a][:, 0])))  # the query: A's most closed mouth
+            mixes = [_mix(q, frame(b, j)) for j in range(len(readings[b]))]  # at 256 px
+            answers = [frame(i, j) for i, j in near]
+        except ValueError:
             skipped += 1
             continue
-        q = frames(a)[int(np.argmin(readings[a][:, 0]))]  # the query: A's most closed mouth
-        pool = np.concatenate([frames(i) for i in own])
-        pool_r = np.concatenate([readings[i] for i in own])
-        near = [int(np.argmin(((pool_r - r) ** 2).sum(1))) for r in readings[b]]
-        mixes = [_mix(q, src) for src in frames(b)]  # made at 256 px, as test.py makes it
         t = len(near)
-        x = _model_tensor([q, *mixes, *pool[near]], size).to(device)
+        x = _model_tensor([q, *mixes, *answers], size).to(device)
         with torch.no_grad():
             zs = model.encode_frames(x)
         for st, z in zip(stats, zs, strict=True):

@@ -82,11 +82,13 @@ __all__ = [
     "MouthState",
     "SyntheticConfig",
     "SyntheticSet",
+    "TRAIN_FRAMES",
     "generate",
     "main",
     "mouth_box",
     "render",
     "sample_identity",
+    "train_frame",
     "word_trajectory",
 ]
 
