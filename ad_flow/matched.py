@@ -58,11 +58,15 @@ def _synthetic_root(root: Path) -> Path | None:
     return None
 
 
-def clip_readings(ds: ClipDataset, root: str | Path
+def clip_readings(ds: ClipDataset, root: str | Path,
+                  positions: list[list[int]] | None = None
                   ) -> tuple[list[np.ndarray | None], list[str], str]:
-    """Per clip of ``ds``: mouth readings ``[T, 2]`` of the frames ``ds[i]`` returns (``None``
-    where a frame has no landmarks), its speaker, and where the readings came from."""
+    """Per clip of ``ds``: mouth readings ``[T, 2]`` of the frames at ``positions[i]``
+    (default ``ds.positions``: the frames ``ds[i]`` returns; ``None`` where a frame has no
+    landmarks), its speaker, and where the readings came from."""
     root = Path(root)
+    if positions is None:
+        positions = [ds.positions(clip.n_frames) for clip in ds.clips]
     syn_root = _synthetic_root(root)
     readings: list[np.ndarray | None] = []
     speakers: list[str] = []
@@ -72,17 +76,16 @@ def clip_readings(ds: ClipDataset, root: str | Path
     else:
         exact = {}
         source = "FRAME.npy landmark files beside the frames (preprocess.py --landmarks)"
-    for clip in ds.clips:
-        positions = ds.positions(clip.n_frames)
+    for clip, pos in zip(ds.clips, positions, strict=True):
         if clip.name in exact:
             speaker, lms = exact[clip.name]
-            readings.append(mouth_reading(lms[positions]))
+            readings.append(mouth_reading(lms[pos]))
             speakers.append(speaker)
             continue
         speakers.append(clip.name)
         frames = clip.frames
         try:
-            lms = np.stack([np.load(frames[j].with_suffix(".npy")) for j in positions])
+            lms = np.stack([np.load(frames[j].with_suffix(".npy")) for j in pos])
             readings.append(mouth_reading(lms))
         except (OSError, ValueError):
             readings.append(None)
@@ -136,7 +139,9 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
     if not all(isinstance(m, LinearEncoder) for m in levels):
         raise ValueError("--init matched needs --encoder linear (the closed form is for a "
                          "linear map); use --init random with mlp or conv encoders")
-    readings, speakers, source = clip_readings(ds, root)
+    # one window per clip (a ClipDataset with window="random" draws a new one per call)
+    positions = [ds.positions(clip.n_frames) for clip in ds.clips]
+    readings, speakers, source = clip_readings(ds, root, positions)
     usable = [i for i, r in enumerate(readings) if r is not None]
     if len({speakers[i] for i in usable}) < 2:
         raise ValueError(f"--init matched: {root} has mouth readings for "
@@ -162,7 +167,7 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
         the last few hundred are kept. ``ValueError`` when it cannot be read."""
         if (i, j) not in cache:
             clip = ds.clips[i]
-            img = read_image(clip.frames[ds.positions(clip.n_frames)[j]])
+            img = read_image(clip.frames[positions[i][j]])
             cache[(i, j)] = _resized(img, MIX_SIZE) if img.shape[0] > MIX_SIZE else img
             if len(cache) > 256:
                 cache.popitem(last=False)

@@ -149,7 +149,7 @@ def mouth_reading(landmarks: np.ndarray) -> np.ndarray:
     """The mouth's state read from 68 landmarks ``[..., 68, 2]``: ``[..., 2]`` = (opening, width)
     of the inner lips (points 62-66 and 60-64) in inter-ocular distances.
 
-    Position, scale and in-plane rotation of the face drop out; a closed mouth opens 0.
+    Position, scale and in-plane rotation of the face drop out; a closed mouth opens about 0.
     """
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape[-2:] != (68, 2):

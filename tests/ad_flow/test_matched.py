@@ -79,6 +79,10 @@ def test_readings_of_a_synthetic_set_are_its_recorded_states(syn: Path):
         exact = [mouth_reading(face_landmarks(s.identity(spk), MouthState(o, w)))[0]
                  for o, w in rec["mouth"]]
         assert np.allclose(r[:, 0], exact)  # the opening as read; the width is relative
+    picked = [[5, 0, 2]] * len(ds.clips)  # a window of one's own (window="random" draws)
+    some, _, _ = clip_readings(ds, syn / "train", picked)
+    assert all(np.allclose(a[:, 0], r[[5, 0, 2], 0]) for a, r in zip(some, readings,
+                                                                    strict=True))
     for spk in set(speakers):  # ... to the speaker's median width
         widths = np.concatenate([r[:, 1] for r, s_ in zip(readings, speakers, strict=True)
                                  if s_ == spk])
