@@ -27,6 +27,7 @@ from test_ad_flow import SIZE, save_glow, synthetic_set, tiny_cfg, tiny_glow  # 
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+import preprocess  # noqa: E402
 import train as train_cli  # noqa: E402
 
 
@@ -143,3 +144,23 @@ def test_train_py_init_matched(syn: Path, tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "--init matched" in err and "--init random" in err
     assert json.loads(json.dumps(ck["config"]["model"]))["init_ridge"] == 0.01
+
+
+def test_real_frames_with_their_landmark_files(shared_faces: Path, tmp_path: Path):
+    """Real frames: preprocess.py --landmarks writes the readings, the fit runs on them."""
+    frames = sorted((shared_faces / "source_img" / "ellen").iterdir(),
+                    key=lambda p: int(p.name.split(".")[0]))
+    root = tmp_path / "real"
+    (root / "TALK").mkdir(parents=True)
+    for k, start in enumerate((0, 100, 200), start=1):  # three clips, each its own speaker
+        for t in range(8):
+            shutil.copy(frames[start + 4 * t], root / "TALK" / f"TALK_{k:05d}_{t + 1:02d}.jpg")
+    assert preprocess.main(["--landmarks", str(root)]) == 0
+    ds = ClipDataset(open_index(root, cache=False), SIZE, n_frames=8)
+    readings, speakers, source = clip_readings(ds, root)
+    assert "npy" in source and len(set(speakers)) == 3
+    opening = np.concatenate([r[:, 0] for r in readings])
+    assert opening.min() >= 0 and np.ptp(opening) > 0.03, opening  # she talks
+    model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt", n_frames=8))
+    facts = fit_matched_encoders(model, ds, root, pairs=4, ridge=0.01)
+    assert facts["skipped"] == 0 and all(0 < facts[f"explained_l{i}"] <= 1 for i in range(2))
