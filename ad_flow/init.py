@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .model import ADFlow, LinearEncoder
 
-__all__ = ["LevelStats", "PairStats", "fit_linear_encoders"]
+__all__ = ["LevelStats", "PairStats", "fit_linear_encoders", "install_fit"]
 
 
 class LevelStats:
@@ -69,6 +69,10 @@ class LevelStats:
         w = torch.linalg.solve(cxx + lam * torch.eye(p, dtype=cxx.dtype), cyx.T).T
         return w, my - w @ mx
 
+    def explained(self, w: Tensor, b: Tensor) -> float:
+        """1 - residual / total of the fitted target (from the sums; no second pass)."""
+        return _explained(self, w, b)
+
 
 class PairStats:
     """Uncentred running sums of one level's inputs ``x`` and targets ``y`` [n, P] (float64) for
@@ -92,18 +96,37 @@ class PairStats:
             torch.distributed.all_reduce(buf)
             t.copy_(buf.cpu())
 
-    def solve(self, ridge: float) -> Tensor:
-        """``W [P, P] = S_yx (S_xx + lambda I)^-1``, ``lambda = ridge x tr(S_xx) / P``."""
+    def solve(self, ridge: float) -> tuple[Tensor, Tensor]:
+        """``(W [P, P], b = 0)``: ``W = S_yx (S_xx + lambda I)^-1``, ``lambda = ridge x
+        tr(S_xx) / P``."""
         p = self.sxx.shape[0]
         lam = ridge * float(torch.trace(self.sxx)) / p + 1e-12
-        return torch.linalg.solve(self.sxx + lam * torch.eye(p, dtype=self.sxx.dtype),
-                                  self.syx.T).T
+        w = torch.linalg.solve(self.sxx + lam * torch.eye(p, dtype=self.sxx.dtype),
+                               self.syx.T).T
+        return w, torch.zeros(p, dtype=w.dtype)
 
-    def explained(self, w: Tensor) -> float:
-        """1 - residual / total of ``y`` under ``W`` (from the sums)."""
+    def explained(self, w: Tensor, b: Tensor | None = None) -> float:
+        """1 - residual / total of ``y`` under ``W`` (from the sums; the bias is 0)."""
         yy = float(self.syy)
         res = yy - 2 * float(torch.sum(w * self.syx)) + float(torch.sum((w @ self.sxx) * w))
         return 1.0 - res / max(yy, 1e-12)
+
+
+def install_fit(stats: list, levels, ridge: float, world: int, device: torch.device
+                ) -> list[float]:
+    """Sum ``stats`` (``LevelStats`` or ``PairStats``, one per level) over the ranks, solve
+    each and write it into that level's linear encoder; the share explained per level."""
+    if world > 1 and torch.distributed.is_initialized():
+        for st in stats:
+            st.all_reduce(device)
+    explained = []
+    with torch.no_grad():
+        for st, enc in zip(stats, levels, strict=True):
+            w, b = st.solve(ridge)
+            enc.linear.weight.copy_(w.to(enc.linear.weight))
+            enc.linear.bias.copy_(b.to(enc.linear.bias))
+            explained.append(st.explained(w, b))
+    return explained
 
 
 def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float,
@@ -153,16 +176,7 @@ def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float
                 f"({time.time() - t0:.0f} s)")
             last_report = time.time()
     flush()
-    if world > 1 and torch.distributed.is_initialized():
-        for st in stats:
-            st.all_reduce(device)
-    explained = []
-    with torch.no_grad():
-        for st, enc in zip(stats, levels, strict=True):
-            w, b = st.solve(ridge)
-            enc.linear.weight.copy_(w.to(enc.linear.weight))
-            enc.linear.bias.copy_(b.to(enc.linear.bias))
-            explained.append(_explained(st, w, b))
+    explained = install_fit(stats, levels, ridge, world, device)
     facts = {"clips": float(seen * world), "seconds": round(time.time() - t0, 2)}
     facts.update({f"explained_l{i}": e for i, e in enumerate(explained)})
     if log is not None:

@@ -39,7 +39,7 @@ from faces.metrics import mouth_reading
 from lrw.datasets import ClipDataset
 from lrw.synthetic import FORMAT, SyntheticSet
 
-from .init import PairStats
+from .init import PairStats, install_fit
 from .model import ADFlow, LinearEncoder
 
 __all__ = ["MIX_SIZE", "clip_readings", "fit_matched_encoders"]
@@ -200,16 +200,7 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
         if log is not None and time.time() - last > 10:
             log(f"[ad-flow] matched init: {k + 1}/{pairs} pairs ({time.time() - t0:.0f} s)")
             last = time.time()
-    if world > 1 and torch.distributed.is_initialized():
-        for st in stats:
-            st.all_reduce(device)
-    explained = []
-    with torch.no_grad():
-        for st, enc in zip(stats, levels, strict=True):
-            w = st.solve(ridge)
-            enc.linear.weight.copy_(w.to(enc.linear.weight))
-            enc.linear.bias.zero_()
-            explained.append(st.explained(w))
+    explained = install_fit(stats, levels, ridge, world, device)
     facts = {"pairs": float(pairs), "skipped": float(skipped), "frames": float(n_frames * world),
              "seconds": round(time.time() - t0, 2)}
     facts.update({f"explained_l{i}": e for i, e in enumerate(explained)})

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = dict(obj["weights"])
     explained = []
     for i, st in enumerate(stats):
-        w = st.solve(args.ridge)
+        w, _ = st.solve(args.ridge)
         key = f"encoder.levels.{i}.linear"
         weights[f"{key}.weight"] = w.to(weights[f"{key}.weight"].dtype)
         weights[f"{key}.bias"] = torch.zeros_like(weights[f"{key}.bias"])

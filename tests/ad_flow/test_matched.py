@@ -54,7 +54,8 @@ def test_pair_stats_recover_a_linear_map():
     for _ in range(4):
         x = torch.randn(50, 5, generator=g, dtype=torch.float64)
         st.add(x, x @ w.T)
-    fit = st.solve(1e-9)
+    fit, bias = st.solve(1e-9)
+    assert torch.count_nonzero(bias) == 0
     assert torch.allclose(fit, w, atol=1e-5) and st.explained(fit) > 0.999999
     assert abs(st.explained(torch.zeros(5, 5, dtype=torch.float64))) < 1e-12
 
