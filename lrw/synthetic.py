@@ -180,6 +180,9 @@ class SyntheticConfig:
     query_size: int = 256
     workers: int = 1
     hard: bool = False
+    # "downsized" (TRAIN_FRAMES) or "direct": drawn at ``size`` as sets made before were
+    # (the hard set's at twice the size, area-resized), to make those sets again
+    train_render: str = "downsized"
 
     def generation_key(self) -> dict:
         """Everything that changes the output (not ``out`` or ``workers``)."""
@@ -188,7 +191,8 @@ class SyntheticConfig:
         d.pop("workers")
         if not self.hard:
             d.pop("hard")  # frontal sets keep the manifests they had before --hard existed
-        d["train_frames"] = TRAIN_FRAMES  # sets drawn the old way are made again
+        if d.pop("train_render") == "downsized":
+            d["train_frames"] = TRAIN_FRAMES  # sets drawn the old way are made again
         return d
 
 
@@ -359,9 +363,9 @@ def train_frame(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
 
 
-def _write_word(args: tuple[str, dict, list[dict], int, int]) -> int:
+def _write_word(args: tuple[str, dict, list[dict], int, int, bool]) -> int:
     """Write every training frame of one word; returns the number of frames."""
-    out_train, identities, clips, size, render_size = args
+    out_train, identities, clips, size, render_size, direct = args
     n = 0
     cache: dict[str, Identity] = {}
     for clip in clips:
@@ -372,10 +376,17 @@ def _write_word(args: tuple[str, dict, list[dict], int, int]) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         shots = [Shot.from_dict(d) for d in clip["shots"]] if "shots" in clip else None
         for t, (o, w) in enumerate(clip["mouth"], start=1):
-            img = train_frame(render(cache[spk], MouthState(o, w), render_size)
-                              if shots is None else
-                              render_shot(cache[spk], MouthState(o, w), shots[t - 1],
-                                          render_size), size)
+            if direct and shots is None:  # --train_render direct: as sets made before
+                img = render(cache[spk], MouthState(o, w), size)
+            elif direct:  # sampled at twice the size, then an area resize
+                img = cv2.resize(render_shot(cache[spk], MouthState(o, w), shots[t - 1],
+                                             2 * size), (size, size),
+                                 interpolation=cv2.INTER_AREA)
+            else:
+                img = train_frame(render(cache[spk], MouthState(o, w), render_size)
+                                  if shots is None else
+                                  render_shot(cache[spk], MouthState(o, w), shots[t - 1],
+                                              render_size), size)
             _write_image(folder / f"{clip['word']}_{clip['clip_id']}_{t:02d}.jpg", img)
             n += 1
     return n
@@ -422,7 +433,8 @@ def _write_set(manifest: dict, out: Path, cfg: SyntheticConfig) -> int:
     by_word: dict[str, list[dict]] = {}
     for clip in manifest["clips"]:
         by_word.setdefault(clip["word"], []).append(clip)
-    jobs = [(str(out / "train"), manifest["identities"], clips, cfg.size, cfg.query_size)
+    jobs = [(str(out / "train"), manifest["identities"], clips, cfg.size, cfg.query_size,
+             cfg.train_render == "direct")
             for clips in by_word.values()]
     if cfg.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
@@ -570,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--query-size", type=image_size, default=defaults.query_size,
                    help="size of query and source images (px)")
     p.add_argument("--workers", type=positive_int, default=defaults.workers, help="processes")
+    p.add_argument("--train_render", choices=["downsized", "direct"], default="downsized",
+                   help="training frames rendered at --query-size and resized as test.py "
+                        "resizes its inputs (default), or drawn at --size directly, as sets "
+                        "made before were (to make those sets, and their figures, again)")
     p.add_argument("--hard", action="store_true",
                    help="the hard set: posed, lit, aligned crops; sources move their heads, "
                         "queries hold other poses under other light, lips differ strongly "
@@ -580,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = SyntheticConfig(out=args.out, words=args.words, speakers=args.speakers,
                           clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
                           queries=args.queries, sources=args.sources,
-                          query_size=args.query_size, workers=args.workers, hard=args.hard)
+                          query_size=args.query_size, workers=args.workers, hard=args.hard,
+                          train_render=args.train_render)
     try:
         generate(cfg, force=args.force)
     except (ValueError, OSError) as e:  # 1, as every script (2: argparse's usage error)

@@ -168,3 +168,19 @@ def test_cli_up_to_date_and_refusal(tmp_path: Path, capsys):
     (tmp_path / "busy" / "x").write_text("x")
     assert main([str(tmp_path / "busy")]) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+def test_direct_train_render_makes_the_sets_of_before(tmp_path: Path):
+    """--train_render direct draws training frames at --size, as sets made before did, and
+    their manifests are the ones those sets have (so an old set counts as up to date)."""
+    m = _make(tmp_path / "direct", train_render="direct")
+    assert "train_frames" not in m["config"] and "train_render" not in m["config"]
+    s = SyntheticSet.load(tmp_path / "direct")
+    clip = s.manifest["clips"][0]
+    ident = s.identity(clip["speaker"])
+    for t, (o, w) in enumerate(clip["mouth"], start=1):
+        jpg = _rgb(tmp_path / "direct" / "train" / clip["word"] /
+                   f"{clip['word']}_{clip['clip_id']}_{t:02d}.jpg")
+        direct = np.abs(jpg.astype(int) - render(ident, MouthState(o, w), 32).astype(int))
+        down = np.abs(jpg.astype(int) - train_frame(render(ident, MouthState(o, w), 256), 32))
+        assert direct.mean() < 3.5 and down.mean() > direct.mean() + 0.5
