@@ -116,6 +116,30 @@ def table(runs: list[dict], res: str) -> list[str]:
     return lines
 
 
+def per_run(runs: list[dict], res: str) -> list[str]:
+    """Markdown rows: one per (set, seed, threads), one column per model label found and the
+    blend's, each cell ``motion err / mouth PSNR / dPSNR``."""
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "–"
+        return f"{row['motion_dev']:.3f} / {row['psnr_mouth']:.2f} / {row['dpsnr']:+.2f}"
+
+    found = {k.split("|")[0].split(":", 1)[1] for r in runs for k in r["rows"]
+             if k.startswith("model:") and k.endswith(res)}
+    labels = [x for x in LABELS if x in found] + sorted(found - set(LABELS))
+    lines = ["| set, seed, threads | " + " | ".join(LABELS.get(x, x) for x in labels)
+             + " | mouth blend |", "|---|" + "---|" * (len(labels) + 1)]
+    keys = sorted({(r["set"], r["seed"], r["threads"]) for r in runs},
+                  key=lambda k: (k[0] != "frontal", k[1], k[2]))
+    for kind, seed, threads in keys:
+        sel = [r for r in runs if (r["set"], r["seed"], r["threads"]) == (kind, seed, threads)]
+        rows = {k: v for r in sel for k, v in r["rows"].items()}
+        lines.append(f"| {kind}, {seed}, {threads} | "
+                     + " | ".join(cell(rows.get(f"model:{x}|{res}")) for x in labels)
+                     + f" | {cell(rows.get(f'blend|{res}'))} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
               RES[0]: "At the models' size (32 px)"}
     for res in (RES[1], RES[0]):
         lines += ["", f"### {titles[res]}", "", *table(runs, res)]
+    lines += ["", "### Per run at 256 px (motion err / mouth PSNR dB / dPSNR dB)", "",
+              *per_run(runs, RES[1])]
     lines += ["", "Command: python bench/seed_table.py " + " ".join(argv or sys.argv[1:])]
     (out / "seed_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
