@@ -22,7 +22,6 @@ own clip; LRW records no speakers).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,14 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from faces.blend import mouth_box, mouth_mix
 from faces.io import read_image
 from faces.metrics import mouth_reading
 from lrw.datasets import ClipDataset
-from lrw.synthetic import FORMAT, SyntheticSet
+from lrw.synthetic import SyntheticSet, train_frame
 
 from .init import PairStats, install_fit
 from .model import ADFlow, LinearEncoder
@@ -48,12 +46,12 @@ MIX_SIZE = 256
 """The mouth mix is made at this size, as ``test.py`` makes it from 256 px crops."""
 
 
-def _synthetic_root(root: Path) -> Path | None:
+def _synthetic_set(root: Path) -> SyntheticSet | None:
+    """The synthetic set ``root`` (or its parent, for ``train/``) belongs to, if any."""
     for cand in (root, root.parent):
         try:
-            if json.loads((cand / "manifest.json").read_text()).get("format") == FORMAT:
-                return cand
-        except (OSError, ValueError, AttributeError):
+            return SyntheticSet.load(cand)
+        except ValueError:
             continue
     return None
 
@@ -67,12 +65,12 @@ def clip_readings(ds: ClipDataset, root: str | Path,
     root = Path(root)
     if positions is None:
         positions = [ds.positions(clip.n_frames) for clip in ds.clips]
-    syn_root = _synthetic_root(root)
+    syn = _synthetic_set(root)
     readings: list[np.ndarray | None] = []
     speakers: list[str] = []
-    if syn_root is not None:
-        exact = SyntheticSet.load(syn_root).training_landmarks()
-        source = f"the exact landmarks of {syn_root}/manifest.json's mouth states"
+    if syn is not None:
+        exact = syn.training_landmarks()
+        source = f"the exact landmarks of {syn.root}/manifest.json's mouth states"
     else:
         exact = {}
         source = "FRAME.npy landmark files beside the frames (preprocess.py --landmarks)"
@@ -99,12 +97,8 @@ def clip_readings(ds: ClipDataset, root: str | Path,
     return readings, speakers, source
 
 
-def _resized(img: np.ndarray, size: int) -> np.ndarray:
-    """``uint8 [H, W, 3]`` -> ``[size, size, 3]``, bilinear (antialiased when shrinking), as
-    ``test.py`` resizes."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+# uint8 [H, W, 3] -> [size, size, 3], bilinear (antialiased when shrinking), as test.py resizes
+_resized = train_frame
 
 
 def _model_tensor(images: list[np.ndarray], size: int) -> Tensor:
