@@ -42,6 +42,7 @@ metrics do.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sys
 from collections.abc import Sequence
@@ -52,7 +53,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import correlate1d
 from torch import Tensor, nn
 
 from faces.metrics import face_descriptor, face_landmarks
@@ -93,23 +93,25 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     return g / g.sum()
 
 
-def _ssim_parts(x: np.ndarray, y: np.ndarray, win: np.ndarray) -> tuple[float, float]:
+def _ssim_parts(x: np.ndarray, y: np.ndarray, win: np.ndarray, luminance: bool = True
+                ) -> tuple[float, float]:
     """Mean SSIM and mean contrast-structure term of float64 images [H, W, C] in [0, 255]
-    (separable Gaussian filtering, 'valid' region only, per channel)."""
+    (separable Gaussian filtering, 'valid' region only, per channel). ``luminance=False``:
+    the contrast-structure term only (the SSIM is NaN), all that MS-SSIM's finer scales use."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     r = len(win) // 2
-
-    def blur(t: np.ndarray) -> np.ndarray:
-        t = correlate1d(correlate1d(t, win, axis=0, mode="constant"), win, axis=1,
-                        mode="constant")
-        return t[r:-r, r:-r]
-
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    ssim = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
+    # the five local moments in one separable filtering pass over 5 * C channels ('constant'
+    # borders; only the valid region is kept, so the border rule does not matter), then
+    # channels first, so that the arithmetic below runs over contiguous planes
+    maps = np.concatenate([x, y, x * x, y * y, x * y], axis=-1)
+    blurred = cv2.sepFilter2D(maps, cv2.CV_64F, win, win, borderType=cv2.BORDER_CONSTANT)
+    mx, my, bxx, byy, bxy = np.split(
+        np.ascontiguousarray(blurred[r:-r, r:-r].transpose(2, 0, 1)), 5)
+    mxx, myy, mxy = mx * mx, my * my, mx * my
+    cs = (2 * (bxy - mxy) + c2) / ((bxx - mxx) + (byy - myy) + c2)
+    if not luminance:
+        return float("nan"), float(cs.mean())
+    ssim = (2 * mxy + c1) / (mxx + myy + c1) * cs
     return float(ssim.mean()), float(cs.mean())
 
 
@@ -131,10 +133,12 @@ def ms_ssim(reference: np.ndarray, image: np.ndarray, size: int | None = SCORE_S
         raise ValueError(f"MS-SSIM needs images of at least 176 px, got {x.shape[:2]}")
     win = _gaussian()
     values = []
+    last = len(MS_WEIGHTS) - 1
     for i in range(len(MS_WEIGHTS)):
-        ssim, cs = _ssim_parts(x, y, win)
-        values.append(ssim if i == len(MS_WEIGHTS) - 1 else cs)
-        x, y = _halve(x), _halve(y)
+        ssim, cs = _ssim_parts(x, y, win, luminance=i == last)
+        values.append(ssim if i == last else cs)
+        if i < last:
+            x, y = _halve(x), _halve(y)
     # a negative term at a scale means no similarity there (clamped, as common implementations)
     return float(np.prod(np.maximum(values, 0.0) ** np.asarray(MS_WEIGHTS)))
 
@@ -272,6 +276,32 @@ class FieldNets:
 # -- per frame, with dlib ----------------------------------------------------------------------
 
 
+# values already measured in this process, by the content of the images they were measured
+# on: dlib's landmarks and descriptors, and MS-SSIM. The baselines' frames (copying the query,
+# the mouth blend) are the same for every model evaluated on a set, so a second evaluation in
+# one process (make demo's AD-flow, then MI-flow) measures them once; so is the identity
+# reference, which is the query itself
+_MEMO: dict[tuple, object] = {}
+_MEMO_MAX = 16384  # entries (the largest, a descriptor, is 1 KB): cleared when full
+
+
+def _memo(kind: str, images: Sequence[np.ndarray], compute):
+    """``compute(*images)``, or its value from an earlier call on images of the same content;
+    array values come back as copies."""
+    images = [np.ascontiguousarray(im) for im in images]
+    h = hashlib.sha1()
+    for im in images:
+        h.update(f"{im.shape}{im.dtype.str}".encode())
+        h.update(im.tobytes())
+    key = (kind, h.hexdigest())
+    if key not in _MEMO:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[key] = compute(*images)
+    value = _MEMO[key]
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
 class FieldScorer:
     """Every field metric of one output sequence against its truth and identity reference.
 
@@ -282,10 +312,12 @@ class FieldScorer:
         self.dlib = dlib
 
     def _landmarks(self, image: np.ndarray) -> np.ndarray | None:
-        return face_landmarks(upscale(image, SCORE_SIZE), aligned=True)
+        return _memo("lm", [image], lambda im: face_landmarks(upscale(im, SCORE_SIZE),
+                                                               aligned=True))
 
     def _descriptor(self, image: np.ndarray) -> np.ndarray | None:
-        return face_descriptor(upscale(image, SCORE_SIZE), aligned=True)
+        return _memo("desc", [image], lambda im: face_descriptor(upscale(im, SCORE_SIZE),
+                                                                  aligned=True))
 
     def references(self, truth: np.ndarray, identity: np.ndarray) -> dict:
         """What every system's sequence is compared with: the truth's landmarks and the
@@ -304,7 +336,8 @@ class FieldScorer:
         truth = ref["truth"]
         n = len(frames)
         out: dict[str, list] = {
-            "ms_ssim": [ms_ssim(t, f) for t, f in zip(truth, frames, strict=True)],
+            "ms_ssim": [_memo("ms_ssim", [t, f], ms_ssim) for t, f in
+                        zip(truth, frames, strict=True)],
             "sharp": [laplacian_sharpness(frames[0])] * n if constant
             else [laplacian_sharpness(f) for f in frames],
             "jitter_err": [jitter_error(frames, truth)]}

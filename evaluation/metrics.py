@@ -4,7 +4,7 @@ Images are RGB ``uint8`` arrays ``[H, W, 3]`` (as everywhere in this project).
 
 * Pixel fidelity against an exact ground truth (the synthetic set): :func:`mse`,
   :func:`psnr_from_mse` (a set of frames is scored by the PSNR of its mean MSE), :func:`psnr`
-  (one frame), :func:`ssim` (scikit-image; the window is :data:`SSIM_WINDOW` = 7 x 7, uniform,
+  (one frame), :func:`ssim` (scikit-image's definition; the window is :data:`SSIM_WINDOW` = 7 x 7, uniform,
   computed per colour channel and averaged, ``data_range`` 255) and :func:`mouth_crop` /
   :func:`mouth_psnr` (the mouth box of ``faces.blend.mouth_box``). Identical images have an
   infinite PSNR; it is capped at :data:`PSNR_CAP` dB.
@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
 from faces.blend import mouth_box
 from faces.metrics import (
@@ -84,12 +85,34 @@ def ssim(reference: np.ndarray, image: np.ndarray) -> float:
 
     scikit-image's ``structural_similarity`` with ``win_size=7`` (uniform window),
     ``channel_axis=-1`` (per colour channel, then averaged), ``data_range=255`` and its default
-    constants ``K1 = 0.01``, ``K2 = 0.03``. Images must be at least 7 x 7.
+    constants ``K1 = 0.01``, ``K2 = 0.03`` (sample covariances; the mean over the pixels at
+    least 3 from the border), computed here with OpenCV's box filter over all channels at once:
+    the same value to rounding (tested), several times faster. Images must be at least 7 x 7.
     """
     reference, image = _check(reference, image)
-    return float(structural_similarity(reference, image, win_size=SSIM_WINDOW,
-                                       channel_axis=-1 if reference.ndim == 3 else None,
-                                       data_range=255))
+    x, y = reference.astype(np.float64), image.astype(np.float64)
+    if x.ndim == 2:
+        x, y = x[..., None], y[..., None]
+    if min(x.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW} x {SSIM_WINDOW} px, got "
+                         f"{x.shape[0]} x {x.shape[1]}")
+    n = SSIM_WINDOW * SSIM_WINDOW
+    cov_norm = n / (n - 1)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    pad = (SSIM_WINDOW - 1) // 2
+
+    def mean7(t: np.ndarray) -> np.ndarray:  # the local means (OpenCV drops a lone channel)
+        m = cv2.boxFilter(t, cv2.CV_64F, (SSIM_WINDOW, SSIM_WINDOW), normalize=True,
+                          borderType=cv2.BORDER_REFLECT)
+        return m.reshape(t.shape)
+
+    ux, uy, uxx, uyy, uxy = (mean7(t) for t in (x, y, x * x, y * y, x * y))
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    h, w = s.shape[:2]
+    return float(np.mean(s[pad:h - pad, pad:w - pad].mean(axis=(0, 1))))
 
 
 def mouth_crop(image: np.ndarray) -> np.ndarray:

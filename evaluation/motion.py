@@ -91,9 +91,31 @@ class MouthReader:
     exact: float = 0.25
 
     def __post_init__(self) -> None:
-        k = self.weights.shape[-1]
-        gram = np.einsum("npk,npl->nkl", self.weights, self.weights) + self.ridge * np.eye(k)
-        self._inv = np.linalg.inv(gram)  # [N, K, K]
+        self.base = np.asarray(self.base, dtype=np.float64)
+        self.weights = np.asarray(self.weights, dtype=np.float64)
+        n, p, k = self.weights.shape
+        w = self.weights
+        gram = np.einsum("npk,npl->nkl", w, w)  # [N, K, K]
+        self._gram = gram
+        self._inv = np.linalg.inv(gram + self.ridge * np.eye(k))  # [N, K, K]
+        # read() works with products of these and the frame, all BLAS matrix products: the
+        # residual of every grid state follows from W^T y, |y|^2 and the fitted colours, so
+        # the [N, P] residual images are never formed
+        self._wt = np.ascontiguousarray(w.transpose(0, 2, 1).reshape(n * k, p))  # [N*K, P]
+        self._wt_base = np.einsum("npk,npc->nkc", w, self.base)  # [N, K, 3]
+        self._base_flat = np.ascontiguousarray(self.base.reshape(n, -1))  # [N, P*3]
+        self._base_sq = (self.base**2).sum((1, 2))  # [N]
+
+    def _errors(self, crop: np.ndarray) -> np.ndarray:
+        """The fit's error at every grid state [N] for one mouth box ``crop`` [P, 3] (float64):
+        ``|y - W c|^2 + ridge |c - colours|^2`` with ``y = crop - base`` and ``c`` the ridge
+        fit of the layer colours."""
+        n, _, k = self.weights.shape
+        wty = (self._wt @ crop).reshape(n, k, 3) - self._wt_base  # W^T y [N, K, 3]
+        col = self._inv @ (wty + self.ridge * self.colours)  # [N, K, 3]
+        y_sq = float((crop**2).sum()) - 2.0 * (self._base_flat @ crop.ravel()) + self._base_sq
+        res_sq = y_sq - 2.0 * (col * wty).sum((1, 2)) + (col * (self._gram @ col)).sum((1, 2))
+        return res_sq + self.ridge * ((col - self.colours) ** 2).sum((1, 2))
 
     def read(self, images: np.ndarray) -> np.ndarray:
         """uint8 images [T, S, S, 3] -> estimated states [T, 2] (open, width)."""
@@ -106,14 +128,10 @@ class MouthReader:
         n_o, n_w = len(OPEN_GRID), len(WIDTH_GRID)
         out = np.empty((len(images), 2))
         for i, img in enumerate(images):
-            y = _box_crop(img).reshape(1, -1, 3).astype(np.float64) - self.base  # [N, P, 3]
-            rhs = np.einsum("npk,npc->nkc", self.weights, y) + self.ridge * self.colours
-            col = np.einsum("nkl,nlc->nkc", self._inv, rhs)
-            res = y - np.einsum("npk,nkc->npc", self.weights, col)
-            err = (res**2).sum((1, 2)) + self.ridge * ((col - self.colours) ** 2).sum((1, 2))
-            err = err.reshape(n_o, n_w)
+            crop = _box_crop(img).reshape(-1, 3).astype(np.float64)
+            err = self._errors(crop).reshape(n_o, n_w)
             io, iw = np.unravel_index(int(np.argmin(err)), err.shape)
-            if err[io, iw] <= self.exact * y[0].size:  # a render of this very grid state
+            if err[io, iw] <= self.exact * crop.size:  # a render of this very grid state
                 out[i] = OPEN_GRID[io], WIDTH_GRID[iw]
                 continue
             out[i, 0] = _refine(OPEN_GRID, err[:, iw], io)

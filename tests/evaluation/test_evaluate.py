@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import evaluate
 from evaluation import metrics as M
@@ -49,6 +50,22 @@ def test_ssim_drops_for_different_images_and_needs_same_shape():
     assert M.ssim(_image(0), _image(1)) < 0.2
     with pytest.raises(ValueError):
         M.ssim(_image(0, 32), _image(0, 16))
+
+
+def test_ssim_equals_scikit_images_structural_similarity():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(4)
+    smooth = np.asarray(Image.fromarray(_image(3, 16)).resize((40, 56), Image.BICUBIC))
+    noisy = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    grey_a, grey_b = smooth[..., 0].copy(), noisy[..., 1].copy()
+    for a, b in [(smooth, noisy), (_image(5, 7), _image(6, 7)), (grey_a, grey_b),
+                 (smooth, smooth)]:
+        theirs = structural_similarity(a, b, win_size=7, data_range=255,
+                                       channel_axis=-1 if a.ndim == 3 else None)
+        assert M.ssim(a, b) == pytest.approx(theirs, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 7"):
+        M.ssim(_image(0, 6), _image(1, 6))
 
 
 def test_mouth_psnr_only_sees_the_mouth_box():

@@ -44,6 +44,24 @@ def test_ms_ssim_known_answers_and_its_first_scale_is_skimages_gaussian_ssim():
         FM.ms_ssim(a[:100, :100], b[:100, :100], None)
 
 
+def test_memo_returns_the_value_of_the_same_content_once_and_copies():
+    calls = []
+
+    def measure(a, b):
+        calls.append(1)
+        return np.array([float(a.sum()), float(b.sum())])
+
+    a, b = _image(5, 16), _image(6, 16)
+    first = FM._memo("test", [a, b], measure)
+    first[0] = -1.0  # the caller's copy, not the memo's
+    again = FM._memo("test", [a.copy(), b.copy()], measure)  # same content, other arrays
+    assert len(calls) == 1 and again[0] == float(a.sum())
+    FM._memo("test", [b, a], measure)  # other content (order matters)
+    FM._memo("other", [a, b], measure)  # another measure
+    assert len(calls) == 3
+    assert FM._memo("test", [a, b], lambda *_: None) is not None  # the memo, not the lambda
+
+
 def test_sharpness_falls_with_blur_and_jitter_error_with_the_truths_motion():
     import cv2
 

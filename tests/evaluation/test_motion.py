@@ -8,6 +8,9 @@ import pytest
 
 from evaluation.models import System, like_model_input
 from evaluation.motion import (
+    OPEN_GRID,
+    WIDTH_GRID,
+    MouthReader,
     motion_deviation_error,
     motion_error,
     mouth_reader,
@@ -132,3 +135,22 @@ def test_generator_output_runs_through_the_scorer(synth):
     rows, _ = evaluate_synthetic(synth.root, [same], 32, progress=False, pairs=1)
     for k in ("motion_dev", "motion", "motion_px", "psnr", "ssim"):
         assert rows["query again"][k] == pytest.approx(rows["baseline: copy query"][k])
+
+
+def test_reader_errors_equal_the_direct_ridge_fit():
+    """The reader's matrix-product form gives every grid state the same error as forming the
+    residual images and fitting each state's colours directly, and reads the same states."""
+    rng = np.random.default_rng(0)
+    n, p, k = len(OPEN_GRID) * len(WIDTH_GRID), 88, 7
+    base = rng.uniform(0, 255, (n, p, 3)).astype(np.float32)  # float32, as the maps are
+    weights = rng.uniform(0, 1, (n, p, k)).astype(np.float32)
+    colours = rng.uniform(0, 255, (k, 3))
+    reader = MouthReader(32, base, weights, colours)
+    crop = rng.uniform(0, 255, (p, 3))
+    w, b = weights.astype(np.float64), base.astype(np.float64)
+    y = crop[None] - b
+    gram = np.einsum("npk,npl->nkl", w, w) + reader.ridge * np.eye(k)
+    col = np.linalg.solve(gram, np.einsum("npk,npc->nkc", w, y) + reader.ridge * colours)
+    res = y - np.einsum("npk,nkc->npc", w, col)
+    direct = (res**2).sum((1, 2)) + reader.ridge * ((col - colours) ** 2).sum((1, 2))
+    np.testing.assert_allclose(reader._errors(crop), direct, rtol=1e-9, atol=1e-6)
