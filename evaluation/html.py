@@ -191,8 +191,11 @@ def _place(path: Path, out_dir: Path) -> str:
         pass
     dest_dir = out_dir / FILES
     dest_dir.mkdir(parents=True, exist_ok=True)
-    stem = "_".join(p for p in path.parts[-5:-1] if p not in ("/", "")) or "file"
-    dest = dest_dir / f"{stem}_{path.name}"
+    # named by its path below the folder it shares with the report (a run's sample folder:
+    # sample_RUN_loss.png), never by the folders above that (the machine's own path)
+    common = Path(os.path.commonpath([path, out_dir]))
+    parts = path.relative_to(common).parts if common != Path(common.anchor) else path.parts[-3:]
+    dest = dest_dir / "_".join(parts)
     if not dest.exists() or not _same(dest, path):
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(path, tmp)

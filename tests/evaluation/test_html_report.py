@@ -69,6 +69,8 @@ def test_files_outside_the_folder_are_copied_in_and_missing_ones_said(tmp_path: 
     write_html(out, "t", [Section("s", "", [(elsewhere, "x"), (other, "y")])])
     copies = sorted((out / "report_files").iterdir())
     assert len(copies) == 2 and any(np.asarray(Image.open(c)).max() == 200 for c in copies)
+    # named by their path below the folder they share with the report, not the machine's path
+    assert [c.name for c in copies] == ["a_b_grid.png", "c_d_grid.png"]
 
 
 def test_comparison_grid_and_video_enlarge_tiles(tmp_path: Path) -> None:
