@@ -111,10 +111,10 @@ def evaluate_set(recipe: Recipe, model: nn.Module, root: str | Path, device: tor
         pairs = 0
         for i in range(len(imgs_a)):
             donor_region = truth_region(manifest, i, None, split, size)
-            t = recipe.transfer(model, a[i:i + 1].expand_as(b), b)
-            for j in range(len(imgs_b)):
-                if max_pairs and pairs >= max_pairs:
-                    break
+            # past --max_pairs only the removal is scored: no more donors' transfers are made
+            n_b = len(imgs_b) if not max_pairs else min(len(imgs_b), max(max_pairs - pairs, 0))
+            t = recipe.transfer(model, a[i:i + 1].expand_as(b), b) if n_b else None
+            for j in range(n_b):
                 pairs += 1
                 truth = transfer_truth(manifest, i, j, split, size)
                 reg = truth_region(manifest, i, j, split, size)
