@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +167,11 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
                 cache.popitem(last=False)
         return cache[(i, j)]
 
-    def load(a: int, b: int) -> tuple[Tensor, int] | None:
-        """The pair's images brought to the model's size, ``[1 + 2T, 3, S, S]``: the query,
-        its T mixes and T answers; None when a frame cannot be read."""
+    t0 = last = time.time()
+    n_frames = skipped = 0
+    for k, (a, b) in enumerate(drawn):
+        if k % world != rank:
+            continue
         own = [(i, j) for i in by_speaker[speakers[a]] for j in range(len(readings[i]))]
         pool_r = np.concatenate([readings[i] for i in by_speaker[speakers[a]]])
         near = [own[int(np.argmin(((pool_r - r) ** 2).sum(1)))] for r in readings[b]]
@@ -179,33 +180,20 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
             mixes = [_mix(q, frame(b, j)) for j in range(len(readings[b]))]  # at 256 px
             answers = [frame(i, j) for i, j in near]
         except ValueError:
-            return None
-        return _model_tensor([q, *mixes, *answers], size), len(near)
-
-    t0 = last = time.time()
-    n_frames = skipped = 0
-    mine = [(k, a, b) for k, (a, b) in enumerate(drawn) if k % world == rank]
-    # one thread reads and mixes the next pair (OpenCV and PIL release the GIL) while this one
-    # encodes the current pair: the same pairs in the same order, so the same fit
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        ahead = reader.submit(load, *mine[0][1:]) if mine else None
-        for n, (k, _, _) in enumerate(mine):
-            item = ahead.result()
-            ahead = reader.submit(load, *mine[n + 1][1:]) if n + 1 < len(mine) else None
-            if item is None:
-                skipped += 1
-                continue
-            x, t = item
-            with torch.no_grad():
-                zs = model.encode_frames(x.to(device))
-            for st, z in zip(stats, zs, strict=True):
-                z = z.double().flatten(2).cpu()  # [1 + 2T, C, P]
-                st.add((z[1:1 + t] - z[:1]).reshape(-1, z.shape[-1]),
-                       (z[1 + t:] - z[:1]).reshape(-1, z.shape[-1]))
-            n_frames += t
-            if log is not None and time.time() - last > 10:
-                log(f"[ad-flow] matched init: {k + 1}/{pairs} pairs ({time.time() - t0:.0f} s)")
-                last = time.time()
+            skipped += 1
+            continue
+        t = len(near)
+        x = _model_tensor([q, *mixes, *answers], size).to(device)
+        with torch.no_grad():
+            zs = model.encode_frames(x)
+        for st, z in zip(stats, zs, strict=True):
+            z = z.double().flatten(2).cpu()  # [1 + 2T, C, P]
+            st.add((z[1:1 + t] - z[:1]).reshape(-1, z.shape[-1]),
+                   (z[1 + t:] - z[:1]).reshape(-1, z.shape[-1]))
+        n_frames += t
+        if log is not None and time.time() - last > 10:
+            log(f"[ad-flow] matched init: {k + 1}/{pairs} pairs ({time.time() - t0:.0f} s)")
+            last = time.time()
     explained = install_fit(stats, levels, ridge, world, device)
     facts = {"pairs": float(pairs), "skipped": float(skipped), "frames": float(n_frames * world),
              "seconds": round(time.time() - t0, 2)}
