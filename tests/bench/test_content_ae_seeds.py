@@ -1,0 +1,50 @@
+"""bench/content_ae_seeds.py: the content-AE over seeds and thread counts, at --tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+POWERS = [1.0, 2.0]  # two of the default four: each power is an evaluate.py process
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_one_scored_run(tmp_path):
+    import content_ae_seeds
+
+    out = tmp_path / "out"
+    assert content_ae_seeds.main(["--tiny", "--out", str(out), "--attributes", "glasses",
+                                  "--seeds", "0", "--threads", "1", "--powers",
+                                  *(f"{p:g}" for p in POWERS)]) == 0
+    md, js = out / "content_ae_seeds.md", out / "content_ae_seeds.json"
+    assert md.is_file() and js.is_file()
+    data = json.loads(js.read_text())
+    assert data["failures"] == [] and data["tiny"] is True
+    assert len(data["runs"]) == 1
+    run = data["runs"][0]
+    assert (run["attribute"], run["seed"], run["threads"]) == ("glasses", 0, 1)
+    assert run["P"] in POWERS
+    assert set(run["train_split"]) == {f"{p:g}" for p in POWERS}
+    # the chosen P is the best on the training split
+    assert run["train_split"][f"{run['P']:g}"]["transfer"] == max(
+        v["transfer"] for v in run["train_split"].values())
+    for which in ("chosen", "default", "copy"):
+        for key in ("transfer", "region", "outside_cost", "removal"):
+            assert math.isfinite(run[which][key]), (which, key)
+    for key in ("transfer", "region", "outside_cost"):
+        assert math.isfinite(run["paste"][key]), key
+    assert run["copy"]["outside_cost"] == 0.0
+    assert isinstance(run["criterion"], bool)
+    summ = data["summaries"]["glasses"]
+    assert summ["runs"] == 1 and sum(summ["P_chosen"].values()) == 1
+    assert math.isfinite(summ["chosen"]["transfer"]["mean"])
+    text = md.read_text()
+    assert "### glasses" in text and "copy target (baseline)" in text
+    assert "--tiny" in text and "CPU:" in text
