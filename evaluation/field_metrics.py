@@ -228,7 +228,8 @@ class LPIPS(nn.Module):
 
 
 def _to_float(images: np.ndarray) -> Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    # a copy (torch.tensor): the frames may be a read-only view, which from_numpy warns about
+    t = torch.tensor(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     return t / 255 if images.dtype == np.uint8 else t
 
 
