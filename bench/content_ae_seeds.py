@@ -19,9 +19,9 @@ before torch starts); its output goes to ``OUT/logs/STEP.log``. A finished check
 than its checkpoint are reused, so an interrupted run resumes. A failed step is reported,
 counted and skips the rest of its run; the script exits 1 when any step failed.
 
-  python bench/content_ae_seeds.py --out /tmp/cae_seeds                 # 2 x 3 x 2 runs
+  python bench/content_ae_seeds.py --out ../cae_seeds                 # 2 x 3 x 2 runs
   python bench/content_ae_seeds.py --attributes beard --seeds 0 --threads 1
-  python bench/content_ae_seeds.py --tiny --out /tmp/cae_tiny           # seconds: a smoke run
+  python bench/content_ae_seeds.py --tiny --out ../cae_tiny           # seconds: a smoke run
 
 Outputs under ``--out`` (default ``bench_quality/content_ae_seeds``): ``content_ae_seeds.json``
 (every run: the chosen P, the training-split transfer PSNR per P, the held-out figures of the
