@@ -97,13 +97,9 @@ def clip_readings(ds: ClipDataset, root: str | Path,
     return readings, speakers, source
 
 
-# uint8 [H, W, 3] -> [size, size, 3], bilinear (antialiased when shrinking), as test.py resizes
-_resized = train_frame
-
-
 def _model_tensor(images: list[np.ndarray], size: int) -> Tensor:
     """uint8 images -> [N, 3, size, size] in [-0.5, 0.5], resized as test.py resizes."""
-    out = np.stack([_resized(im, size) for im in images])
+    out = np.stack([train_frame(im, size) for im in images])
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255).sub_(0.5)
 
 
@@ -113,7 +109,7 @@ def _mix(q: np.ndarray, src: np.ndarray) -> np.ndarray:
     wider) mouth box is then ``q``'s own again, so the resampling leaves nothing outside the
     mouth that the fit could take for the mouth's change."""
     s = q.shape[0]
-    mix = _resized(mouth_mix(_resized(q, MIX_SIZE), _resized(src, MIX_SIZE)), s)
+    mix = train_frame(mouth_mix(train_frame(q, MIX_SIZE), train_frame(src, MIX_SIZE)), s)
     if s == MIX_SIZE:
         return mix
     top, bottom, left, right = mouth_box(s)
@@ -162,7 +158,7 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
         if (i, j) not in cache:
             clip = ds.clips[i]
             img = read_image(clip.frames[positions[i][j]])
-            cache[(i, j)] = _resized(img, MIX_SIZE) if img.shape[0] > MIX_SIZE else img
+            cache[(i, j)] = train_frame(img, MIX_SIZE) if img.shape[0] > MIX_SIZE else img
             if len(cache) > 256:
                 cache.popitem(last=False)
         return cache[(i, j)]
