@@ -5,7 +5,9 @@ with more iterations, and where would it cross?
 Writes the demo's synthetic set (``python -m lrw.synthetic``, seed ``--seed``; ``--hard`` for the
 hard set), trains the demo's Glow on it (``train.py``, demo.py's plan) and then the talking-face
 model (AD-flow on that Glow, or MI-flow) to increasing budgets, each a multiple of the demo's
-iterations (AD-flow 200, MI-flow 400), every budget resumed from the previous one's checkpoint
+iterations (AD-flow 200; MI-flow 400, the demo's plan under the thesis's objective: ``make demo``
+now trains MI-flow 200 iterations with ``--matched_weight 1000``, which is ``--budgets 0.5
+--train_flags '--matched_weight 1000'``), every budget resumed from the previous one's checkpoint
 (``train.py --resume``: a seeded run resumes bit for bit). Each budget's checkpoint is scored by
 ``evaluate.py`` on the set's held-out query x source pairs against the exact ground truth, with
 copying the query and the gain-matched mouth blend beside it (flat lines: they do not train).
@@ -20,6 +22,8 @@ are recorded beside them.
   python bench/budget_curve.py                          # AD-flow, frontal, seed 0, x1..x16
   python bench/budget_curve.py --model mi-flow --budgets 1 2 4 8
   python bench/budget_curve.py --hard --seed 1 --threads 1
+  python bench/budget_curve.py --model mi-flow --budgets 1 --train_flags '--matched_weight 1000' \
+      --tag mi-flow_matched1000_seed0_t2
   python bench/budget_curve.py --plot A.json B.json --png curve.png   # only draw finished runs
 
 Outputs (under ``--out``, default ``bench_quality/budget_curve``): ``TAG.json`` (one row per
@@ -35,6 +39,7 @@ import math
 import os
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -190,6 +195,7 @@ def curve(args) -> dict:
                     argv += ["--glow", str(glow)]
                 if args.init:
                     argv += ["--init", args.init]
+                argv += shlex.split(args.train_flags)
                 argv += ["--resume"] if done > 0 else ["--force"]
                 seg = r.run(f"{name}_{iters}", argv)
             shutil.copy2(last, keep)  # same folder: the recorded Glow path still resolves
@@ -330,15 +336,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="AD-flow: iterations of the Glow under it (default: the demo's 400)")
     p.add_argument("--quiet_s_per_iter", type=float, default=None,
                    help="quiet-machine seconds per iteration of the model (default: "
-                        "docs/demo.md's: AD-flow 0.215, MI-flow 0.2725)")
+                        "docs/demo.md's: AD-flow 0.215, MI-flow 0.2725 under the thesis's "
+                        "objective; give it for --train_flags that cost more per step)")
     p.add_argument("--init", default=None, choices=["lstsq", "matched", "random"],
                    help="AD-flow's --init (default: train.py's); the tag ends in _INIT")
+    p.add_argument("--train_flags", default="",
+                   help="more train.py flags for the model, one string (e.g. MI-flow's "
+                        "'--matched_weight 1000'); needs --tag")
     p.add_argument("--tag", default=None, help="name of the run and its files")
     p.add_argument("--out", default="bench_quality/budget_curve")
     p.add_argument("--plot", nargs="+", default=None, metavar="JSON",
                    help="train nothing: draw and tabulate these finished runs")
     p.add_argument("--png", default=None, help="the curve's file (default: OUT/TAG.png)")
     args = p.parse_args(argv)
+    if args.train_flags and not args.tag:
+        p.error("--train_flags needs --tag (a run with other flags is another run)")
     if args.quiet_s_per_iter is None:
         args.quiet_s_per_iter = QUIET[args.model]
     results = [json.loads(Path(f).read_text()) for f in args.plot] if args.plot \

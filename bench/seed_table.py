@@ -14,7 +14,9 @@ train: their figures are per seed.
   python bench/seed_table.py                                        # this table
 
 AD-flow runs trained with ``--init matched`` (``budget_curve.py --init matched``: the demo's
-recipe) are scored beside those with ``--init lstsq``. Beside an AD-flow checkpoint, the fits ``bench/oracle_ad_flow.py`` writes (``matched_ad_flow.pt``:
+recipe) are scored beside those with ``--init lstsq``, and MI-flow runs trained with the
+matched-pairs term (``budget_curve.py --model mi-flow --train_flags '--matched_weight 1000'
+--tag mi-flow_frontal_seedS_tT_m1000``) beside the thesis's objective. Beside an AD-flow checkpoint, the fits ``bench/oracle_ad_flow.py`` writes (``matched_ad_flow.pt``:
 the matched-pairs fit; ``oracle_ad_flow.pt``: the oracle, an upper bound) are scored as rows
 of their own.
 
@@ -49,14 +51,17 @@ BETTER = {"motion_dev": -1, "psnr_mouth": 1, "dpsnr": 1}  # the issue's three cr
 def pick(csv: Path, prefix: str, label: str | None = None) -> dict:
     """``{(system kind, resolution): row}`` of a metrics.csv: kind ``model:LABEL``, ``copy``,
     ``blend``; resolution ``32 px`` (the model's size) or ``256 px``. ``label`` renames the
-    model's rows (a variant checkpoint scored under the model's name)."""
+    model's rows (a variant checkpoint scored under the model's name); ``{system}`` in it
+    stands for the row's own name (MI-flow's two modes keep theirs)."""
     out = {}
     for r in read_csv(csv):
         s = r["system"]
         res = RES[1] if s.endswith("@256 px") else RES[0]
         low = s.lower()
+        name = s.removesuffix(" @256 px")
         kind = "copy" if "copy" in low else "blend" if "blend" in low else \
-            f"model:{label or s.removesuffix(' @256 px')}" if low.startswith(prefix) else None
+            f"model:{label.format(system=name) if label else name}" \
+            if low.startswith(prefix) else None
         if kind:
             out[(kind, res)] = {k: float(r.get(k, math.nan)) for k in KEYS}
     return out
@@ -71,15 +76,29 @@ def mean_std(vals: list[float], digits: int) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
-INITS = {  # AD-flow runs trained with another --init (budget_curve.py --init X): (suffix, label)
-    "ad-flow": [("", None), ("_matched", "ad-flow, --init matched")],
+INITS = {  # runs trained with other flags: (tag suffix, label, budget or None for --budget)
+    # AD-flow: budget_curve.py --init X
+    "ad-flow": [("", None, None), ("_matched", "ad-flow, --init matched", None)],
+    # budget_curve.py --budgets 0.5 1 --train_flags '--matched_weight 1000'
+    #   --tag mi-flow_frontal_seedS_tT_m1000: scored at 200 iterations (the demo's recipe)
+    "mi-flow": [("", None, None),
+                ("_m1000", "{system}, --matched_weight 1000, 200 iterations", 0.5)],
 }
 LABELS = {"ad-flow, --init matched": "AD-flow, `--init matched` (the demo's recipe)",
           "ad-flow": "AD-flow, `--init lstsq`",
           "ad-flow, matched-pairs fit": "AD-flow, matched-pairs fit "
                                         "(`bench/oracle_ad_flow.py --matched_pairs`)",
           "ad-flow, oracle fit (upper bound)": "AD-flow, oracle fit (upper bound, not trainable)",
-          "mi-flow (thesis)": "MI-flow (thesis mode)", "mi-flow (cond)": "MI-flow (cond mode)"}
+          "mi-flow (thesis), --matched_weight 1000, 200 iterations":
+              "MI-flow (thesis mode), `--matched_weight 1000`, 200 it (the demo's recipe)",
+          "mi-flow (thesis), --matched_weight 1000, 400 iterations":
+              "MI-flow (thesis mode), `--matched_weight 1000`, 400 it",
+          "mi-flow (thesis)": "MI-flow (thesis mode), the thesis's objective",
+          "mi-flow (cond)": "MI-flow (cond mode), the thesis's objective",
+          "mi-flow (cond), --matched_weight 1000, 200 iterations":
+              "MI-flow (cond mode), `--matched_weight 1000`, 200 it",
+          "mi-flow (cond), --matched_weight 1000, 400 iterations":
+              "MI-flow (cond mode), `--matched_weight 1000`, 400 it"}
 
 
 def table(runs: list[dict], res: str) -> list[str]:
@@ -158,15 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         hard = out / f"hard_seed{seed}"
         for model in args.models:
             unit = MODELS[model][0]
-            iters = int(round(args.budget * unit))
-            for threads, (init, init_label) in ((t, i) for t in args.threads
-                                                for i in INITS.get(model, [("", None)])):
+            for threads, (init, init_label, mult) in (
+                    (t, i) for t in args.threads
+                    for i in INITS.get(model, [("", None, None)])):
+                iters = int(round((mult or args.budget) * unit))
                 ck = (out / "checkpoint" / f"{model}_frontal_seed{seed}_t{threads}{init}_run" /
                       f"iter{iters:06d}.pt")
                 if not ck.is_file():
                     print(f"skip: {ck} (train it with bench/budget_curve.py --model {model} "
                           f"--seed {seed} --threads {threads}"
-                          + (f" --init {init[1:]}" if init else "") + ")", flush=True)
+                          + (f" --init {init[1:]}" if init and model == "ad-flow" else "")
+                          + (f" --budgets {mult} --train_flags '--matched_weight "
+                             f"{init[2:]}' --tag {ck.parent.name.removesuffix('_run')}"
+                             if init and model == "mi-flow" else "") + ")", flush=True)
                     continue
                 r = Runner(argparse.Namespace(out=str(out), threads=threads))
                 if not (hard / "manifest.json").is_file():

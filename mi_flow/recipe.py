@@ -9,6 +9,9 @@ Loss (the loop sums ``weight * term``)::
                conditional priors, x's conditions))                      weight --recon_weight
     mi         CLUB estimate of I(z_top; mouth crop), nats; gradient to the flow only
                                                                           weight --mi_weight
+    matched    MSE(answer, reverse(query's top latent, mix's split latents; mix's conditions)):
+               the thesis-mode output on lrw.matched pairs made from training data (ours)
+                                                                      weight --matched_weight
     mi_q_nll   the CLUB estimator's own NLL (per condition dim); gradient to the estimator only
                                                                         weight --mi_q_weight
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import time
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +38,9 @@ from torch import Tensor, nn
 from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
 from glow import bits_per_dim, quantize
 from glow.io import CheckpointError, is_ours, recorded_n_bits, safe_load, strip_prefix
-from lrw.datasets import ImageFolderDataset, training_root
+from lrw.datasets import ClipDataset, ImageFolderDataset, training_root
+from lrw.index import open_index
+from lrw.matched import MatchedPairs, model_tensor
 from training.checkpoint import load_checkpoint
 from training.config import opt
 from training.recipe import DataInfo, Recipe
@@ -77,6 +83,17 @@ class Config(GlowFlags):
                              check=nonnegative)
     mi_lr_scale: float = opt(1.0, "the estimator's learning rate as a multiple of --lr",
                              check=positive)
+    matched_weight: float = opt(0.0, "weight of the matched-pairs term (ours): MSE between the "
+                                "thesis-mode output for a training query with another speaker's "
+                                "mouth mixed in and the query speaker's own frame whose mouth "
+                                "reads nearest (lrw/matched.py; needs mouth readings: a "
+                                "synthetic set, or preprocess.py --landmarks). 0: off (thesis)",
+                                check=nonnegative)
+    matched_pairs: int = opt(192, "(query clip, source clip) pairs of different speakers the "
+                             "matched-pairs term draws its frames from, once before training",
+                             check=positive_int)
+    matched_batch: int = opt(8, "matched (query, mix, answer) frames per step (global batch)",
+                             check=positive_int)
     mi_monitor: bool = opt(False, "build and train the estimator and log the MI estimate "
                            "even when --mi_weight is 0")
     diag_pairs: int = opt(2, "held-out query x source pairs scored at every sample grid in "
@@ -87,6 +104,32 @@ class Config(GlowFlags):
 
 def estimator_enabled(cfg: Config) -> bool:
     return cfg.mi_weight > 0 or cfg.mi_monitor
+
+
+def matched_pool(root: Path, size: int, pairs: int, seed: int,
+                 log=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The matched pairs of the training clips under ``root`` (:mod:`lrw.matched`) at the
+    model's ``size``: ``(queries [P, 3, S, S], owner [N] (each frame's query), mixes
+    [N, 3, S, S], answers [N, 3, S, S])`` in [-0.5, 0.5]. ``ValueError`` (one line) without
+    mouth readings."""
+    t0 = time.time()
+    ds = ClipDataset(open_index(training_root(root)), size)
+    matched = MatchedPairs(ds, root, pairs, seed, flag="--matched_weight",
+                           fallback="train with --matched_weight 0")
+    queries, owner, mixes, answers = [], [], [], []
+    for _, q, mix, ans in matched:
+        owner += [len(queries)] * len(ans)
+        queries.append(model_tensor([q], size))
+        mixes.append(model_tensor(mix, size))
+        answers.append(model_tensor(ans, size))
+    if not queries:
+        raise ValueError(f"--matched_weight: no readable pair among the {pairs} drawn from {root}")
+    if log is not None:
+        log(f"[mi-flow] matched pairs: {len(queries)} of {pairs} drawn from "
+            f"{len(matched.by_speaker)} speakers ({matched.skipped} skipped for an unreadable "
+            f"frame; mouth readings: {matched.source}), {len(owner)} frames, in "
+            f"{time.time() - t0:.1f} s")
+    return torch.cat(queries), torch.tensor(owner), torch.cat(mixes), torch.cat(answers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +178,8 @@ class MIFlowRecipe(Recipe):
         if cfg.n_block < 2 or cfg.n_flow < 1:
             raise ValueError("MI-flow needs --n_block >= 2 (a conditioned split) and --n_flow >= 1")
         validate_glow_flags(cfg)
-        for name in ("beta", "recon_weight", "mi_weight", "mi_q_weight", "recon_temp"):
+        for name in ("beta", "recon_weight", "mi_weight", "mi_q_weight", "recon_temp",
+                     "matched_weight"):
             if getattr(cfg, name) < 0:
                 raise ValueError(f"--{name} must be >= 0")
         if cfg.mi_estimator not in ESTIMATORS:
@@ -192,6 +236,8 @@ class MIFlowRecipe(Recipe):
             rec = m.reverse([*([None] * len(eps)), z_list[-1]], conds,
                             temperature=cfg.recon_temp, eps=[*eps, None])
             terms["recon"] = F.mse_loss(rec, image)
+        if cfg.matched_weight > 0:
+            terms["matched"] = self._matched_term(m, cfg, ctx)
         if m.mi is not None:
             c = m.mi_condition(image)
             # negatives from the global batch (ctx.gather: identity in one process)
@@ -200,8 +246,28 @@ class MIFlowRecipe(Recipe):
             terms["mi_q_nll"] = m.mi.learning_loss(z_list[-1], c)
         return terms
 
+    def _matched_term(self, m: MIFlow, cfg: Config, ctx) -> Tensor:
+        """MSE between the thesis-mode output (the query's top latent, the mix's split latents
+        and conditions, inverted) and the answer, on ``--matched_batch`` frames of the pairs
+        drawn once from the training clips (``ctx.data.cache``); the draw is the global batch's,
+        sliced per rank."""
+        pool = ctx.data.cache.get("matched")
+        if pool is None:
+            pool = ctx.data.cache["matched"] = matched_pool(
+                ctx.data.root, cfg.img_size, cfg.matched_pairs, ctx.train_cfg.seed,
+                log=print if ctx.rank == 0 else None)
+        queries, owner, mixes, answers = pool
+        pick = torch.randint(len(owner), (cfg.matched_batch,), generator=ctx.generator)
+        pick = pick[ctx.rank::ctx.world]
+        n = len(pick)  # the queries and the mixes encoded as one batch
+        z, conds = m.encode(torch.cat([queries[owner[pick]], mixes[pick]]).to(ctx.device))
+        out = m.reverse([*(zi[n:] for zi in z[:-1]), z[-1][:n]], [c[n:] for c in conds])
+        return F.mse_loss(out, answers[pick].to(ctx.device))
+
     def loss_weights(self, cfg: Config) -> dict[str, float]:
         weights = {"bpd": 1.0, "cond_bpd": cfg.beta, "recon": cfg.recon_weight}
+        if cfg.matched_weight > 0:
+            weights["matched"] = cfg.matched_weight
         if estimator_enabled(cfg):
             weights.update(mi=cfg.mi_weight, mi_q_nll=cfg.mi_q_weight)
         return weights

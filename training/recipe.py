@@ -28,6 +28,8 @@ class DataInfo:
     config: dict[str, Any] = field(default_factory=dict)
     words: list[str] | None = None  # class names, recorded in the checkpoint
     dataset: Any = None  # the training items, for an init that reads them all
+    # what a recipe builds once from the data and reuses every step (MI-flow's matched pairs)
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 class Recipe:
