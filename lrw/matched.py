@@ -121,10 +121,17 @@ class MatchedPairs:
 
     Iterating yields ``(k, q, mixes, answers)`` per pair ``k`` (uint8 ``[H, W, 3]`` images, at
     most ``MIX_SIZE``); a pair with an unreadable frame is skipped and counted in ``skipped``.
+    ``within="clip"`` takes the answers from the query's own clip only (one head pose and light,
+    where a speaker's clips differ in them, as in the hard synthetic set) instead of from every
+    clip of the speaker.
     """
 
     def __init__(self, ds: ClipDataset, root: str | Path, pairs: int, seed: int = 0,
-                 flag: str = "--init matched", fallback: str = "use --init lstsq"):
+                 flag: str = "--init matched", fallback: str = "use --init lstsq",
+                 within: str = "speaker"):
+        if within not in ("speaker", "clip"):
+            raise ValueError(f"within must be 'speaker' or 'clip', not {within!r}")
+        self.within = within  # where the answers come from: any clip of A's, or the query's
         self.ds = ds
         self.pairs = int(pairs)
         # one window per clip (a ClipDataset with window="random" draws a new one per call)
@@ -166,8 +173,9 @@ class MatchedPairs:
         for k, (a, b) in enumerate(self.drawn):
             if k % world != rank:
                 continue
-            own = [(i, j) for i in self.by_speaker[speakers[a]] for j in range(len(readings[i]))]
-            pool_r = np.concatenate([readings[i] for i in self.by_speaker[speakers[a]]])
+            clips = self.by_speaker[speakers[a]] if self.within == "speaker" else [a]
+            own = [(i, j) for i in clips for j in range(len(readings[i]))]
+            pool_r = np.concatenate([readings[i] for i in clips])
             near = [own[int(np.argmin(((pool_r - r) ** 2).sum(1)))] for r in readings[b]]
             try:  # only the frames the pair uses are read
                 q = self._frame(a, int(np.argmin(readings[a][:, 0])))  # A's most closed mouth

@@ -94,6 +94,10 @@ class Config(GlowFlags):
                              check=positive_int)
     matched_batch: int = opt(8, "matched (query, mix, answer) frames per step (global batch)",
                              check=positive_int)
+    matched_within: str = opt("speaker", "where the matched answers come from: any clip of the "
+                              "query's speaker, or the query's own clip (one head pose and "
+                              "light, for data whose clips differ in them)",
+                              choices=["speaker", "clip"])
     mi_monitor: bool = opt(False, "build and train the estimator and log the MI estimate "
                            "even when --mi_weight is 0")
     diag_pairs: int = opt(2, "held-out query x source pairs scored at every sample grid in "
@@ -106,16 +110,16 @@ def estimator_enabled(cfg: Config) -> bool:
     return cfg.mi_weight > 0 or cfg.mi_monitor
 
 
-def matched_pool(root: Path, size: int, pairs: int, seed: int,
+def matched_pool(root: Path, size: int, pairs: int, seed: int, within: str = "speaker",
                  log=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The matched pairs of the training clips under ``root`` (:mod:`lrw.matched`) at the
     model's ``size``: ``(queries [P, 3, S, S], owner [N] (each frame's query), mixes
-    [N, 3, S, S], answers [N, 3, S, S])`` in [-0.5, 0.5]. ``ValueError`` (one line) without
-    mouth readings."""
+    [N, 3, S, S], answers [N, 3, S, S])`` in [-0.5, 0.5], the answers from ``within``
+    (``speaker`` or ``clip``). ``ValueError`` (one line) without mouth readings."""
     t0 = time.time()
     ds = ClipDataset(open_index(training_root(root)), size)
     matched = MatchedPairs(ds, root, pairs, seed, flag="--matched_weight",
-                           fallback="train with --matched_weight 0")
+                           fallback="train with --matched_weight 0", within=within)
     queries, owner, mixes, answers = [], [], [], []
     for _, q, mix, ans in matched:
         owner += [len(queries)] * len(ans)
@@ -255,7 +259,7 @@ class MIFlowRecipe(Recipe):
         if pool is None:
             pool = ctx.data.cache["matched"] = matched_pool(
                 ctx.data.root, cfg.img_size, cfg.matched_pairs, ctx.train_cfg.seed,
-                log=print if ctx.rank == 0 else None)
+                within=cfg.matched_within, log=print if ctx.rank == 0 else None)
         queries, owner, mixes, answers = pool
         pick = torch.randint(len(owner), (cfg.matched_batch,), generator=ctx.generator)
         pick = pick[ctx.rank::ctx.world]

@@ -101,7 +101,9 @@ NOT_DIGESTED = (("torch_version",), ("config", "train", "data", "path"),
 # Options added since, recorded at their defaults, which do not change what those runs compute
 # (test_added_options_are_at_their_defaults): left out of the digest, key and value, as if the
 # checkpoint did not have them.
-ADDED_DEFAULTS = {"ad_flow": {"init_pairs": 192}}
+ADDED_DEFAULTS = {"ad_flow": {"init_pairs": 192},
+                  "mi_flow": {"matched_weight": 0.0, "matched_pairs": 192, "matched_batch": 8,
+                              "matched_within": "speaker"}}
 ADDED = {("config", "model", k) for v in ADDED_DEFAULTS.values() for k in v}
 
 

@@ -120,3 +120,21 @@ def test_train_py_matched_weight(syn: Path, tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1, err
     assert "--matched_weight" in err[0] and "preprocess.py --landmarks" in err[0]
+
+
+def test_answers_within_the_query_clip(syn: Path):
+    """``within="clip"`` takes every answer from the query's own clip; by default a speaker's
+    other clips answer too."""
+    ds = ClipDataset(open_index(syn / "train"), SIZE)
+    share = {}
+    for within in ("speaker", "clip"):
+        matched = MatchedPairs(ds, syn / "train", 6, seed=1, within=within)
+        hits = []
+        for k, _, _, answers in matched:
+            a = matched.drawn[k][0]
+            own = [matched._frame(a, j) for j in range(len(matched.readings[a]))]
+            hits += [any(np.array_equal(ans, f) for f in own) for ans in answers]
+        share[within] = np.mean(hits)
+    assert share["clip"] == 1.0 and share["speaker"] < 1.0, share
+    with pytest.raises(ValueError, match="within"):
+        MatchedPairs(ds, syn / "train", 2, within="word")
