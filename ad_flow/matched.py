@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from lrw.datasets import ClipDataset
-from lrw.matched import MIX_SIZE, MatchedPairs, clip_readings, model_tensor
+from lrw.matched import MatchedPairs, model_tensor
 
 from .init import PairStats, install_fit
 from .model import ADFlow, LinearEncoder
 
-__all__ = ["MIX_SIZE", "clip_readings", "fit_matched_encoders"]
+__all__ = ["fit_matched_encoders"]
 
 
 def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs: int,

@@ -22,8 +22,8 @@ are recorded beside them.
   python bench/budget_curve.py                          # AD-flow, frontal, seed 0, x1..x16
   python bench/budget_curve.py --model mi-flow --budgets 1 2 4 8
   python bench/budget_curve.py --hard --seed 1 --threads 1
-  python bench/budget_curve.py --model mi-flow --budgets 1 --train_flags '--matched_weight 1000' \
-      --tag mi-flow_matched1000_seed0_t2
+  python bench/budget_curve.py --model mi-flow --budgets 0.5 1 --train_flags \
+      '--matched_weight 1000' --tag mi-flow_frontal_seed0_t2_m1000   # bench/seed_table.py's name
   python bench/budget_curve.py --plot A.json B.json --png curve.png   # only draw finished runs
 
 Outputs (under ``--out``, default ``bench_quality/budget_curve``): ``TAG.json`` (one row per

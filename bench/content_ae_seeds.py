@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -52,7 +51,7 @@ for _p in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(_p))
 
 import torch  # noqa: E402
-from budget_curve import cpu_info  # noqa: E402
+from budget_curve import cpu_info, logged, step_of  # noqa: E402
 
 from content_ae.demo import FULL, MODEL, TINY  # noqa: E402
 from synthface.attributes import write_attribute_set  # noqa: E402
@@ -110,12 +109,6 @@ class Steps:
         return timing
 
 
-def step_of(path: Path) -> int:
-    if not path.is_file():
-        return -1
-    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
-
-
 def figures(metrics_json: Path) -> dict:
     """``{"model"|"copy"|"paste": {transfer, ssim, region, outside_cost, removal}}`` of an
     ``evaluate.py --model content-ae`` metrics.json (removal absent for paste)."""
@@ -127,14 +120,6 @@ def figures(metrics_json: Path) -> dict:
                     "outside_cost": t["outside_cost_db"], "removal": r.get("psnr")}
     out["info"] = m.get("_info", {})
     return out
-
-
-def logged(path: Path) -> dict:
-    """train.py's own wall time ('done: N iterations in S s') from an earlier run's log."""
-    if not path.is_file():
-        return {}
-    m = re.findall(r"done: (\d+) iterations in ([\d.]+) s", path.read_text(errors="replace"))
-    return {"train_py_wall_s": float(m[-1][1])} if m else {}
 
 
 def selection_set(data: Path, max_pairs: int) -> Path:
@@ -198,7 +183,7 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
     last = ckdir / name / "last.pt"
     if step_of(last) >= plan["iter"]:
         say(f"{name}: reusing the finished checkpoint {last}")
-        record["train"] = {"reused": True, **logged(st.logs / f"{name}_train.log")}
+        record["train"] = {"reused": True, **(logged(st.logs / f"{name}_train.log") or {})}
     else:
         say(f"{name}: training ({plan['iter']} iterations, {threads} thread(s))")
         argv = ["train.py", "-n", name, str(data), *common, *MODEL, "--iter", str(plan["iter"]),

@@ -76,13 +76,14 @@ def mean_std(vals: list[float], digits: int) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
-INITS = {  # runs trained with other flags: (tag suffix, label, budget or None for --budget)
-    # AD-flow: budget_curve.py --init X
-    "ad-flow": [("", None, None), ("_matched", "ad-flow, --init matched", None)],
-    # budget_curve.py --budgets 0.5 1 --train_flags '--matched_weight 1000'
-    #   --tag mi-flow_frontal_seedS_tT_m1000: scored at 200 iterations (the demo's recipe)
-    "mi-flow": [("", None, None),
-                ("_m1000", "{system}, --matched_weight 1000, 200 iterations", 0.5)],
+INITS = {  # runs trained with other flags: (tag suffix, label, budget or None for --budget,
+    # the budget_curve.py flags that train it; {tag} is the run's tag)
+    "ad-flow": [("", None, None, ""),
+                ("_matched", "ad-flow, --init matched", None, " --init matched")],
+    # scored at 200 iterations (the demo's recipe)
+    "mi-flow": [("", None, None, ""),
+                ("_m1000", "{system}, --matched_weight 1000, 200 iterations", 0.5,
+                 " --budgets 0.5 --train_flags '--matched_weight 1000' --tag {tag}")],
 }
 LABELS = {"ad-flow, --init matched": "AD-flow, `--init matched` (the demo's recipe)",
           "ad-flow": "AD-flow, `--init lstsq`",
@@ -91,14 +92,10 @@ LABELS = {"ad-flow, --init matched": "AD-flow, `--init matched` (the demo's reci
           "ad-flow, oracle fit (upper bound)": "AD-flow, oracle fit (upper bound, not trainable)",
           "mi-flow (thesis), --matched_weight 1000, 200 iterations":
               "MI-flow (thesis mode), `--matched_weight 1000`, 200 it (the demo's recipe)",
-          "mi-flow (thesis), --matched_weight 1000, 400 iterations":
-              "MI-flow (thesis mode), `--matched_weight 1000`, 400 it",
           "mi-flow (thesis)": "MI-flow (thesis mode), the thesis's objective",
           "mi-flow (cond)": "MI-flow (cond mode), the thesis's objective",
           "mi-flow (cond), --matched_weight 1000, 200 iterations":
-              "MI-flow (cond mode), `--matched_weight 1000`, 200 it",
-          "mi-flow (cond), --matched_weight 1000, 400 iterations":
-              "MI-flow (cond mode), `--matched_weight 1000`, 400 it"}
+              "MI-flow (cond mode), `--matched_weight 1000`, 200 it"}
 
 
 def table(runs: list[dict], res: str) -> list[str]:
@@ -177,19 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         hard = out / f"hard_seed{seed}"
         for model in args.models:
             unit = MODELS[model][0]
-            for threads, (init, init_label, mult) in (
+            for threads, (init, init_label, mult, flags) in (
                     (t, i) for t in args.threads
-                    for i in INITS.get(model, [("", None, None)])):
+                    for i in INITS.get(model, [("", None, None, "")])):
                 iters = int(round((mult or args.budget) * unit))
                 ck = (out / "checkpoint" / f"{model}_frontal_seed{seed}_t{threads}{init}_run" /
                       f"iter{iters:06d}.pt")
                 if not ck.is_file():
                     print(f"skip: {ck} (train it with bench/budget_curve.py --model {model} "
                           f"--seed {seed} --threads {threads}"
-                          + (f" --init {init[1:]}" if init and model == "ad-flow" else "")
-                          + (f" --budgets {mult} --train_flags '--matched_weight "
-                             f"{init[2:]}' --tag {ck.parent.name.removesuffix('_run')}"
-                             if init and model == "mi-flow" else "") + ")", flush=True)
+                          + flags.format(tag=ck.parent.name.removesuffix("_run")) + ")",
+                          flush=True)
                     continue
                 r = Runner(argparse.Namespace(out=str(out), threads=threads))
                 if not (hard / "manifest.json").is_file():

@@ -117,7 +117,7 @@ def matched_pool(root: Path, size: int, pairs: int, seed: int, within: str = "sp
     [N, 3, S, S], answers [N, 3, S, S])`` in [-0.5, 0.5], the answers from ``within``
     (``speaker`` or ``clip``). ``ValueError`` (one line) without mouth readings."""
     t0 = time.time()
-    ds = ClipDataset(open_index(training_root(root)), size)
+    ds = ClipDataset(open_index(root), size)  # DATA or DATA/train
     matched = MatchedPairs(ds, root, pairs, seed, flag="--matched_weight",
                            fallback="train with --matched_weight 0", within=within)
     queries, owner, mixes, answers = [], [], [], []

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from ad_flow.init import PairStats
-from ad_flow.matched import clip_readings, fit_matched_encoders
+from ad_flow.matched import fit_matched_encoders
 from ad_flow.recipe import from_glow
 from faces.metrics import mouth_reading
 from lrw.datasets import ClipDataset
 from lrw.index import open_index
+from lrw.matched import clip_readings
 from lrw.synthetic import MouthState, SyntheticSet, sample_identity
 from synthface.landmarks import face_landmarks
 
