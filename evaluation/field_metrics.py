@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faces.metrics import face_descriptor, face_landmarks
+from faces.parallel import thread_map
 from lrw.synthetic import SyntheticSet
 from talking.inputs import read_rgb, resolve_source
 from training.progress import progress as make_bar
@@ -286,21 +287,47 @@ _MEMO: dict[tuple, object] = {}
 _MEMO_MAX = 16384  # entries (the largest, a descriptor, is 1 KB): cleared when full
 
 
+def _key(kind: str, images: Sequence[np.ndarray]) -> tuple[str, str]:
+    h = hashlib.sha1()
+    for im in images:
+        im = np.ascontiguousarray(im)
+        h.update(f"{im.shape}{im.dtype.str}".encode())
+        h.update(im.tobytes())
+    return kind, h.hexdigest()
+
+
+def _remember(key: tuple[str, str], value) -> None:
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[key] = value
+
+
+def _copy(value):
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
 def _memo(kind: str, images: Sequence[np.ndarray], compute):
     """``compute(*images)``, or its value from an earlier call on images of the same content;
     array values come back as copies."""
     images = [np.ascontiguousarray(im) for im in images]
-    h = hashlib.sha1()
-    for im in images:
-        h.update(f"{im.shape}{im.dtype.str}".encode())
-        h.update(im.tobytes())
-    key = (kind, h.hexdigest())
+    key = _key(kind, images)
     if key not in _MEMO:
-        if len(_MEMO) >= _MEMO_MAX:
-            _MEMO.clear()
-        _MEMO[key] = compute(*images)
-    value = _MEMO[key]
-    return value.copy() if isinstance(value, np.ndarray) else value
+        _remember(key, compute(*images))
+    return _copy(_MEMO[key])
+
+
+def _memo_map(kind: str, groups: Sequence[Sequence[np.ndarray]], compute) -> list:
+    """``[_memo(kind, g, compute) for g in groups]``, the values not yet known computed in
+    threads (``faces.parallel``; each exactly as alone)."""
+    keys = [_key(kind, g) for g in groups]
+    known = {k: _MEMO[k] for k in keys if k in _MEMO}
+    todo = {k: g for k, g in zip(keys, groups, strict=True) if k not in known}
+    values = thread_map(lambda g: compute(*(np.ascontiguousarray(im) for im in g)),
+                        list(todo.values()))
+    for k, v in zip(todo, values, strict=True):
+        _remember(k, v)
+        known[k] = v
+    return [_copy(known[k]) for k in keys]
 
 
 class FieldScorer:
@@ -337,8 +364,7 @@ class FieldScorer:
         truth = ref["truth"]
         n = len(frames)
         out: dict[str, list] = {
-            "ms_ssim": [_memo("ms_ssim", [t, f], ms_ssim) for t, f in
-                        zip(truth, frames, strict=True)],
+            "ms_ssim": _memo_map("ms_ssim", list(zip(truth, frames, strict=True)), ms_ssim),
             "sharp": [laplacian_sharpness(frames[0])] * n if constant
             else [laplacian_sharpness(f) for f in frames],
             "jitter_err": [jitter_error(frames, truth)]}

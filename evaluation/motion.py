@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from faces.blend import mouth_box
+from faces.parallel import thread_map
 from synthface.face import MOUTH_BOX_256, MouthState, mouth_colours, mouth_layers, render
 from synthface.scene import shot_maps
 
@@ -191,23 +192,24 @@ def mouth_reader(identity, size: int, shot=None) -> MouthReader:
         return _shot_reader(identity, size, shot)
     bare = render(identity, None, 256).astype(np.float64)  # the identity without a mouth
     R0, R1, C0, C1 = MOUTH_BOX_256
-    bases, weights = [], []
     ramps = _ramps(size)
-    for o in OPEN_GRID:
-        for w in WIDTH_GRID:
-            lay = mouth_layers(MouthState(float(o), float(w)), 256, R0, R1, C0, C1,
-                               identity.lips)
-            full = np.zeros((3 + lay.shape[0] - 1, 256, 256))
-            for c in range(3):  # background channels: bare outside the box, w0 * bare inside
-                full[c] = bare[..., c]
-                full[c, R0:R1, C0:C1] *= lay[0]
-            full[3:, R0:R1, C0:C1] = lay[1:]
-            small = _resize_box(full, size)  # [3 + K, h, w]
-            bases.append(small[:3].reshape(3, -1).T)
-            lay_small = small[3:].reshape(small.shape[0] - 3, -1)
-            w0 = _resize_box(np.pad(lay[:1], ((0, 0), (R0, 256 - R1), (C0, 256 - C1)),
-                                    constant_values=1.0), size).reshape(1, -1)
-            weights.append(np.concatenate([lay_small, w0 * ramps], 0).T)
+
+    def state(ow: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        lay = mouth_layers(MouthState(*ow), 256, R0, R1, C0, C1, identity.lips)
+        full = np.zeros((3 + lay.shape[0] - 1, 256, 256))
+        for c in range(3):  # background channels: bare outside the box, w0 * bare inside
+            full[c] = bare[..., c]
+            full[c, R0:R1, C0:C1] *= lay[0]
+        full[3:, R0:R1, C0:C1] = lay[1:]
+        small = _resize_box(full, size)  # [3 + K, h, w]
+        lay_small = small[3:].reshape(small.shape[0] - 3, -1)
+        w0 = _resize_box(np.pad(lay[:1], ((0, 0), (R0, 256 - R1), (C0, 256 - C1)),
+                                constant_values=1.0), size).reshape(1, -1)
+        return small[:3].reshape(3, -1).T, np.concatenate([lay_small, w0 * ramps], 0).T
+
+    # the 25 x 25 states in threads (faces.parallel), each computed as alone
+    parts = thread_map(state, [(float(o), float(w)) for o in OPEN_GRID for w in WIDTH_GRID])
+    bases, weights = [b for b, _ in parts], [w for _, w in parts]
     colours = np.concatenate([mouth_colours(identity) * 255.0, np.zeros((3, 3))])
     return MouthReader(size, np.asarray(bases), np.asarray(weights), colours)
 

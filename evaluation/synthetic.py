@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.parallel import thread_map
 from lrw.synthetic import SyntheticSet
 from talking.inputs import read_rgb, resolve_source
 from training.progress import progress as make_bar
@@ -188,7 +189,7 @@ def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader
     o, g = np.stack(box[:len(out)]), np.stack(box[len(out):])
     do, dg = o - o.mean(0, keepdims=True), g - g.mean(0, keepdims=True)
     return {"mse": [mse(a, b) for a, b in zip(truth, out, strict=True)],
-            "ssim": [ssim(a, b) for a, b in zip(truth, out, strict=True)],
+            "ssim": thread_map(lambda ab: ssim(*ab), list(zip(truth, out, strict=True))),
             "mse_mouth": [mse(mouth_crop(a), mouth_crop(b)) for a, b in
                           zip(truth, out, strict=True)],
             "motion_num": list(m_num), "motion_den": list(m_den),

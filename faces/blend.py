@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from faces.parallel import thread_map
+
 __all__ = ["MOUTH_BOX_256", "gain_match", "mouth_box", "mouth_mix", "mouth_mix_many"]
 
 MOUTH_BOX_256 = (140, 188, 90, 166)
@@ -166,7 +168,7 @@ def mouth_mix_many(query: np.ndarray, sources: Sequence[np.ndarray] | np.ndarray
     ``sources``: a sequence of ``uint8 [H, W, 3]`` images or an array ``[N, H, W, 3]``.
     """
     query = np.asarray(query)
-    results = [mouth_mix(query, src, poisson=poisson, box=box) for src in sources]
+    results = thread_map(lambda src: mouth_mix(query, src, poisson=poisson, box=box), sources)
     if not results:
         return np.zeros((0, *query.shape), np.uint8)
     return np.stack(results)

@@ -20,6 +20,7 @@ own clip; LRW records no speakers).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import Tensor
 from faces.blend import mouth_box, mouth_mix
 from faces.io import read_image
 from faces.metrics import mouth_reading
+from faces.parallel import thread_imap
 
 from .datasets import ClipDataset
 from .synthetic import SyntheticSet, train_frame
@@ -154,37 +156,50 @@ class MatchedPairs:
                 self.drawn.append((a, b))
         self.skipped = 0
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _frame(self, i: int, j: int) -> np.ndarray:
         """Frame j of clip i's item as stored (at most the mix's size), ``uint8 [H, W, 3]``;
-        the last few hundred are kept. ``ValueError`` when it cannot be read."""
-        cache = self._cache
-        if (i, j) not in cache:
+        the last few hundred are kept. ``ValueError`` when it cannot be read. Safe to call
+        from several threads."""
+        key = (i, j)
+        with self._lock:
+            img = self._cache.get(key)
+        if img is None:
             img = read_image(self.ds.clips[i].frames[self.positions[i][j]])
-            cache[(i, j)] = train_frame(img, MIX_SIZE) if img.shape[0] > MIX_SIZE else img
-            if len(cache) > 256:
-                cache.popitem(last=False)
-        return cache[(i, j)]
+            img = train_frame(img, MIX_SIZE) if img.shape[0] > MIX_SIZE else img
+            with self._lock:
+                self._cache[key] = img
+                if len(self._cache) > 256:
+                    self._cache.popitem(last=False)
+        return img
+
+    def _pair(self, k: int) -> tuple[int, np.ndarray, list[np.ndarray], list[np.ndarray]] | None:
+        """Pair ``k`` as ``(k, q, mixes, answers)``; None when a frame cannot be read."""
+        readings, speakers = self.readings, self.speakers
+        a, b = self.drawn[k]
+        clips = self.by_speaker[speakers[a]] if self.within == "speaker" else [a]
+        own = [(i, j) for i in clips for j in range(len(readings[i]))]
+        pool_r = np.concatenate([readings[i] for i in clips])
+        near = [own[int(np.argmin(((pool_r - r) ** 2).sum(1)))] for r in readings[b]]
+        try:  # only the frames the pair uses are read
+            q = self._frame(a, int(np.argmin(readings[a][:, 0])))  # A's most closed mouth
+            mixes = [stored_mix(q, self._frame(b, j)) for j in range(len(readings[b]))]
+            answers = [self._frame(i, j) for i, j in near]
+        except ValueError:
+            return None
+        return k, q, mixes, answers
 
     def iterate(self, rank: int = 0, world: int = 1
                 ) -> Iterator[tuple[int, np.ndarray, list[np.ndarray], list[np.ndarray]]]:
-        """The pairs ``k`` with ``k % world == rank``, as ``(k, q, mixes, answers)``."""
-        readings, speakers = self.readings, self.speakers
-        for k, (a, b) in enumerate(self.drawn):
-            if k % world != rank:
-                continue
-            clips = self.by_speaker[speakers[a]] if self.within == "speaker" else [a]
-            own = [(i, j) for i in clips for j in range(len(readings[i]))]
-            pool_r = np.concatenate([readings[i] for i in clips])
-            near = [own[int(np.argmin(((pool_r - r) ** 2).sum(1)))] for r in readings[b]]
-            try:  # only the frames the pair uses are read
-                q = self._frame(a, int(np.argmin(readings[a][:, 0])))  # A's most closed mouth
-                mixes = [stored_mix(q, self._frame(b, j)) for j in range(len(readings[b]))]
-                answers = [self._frame(i, j) for i, j in near]
-            except ValueError:
+        """The pairs ``k`` with ``k % world == rank``, as ``(k, q, mixes, answers)``; the next
+        pairs are read and mixed in threads while the caller works on this one."""
+        mine = [k for k in range(len(self.drawn)) if k % world == rank]
+        for item in thread_imap(self._pair, mine):
+            if item is None:
                 self.skipped += 1
                 continue
-            yield k, q, mixes, answers
+            yield item
 
     def __iter__(self):
         return self.iterate()
