@@ -42,10 +42,11 @@ metrics do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faces.metrics import face_descriptor, face_landmarks
-from faces.parallel import thread_map
+from faces.metrics import aligned_descriptor, aligned_landmarks
+from faces.parallel import Later, thread_map
 from lrw.synthetic import SyntheticSet
 from talking.inputs import read_rgb, resolve_source
 from training.progress import progress as make_bar
@@ -284,6 +285,8 @@ class FieldNets:
 # one process (make demo's AD-flow, then MI-flow) measures them once; so is the identity
 # reference, which is the query itself
 _MEMO: dict[tuple, object] = {}
+_ALIGNED = {"lm": functools.partial(aligned_landmarks, size=SCORE_SIZE),
+            "desc": functools.partial(aligned_descriptor, size=SCORE_SIZE)}
 _MEMO_MAX = 16384  # entries (the largest, a descriptor, is 1 KB): cleared when full
 
 
@@ -306,19 +309,10 @@ def _copy(value):
     return value.copy() if isinstance(value, np.ndarray) else value
 
 
-def _memo(kind: str, images: Sequence[np.ndarray], compute):
-    """``compute(*images)``, or its value from an earlier call on images of the same content;
-    array values come back as copies."""
-    images = [np.ascontiguousarray(im) for im in images]
-    key = _key(kind, images)
-    if key not in _MEMO:
-        _remember(key, compute(*images))
-    return _copy(_MEMO[key])
-
-
 def _memo_map(kind: str, groups: Sequence[Sequence[np.ndarray]], compute) -> list:
-    """``[_memo(kind, g, compute) for g in groups]``, the values not yet known computed in
-    threads (``faces.parallel``; each exactly as alone)."""
+    """``[compute(*g) for g in groups]``, or each value from an earlier call on images of the
+    same content (array values come back as copies); the values not yet known are computed
+    in threads (``faces.parallel``; each exactly as alone), each content once."""
     keys = [_key(kind, g) for g in groups]
     known = {k: _MEMO[k] for k in keys if k in _MEMO}
     todo = {k: g for k, g in zip(keys, groups, strict=True) if k not in known}
@@ -339,21 +333,24 @@ class FieldScorer:
         self.nets = nets or FieldNets()
         self.dlib = dlib
 
-    def _landmarks(self, image: np.ndarray) -> np.ndarray | None:
-        return _memo("lm", [image], lambda im: face_landmarks(upscale(im, SCORE_SIZE),
-                                                               aligned=True))
-
-    def _descriptor(self, image: np.ndarray) -> np.ndarray | None:
-        return _memo("desc", [image], lambda im: face_descriptor(upscale(im, SCORE_SIZE),
-                                                                  aligned=True))
+    @staticmethod
+    def _dlib(kind: str, image: np.ndarray) -> Later:
+        """dlib's landmarks (``kind="lm"``) or descriptor (``"desc"``) of a model-size image
+        enlarged to ``SCORE_SIZE``, remembered by content, computed in the helper process
+        (``faces.parallel``: dlib holds the GIL, so it runs beside this process's work)."""
+        key = _key(kind, [image])
+        if key not in _MEMO:
+            _remember(key, Later(_ALIGNED[kind], np.ascontiguousarray(image)))
+        return _MEMO[key]
 
     def references(self, truth: np.ndarray, identity: np.ndarray) -> dict:
         """What every system's sequence is compared with: the truth's landmarks and the
-        identity reference's descriptor and embedding (computed once per pair)."""
+        identity reference's descriptor and embedding (computed once per pair; dlib's values
+        as :class:`faces.parallel.Later`)."""
         ref: dict = {"truth": truth}
         if self.dlib:
-            ref["lm"] = [self._landmarks(t) for t in truth]
-            ref["desc"] = self._descriptor(identity)
+            ref["lm"] = [self._dlib("lm", t) for t in truth]
+            ref["desc"] = self._dlib("desc", identity)
         if self.nets.arcface is not None:
             ref["emb"] = self.nets.arcface.embed(identity[None])[0]
         return ref
@@ -361,32 +358,53 @@ class FieldScorer:
     def score(self, frames: np.ndarray, ref: dict, constant: bool = False) -> dict[str, list]:
         """Per-frame values ``{column: [values]}`` of ``frames`` [T, S, S, 3] (``constant``:
         every frame is the same image, measured once)."""
+        return resolve(self.score_later(frames, ref, constant))
+
+    def score_later(self, frames: np.ndarray, ref: dict, constant: bool = False) -> dict:
+        """:meth:`score` with dlib's columns still being computed: those are functions that
+        return their lists (:func:`resolve` calls them), so that the next sequences can be
+        scored meanwhile."""
         truth = ref["truth"]
         n = len(frames)
-        out: dict[str, list] = {
+        out: dict = {}
+        if self.dlib:  # first, so that the helper starts on them at once
+            lms = [self._dlib("lm", frames[0])] * n if constant else \
+                [self._dlib("lm", f) for f in frames]
+            # identity barely changes within a sequence, and dlib's descriptor is the cost
+            # (about 0.1 s a frame): CSIM_FRAMES evenly spaced frames per sequence
+            pick = [0] if constant else _spread(n, CSIM_FRAMES)
+            descs = [self._dlib("desc", frames[i]) for i in pick]
+            ref_lm, ref_desc = ref["lm"], ref["desc"]
+
+            def distances(points: slice) -> Callable[[], list[float]]:
+                return lambda: [_point_distance(_copy(a.get()), _copy(b.get()), points)
+                                for a, b in zip(lms, ref_lm, strict=True)]
+
+            out["lmd"] = distances(slice(48, 68))
+            out["akd"] = distances(slice(0, 68))
+            out["csim_dlib"] = lambda: [cosine(d.get(), ref_desc.get()) for d in descs] * (
+                n if constant else 1)
+        out |= {
             "ms_ssim": _memo_map("ms_ssim", list(zip(truth, frames, strict=True)), ms_ssim),
             "sharp": [laplacian_sharpness(frames[0])] * n if constant
             else [laplacian_sharpness(f) for f in frames],
             "jitter_err": [jitter_error(frames, truth)]}
-        if self.dlib:
-            lms = [self._landmarks(frames[0])] * n if constant else \
-                [self._landmarks(f) for f in frames]
-            # identity barely changes within a sequence, and dlib's descriptor is the cost
-            # (about 0.1 s a frame): CSIM_FRAMES evenly spaced frames per sequence
-            pick = [0] if constant else _spread(n, CSIM_FRAMES)
-            descs = [self._descriptor(frames[i]) for i in pick]
-            out["lmd"] = [_point_distance(a, b, slice(48, 68)) for a, b in
-                          zip(lms, ref["lm"], strict=True)]
-            out["akd"] = [_point_distance(a, b, slice(0, 68)) for a, b in
-                          zip(lms, ref["lm"], strict=True)]
-            out["csim_dlib"] = [cosine(d, ref["desc"]) for d in descs] * (n if constant else 1)
         if self.nets.lpips is not None:
             out["lpips"] = list(self.nets.lpips.distance(frames, truth))
         if self.nets.arcface is not None:
             emb = self.nets.arcface.embed(frames[:1] if constant else frames)
             sims = emb @ ref["emb"]
             out["csim_arcface"] = [float(sims[0])] * n if constant else [float(s) for s in sims]
-        return out
+        return {k: out[k] for k in _COLUMN_ORDER if k in out}
+
+
+_COLUMN_ORDER = ("ms_ssim", "sharp", "jitter_err", "lmd", "akd", "csim_dlib", "lpips",
+                 "csim_arcface")
+
+
+def resolve(values: dict) -> dict[str, list]:
+    """A :meth:`FieldScorer.score_later` result with every column's values in place."""
+    return {k: v() if callable(v) else v for k, v in values.items()}
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -437,7 +455,7 @@ def evaluate_synthetic_field(root: str | Path, systems, size: int, scorer: Field
         bar = make_bar(len(todo), f"field metrics {Path(root).name}", unit="pair",
                        file=sys.stderr)
     try:
-        for q, s in todo:
+        for q, s in todo:  # dlib's columns run in the helper process meanwhile
             source = resolve_source(str(syn.source_folder(s)), syn.root / "image")
             paths = source.frames[:seq_frames] if seq_frames else source.frames
             frames = [read_rgb(p) for p in paths]
@@ -447,11 +465,11 @@ def evaluate_synthetic_field(root: str | Path, systems, size: int, scorer: Field
                               for t in range(len(frames))])
             ref = scorer.references(truth, like_model_input(query, size))
             for lab, seq in outs.items():
-                acc.setdefault(lab, []).append(scorer.score(seq, ref,
-                                                            constant=lab == BASELINE_COPY))
+                acc.setdefault(lab, []).append(scorer.score_later(
+                    seq, ref, constant=lab == BASELINE_COPY))
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return {lab: pool(v) for lab, v in acc.items()}
+    return {lab: pool([resolve(d) for d in v]) for lab, v in acc.items()}

@@ -26,6 +26,7 @@ from PIL import Image
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
 from faces.blend import mouth_box
+from faces.metrics import upscale as _upscale
 from faces.metrics import (
     SAME_PERSON_THRESHOLD,
     face_descriptor,
@@ -147,11 +148,9 @@ def psnr_from_mse(value: float) -> float:
 
 
 def upscale(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """Bicubic resize of a square crop to ``size`` (unchanged when it already has that size)."""
-    image = np.asarray(image)
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    """Bicubic resize of a square crop to ``size`` (unchanged when it already has that size):
+    ``faces.metrics.upscale``."""
+    return _upscale(image, size)
 
 
 class Landmarker:

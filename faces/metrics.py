@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 from faces.landmarks import (
     Box,
@@ -30,6 +31,8 @@ from faces.landmarks import (
 )
 
 __all__ = [
+    "aligned_descriptor",
+    "aligned_landmarks",
     "ALIGNED_FACE_BOX_256",
     "SAME_PERSON_THRESHOLD",
     "face_descriptor",
@@ -41,6 +44,7 @@ __all__ = [
     "mouth_reading",
     "recognizer",
     "temporal_jitter",
+    "upscale",
 ]
 
 SAME_PERSON_THRESHOLD = 0.6
@@ -115,6 +119,24 @@ def face_descriptor(image: np.ndarray, detector: LandmarkDetector | None = None,
         raise
     except (ValueError, RuntimeError):
         return None
+
+
+def upscale(image: np.ndarray, size: int = 256) -> np.ndarray:
+    """Bicubic resize of a square crop to ``size`` (unchanged when it already has that size)."""
+    image = np.asarray(image)
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+def aligned_landmarks(image: np.ndarray, size: int = 256) -> np.ndarray | None:
+    """:func:`face_landmarks` of an aligned crop enlarged to ``size`` (:func:`upscale`)."""
+    return face_landmarks(upscale(image, size), aligned=True)
+
+
+def aligned_descriptor(image: np.ndarray, size: int = 256) -> np.ndarray | None:
+    """:func:`face_descriptor` of an aligned crop enlarged to ``size`` (:func:`upscale`)."""
+    return face_descriptor(upscale(image, size), aligned=True)
 
 
 def identity_distance(img_a: np.ndarray, img_b: np.ndarray,

@@ -52,14 +52,16 @@ def test_memo_returns_the_value_of_the_same_content_once_and_copies():
         return np.array([float(a.sum()), float(b.sum())])
 
     a, b = _image(5, 16), _image(6, 16)
-    first = FM._memo("test", [a, b], measure)
+    first, twin = FM._memo_map("test", [[a, b], [a.copy(), b]], measure)
+    assert len(calls) == 1  # the same content twice in one call: measured once
     first[0] = -1.0  # the caller's copy, not the memo's
-    again = FM._memo("test", [a.copy(), b.copy()], measure)  # same content, other arrays
+    assert twin[0] == float(a.sum())
+    [again] = FM._memo_map("test", [[a.copy(), b.copy()]], measure)  # other arrays
     assert len(calls) == 1 and again[0] == float(a.sum())
-    FM._memo("test", [b, a], measure)  # other content (order matters)
-    FM._memo("other", [a, b], measure)  # another measure
+    FM._memo_map("test", [[b, a]], measure)  # other content (order matters)
+    FM._memo_map("other", [[a, b]], measure)  # another measure
     assert len(calls) == 3
-    assert FM._memo("test", [a, b], lambda *_: None) is not None  # the memo, not the lambda
+    assert FM._memo_map("test", [[a, b]], lambda *_: None)[0] is not None  # the memo's
 
 
 def test_sharpness_falls_with_blur_and_jitter_error_with_the_truths_motion():
