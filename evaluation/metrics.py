@@ -22,11 +22,9 @@ from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
 from faces.blend import mouth_box
-from faces.metrics import upscale as _upscale
 from faces.metrics import (
     SAME_PERSON_THRESHOLD,
     face_descriptor,
@@ -34,6 +32,7 @@ from faces.metrics import (
     mouth_landmark_distance,
     temporal_jitter,
 )
+from faces.metrics import upscale as _upscale
 
 __all__ = [
     "PSNR_CAP",
