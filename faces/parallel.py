@@ -210,13 +210,18 @@ _HELPER: Helper | None = None
 def helper_process() -> Helper | None:
     """The :class:`Helper`, started on first use and shared by this whole process, for work
     that holds the GIL (dlib's networks) and would otherwise stop every thread; ``None`` where
-    :func:`workers` is 1 (the caller then computes in place)."""
+    :func:`workers` is 1 or no child process can be started (the caller then computes in
+    place)."""
     global _HELPER
     if workers() < 2:
         return None
     with _LOCK:
         if _HELPER is None or not _HELPER.alive():
-            _HELPER = Helper()
+            try:
+                _HELPER = Helper()
+            except OSError:  # no child process can start here: compute in place
+                _HELPER = None
+                return None
             atexit.register(_HELPER.close)
         return _HELPER
 

@@ -106,6 +106,13 @@ def test_later_runs_in_the_helper_process_and_survives_its_death(two_threads):
     assert parallel.Later(os.getpid).get() not in (pid, os.getpid())
 
 
+def test_no_helper_where_no_child_can_start(two_threads, monkeypatch):
+    monkeypatch.setattr(parallel, "_HELPER", None)
+    monkeypatch.setattr(parallel.sys, "executable", "/nonexistent/python")
+    assert parallel.helper_process() is None
+    assert parallel.Later(os.getpid).get() == os.getpid()  # computed here
+
+
 def test_mouth_mix_many_equals_one_at_a_time(two_threads):
     rng = np.random.default_rng(1)
     q = rng.integers(40, 220, (64, 64, 3), dtype=np.uint8)
