@@ -377,7 +377,7 @@ class FieldScorer:
             ref_lm, ref_desc = ref["lm"], ref["desc"]
 
             def distances(points: slice) -> Callable[[], list[float]]:
-                return lambda: [_point_distance(_copy(a.get()), _copy(b.get()), points)
+                return lambda: [_point_distance(a.get(), b.get(), points)
                                 for a, b in zip(lms, ref_lm, strict=True)]
 
             out["lmd"] = distances(slice(48, 68))

@@ -31,8 +31,8 @@ from faces.metrics import (
     face_landmarks,
     mouth_landmark_distance,
     temporal_jitter,
+    upscale,  # bicubic, to FACE_SIZE by default (re-exported)
 )
-from faces.metrics import upscale as _upscale
 
 __all__ = [
     "PSNR_CAP",
@@ -144,12 +144,6 @@ def psnr_from_mse(value: float) -> float:
     if value <= 0:
         return PSNR_CAP
     return min(10.0 * math.log10(255.0**2 / value), PSNR_CAP)
-
-
-def upscale(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """Bicubic resize of a square crop to ``size`` (unchanged when it already has that size):
-    ``faces.metrics.upscale``."""
-    return _upscale(image, size)
 
 
 class Landmarker:
