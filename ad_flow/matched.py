@@ -45,7 +45,7 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
     stats = [PairStats(m.size * m.size) for m in levels]
     t0 = last = time.time()
     n_frames = 0
-    for k, q, mixes, answers in matched.iterate(rank, world):
+    for k, q, mixes, answers in matched.iterate(rank, world, size=size):
         t = len(answers)
         x = model_tensor([q, *mixes, *answers], size).to(device)
         with torch.no_grad():

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from faces.io import open_rgb
-from lrw.imageio import thesis_transform
+from lrw.imageio import array_tensor, thesis_array
 from lrw.index import IMAGE_EXTENSIONS, Clip, LRWIndex
 
 __all__ = [
@@ -55,14 +57,53 @@ class NoReadableItemError(ValueError, RuntimeError):
     scripts' one-line user error.)"""
 
 
+DECODED_CACHE_BYTES = 256 * 2**20
+"""How many bytes of decoded, resized frames :func:`load_image` keeps per process."""
+
+_decoded: OrderedDict[tuple, object] = OrderedDict()
+_decoded_bytes = 0
+_decoded_lock = threading.Lock()
+
+
 def load_image(path: str | Path, img_size: int) -> torch.Tensor:
     """Read an image as float32 ``[3, img_size, img_size]`` in ``[-0.5, 0.5]`` (thesis transform).
 
     Every image mode is read through the project's one reader (:func:`faces.io.open_rgb`:
     16-bit, grey, palette, CMYK, transparency, EXIF orientation). Raises ``ValueError`` (one
     line, naming the file) when it cannot be decoded.
+
+    The last ``DECODED_CACHE_BYTES`` of decoded and resized frames are kept (8-bit, keyed by
+    path, size and the file's size and modification time): a small set read epoch after epoch,
+    or by several models in one process (``make demo``), is decoded once. The tensor is made
+    from them afresh each time, so it is the same, bit for bit, and the caller's to change.
     """
-    return thesis_transform(open_rgb(path), img_size) - 0.5
+    try:
+        st = os.stat(path)
+        key = (os.fspath(path), int(img_size), st.st_size, st.st_mtime_ns, st.st_ino)
+    except OSError:
+        key = None  # open_rgb says why in one line
+    arr = None
+    if key is not None:
+        with _decoded_lock:
+            arr = _decoded.get(key)
+            if arr is not None:
+                _decoded.move_to_end(key)
+    if arr is None:
+        arr = thesis_array(open_rgb(path), img_size)
+        if key is not None:
+            _remember(key, arr)
+    return array_tensor(arr) - 0.5
+
+
+def _remember(key: tuple, arr) -> None:
+    global _decoded_bytes
+    with _decoded_lock:
+        if key in _decoded or arr.nbytes > DECODED_CACHE_BYTES:
+            return
+        _decoded[key] = arr
+        _decoded_bytes += arr.nbytes
+        while _decoded_bytes > DECODED_CACHE_BYTES:
+            _decoded_bytes -= _decoded.popitem(last=False)[1].nbytes
 
 
 def list_images(root: str | Path) -> list[Path]:

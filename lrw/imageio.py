@@ -26,8 +26,9 @@ from torch import Tensor
 from faces.io import save_pil
 
 
-def thesis_transform(im: Image.Image, size: int) -> Tensor:
-    """An RGB PIL image -> float32 ``[3, size, size]`` in ``[0, 1]`` (see the module docstring)."""
+def thesis_array(im: Image.Image, size: int) -> np.ndarray:
+    """An RGB PIL image resized and cropped as :func:`thesis_transform` does: ``uint8
+    [size, size, 3]``."""
     w, h = im.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
@@ -38,8 +39,17 @@ def thesis_transform(im: Image.Image, size: int) -> Tensor:
     left = int(round((new_w - size) / 2.0))
     if (top, left, new_h, new_w) != (0, 0, size, size):
         im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.uint8)  # [size, size, 3]
+    return np.asarray(im, dtype=np.uint8)
+
+
+def array_tensor(arr: np.ndarray) -> Tensor:
+    """``uint8 [H, W, 3]`` -> float32 ``[3, H, W]`` in ``[0, 1]`` (``ToTensor``)."""
     return torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255)
+
+
+def thesis_transform(im: Image.Image, size: int) -> Tensor:
+    """An RGB PIL image -> float32 ``[3, size, size]`` in ``[0, 1]`` (see the module docstring)."""
+    return array_tensor(thesis_array(im, size))
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> Tensor:

@@ -20,6 +20,9 @@ own clip; LRW records no speakers).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -190,16 +193,64 @@ class MatchedPairs:
             return None
         return k, q, mixes, answers
 
-    def iterate(self, rank: int = 0, world: int = 1
+    def _pair_at(self, size: int, k: int):
+        """:meth:`_pair` with every image brought to ``size`` as :func:`model_tensor` does."""
+        item = self._pair(k)
+        if item is None:
+            return None
+        k, q, mixes, answers = item
+        return (k, train_frame(q, size), [train_frame(m, size) for m in mixes],
+                [train_frame(a, size) for a in answers])
+
+    def _memo_key(self, size: int, rank: int, world: int) -> str:
+        """What the pairs at ``size`` depend on: the drawn pairs, the readings, the speakers and
+        every frame file of the clips (path, size, modification time)."""
+        h = hashlib.sha1(repr((size, rank, world, self.within, self.drawn, self.speakers,
+                               self.positions)).encode())
+        for r in self.readings:
+            h.update(b"-" if r is None else np.ascontiguousarray(r).tobytes())
+        for clip in self.ds.clips:
+            for f in clip.frames:
+                try:
+                    st = os.stat(f)
+                    h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(f"{f}|missing".encode())
+        return h.hexdigest()
+
+    def iterate(self, rank: int = 0, world: int = 1, size: int | None = None
                 ) -> Iterator[tuple[int, np.ndarray, list[np.ndarray], list[np.ndarray]]]:
         """The pairs ``k`` with ``k % world == rank``, as ``(k, q, mixes, answers)``; the next
-        pairs are read and mixed in threads while the caller works on this one."""
+        pairs are read and mixed in threads while the caller works on this one. With ``size``
+        the images come at that size (as :func:`model_tensor` resizes them), and the last such
+        walk of at most ``MEMO_BYTES`` is kept for the process: AD-flow's ``--init matched`` and
+        MI-flow's pool of one ``make demo`` read the same pairs once."""
         mine = [k for k in range(len(self.drawn)) if k % world == rank]
-        for item in thread_imap(self._pair, mine):
+        key = self._memo_key(size, rank, world) if size is not None else None
+        if key is not None and _MEMO.get("key") == key:
+            self.skipped += _MEMO["skipped"]
+            yield from _MEMO["items"]
+            return
+        fn = self._pair if size is None else functools.partial(self._pair_at, size)
+        items, skipped, nbytes = [], 0, 0
+        for item in thread_imap(fn, mine):
             if item is None:
                 self.skipped += 1
+                skipped += 1
                 continue
+            if key is not None and nbytes <= MEMO_BYTES:
+                items.append(item)
+                nbytes += sum(im.nbytes for im in (item[1], *item[2], *item[3]))
             yield item
+        if key is not None and nbytes <= MEMO_BYTES:
+            _MEMO.clear()
+            _MEMO.update(key=key, items=items, skipped=skipped)
 
     def __iter__(self):
         return self.iterate()
+
+
+MEMO_BYTES = 128 * 2**20
+"""The most bytes of model-size pairs :meth:`MatchedPairs.iterate` keeps for the process."""
+
+_MEMO: dict = {}

@@ -121,7 +121,7 @@ def matched_pool(root: Path, size: int, pairs: int, seed: int, within: str = "sp
     matched = MatchedPairs(ds, root, pairs, seed, flag="--matched_weight",
                            fallback="train with --matched_weight 0", within=within)
     queries, owner, mixes, answers = [], [], [], []
-    for _, q, mix, ans in matched:
+    for _, q, mix, ans in matched.iterate(size=size):
         owner += [len(queries)] * len(ans)
         queries.append(model_tensor([q], size))
         mixes.append(model_tensor(mix, size))

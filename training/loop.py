@@ -625,8 +625,9 @@ class Training:
         if main:
             self.save()
             if not interrupted:
-                self.write_samples()
-            plot_curves(self.log.read(), run.samples / "loss.png")
+                self.write_samples()  # its curves hold every record up to this step
+            else:
+                plot_curves(self.log.read(), run.samples / "loss.png")
             if self.events is not None:
                 self.events.close()
         records = self.log.read() if main else []

@@ -149,6 +149,28 @@ def test_load_image_transform(tmp_path: Path):
     assert -0.5 <= x.min() and x.max() <= 0.5
 
 
+def test_load_image_keeps_decoded_frames(tmp_path: Path, monkeypatch):
+    """A frame read again comes from the kept 8-bit copy, bit for bit the same and the caller's
+    own tensor; a rewritten file is decoded again; the copies stay within their budget."""
+    import lrw.datasets as ds_mod
+
+    path = _jpg(tmp_path / "a.jpg", value=40, size=20)
+    first = load_image(path, 8)
+    calls = []
+    real = ds_mod.open_rgb
+    monkeypatch.setattr(ds_mod, "open_rgb", lambda p: calls.append(p) or real(p))
+    first.add_(1)  # the caller's to change
+    second = load_image(path, 8)
+    assert calls == [] and torch.equal(second, first - 1)
+    _jpg(path, value=200, size=24)  # rewritten: another size on disk
+    third = load_image(path, 8)
+    assert calls == [path] and not torch.equal(third, second)
+    monkeypatch.setattr(ds_mod, "DECODED_CACHE_BYTES", 3 * 8 * 8 * 3)
+    for i in range(6):
+        load_image(_jpg(tmp_path / f"b{i}.jpg", value=20 * i), 8)
+    assert ds_mod._decoded_bytes <= 3 * 8 * 8 * 3
+
+
 def test_frame_dataset_skips_unreadable(tree: Path):
     good = tree / "ABOUT" / "ABOUT_00001_3.jpg"
     data = good.read_bytes()

@@ -138,3 +138,37 @@ def test_answers_within_the_query_clip(syn: Path):
     assert share["clip"] == 1.0 and share["speaker"] < 1.0, share
     with pytest.raises(ValueError, match="within"):
         MatchedPairs(ds, syn / "train", 2, within="word")
+
+
+def test_pairs_at_the_model_size_are_resized_once_and_kept_for_the_process(syn: Path, monkeypatch):
+    """``iterate(size=S)`` yields the pairs brought to S exactly as ``model_tensor`` brings
+    them; a second walk over the same pairs (MI-flow's pool after AD-flow's init in one demo)
+    reads nothing, and a changed frame file is read again."""
+    import lrw.matched as lm
+
+    ds = ClipDataset(open_index(syn / "train"), SIZE)
+    plain = list(MatchedPairs(ds, syn / "train", 5, seed=2))
+    lm._MEMO.clear()
+    small = SIZE // 2
+    sized = list(MatchedPairs(ds, syn / "train", 5, seed=2).iterate(size=small))
+    assert [k for k, *_ in sized] == [k for k, *_ in plain]
+    for (_, q, mix, ans), (_, q2, mix2, ans2) in zip(plain, sized, strict=True):
+        for a, b in zip([q, *mix, *ans], [q2, *mix2, *ans2], strict=True):
+            assert b.shape == (small, small, 3)
+            assert torch.equal(model_tensor([a], small), model_tensor([b], small))
+
+    def no_read(self, k):
+        raise AssertionError("read a pair again")
+
+    monkeypatch.setattr(MatchedPairs, "_pair", no_read)
+    again = list(MatchedPairs(ds, syn / "train", 5, seed=2).iterate(size=small))
+    assert len(again) == len(sized)
+    for x, y in zip(again, sized, strict=True):
+        assert x[0] == y[0] and all(np.array_equal(a, b) for a, b in
+                                     zip([x[1], *x[2], *x[3]], [y[1], *y[2], *y[3]], strict=True))
+    frame = ds.clips[0].frames[0]
+    st = frame.stat()
+    import os
+    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="again"):
+        list(MatchedPairs(ds, syn / "train", 5, seed=2).iterate(size=small))
