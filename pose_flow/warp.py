@@ -47,15 +47,17 @@ def _source_coords(src: Tensor, dst: Tensor, tri: Tensor, size: int) -> Tensor:
     ok = det.abs() > 1e-12
     inv_det = torch.where(ok, 1 / torch.where(ok, det, torch.ones_like(det)),
                           torch.zeros_like(det))
-    d = g[:, None, :] - a[None]  # [N, M, 2]
-    u = (d[..., 0] * v1[:, 1] - d[..., 1] * v1[:, 0]) * inv_det
-    v = (v0[:, 0] * d[..., 1] - v0[:, 1] * d[..., 0]) * inv_det
-    bary = torch.stack([1 - u - v, u, v], -1)  # [N, M, 3]
+    dx = g[:, 0, None] - a[None, :, 0]  # [N, M]
+    dy = g[:, 1, None] - a[None, :, 1]
+    u = (dx * v1[:, 1] - dy * v1[:, 0]) * inv_det
+    v = (v0[:, 0] * dy - v0[:, 1] * dx) * inv_det
+    w0 = 1 - u - v  # the barycentric coordinates are (w0, u, v)
     # the containing triangle has all coordinates >= 0: pick the largest minimum (a point on
     # an edge or, by rounding, just outside every triangle still gets its nearest one)
-    score = torch.where(ok, bary.min(-1).values, torch.full_like(u, -torch.inf))
+    score = torch.where(ok, torch.minimum(torch.minimum(w0, u), v), float("-inf"))
     best = score.argmax(1)  # [N]
-    w = bary[torch.arange(g.shape[0], device=g.device), best]  # [N, 3]
+    n = torch.arange(g.shape[0], device=g.device)
+    w = torch.stack([w0[n, best], u[n, best], v[n, best]], -1)  # [N, 3]
     corners = src[tri[best]]  # [N, 3, 2]
     return (w[..., None] * corners).sum(1).view(size, size, 2)
 
