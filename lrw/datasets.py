@@ -73,7 +73,7 @@ def load_image(path: str | Path, img_size: int) -> torch.Tensor:
     line, naming the file) when it cannot be decoded.
 
     The last ``DECODED_CACHE_BYTES`` of decoded and resized frames are kept (8-bit, keyed by
-    path, size and the file's size and modification time): a small set read epoch after epoch,
+    path, size and the file's size, modification time and inode): a small set read epoch after epoch,
     or by several models in one process (``make demo``), is decoded once. The tensor is made
     from them afresh each time, so it is the same, bit for bit, and the caller's to change.
     """

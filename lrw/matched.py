@@ -203,14 +203,19 @@ class MatchedPairs:
                 [train_frame(a, size) for a in answers])
 
     def _memo_key(self, size: int, rank: int, world: int) -> str:
-        """What the pairs at ``size`` depend on: the drawn pairs, the readings, the speakers and
-        every frame file of the clips (path, size, modification time)."""
-        h = hashlib.sha1(repr((size, rank, world, self.within, self.drawn, self.speakers,
-                               self.positions)).encode())
-        for r in self.readings:
-            h.update(b"-" if r is None else np.ascontiguousarray(r).tobytes())
-        for clip in self.ds.clips:
-            for f in clip.frames:
+        """What the pairs at ``size`` depend on: the drawn pairs, and for every clip they read
+        from (the source clips, and the query speakers' clips that answer) its speaker,
+        readings, window and frame files (path, size, modification time)."""
+        used: set[int] = set()
+        for a, b in self.drawn:
+            used.add(b)
+            used.update(self.by_speaker[self.speakers[a]] if self.within == "speaker" else [a])
+        h = hashlib.sha1(repr((size, rank, world, self.within, self.drawn)).encode())
+        for i in sorted(used):
+            h.update(f"{i}|{self.speakers[i]}|{self.positions[i]}".encode())
+            h.update(np.ascontiguousarray(self.readings[i]).tobytes())
+            for j in self.positions[i]:
+                f = self.ds.clips[i].frames[j]
                 try:
                     st = os.stat(f)
                     h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
