@@ -243,11 +243,13 @@ class MatchedPairs:
                 self.skipped += 1
                 skipped += 1
                 continue
-            if key is not None and nbytes <= MEMO_BYTES:
-                items.append(item)
+            if key is not None:  # kept while within MEMO_BYTES; beyond it, not kept at all
                 nbytes += sum(im.nbytes for im in (item[1], *item[2], *item[3]))
+                items.append(item)
+                if nbytes > MEMO_BYTES:
+                    key, items = None, []
             yield item
-        if key is not None and nbytes <= MEMO_BYTES:
+        if key is not None:
             _MEMO.clear()
             _MEMO.update(key=key, items=items, skipped=skipped)
 
