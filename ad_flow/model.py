@@ -155,6 +155,12 @@ class ADFlow(nn.Module):
     def glow(self) -> Glow:
         return self._frozen[0]
 
+    def frozen_modules(self) -> tuple[nn.Module, ...]:
+        """The Glow, held outside the state dict: for walks that must reach every module
+        (``glow.precision.every_module``: ``test.py --precision bf16`` casts its
+        conditioners)."""
+        return self._frozen
+
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         self.glow._apply(fn, recurse)
@@ -217,11 +223,13 @@ class ADFlow(nn.Module):
         return super().load_state_dict(*args, **kwargs)
 
     def _query_key(self, query: Tensor) -> tuple:
-        """The query cache's key: the query and the encoder's weights (their version counters
+        """The query cache's key: the query, the encoder's weights (their version counters
         and sums, so an optimiser step, ``load_state_dict`` or an in-place ``.data`` edit all
-        invalidate it)."""
+        invalidate it) and the dtypes of the Glow's weights (conditioners cast to bf16 or back
+        encode the query differently)."""
         weights = tuple((p._version, float(p.detach().double().sum()))
                         for p in self.encoder.parameters())
+        weights += tuple(sorted({str(p.dtype) for p in self.glow.parameters()}))
         return (query.data_ptr(), query._version, tuple(query.shape), query.device,
                 float(query.double().sum()), weights)
 

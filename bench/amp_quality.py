@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-SCORES = ("bpd", "motion", "psnr", "dpsnr", "ssim")
+SCORES = ("bpd", "motion_dev", "motion", "psnr", "psnr_mouth", "dpsnr", "ssim")
+MODELS = (("glow", "glow"), ("ad-flow", "ad-flow"), ("mi-flow", "mi-flow"))  # (--model, label)
 
 
 # ------------------------------------------------------------------------------------- speed
@@ -198,6 +199,11 @@ def run_speed(args: argparse.Namespace) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------- quality
+def _inference(prec: str) -> list[str]:
+    """The inference precisions each trained model is scored at."""
+    return ["float32"] + (["bf16"] if prec == "amp" else [])
+
+
 def run_quality(args: argparse.Namespace) -> dict:
     import demo
     from evaluation.report import read_csv
@@ -211,8 +217,7 @@ def run_quality(args: argparse.Namespace) -> dict:
             super()._run(cli, argv)
 
     base = demo.TINY if args.tiny else demo.FULL
-    table: dict[str, dict[str, list[dict]]] = {}
-    for seed in args.seeds:
+    for seed in [] if args.table_only else args.seeds:
         plan = dataclasses.replace(base, seed=seed, others=False)
         for prec in ("float32", "amp"):
             out = Path(args.out) / prec / f"seed{seed}"
@@ -222,24 +227,31 @@ def run_quality(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):
                 summary = d.run()
-                evals = [("glow", summary["glow"], "glow"),
-                         ("ad-flow", summary["models"]["ad-flow"], "ad-flow"),
-                         ("mi-flow", summary["models"]["mi-flow"], "mi-flow")]
-                inference = ["float32"] + (["bf16"] if prec == "amp" else [])
-                for model, ck, label in evals:
-                    for inf in inference:
+                checkpoints = {"glow": summary["glow"], **summary["models"]}
+                for model, label in MODELS:
+                    for inf in _inference(prec):
                         name = f"amp_{label}_{inf}"
-                        d._run("evaluate", ["--model", model, "--checkpoint", str(ck),
-                                            str(d.data), "--result_dir", str(result), "--name",
-                                            name, "--max_frames", "8", "--precision", inf])
-                        for r in read_csv(result / "eval" / name / "metrics.csv"):
-                            if r["system"].startswith("baseline"):
-                                continue
-                            key = f"{r['system']}"
-                            col = prec if inf == "float32" else "amp + bf16 inference"
-                            table.setdefault(key, {}).setdefault(col, []).append(
-                                {k: float(r.get(k) or math.nan) for k in SCORES})
+                        d._run("evaluate", ["--model", model, "--checkpoint",
+                                            str(checkpoints[model]), str(d.data),
+                                            "--result_dir", str(result), "--name", name,
+                                            "--max_frames", "8", "--precision", inf])
             print(f"seed {seed} {prec}: {time.perf_counter() - t0:.0f} s", flush=True)
+    table: dict[str, dict[str, list[dict]]] = {}
+    for seed in args.seeds:  # read back from the runs' metrics.csv files
+        for prec in ("float32", "amp"):
+            result = Path(args.out) / prec / f"seed{seed}" / "result"
+            for _, label in MODELS:
+                for inf in _inference(prec):
+                    csv = result / "eval" / f"amp_{label}_{inf}" / "metrics.csv"
+                    if not csv.is_file():
+                        print(f"missing: {csv} (seed {seed} not run?)", file=sys.stderr)
+                        continue
+                    col = prec if inf == "float32" else "amp + bf16 inference"
+                    for r in read_csv(csv):
+                        if r["system"].startswith("baseline"):
+                            continue
+                        table.setdefault(r["system"], {}).setdefault(col, []).append(
+                            {k: float(r.get(k) or math.nan) for k in SCORES})
     cols = ["float32", "amp", "amp + bf16 inference"]
     print("\n| system | score | " + " | ".join(cols) + " | check |")
     print("|---|---|" + "---:|" * len(cols) + "---|")
@@ -284,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="bench_amp", help="quality runs (reused when done)")
     p.add_argument("--tiny", action="store_true", help="quality: the demo's tiny plan")
+    p.add_argument("--table_only", action="store_true",
+                   help="quality: only the table, read from the runs already in --out")
     p.add_argument("--json", default=None, help="also write every figure here")
     p.add_argument("--force", action="store_true",
                    help="run even on a CPU without fast bf16 (a smoke test; numbers meaningless)")

@@ -13,6 +13,11 @@ Examples::
 
     python bench/glow_profile.py --config small --pass train
     python bench/glow_profile.py --config thesis --pass infer --top 25
+    python bench/glow_profile.py --config thesis --pass train --amp   # as train.py --amp
+
+``--amp``: the training pass's forward under CPU bf16 autocast (what ``train.py --amp`` runs;
+the invertible path stays float32), the inference pass with the coupling networks cast to bf16
+(``test.py --precision bf16``); rates are then against the bf16 product peak (2048^2).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train: the allocator train.py runs under (jemalloc with decay off "
                         "where installed, else glibc keeping freed pages); system: plain glibc "
                         "malloc (default train)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16: autocast in training, bf16 conditioners in inference")
     args = p.parse_args(argv)
 
     # Profile what train.py runs: the allocator decides whether fresh activation buffers fault
@@ -79,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     def one() -> None:
         if args.kind == "train":
             model.train()
-            log_p, logdet, _ = model(x)
-            loss = -(log_p + logdet).mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
+                log_p, logdet, _ = model(x)
+            loss = -(log_p.float() + logdet.float()).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -90,9 +98,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.kind == "infer":
         model.eval()
+        if args.amp:
+            from glow.precision import cast_conditioners
+
+            cast_conditioners(model, torch.bfloat16)
     for _ in range(args.warmup):
         one()
     peak, _, threads = matmul_peak_gflops()
+    if args.amp:
+        from amp_quality import bf16_peak_gflops
+
+        peak = bf16_peak_gflops()
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         one()
@@ -101,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     total_us = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
     print(f"{args.config} {args.kind} batch {batch}: {wall:.2f} s wall under the profiler, "
-          f"{threads} threads; fp32 GEMM peak {peak:.1f} GFLOP/s; allocator "
+          f"{threads} threads; {'bf16' if args.amp else 'fp32'} GEMM peak {peak:.1f} GFLOP/s; "
+          f"allocator "
           f"{active_allocator()} (MALLOC_CONF {os.environ.get('MALLOC_CONF', 'unset')})")
     print(f"{'self ms':>9} {'share':>6} {'calls':>6} {'GFLOP/s':>8} {'%peak':>6}  op  shapes")
     for e in rows:

@@ -23,6 +23,7 @@ Examples::
 
     python bench/talking_speed.py --frames 30
     python bench/talking_speed.py --frames 30 --peer THESIS_CHECKOUT/ad-flow
+    python bench/talking_speed.py --peer THESIS_CHECKOUT/ad-flow --precision float32 bf16 --repeats 3
     python bench/talking_speed.py --quality --glow_iter 1500 --ad_iter 300
 """
 
@@ -31,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,12 +109,14 @@ def prepare(work: Path, n_frames: int, seed: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------------- ours
-def run_ours(work: Path, setup: dict, batch: int) -> dict:
+def run_ours(work: Path, setup: dict, batch: int, precision: str = "float32",
+             tag: str = "ours") -> dict:
     cmd = [sys.executable, str(ROOT / "test.py"), "--model", "ad-flow", "--source", "talk",
            "query", "--image_dir", setup["image"], "--checkpoint", setup["adflow"], "--glow",
-           setup["glow"], "--result_dir", str(work / "ours"), "--batch", str(batch),
-           "--device", "cpu", "--no_progress"]
-    frames = work / "ours" / "target_img" / "talk" / "query"
+           setup["glow"], "--result_dir", str(work / tag), "--batch", str(batch),
+           "--device", "cpu", "--no_progress", "--precision", precision]
+    shutil.rmtree(work / tag, ignore_errors=True)
+    frames = work / tag / "target_img" / "talk" / "query"
     t = time.perf_counter()
     first = None
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -218,6 +223,7 @@ def peer_worker(peer: str, setup: dict, scratch: str) -> None:
 
 def run_peer(peer: str, work: Path, setup: dict) -> dict:
     scratch = work / "peer"
+    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     cmd = [sys.executable, __file__, "--peer_worker", peer, "--setup", json.dumps(setup),
            "--scratch", str(scratch)]
@@ -330,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=30, help="source frames (default 30)")
     p.add_argument("--batch", type=int, default=16, help="test.py --batch (default 16)")
     p.add_argument("--peer", default=None, help="the thesis's ad-flow folder, to time it too")
+    p.add_argument("--precision", nargs="+", default=["float32"],
+                   choices=["float32", "bf16", "auto"],
+                   help="test.py --precision values to time (default float32)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="alternating repeats of every run (median reported; default 1)")
     p.add_argument("--quality", action="store_true", help="also the synthetic-set PSNR figure")
     p.add_argument("--no_speed", action="store_true", help="skip the speed part")
     p.add_argument("--glow_iter", type=int, default=1500, help="quality: Glow iterations")
@@ -350,23 +361,49 @@ def main(argv: list[str] | None = None) -> int:
             setup = prepare(work, args.frames, args.seed)
             n = setup["n"]
             print(f"frames: {setup['origin']}; Glow 64x64 K=32 L=4 additive LU hidden 512")
-            ours = run_ours(work, setup, args.batch)
-            print(f"ours  test.py: {ours['wall']:.1f} s for {n} frames = "
-                  f"{ours['wall'] / n:.3f} s/frame end to end, first frame on disk after "
-                  f"{ours['first']:.1f} s (job's own line: {ours['line']})")
+            walls: dict[str, list[float]] = {}
+            firsts: dict[str, list[float]] = {}
+            outs: dict[str, Path] = {}
+            for r in range(args.repeats):  # alternating, each run a fresh process
+                for prec in args.precision:
+                    o = run_ours(work, setup, args.batch, prec, f"ours_{prec}")
+                    walls.setdefault(prec, []).append(o["wall"])
+                    firsts.setdefault(prec, []).append(o["first"])
+                    outs[prec] = o["out"]
+                    print(f"  repeat {r}: ours --precision {prec}: {o['wall']:.1f} s "
+                          f"(job's own line: {o['line']})", flush=True)
+                if args.peer:
+                    peer = run_peer(str(Path(args.peer).resolve()), work, setup)
+                    walls.setdefault("thesis", []).append(peer["wall"])
+                    print(f"  repeat {r}: thesis test.py: {peer['wall']:.1f} s", flush=True)
+            for prec in args.precision:
+                w = statistics.median(walls[prec])
+                print(f"ours  test.py --precision {prec}: {w:.1f} s for {n} frames = "
+                      f"{w / n:.3f} s/frame end to end (median of {len(walls[prec])}), first "
+                      f"frame on disk after {statistics.median(firsts[prec]):.1f} s")
             rate = glow_rate(setup, args.batch)
-            print(f"ours  Glow encode+decode of {args.batch} frames: {rate['seconds']:.2f} s, "
+            print(f"ours  Glow encode+decode of {args.batch} frames (float32): "
+                  f"{rate['seconds']:.2f} s, "
                   f"{rate['flops_per_frame'] / 1e9:.1f} GFLOP/frame, {rate['gflops']:.1f} "
                   f"GFLOP/s = {100 * rate['gflops'] / rate['peak']:.0f}% of the fp32 matmul "
                   f"peak ({rate['peak']:.1f} GFLOP/s, {rate['threads']} threads)")
             if args.peer:
-                peer = run_peer(str(Path(args.peer).resolve()), work, setup)
-                print(f"peer  thesis test.py: {peer['wall']:.1f} s for {n} frames = "
-                      f"{peer['wall'] / n:.3f} s/frame end to end")
-                print(f"speed-up: {peer['wall'] / ours['wall']:.2f}x end to end")
-                db, k = agreement(ours["out"], peer["out"])
-                print(f"agreement ours vs thesis frames: {db:.1f} dB PSNR over {k} frames "
-                      "(same weights; differences come from the blending solver)")
+                pw = statistics.median(walls["thesis"])
+                print(f"peer  thesis test.py: {pw:.1f} s for {n} frames = "
+                      f"{pw / n:.3f} s/frame end to end (median of {len(walls['thesis'])})")
+                for prec in args.precision:
+                    ratios = [a / b for a, b in zip(walls["thesis"], walls[prec], strict=True)]
+                    db, k = agreement(outs[prec], peer["out"])
+                    print(f"speed-up --precision {prec}: {statistics.median(ratios):.2f}x end "
+                          f"to end (per repeat {min(ratios):.2f}-{max(ratios):.2f}); agreement "
+                          f"with the thesis's frames {db:.1f} dB PSNR over {k} frames")
+                print("(same weights; frame differences come from the blending solver and, "
+                      "under bf16, the conditioners' precision)")
+            elif len(args.precision) > 1:
+                for prec in args.precision[1:]:
+                    db, k = agreement(outs[prec], outs[args.precision[0]])
+                    print(f"agreement --precision {prec} vs {args.precision[0]}: {db:.1f} dB "
+                          f"PSNR over {k} frames")
         if args.quality:
             q = quality(work, args.glow_iter, args.ad_iter, args.size, args.seed)
             print(f"quality on the synthetic set at {args.size} px ({q['frames']} frames; Glow "

@@ -15,6 +15,8 @@ scripts (``training.precision``); this module knows nothing of CPUs or flags.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -23,18 +25,38 @@ from .layers import Coupling
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+def every_module(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.modules()`` and the modules a model holds without registering them.
+
+    A model that keeps a network out of its state dict (AD-flow's frozen Glow: the checkpoint
+    records which Glow file it belongs to) names it in a ``frozen_modules()`` method; a plain
+    ``model.modules()`` walk would miss it, and with it every conditioner that matters."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        for m in stack.pop().modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield m
+            held = getattr(m, "frozen_modules", None)
+            if callable(held):
+                stack.extend(held())
+
+
 def cast_conditioners(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """Cast every coupling conditioner in ``model`` to ``dtype`` (None or float32: float32).
 
     In place; returns ``model``. Only the ``net`` of each :class:`glow.layers.Coupling` (and
-    subclasses, e.g. the pose flow's) changes dtype; ActNorm, 1x1 convolutions, priors and any
+    subclasses, e.g. the pose flow's), found by :func:`every_module` (so AD-flow's frozen Glow
+    too), changes dtype; ActNorm, 1x1 convolutions, priors and any
     other network stay as they are. For inference: training keeps float32 weights and uses
     autocast (``train.py --amp``).
     """
     target = torch.float32 if dtype is None else dtype
     if target not in (torch.float32, *LOW_PRECISION):
         raise ValueError(f"conditioners run in float32, bfloat16 or float16, not {target}")
-    for m in model.modules():
+    for m in every_module(model):
         if isinstance(m, Coupling):
             m.net.to(target)
     return model
@@ -42,5 +64,5 @@ def cast_conditioners(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
 
 def conditioner_dtypes(model: nn.Module) -> set[torch.dtype]:
     """The parameter dtypes of the coupling conditioners in ``model`` (for reports/tests)."""
-    return {p.dtype for m in model.modules() if isinstance(m, Coupling)
+    return {p.dtype for m in every_module(model) if isinstance(m, Coupling)
             for p in m.net.parameters()}

@@ -113,6 +113,34 @@ def test_resolve_precision_per_hardware(monkeypatch) -> None:
     assert precision.set_gpu_switches(cpu) == []  # nothing is set off CUDA
 
 
+def test_ad_flow_frozen_glow_gets_bf16_conditioners(device) -> None:
+    """AD-flow keeps its Glow out of its state dict, so ``model.modules()`` does not reach it:
+    ``--precision bf16`` must still cast that Glow's conditioners (it did not, and
+    ``evaluate.py --precision bf16`` scored AD-flow bit-identically to float32). The cached
+    query latents follow the conditioners' dtype: after casting back, a cached transfer equals
+    one computed afresh (bf16 rounded the weights, so not the first float32 frames)."""
+    from ad_flow.model import ADFlow, FeatureEncoder
+
+    glow, x = _thesis_layout_glow(hidden=8, batch=4, device=device)
+    model = ADFlow(glow, FeatureEncoder(glow.z_shapes()), None).to(device).eval()
+    assert conditioner_dtypes(model) == {torch.float32}
+    with torch.inference_mode():
+        ref = model.transfer(x[:1], x[1:])
+    cast_conditioners(model, torch.bfloat16)
+    assert conditioner_dtypes(model) == conditioner_dtypes(glow) == {torch.bfloat16}
+    with torch.inference_mode():
+        low = model.transfer(x[:1], x[1:])
+    err = (low.float() - ref).abs()
+    assert 0 < err.max() <= 4 * PIXEL  # bf16 ran, and stays close
+    cast_conditioners(model, None)
+    assert conditioner_dtypes(glow) == {torch.float32}
+    with torch.inference_mode():
+        cached = model.transfer(x[:1], x[1:])
+        model._query_cache = None
+        assert torch.equal(cached, model.transfer(x[:1], x[1:]))
+        assert not torch.equal(cached, low.float())
+
+
 def _image_dir(root: Path, n_frames: int = 3) -> Path:
     rng = np.random.default_rng(0)
     (root / "ref_img").mkdir(parents=True)
