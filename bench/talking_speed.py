@@ -110,11 +110,13 @@ def prepare(work: Path, n_frames: int, seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------------- ours
 def run_ours(work: Path, setup: dict, batch: int, precision: str = "float32",
-             tag: str = "ours") -> dict:
+             tag: str = "ours", paste_back: str | None = None) -> dict:
     cmd = [sys.executable, str(ROOT / "test.py"), "--model", "ad-flow", "--source", "talk",
            "query", "--image_dir", setup["image"], "--checkpoint", setup["adflow"], "--glow",
            setup["glow"], "--result_dir", str(work / tag), "--batch", str(batch),
            "--device", "cpu", "--no_progress", "--precision", precision]
+    if paste_back:
+        cmd += ["--paste_back", paste_back]
     shutil.rmtree(work / tag, ignore_errors=True)
     frames = work / tag / "target_img" / "talk" / "query"
     t = time.perf_counter()
@@ -236,8 +238,11 @@ def run_peer(peer: str, work: Path, setup: dict) -> dict:
 
 
 def agreement(a: Path, b: Path) -> tuple[float, int]:
-    """Mean PSNR (dB) between same-named frames of two output folders."""
+    """Mean PSNR (dB) between same-named frames of two output folders, at the smaller of the
+    two frame sizes (ours pastes back at the query's 256 px, the thesis writes 64 px: the
+    larger is brought down with PIL's box filter)."""
     import numpy as np
+    from PIL import Image
 
     from faces.io import read_image
 
@@ -245,8 +250,10 @@ def agreement(a: Path, b: Path) -> tuple[float, int]:
     for p in sorted(a.glob("[0-9]*.png")):
         q = b / p.name
         if q.is_file():
-            x = read_image(p).astype(np.float64)
-            y = read_image(q).astype(np.float64)
+            x, y = read_image(p), read_image(q)
+            side = min(x.shape[0], y.shape[0])
+            x, y = (np.asarray(Image.fromarray(im).resize((side, side), Image.BOX),
+                               dtype=np.float64) for im in (x, y))
             mse = max(((x - y) ** 2).mean(), 1e-10)
             vals.append(10 * np.log10(255**2 / mse))
     return (float(np.mean(vals)) if vals else float("nan")), len(vals)
@@ -339,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", nargs="+", default=["float32"],
                    choices=["float32", "bf16", "auto"],
                    help="test.py --precision values to time (default float32)")
+    p.add_argument("--paste_back", default=None, choices=["region", "query", "replace", "none"],
+                   help="test.py --paste_back (default: test.py's, region at the query's 256 "
+                        "px; none writes the model's 64 px frames, as the thesis does)")
     p.add_argument("--repeats", type=int, default=1,
                    help="alternating repeats of every run (median reported; default 1)")
     p.add_argument("--quality", action="store_true", help="also the synthetic-set PSNR figure")
@@ -360,13 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_speed:
             setup = prepare(work, args.frames, args.seed)
             n = setup["n"]
-            print(f"frames: {setup['origin']}; Glow 64x64 K=32 L=4 additive LU hidden 512")
+            print(f"frames: {setup['origin']}; Glow 64x64 K=32 L=4 additive LU hidden 512; "
+                  f"ours with --paste_back {args.paste_back or 'region (the default)'}")
             walls: dict[str, list[float]] = {}
             firsts: dict[str, list[float]] = {}
             outs: dict[str, Path] = {}
             for r in range(args.repeats):  # alternating, each run a fresh process
                 for prec in args.precision:
-                    o = run_ours(work, setup, args.batch, prec, f"ours_{prec}")
+                    o = run_ours(work, setup, args.batch, prec, f"ours_{prec}", args.paste_back)
                     walls.setdefault(prec, []).append(o["wall"])
                     firsts.setdefault(prec, []).append(o["first"])
                     outs[prec] = o["out"]
@@ -397,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"speed-up --precision {prec}: {statistics.median(ratios):.2f}x end "
                           f"to end (per repeat {min(ratios):.2f}-{max(ratios):.2f}); agreement "
                           f"with the thesis's frames {db:.1f} dB PSNR over {k} frames")
-                print("(same weights; frame differences come from the blending solver and, "
-                      "under bf16, the conditioners' precision)")
-            elif len(args.precision) > 1:
+                print("(same weights; frame differences come from the blending solver, the "
+                      "paste-back and, under bf16, the conditioners' precision)")
+            if len(args.precision) > 1:
                 for prec in args.precision[1:]:
                     db, k = agreement(outs[prec], outs[args.precision[0]])
                     print(f"agreement --precision {prec} vs {args.precision[0]}: {db:.1f} dB "

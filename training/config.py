@@ -128,8 +128,10 @@ class TrainConfig:
     amp: bool = opt(False, "mixed precision: only the networks inside the flows run in low "
                     "precision; log-dets, priors and the invertible path stay float32. "
                     "Measured: a small Glow's step 1.98x float32's speed on a 2-core Xeon with "
-                    "AMX; refused on CPUs without oneDNN bf16 (17x slower there); GPUs: not "
-                    "measured yet (bench/gpu_check.sh)")
+                    "AMX; 1.59x (thesis config 1.81x) on a 2-core AMD EPYC with AVX-512 BF16, "
+                    "where the demo's Glow reached a held-out bits/dim 0.012 above float32's "
+                    "(3 seeds); refused on CPUs without oneDNN bf16 (17x slower there); GPUs: "
+                    "not measured yet (bench/gpu_check.sh)")
     amp_dtype: str = opt("auto", "low-precision type of --amp: auto (bf16 on CPUs with AVX-512 or "
                          "AMX and on GPUs that support it, else fp16 with loss scaling), bf16, "
                          "fp16 (CUDA only); an AVX2-only CPU refuses --amp (bf16 runs 17x "
