@@ -369,46 +369,31 @@ hidden 512, 0.98-1.09x at 384, 0.99-1.08x at 256, 0.82-0.96x at 128; a 32-px dem
 
 
 class ConditionerNet(layers.ConditionerNet):
-    """When training on the CPU in float32/float64, with at least :data:`PRODUCTS_MIN_HIDDEN`
-    hidden channels, the conditioner runs as one autograd function of matrix products
-    (:class:`_ConditionerFn`); under CPU bf16 autocast (``train.py --amp``) the same products
-    run in bf16 on bf16 copies of the input and weights (what autocast's convolutions do, and
-    the gradients come back to the float32 weights the same way). Elsewhere (inference, CUDA,
-    fp16 autocast, forward hooks on its layers, a changed layer, a narrow net) it runs as the
-    plain sequence of modules.
+    """When training on the CPU in float32/float64 without autocast, with at least
+    :data:`PRODUCTS_MIN_HIDDEN` hidden channels, the conditioner runs as one autograd function
+    of matrix products (:class:`_ConditionerFn`); elsewhere (inference, CUDA, autocast, forward
+    hooks on its layers, a changed layer, a narrow net) as the plain sequence of modules.
     """
 
-    def _fast(self, x: Tensor) -> torch.dtype | None:
-        """The dtype to run the products in, or None for the modules."""
+    def _fast(self, x: Tensor) -> bool:
         if not torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4 \
                 or x.dtype not in (torch.float32, torch.float64) \
+                or torch.is_autocast_enabled("cpu") \
                 or [type(m) for m in self] != [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU, ZeroConv2d]:
-            return None
-        dtype = x.dtype
-        if torch.is_autocast_enabled("cpu"):
-            if torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype != torch.float32:
-                return None
-            dtype = torch.bfloat16
+            return False
         c1, _, c2, _, _ = self
-        ok = [(c.kernel_size, c.padding, c.stride, c.dilation, c.groups, c.padding_mode,
-               c.bias is not None) for c in (c1, c2)] == _CONDITIONER_CONVS \
+        return [(c.kernel_size, c.padding, c.stride, c.dilation, c.groups, c.padding_mode,
+                 c.bias is not None) for c in (c1, c2)] == _CONDITIONER_CONVS \
             and c2.out_channels >= PRODUCTS_MIN_HIDDEN \
             and not any(m._forward_hooks or m._forward_pre_hooks for m in self) \
             and all(p.dtype == x.dtype for p in self.parameters())
-        return dtype if ok else None
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = self._fast(x)
-        if dtype is None:
+        if not self._fast(x):
             return super().forward(x)
         c1, _, c2, _, zc = self
         wz, bz, correction = zc.folded(x.shape[2], x.shape[3])
-        if dtype == x.dtype:
-            return _ConditionerFn.apply(x, c1.weight, c1.bias, c2.weight, c2.bias, wz, bz) \
-                + correction
-        with torch.autocast("cpu", enabled=False):  # bf16 copies; their grads return as float32
-            args = [t.to(dtype) for t in (x, c1.weight, c1.bias, c2.weight, c2.bias, wz, bz)]
-            return _ConditionerFn.apply(*args) + correction.to(dtype)
+        return _ConditionerFn.apply(x, c1.weight, c1.bias, c2.weight, c2.bias, wz, bz) + correction
 
 
 # The conditioner's two convolutions as coupling_net builds them: (kernel, padding, stride,

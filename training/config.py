@@ -128,7 +128,7 @@ class TrainConfig:
     amp: bool = opt(False, "mixed precision: only the networks inside the flows run in low "
                     "precision; log-dets, priors and the invertible path stay float32. "
                     "Measured: a small Glow's step 1.98x float32's speed on a 2-core Xeon with "
-                    "AMX; 1.85x (thesis config 2.28x) on a 2-core AMD EPYC with AVX-512 BF16, "
+                    "AMX; 1.59x (thesis config 1.81x) on a 2-core AMD EPYC with AVX-512 BF16, "
                     "where the demo's Glow reached a held-out bits/dim 0.012 above float32's "
                     "(3 seeds); refused on CPUs without oneDNN bf16 (17x slower there); GPUs: "
                     "not measured yet (bench/gpu_check.sh)")

@@ -108,8 +108,8 @@ def test_conditioner_products_match_the_convolutions(shape, channels_last: bool,
 
 
 def test_conditioner_takes_the_modules_where_the_products_do_not_apply(monkeypatch) -> None:
-    """Inference, fp16 autocast, forward hooks and narrow nets run the plain modules (hooks
-    must fire); bf16 autocast runs the products in bf16."""
+    """Inference, autocast, forward hooks and narrow nets run the plain modules (hooks must
+    fire)."""
     net = install(coupling_net(4, 4, hidden=8))
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     assert not net._fast(x)  # narrower than PRODUCTS_MIN_HIDDEN
@@ -118,47 +118,13 @@ def test_conditioner_takes_the_modules_where_the_products_do_not_apply(monkeypat
     with torch.no_grad():
         assert not net._fast(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert net._fast(x) == torch.bfloat16
-    with torch.autocast("cpu", dtype=torch.float16):
         assert not net._fast(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not net._fast(x.double())  # autocast leaves float64 alone
     seen = []
     handle = net[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
     assert not net._fast(x)
     net(x)
     handle.remove()
     assert seen == [torch.Size([2, 8, 6, 6])] and net._fast(x)
-
-
-def test_conditioner_products_under_bf16_autocast_match_the_modules(monkeypatch) -> None:
-    """``train.py --amp`` on the CPU: the products in bf16 against the modules under the same
-    autocast. Both round the same operands to bf16 and accumulate in float32, so they differ
-    by bf16 rounding of intermediate results only (measured: the output 0.4 % of its largest
-    value, the input's gradient 0.6 %, the weights' less than 0.01 %; against float32 the
-    autocast gradients differ by up to 17 %); the gradients come back float32, for the float32
-    weights and input."""
-    monkeypatch.setattr(fast, "PRODUCTS_MIN_HIDDEN", 1)
-    torch.manual_seed(0)
-    net = install(coupling_net(6, 6, hidden=64))
-    _perturb(net, seed=6)
-    x = torch.randn(4, 6, 8, 8, requires_grad=True)
-    g = torch.randn(4, 6, 8, 8)
-    params = [x, *net.parameters()]
-    outs, grads = {}, {}
-    for products in (True, False):
-        monkeypatch.setattr(fast, "PRODUCTS_MIN_HIDDEN", 1 if products else 1 << 30)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert (net._fast(x) == torch.bfloat16) is products
-            out = net(x)
-        assert out.dtype == torch.bfloat16
-        outs[products] = out.float()
-        grads[products] = torch.autograd.grad(out.float(), params, g)
-    scale = outs[False].abs().max()
-    assert (outs[True] - outs[False]).abs().max() <= 0.01 * scale
-    for a, b in zip(grads[True], grads[False], strict=True):
-        assert a.dtype == torch.float32
-        assert (a - b).abs().max() <= 0.02 * b.abs().max() + 1e-6
 
 
 def test_conditioner_products_under_vmap(monkeypatch) -> None:
