@@ -37,10 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +49,7 @@ for _p in (ROOT, ROOT / "bench"):
 
 import torch  # noqa: E402
 from budget_curve import cpu_info, logged, step_of  # noqa: E402
+from steps import Failed, Steps  # noqa: E402
 
 from content_ae.demo import FULL, MODEL, TINY  # noqa: E402
 from synthface.attributes import write_attribute_set  # noqa: E402
@@ -69,44 +67,6 @@ def say(msg: str) -> None:
 
 def ptag(p: float) -> str:
     return f"{p:g}"
-
-
-class Failed(Exception):
-    pass
-
-
-class Steps:
-    """Runs ``python ARGV`` in the repository root with a thread count; counts failures."""
-
-    def __init__(self, out: Path) -> None:
-        self.logs = out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.failures: list[dict] = []
-
-    def run(self, name: str, argv: list[str], threads: int) -> dict:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        log = self.logs / f"{name}.log"
-        say(f"{name}: $ OMP_NUM_THREADS={threads} python {' '.join(argv)}  (log {log})")
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        load0, t0 = os.getloadavg()[0], time.perf_counter()
-        with open(log, "a") as fh:
-            fh.write(f"\n$ OMP_NUM_THREADS={threads} python {' '.join(argv)}\n")
-            fh.flush()
-            rc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, check=False).returncode
-        wall = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        timing = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                  "load1": [round(load0, 2), round(os.getloadavg()[0], 2)]}
-        if rc != 0:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            self.failures.append({"step": name, "rc": rc, "log": str(log), "tail": tail})
-            say(f"{name}: FAILED with exit code {rc}; last lines of {log}:\n  "
-                + "\n  ".join(tail))
-            raise Failed(name)
-        say(f"{name}: done in {wall:.0f} s wall, {cpu:.0f} s CPU")
-        return timing
 
 
 def figures(metrics_json: Path) -> dict:
@@ -427,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = TINY if args.tiny else FULL
     cmd = "python bench/content_ae_seeds.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    st = Steps(out)
+    st = Steps(out, "content_ae_seeds")
     runs: list[dict] = []
     total = len(args.attributes) * len(args.seeds) * len(args.threads)
 

@@ -37,6 +37,13 @@ WARP = dict(reference="warp", additive=True, recc_weight=30)
 FULL = PosePlan(size=32, identities=16, frames=6,
                 model=dict(n_flow=2, n_block=3, n_header=1, hidden=32, **WARP),
                 train=dict(iter=300, batch=4, lr=1e-3))
+# The longer recipe (bench/pose_flow_seeds.py; docs/pose_flow.md): 16x the demo's identities and
+# 20x its iterations, about 18 min a run on 2 cores; the split latents of the self
+# reconstruction at their prior means (--recon_temp 0), which keeps the run free of the
+# non-finite steps that temperature 0.7's draws caused.
+LONG = PosePlan(size=32, identities=256, frames=6,
+                model=dict(n_flow=2, n_block=3, n_header=1, hidden=32, **WARP, recon_temp=0),
+                train=dict(iter=6000, batch=4, lr=1e-3))
 TINY = PosePlan(size=16, identities=3, frames=3, eval_identities=1, targets=2, drive_frames=3,
                 model=dict(n_flow=1, n_block=2, n_header=1, hidden=8, **WARP),
                 train=dict(iter=2, batch=2, lr=1e-3))
@@ -49,7 +56,7 @@ def _cli(name: str):
     return module.main
 
 
-def _flags(d: dict) -> list[str]:
+def flags(d: dict) -> list[str]:
     out: list[str] = []
     for k, v in d.items():
         if k == "additive":  # a switch: the config's ``affine`` is its negation
@@ -94,7 +101,7 @@ def run(out: Path, result_dir: Path, tiny: bool, say=print) -> dict:
         say(f"[pose-flow] reused {ckpt}")
     else:
         rc = _cli("train")(["--model", "pose-flow", "-n", RUN, str(data), "--img_size",
-                            str(plan.size), *_flags(plan.model), *_flags(plan.train),
+                            str(plan.size), *flags(plan.model), *flags(plan.train),
                             "--workers", "0", "--no_progress", "--sample_every",
                             str(plan.train["iter"]), "--checkpoint_dir", str(ckpt_dir),
                             "--result_dir", str(result_dir), "--device", "cpu", "--force"])

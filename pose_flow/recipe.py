@@ -5,7 +5,7 @@ identity), i.e. ``4B`` images with their landmarks. Loss (the loop sums ``weight
 
     bpd    bits/dim of the dequantised images under the conditional flow          weight 1
     quad   quadruplet loss on w (margins --margin_pos 0, --margin_neg 0.3)  weight --quad_weight 5
-    recs   L1(image, reverse(own w, own maps, split latents drawn at --recon_temp 0.7))
+    recs   L1 (--rec_loss l2: MSE)(image, reverse(own w, own maps, split latents drawn at --recon_temp 0.7))
                                                                          weight --recs_weight 1
     recc   L1(image, reverse(w of the other frame of the same identity, this frame's maps,
            split latents drawn at --recon_temp))                         weight --recc_weight 1
@@ -50,6 +50,9 @@ from .data import QuadrupletDataset
 from .losses import identity_loss, loss_net, perceptual_loss, quadruplet_loss
 from .model import PRIORS, REFERENCES, PoseFlow
 
+# ``--rec_loss``: the distance of the reconstruction terms
+REC_LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
 
 @dataclass
 class Config:
@@ -83,6 +86,10 @@ class Config:
     recc_weight: float = opt(1.0, "weight of the L1 cross reconstruction", check=nonnegative)
     recon_temp: float = opt(0.7, "temperature of the split latents in the reconstructions",
                             check=nonnegative)
+    rec_loss: str = opt("l1", "distance of both reconstruction terms: l1, or l2 (the mean "
+                        "squared error: where the landmarks leave an edge's place uncertain it "
+                        "is fitted by the mean, which PSNR rewards; weigh it ~15x higher)",
+                        choices=list(REC_LOSSES))
     vgg_weights: str = opt("", "torchvision VGG19 state dict for the perceptual loss on the "
                            "cross reconstructions (empty: off)")
     perc_weight: float = opt(1.0, "weight of the perceptual loss (with --vgg_weights)",
@@ -216,8 +223,9 @@ class PoseFlowRecipe(Recipe):
             rec = m.reverse(w2, conds2, None, cfg.recon_temp, eps,
                             ref=None if ref is None else torch.cat([ref, ref]))
             rec_s, rec_c = rec[:n], rec[n:]
-            terms["recs"] = F.l1_loss(rec_s, image)
-            terms["recc"] = F.l1_loss(rec_c, image)
+            distance = REC_LOSSES[cfg.rec_loss]
+            terms["recs"] = distance(rec_s, image)
+            terms["recc"] = distance(rec_c, image)
             if cfg.vgg_weights:
                 terms["perc"] = perceptual_loss(loss_net("vgg", cfg.vgg_weights, x.device),
                                                 rec_c, image)

@@ -22,7 +22,7 @@ from lrw.video import read_video
 from pose_flow.data import PoseDataError, QuadrupletDataset, open_index
 from pose_flow.losses import quadruplet_loss
 from pose_flow.recipe import RECIPE as recipe
-from pose_flow.recipe import flatten_batch
+from pose_flow.recipe import cross_order, flatten_batch
 from training.config import TrainConfig
 from training.loop import StepContext, step_generator
 from training.recipe_helpers import dequantised
@@ -76,6 +76,32 @@ def test_tiny_run_lowers_the_losses(pose_trained):
     # the learning rate decays and never climbs back
     lrs = [r["lr"] for r in log]
     assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < lrs[0] / 10
+
+
+def test_rec_loss_l2_is_the_mean_squared_error_of_the_same_reconstructions(pose_set):
+    ds = QuadrupletDataset(pose_set / "train", 16)
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    terms = {}
+    for loss in ("l1", "l2"):
+        cfg = recipe.Config(**TINY, reference="warp", affine=False, recon_temp=0.0, rec_loss=loss)
+        torch.manual_seed(0)
+        model = recipe.build(cfg)
+        recipe.initialize(model, batch, _ctx(cfg))
+        # perturb the zero-initialised outputs so the reconstructions are not the warp itself
+        with torch.no_grad():
+            for zc in (m for m in model.modules() if isinstance(m, ZeroConv2d)):
+                zc.conv.weight.normal_(0, 0.05)
+        terms[loss] = recipe.losses(model, batch, _ctx(cfg))
+        # the image and the reconstructions of this pass, rebuilt the way losses() makes them
+        image, lm = flatten_batch(batch)
+        n = image.shape[0]
+        ref = model.warp_reference(image[cross_order(n)], lm[cross_order(n)], lm)
+        with torch.no_grad():
+            conds = model.conditions(lm, ref)
+            rec = model.reverse(model.prior_w(n, 0.0), conds, None, 0.0, None, ref=ref)
+        want = {"l1": (rec - image).abs().mean(), "l2": ((rec - image) ** 2).mean()}[loss]
+        assert terms[loss]["recc"].item() == pytest.approx(want.item(), rel=1e-5), loss
+    assert terms["l2"]["recc"] < terms["l1"]["recc"]  # errors below 1: squares are smaller
 
 
 def test_lr_factor_is_monotone_and_ends_at_lr_min():

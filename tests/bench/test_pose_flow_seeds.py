@@ -1,0 +1,44 @@
+"""bench/pose_flow_seeds.py: pose-flow over seeds and thread counts, at --tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_one_scored_run_and_rebuilds_its_table(tmp_path):
+    import pose_flow_seeds
+
+    out = tmp_path / "out"
+    assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--seeds", "0",
+                                 "--threads", "1"]) == 0
+    md, js = out / "pose_flow_seeds.md", out / "pose_flow_seeds.json"
+    data = json.loads(js.read_text())
+    assert data["failures"] == [] and len(data["runs"]) == 1
+    run = data["runs"][0]
+    assert (run["seed"], run["threads"], run["iter"]) == (0, 1, 2)
+    # the result is the schedule's last checkpoint, never one picked on the test pairs
+    assert list(run["curve"]) == ["2"] and run["final"] == run["curve"]["2"]
+    for system in ("model", "own_warp", "warp", "copy"):
+        for key in ("psnr", "ssim", "l1"):
+            assert math.isfinite(run["final"][system][key]), (system, key)
+    assert run["over_own_warp_db"] == pytest.approx(
+        run["final"]["model"]["psnr"] - run["final"]["own_warp"]["psnr"])
+    assert run["met"] == (run["over_own_warp_db"] >= 1.0)
+    # copying the source is far from the answer; the warp is nearer
+    assert run["final"]["own_warp"]["psnr"] > run["final"]["copy"]["psnr"]
+    text = md.read_text()
+    assert "its own warp (the flow's start)" in text and "copy source (baseline)" in text
+    assert "--tiny" in text and "CPU:" in text and f"{run['over_own_warp_db']:+.2f}" in text
+    # a second invocation reuses the checkpoint and the evaluation; --table_only rebuilds
+    md.unlink()
+    assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--table_only"]) == 0
+    assert f"{run['over_own_warp_db']:+.2f}" in md.read_text()
