@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def test_regions_partition_the_image_and_mouth_inside_the_inner_lips(pose_set):
     import pose_error_regions as per
+
     from pose_flow.data import read_landmarks
 
     lm, _ = read_landmarks(next((pose_set / "eval" / "sources").glob("*.npy")))
@@ -30,6 +31,7 @@ def test_regions_partition_the_image_and_mouth_inside_the_inner_lips(pose_set):
 
 def test_untrained_warp_residual_flow_has_the_warps_error(pose_set):
     import pose_error_regions as per
+
     from pose_flow.recipe import RECIPE
 
     torch.manual_seed(0)
