@@ -62,6 +62,8 @@ FIGS = [("psnr", "PSNR dB", 2, 1), ("ssim", "SSIM", 4, 1), ("l1", "L1", 4, -1),
         ("lm_err", "landmark err", 4, -1)]
 SYSTEMS = {"pose-flow": "model", "warp source (the flow's own warp)": "own_warp",
            "warp source": "warp", "copy source": "copy"}
+DRIVEN = {"driven: pose-flow (--retarget)": "model",
+          "driven: its own warp (--retarget)": "own_warp", "driven: copy the query": "copy"}
 LABELS = {"model": "pose-flow", "own_warp": "its own warp (the flow's start)",
           "warp": "warp source, scikit-image (baseline)", "copy": "copy source (baseline)"}
 TARGET_DB = 1.0  # the issue's: at least 1 dB above its own warp
@@ -88,16 +90,20 @@ def sets(args, st: Steps) -> tuple[Path, Path]:
                         "1", "--frames", "2", "--size", size, "--eval_identities", str(n_eval),
                         "--targets", str(n_eval), "--drive_frames", "4", "--seed", "7",
                         "--no_progress"], 1)
+    st.run("set_drive", ["-m", "pose_flow.synthetic", str(data / "drive"), "--identities", "2",
+                         "--clips", "1", "--frames", "2", "--size", size, "--eval_identities",
+                         str(n_eval), "--targets", "1", "--drive", "2", "--drive_frames",
+                         "4" if args.tiny else "12", "--seed", "8", "--no_progress"], 1)
     return train, held
 
 
-def read_metrics(path: Path) -> dict:
+def read_metrics(path: Path, systems: dict = SYSTEMS) -> dict:
     """``{"model"|"own_warp"|"warp"|"copy": {psnr, ssim, l1, lm_err}}`` of an evaluate.py
-    metrics.csv (pose job)."""
+    metrics.csv (pose job); ``systems``: its row names to those keys."""
     out = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            key = SYSTEMS.get(row["system"])
+            key = systems.get(row["system"])
             if key:
                 out[key] = {k: float(row[k]) if row.get(k) not in (None, "") else math.nan
                             for k, *_ in FIGS}
@@ -137,7 +143,7 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
         if not (metrics.is_file() and metrics.stat().st_mtime >= ck.stat().st_mtime):
             st.run(f"{ev}_eval", ["evaluate.py", "--model", "pose-flow", "--checkpoint",
                                   str(ck), str(held), "--result_dir", str(resdir), "--name", ev,
-                                  "--no_progress"], threads)
+                                  "--no_drive", "--overwrite", "--no_progress"], threads)
         rec["curve"][step] = read_metrics(metrics)
     if it not in rec["curve"]:
         raise Failed(f"{name}: no checkpoint at iteration {it}")
@@ -145,6 +151,19 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     f = rec["final"]
     rec["over_own_warp_db"] = f["model"]["psnr"] - f["own_warp"]["psnr"]
     rec["met"] = bool(rec["over_own_warp_db"] >= TARGET_DB)
+    # driving: the final checkpoint drives the drive set's held-out faces with --retarget
+    ck = ckdir / "p" / f"step_{it:07d}.pt"
+    ev = f"{name}_drive"
+    metrics = resdir / "eval" / ev / "metrics.csv"
+    if not (metrics.is_file() and metrics.stat().st_mtime >= ck.stat().st_mtime):
+        st.run(f"{ev}_eval", ["evaluate.py", "--model", "pose-flow", "--checkpoint", str(ck),
+                              str(held.parent / "drive"), "--pairs", "1", "--no_dlib",
+                              "--result_dir", str(resdir), "--name", ev, "--overwrite",
+                              "--no_progress"], threads)
+    rec["driven"] = read_metrics(metrics, DRIVEN)
+    rec["driven_over_own_warp_db"] = (rec["driven"]["model"]["psnr"]
+                                      - rec["driven"]["own_warp"]["psnr"])
+    rec["driven_met"] = bool(rec["driven_over_own_warp_db"] >= TARGET_DB)
     return rec
 
 
@@ -191,13 +210,30 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
     spread = [max(v) - min(v) for s in seeds
               if len(v := [r["over_own_warp_db"] for r in runs if r["seed"] == s]) > 1]
     lines += ["", f"Over its own warp: **{fmt(over, 2)} dB**; at least +{TARGET_DB:g} dB on "
-              f"**{met} of {len(runs)}** runs. Thread-count spread (per seed |t1 − t2|, max over "
-              f"seeds): {max(spread):.2f} dB." if spread else
-              f"Over its own warp: **{fmt(over, 2)} dB**; at least +{TARGET_DB:g} dB on "
-              f"**{met} of {len(runs)}** runs.",
-              "", "| run | seed | threads | train s | skipped steps | PSNR over its own warp "
-              "at each quarter of the schedule, dB | at the end | L1 (own warp) |",
-              "|---|---:|---:|---:|---:|---|---:|---|"]
+              f"**{met} of {len(runs)}** runs."
+              + (f" Thread-count spread (per seed |t1 − t2|, max over seeds): {max(spread):.2f} "
+                 "dB." if spread else "")]
+    driven = [r for r in runs if "driven" in r]
+    if driven:
+        lines += ["", "Driving, as `test.py --source DRIVE QUERY --retarget` drives a face: each "
+                  "run's final checkpoint on the drive set (`--seed 8`: "
+                  f"{'2' if args.tiny else '6'} held-out faces x 2 driving sequences, every frame "
+                  "that moves), against `pose_flow.synthetic.driven_truth`:", "",
+                  "| system | runs | PSNR dB ↑ | SSIM ↑ | L1 ↓ |", "|---|---:|---:|---:|---:|"]
+        for key, label in (("model", "pose-flow, driven (--retarget)"),
+                           ("own_warp", "its own warp, driven (--retarget)"),
+                           ("copy", "copy the query (baseline)")):
+            group = driven if key == "model" else driven[:1]
+            lines.append(f"| {label} | {len(group)} | " + " | ".join(
+                fmt(stats([r["driven"][key][k] for r in group]), dg)
+                for k, dg in (("psnr", 2), ("ssim", 4), ("l1", 4))) + " |")
+        d_over = stats([r["driven_over_own_warp_db"] for r in driven])
+        lines += ["", f"Driven, over its own warp: **{fmt(d_over, 2)} dB**; at least "
+                  f"+{TARGET_DB:g} dB on **{sum(r['driven_met'] for r in driven)} of "
+                  f"{len(driven)}** runs."]
+    lines += ["", "| run | seed | threads | train s | skipped steps | PSNR over its own warp "
+              "at each quarter of the schedule, dB | at the end | driven, at the end | "
+              "L1 (own warp) |", "|---|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
         curve = " / ".join(f"{c['model']['psnr'] - c['own_warp']['psnr']:+.2f}"
                            for _, c in sorted(r["curve"].items(), key=lambda kv: int(kv[0])))
@@ -206,6 +242,8 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
         skipped = (r.get("end_of_training") or {}).get("skipped", "–")
         lines.append(f"| {r['name']} | {r['seed']} | {r['threads']} | {wall} | {skipped} | "
                      f"{curve} | {r['over_own_warp_db']:+.2f} | "
+                     + (f"{r['driven_over_own_warp_db']:+.2f}" if "driven" in r else "–")
+                     + " | "
                      f"{r['final']['model']['l1']:.4f} ({r['final']['own_warp']['l1']:.4f}) |")
     if failures:
         lines += ["", f"**{len(failures)} failed step(s):** "

@@ -10,6 +10,10 @@ points plus the image border; with ``--reference warp`` also the model's own tor
 residual flow's starting point). Metrics: PSNR / SSIM / L1 against the truth; landmark error (dlib
 landmarks of the output vs dlib landmarks of the truth, in inter-ocular units: the detector's
 bias on drawn faces cancels); identity distance (dlib face descriptors of output and source).
+Driving (``--no_drive`` skips it): every held-out source driven by the set's driving sequences as
+``test.py --retarget`` drives it, frame by frame against ``pose_flow.synthetic.driven_truth`` (the
+source at its own pose and mouth moved by the driver's change since its first frame): the flow,
+its own warp and copying the query, PSNR / SSIM / L1.
 
 Real sequences (``--source NAME --query NAME``): the query driven by the source's landmarks;
 landmark error of the output against the driving landmarks, identity distance to the query.
@@ -38,7 +42,7 @@ from glow.io import CheckpointError
 from pose_flow.data import read_landmarks
 from pose_flow.driving import inter_ocular, landmarks_for, retarget
 from pose_flow.recipe import RECIPE
-from pose_flow.synthetic import is_pose_set
+from pose_flow.synthetic import driven_truth, is_pose_set
 from talking.inputs import read_rgb, resolve_query, resolve_source
 from talking.job import to_uint8
 from training import registry
@@ -213,6 +217,55 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
     return _summarise(details), details
 
 
+DRIVEN = {"model": "driven: " + RECIPE.NAME + " (--retarget)",
+          "own_warp": "driven: its own warp (--retarget)",
+          "copy": "driven: copy the query"}
+"""Rows of the driving evaluation (:func:`evaluate_driving`)."""
+
+
+def evaluate_driving(model, root: Path, device) -> list[dict]:
+    """One detail row per system and driven frame: every held-out source of the pose set at
+    ``root`` driven, as ``test.py --source DRIVE SOURCE --retarget`` drives it (the source's
+    landmarks moved by the driver's landmark motion since its first frame), by every driving
+    sequence of the set, against :func:`pose_flow.synthetic.driven_truth` (its pose fitted to
+    the retargeted landmarks) rendered at the model's size. Frames where the driver's landmarks are those of its first frame (no motion:
+    the answer is the source itself) are not scored."""
+    from synthface.pose import render_posed
+
+    from .metrics import psnr, ssim  # deferred: scipy.stats, see piecewise_affine_warp
+
+    man = json.loads((root / "manifest.json").read_text())
+    size = model.img_size
+    details: list[dict] = []
+    for s in man["sources"]:
+        src_path = root / "eval" / "sources" / f"{s}.png"
+        src = _resize(read_image(src_path), size)
+        lm_q, _ = read_landmarks(src_path.with_suffix(".npy"))
+        x = _to_t([src], device)
+        for drive, seq in man.get("drives", {}).items():
+            folder = root / "image" / "source_img" / drive
+            lms = np.stack([read_landmarks(folder / f"{k:03d}.npy")[0] for k in range(len(seq))])
+            targets = retarget(lm_q, lms).astype(np.float32)
+            for t in range(1, len(seq)):
+                if np.abs(lms[t] - lms[0]).max() < 1e-6:
+                    continue
+                truth = render_posed(*driven_truth(man, s, drive, t, targets[t]), size)[0]
+                ls_t = torch.from_numpy(lm_q)[None].to(device)
+                lt_t = torch.from_numpy(targets[t])[None].to(device)
+                with torch.no_grad():
+                    outputs = {DRIVEN["model"]: to_uint8(model.transfer(x, ls_t, lt_t))[0],
+                               DRIVEN["copy"]: src}
+                    if getattr(model, "reference", "none") == "warp":
+                        outputs[DRIVEN["own_warp"]] = to_uint8(
+                            model.warp_reference(x, ls_t, lt_t))[0]
+                for name, img in outputs.items():
+                    details.append({
+                        "system": name, "source": s, "target": f"{drive}/{t:03d}",
+                        "psnr": psnr(truth, img), "ssim": ssim(truth, img),
+                        "l1": float(np.abs(truth.astype(float) - img.astype(float)).mean() / 255)})
+    return details
+
+
 def _summarise(details: list[dict]) -> list[dict]:
     rows = []
     for name in dict.fromkeys(d["system"] for d in details):
@@ -311,6 +364,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace RESULT_DIR/eval/NAME when "
                    "it holds an evaluation of another checkpoint or data (default: refuse)")
     p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
+    p.add_argument("--no_drive", dest="drive", action="store_false",
+                   help="synthetic: skip the driving rows (each held-out source driven by the "
+                        "set's driving sequences with --retarget, against the exact answer)")
     p.add_argument("--batch", type=positive_int, default=16, help="real: frames per pass (default: 16)")
     p.add_argument("--lpips", metavar="FILE", default=None,
                    help="LPIPS against the exact answer, from a local file (as evaluate.py's; "
@@ -353,6 +409,10 @@ def main(argv: list[str]) -> int:
                                        examples if d == a.data[0] else None, nets)
             rows += r
             details += dt
+            if a.drive:
+                dt = evaluate_driving(model, Path(d), device)
+                rows += _summarise(dt)
+                details += dt
         if a.source and a.query:
             r, dt = evaluate_real(model, a, device, scorer)
             rows += r

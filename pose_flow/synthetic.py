@@ -32,8 +32,9 @@ import numpy as np
 from cliargs import add_no_progress, model_size, nonnegative_int, positive_int, seed
 from faces.io import write_image
 from synthface.face import Identity, MouthState, sample_identity
+from synthface.landmarks import face_landmarks
 from synthface.output import replacing
-from synthface.pose import HeadPose, render_posed, sample_pose
+from synthface.pose import HeadPose, pose_map, render_posed, sample_pose
 
 from .preprocess import save_landmarks
 
@@ -128,6 +129,51 @@ def build_manifest(cfg: PoseSetConfig) -> dict:
 def _get(m: dict, frame: dict, override_identity: str | None = None):
     ident = Identity.from_dict(m["identities"][override_identity or frame["identity"]])
     return ident, MouthState(*frame["mouth"]), HeadPose.from_dict(frame["pose"])
+
+
+def driven_truth(m: dict, source: str, drive: str, t: int,
+                 landmarks: np.ndarray | None = None) -> tuple[Identity, MouthState, HeadPose]:
+    """What ``test.py --source DRIVE SOURCE --retarget`` should draw at frame ``t``: held-out
+    identity ``source`` with its own mouth moved by the driver's mouth change since its first
+    frame (opening and width added, kept in range), at its own pose moved by the driver's pose
+    change (yaw, roll, translation added, scale multiplied). ``--retarget`` moves landmarks in
+    the image plane, which a turned head does not follow exactly; given the retargeted
+    ``landmarks`` [68, 2], the pose is instead the one whose exact landmarks fit them best
+    (least squares from that start), so the answer matches the condition every system gets."""
+    q = m["sources"][source]
+    ident, mouth_q, pose_q = _get(m, q)
+    seq = m["drives"][drive]
+    _, m0, p0 = _get(m, seq[0])
+    _, mt, pt = _get(m, seq[t])
+    pose = HeadPose(yaw=float(np.clip(pose_q.yaw + pt.yaw - p0.yaw, -0.9, 0.9)),
+                    roll=pose_q.roll + pt.roll - p0.roll,
+                    scale=pose_q.scale * pt.scale / p0.scale,
+                    tx=pose_q.tx + pt.tx - p0.tx, ty=pose_q.ty + pt.ty - p0.ty)
+    mouth = MouthState(float(np.clip(mouth_q.open + mt.open - m0.open, 0, 1)),
+                       float(np.clip(mouth_q.width + mt.width - m0.width, -1, 1)))
+    if landmarks is not None:
+        pose = fit_pose(ident, mouth, landmarks, pose)
+    return ident, mouth, pose
+
+
+def fit_pose(ident: Identity, mouth: MouthState, landmarks: np.ndarray,
+             start: HeadPose) -> HeadPose:
+    """The pose whose exact landmarks of ``ident`` with ``mouth`` are nearest ``landmarks``
+    [68, 2] in [0, 1] (least squares from ``start``; |yaw| kept below 0.95)."""
+    from scipy.optimize import least_squares  # deferred: only the driving evaluation needs it
+
+    frontal = face_landmarks(ident, mouth)
+    target = np.asarray(landmarks, dtype=np.float64)
+
+    def residual(v: np.ndarray) -> np.ndarray:
+        pose = HeadPose(yaw=v[0], roll=v[1], scale=v[2], tx=v[3], ty=v[4])
+        return (pose_map(frontal, ident, pose) - target).ravel()
+
+    v0 = np.array([start.yaw, start.roll, start.scale, start.tx, start.ty])
+    lo = np.array([-0.95, -np.pi / 2, 0.5, -0.5, -0.5])
+    hi = np.array([0.95, np.pi / 2, 2.0, 0.5, 0.5])
+    v = least_squares(residual, np.clip(v0, lo + 1e-6, hi - 1e-6), bounds=(lo, hi)).x
+    return HeadPose(*(round(float(x), 6) for x in v))
 
 
 def generate(cfg: PoseSetConfig, force: bool = False, log=print) -> dict:

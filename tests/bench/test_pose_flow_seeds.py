@@ -35,9 +35,16 @@ def test_tiny_run_writes_one_scored_run_and_rebuilds_its_table(tmp_path):
     assert run["met"] == (run["over_own_warp_db"] >= 1.0)
     # copying the source is far from the answer; the warp is nearer
     assert run["final"]["own_warp"]["psnr"] > run["final"]["copy"]["psnr"]
+    # driving with --retarget, scored on the drive set against the driven answers
+    for system in ("model", "own_warp", "copy"):
+        assert math.isfinite(run["driven"][system]["psnr"]), system
+    assert run["driven"]["own_warp"]["psnr"] > run["driven"]["copy"]["psnr"]
+    assert run["driven_over_own_warp_db"] == pytest.approx(
+        run["driven"]["model"]["psnr"] - run["driven"]["own_warp"]["psnr"])
     text = md.read_text()
     assert "its own warp (the flow's start)" in text and "copy source (baseline)" in text
     assert "--tiny" in text and "CPU:" in text and f"{run['over_own_warp_db']:+.2f}" in text
+    assert "its own warp, driven (--retarget)" in text
     # a second invocation reuses the checkpoint and the evaluation; --table_only rebuilds
     md.unlink()
     assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--table_only"]) == 0
