@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ for _p in (ROOT, ROOT / "bench"):
 
 import torch  # noqa: E402
 from budget_curve import cpu_info, logged, step_of  # noqa: E402
-from steps import Failed, Steps  # noqa: E402
+from steps import Failed, Steps, fmt, stats  # noqa: E402
 
 from content_ae.demo import FULL, MODEL, TINY  # noqa: E402
 from synthface.attributes import write_attribute_set  # noqa: E402
@@ -218,22 +217,6 @@ def no_nan(x):
 
 def spread_fmt(v: float, digits: int) -> str:
     return "–" if math.isnan(v) else f"{v:.{digits}f}"
-
-
-def stats(vals: list[float]) -> dict:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"n": 0, "mean": math.nan, "std": math.nan}
-    return {"n": len(vals), "mean": statistics.mean(vals),
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-
-
-def fmt(s: dict, digits: int) -> str:
-    if not s["n"]:
-        return "–"
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
 def summarise(runs: list[dict], attr: str) -> dict:

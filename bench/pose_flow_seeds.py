@@ -41,7 +41,6 @@ import argparse
 import csv
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ for _p in (ROOT, ROOT / "bench"):
 
 import torch  # noqa: E402
 from budget_curve import cpu_info, step_of  # noqa: E402
-from steps import Failed, Steps  # noqa: E402
+from steps import Failed, Steps, fmt, stats  # noqa: E402
 
 from pose_flow.demo import FULL, LONG, TINY, flags  # noqa: E402
 
@@ -165,20 +164,6 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
                                       - rec["driven"]["own_warp"]["psnr"])
     rec["driven_met"] = bool(rec["driven_over_own_warp_db"] >= TARGET_DB)
     return rec
-
-
-def stats(vals: list[float]) -> dict:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"n": 0, "mean": math.nan, "std": math.nan}
-    return {"n": len(vals), "mean": statistics.mean(vals),
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-
-
-def fmt(s: dict, digits: int) -> str:
-    if not s["n"]:
-        return "–"
-    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
 def markdown(runs: list[dict], args, failures: list[dict]) -> str:

@@ -1,11 +1,14 @@
 """The benches' step runner: one of the project's scripts as a subprocess in the repository
 root, with a thread count set before torch starts, its output appended to ``OUT/logs/NAME.log``,
-its wall and CPU time measured, a failure counted and raised as :class:`Failed`."""
+its wall and CPU time measured, a failure counted and raised as :class:`Failed`; and the
+mean ± std helpers of their tables."""
 
 from __future__ import annotations
 
+import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -55,3 +58,21 @@ class Steps:
             raise Failed(name)
         self.say(f"{name}: done in {wall:.0f} s wall, {cpu:.0f} s CPU")
         return timing
+
+
+def stats(vals: list[float]) -> dict:
+    """``{"n", "mean", "std"}`` of the finite values (None and NaN left out)."""
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"n": 0, "mean": math.nan, "std": math.nan}
+    return {"n": len(vals), "mean": statistics.mean(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def fmt(s: dict, digits: int) -> str:
+    """``mean ± std`` (the mean alone for one value, a dash for none)."""
+    if not s["n"]:
+        return "–"
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
