@@ -118,7 +118,9 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     last = ckdir / "p" / "last.pt"
     if step_of(last) >= it:
         st.say(f"{name}: reusing the finished checkpoint {last}")
-        rec["train"] = {"reused": True}
+        before = out / "runs" / f"{name}.json"  # keep the training time an earlier run measured
+        earlier = json.loads(before.read_text()).get("train", {}) if before.is_file() else {}
+        rec["train"] = {**earlier, "reused": True}
     else:
         train_flags = {**plan.train, "iter": it}
         quarter = it if args.tiny else max(it // 4, 1)  # --tiny: one checkpoint to score
