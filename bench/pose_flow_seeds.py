@@ -29,7 +29,8 @@ skips the rest of its run; the script exits 1 when any step failed.
   python bench/pose_flow_seeds.py --out ../pose_seeds --table_only
   python bench/pose_flow_seeds.py --tiny --out ../pose_tiny            # seconds: a smoke run
 
-Outputs: ``OUT/pose_flow_seeds.md`` (mean ± std over the runs of every system at the schedule's
+Outputs: ``OUT/pose_flow_seeds.png`` (every run's curve against the target),
+``OUT/pose_flow_seeds.md`` (mean ± std over the runs of every system at the schedule's
 end, the runs whose PSNR is at least 1 dB above the flow's own warp, the thread-count spread,
 one row per run with its curve) and ``OUT/pose_flow_seeds.json`` (every run's figures at every
 checkpoint, timings), rewritten after every run.
@@ -238,6 +239,34 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(runs: list[dict], path: Path) -> None:
+    """``pose_flow_seeds.png``: each run's PSNR over its own warp along its schedule, the 1 dB
+    target and the warp itself (0) as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
+        pts = sorted((int(k), c["model"]["psnr"] - c["own_warp"]["psnr"])
+                     for k, c in r["curve"].items())
+        ax.plot(*zip(*pts, strict=True), marker="o", ls="-" if r["threads"] == 1 else "--",
+                label=f"seed {r['seed']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}")
+    ax.axhline(TARGET_DB, color="crimson", lw=1, label=f"target: +{TARGET_DB:g} dB")
+    ax.axhline(0, color="grey", lw=1, label="its own warp")
+    ax.set_xlabel("training iterations")
+    ax.set_ylabel("PSNR over its own warp, dB")
+    ax.set_title("pose-flow on held-out transfers", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def write_outputs(args, failures: list[dict]) -> Path:
     out = Path(args.out)
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
@@ -250,6 +279,8 @@ def write_outputs(args, failures: list[dict]) -> Path:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
+    if runs:
+        plot(runs, out / "pose_flow_seeds.png")
     return md
 
 

@@ -45,6 +45,7 @@ def test_tiny_run_writes_one_scored_run_and_rebuilds_its_table(tmp_path):
     assert "its own warp (the flow's start)" in text and "copy source (baseline)" in text
     assert "--tiny" in text and "CPU:" in text and f"{run['over_own_warp_db']:+.2f}" in text
     assert "its own warp, driven (--retarget)" in text
+    assert (out / "pose_flow_seeds.png").stat().st_size > 1000
     # a second invocation reuses the checkpoint and the evaluation; --table_only rebuilds
     md.unlink()
     assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--table_only"]) == 0
