@@ -43,6 +43,7 @@ from pose_flow.data import read_landmarks
 from pose_flow.driving import inter_ocular, landmarks_for, retarget
 from pose_flow.recipe import RECIPE
 from pose_flow.synthetic import driven_truth, is_pose_set
+from synthface.pose import render_posed
 from talking.inputs import read_rgb, resolve_query, resolve_source
 from talking.job import to_uint8
 from training import registry
@@ -230,8 +231,6 @@ def evaluate_driving(model, root: Path, device) -> list[dict]:
     sequence of the set, against :func:`pose_flow.synthetic.driven_truth` (its pose fitted to
     the retargeted landmarks) rendered at the model's size. Frames where the driver's landmarks are those of its first frame (no motion:
     the answer is the source itself) are not scored."""
-    from synthface.pose import render_posed
-
     from .metrics import psnr, ssim  # deferred: scipy.stats, see piecewise_affine_warp
 
     man = json.loads((root / "manifest.json").read_text())
