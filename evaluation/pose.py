@@ -229,8 +229,8 @@ def evaluate_driving(model, root: Path, device) -> list[dict]:
     ``root`` driven, as ``test.py --source DRIVE SOURCE --retarget`` drives it (the source's
     landmarks moved by the driver's landmark motion since its first frame), by every driving
     sequence of the set, against :func:`pose_flow.synthetic.driven_truth` (its pose fitted to
-    the retargeted landmarks) rendered at the model's size. Frames where the driver's landmarks are those of its first frame (no motion:
-    the answer is the source itself) are not scored."""
+    the retargeted landmarks) rendered at the model's size. Frames where the driver's landmarks
+    are those of its first frame (no motion: the answer is the source itself) are not scored."""
     from .metrics import psnr, ssim  # deferred: scipy.stats, see piecewise_affine_warp
 
     man = json.loads((root / "manifest.json").read_text())

@@ -5,7 +5,7 @@ identity), i.e. ``4B`` images with their landmarks. Loss (the loop sums ``weight
 
     bpd    bits/dim of the dequantised images under the conditional flow          weight 1
     quad   quadruplet loss on w (margins --margin_pos 0, --margin_neg 0.3)  weight --quad_weight 5
-    recs   L1 (--rec_loss l2: MSE)(image, reverse(own w, own maps, split latents drawn at --recon_temp 0.7))
+    recs   L1(image, reverse(own w, own maps, split latents drawn at --recon_temp 0.7))
                                                                          weight --recs_weight 1
     recc   L1(image, reverse(w of the other frame of the same identity, this frame's maps,
            split latents drawn at --recon_temp))                         weight --recc_weight 1
@@ -13,6 +13,8 @@ identity), i.e. ``4B`` images with their landmarks. Loss (the loop sums ``weight
                                                                          weight --perc_weight 1
     idc    1 - cos of face embeddings on the cross reconstructions (--id_net FILE)
                                                                            weight --id_weight 1
+
+``--rec_loss l2``: both reconstruction terms as the mean squared error instead of L1.
 
 The anchor's defaults (PGFlowV3): the loss weights above, 8-bit images, Adam 1e-4 with betas
 (0.9, 0.99); its feature-guide loss needs pretrained ArcFace blocks and is not reproduced. Our
