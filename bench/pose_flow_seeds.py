@@ -252,6 +252,7 @@ def plot(runs: list[dict], path: Path) -> None:
         pts = sorted((int(k), c["model"]["psnr"] - c["own_warp"]["psnr"])
                      for k, c in r["curve"].items())
         ax.plot(*zip(*pts, strict=True), marker="o", ls="-" if r["threads"] == 1 else "--",
+                color=f"C{r['seed'] % 10}",
                 label=f"seed {r['seed']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}")
     ax.axhline(TARGET_DB, color="crimson", lw=1, label=f"target: +{TARGET_DB:g} dB")
     ax.axhline(0, color="grey", lw=1, label="its own warp")
