@@ -241,6 +241,7 @@ def evaluate_driving(model, root: Path, device) -> list[dict]:
         src = _resize(read_image(src_path), size)
         lm_q, _ = read_landmarks(src_path.with_suffix(".npy"))
         x = _to_t([src], device)
+        ls_t = torch.from_numpy(lm_q)[None].to(device)
         for drive, seq in man.get("drives", {}).items():
             folder = root / "image" / "source_img" / drive
             lms = np.stack([read_landmarks(folder / f"{k:03d}.npy")[0] for k in range(len(seq))])
@@ -249,7 +250,6 @@ def evaluate_driving(model, root: Path, device) -> list[dict]:
                 if np.abs(lms[t] - lms[0]).max() < 1e-6:
                     continue
                 truth = render_posed(*driven_truth(man, s, drive, t, targets[t]), size)[0]
-                ls_t = torch.from_numpy(lm_q)[None].to(device)
                 lt_t = torch.from_numpy(targets[t])[None].to(device)
                 with torch.no_grad():
                     outputs = {DRIVEN["model"]: to_uint8(model.transfer(x, ls_t, lt_t))[0],
