@@ -196,7 +196,7 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
             out = model.transfer(x, ls_t, lt_t)
         outputs = {RECIPE.NAME: to_uint8(out)[0], "copy source": src,
                    "warp source": piecewise_affine_warp(src, lm_s, lm_t)}
-        if getattr(model, "reference", "none") == "warp":
+        if getattr(model, "reference", "none") != "none":
             # the flow's own starting point: what the flow adds is its row minus this one
             outputs[REFERENCE_ROW] = to_uint8(model.warp_reference(x, ls_t, lt_t))[0]
         if examples is not None and len(examples.get("exact answer", [])) < EXAMPLES:
@@ -254,7 +254,7 @@ def evaluate_driving(model, root: Path, device) -> list[dict]:
                 with torch.no_grad():
                     outputs = {DRIVEN["model"]: to_uint8(model.transfer(x, ls_t, lt_t))[0],
                                DRIVEN["copy"]: src}
-                    if getattr(model, "reference", "none") == "warp":
+                    if getattr(model, "reference", "none") != "none":
                         outputs[DRIVEN["own_warp"]] = to_uint8(
                             model.warp_reference(x, ls_t, lt_t))[0]
                 for name, img in outputs.items():

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +34,57 @@ class PoseDataError(ValueError):
     fix."""
 
 
+# Where each of dlib's 68 points goes when the face is mirrored left-right (iBUG 300-W order:
+# jaw 0-16, brows 17-21 / 22-26, nose bridge 27-30, nose base 31-35, eyes 36-41 / 42-47, outer
+# lips 48-59, inner lips 60-67): MIRROR[i] is the index of the point that lands on point i.
+MIRROR = np.array([*range(16, -1, -1),                       # jaw
+                   *range(26, 21, -1), *range(21, 16, -1),   # brows
+                   27, 28, 29, 30,                           # nose bridge
+                   35, 34, 33, 32, 31,                       # nose base
+                   45, 44, 43, 42, 47, 46,                   # one eye ...
+                   39, 38, 37, 36, 41, 40,                   # ... and the other
+                   54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,  # outer lips
+                   64, 63, 62, 61, 60, 67, 66, 65])          # inner lips
+
+
+def mirror(images: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces mirrored left-right: images ``[..., 3, S, S]`` flipped along the width, landmarks
+    ``[..., 68, 2]`` (x in 0..1) at ``1 - x`` and renumbered so each point keeps its meaning
+    (the mirrored face's left eye is its left eye again)."""
+    lm = landmarks[..., torch.from_numpy(MIRROR), :].clone()
+    lm[..., 0] = 1 - lm[..., 0]
+    return images.flip(-1), lm
+
+
 def landmark_path(frame: Path) -> Path:
     return frame.with_suffix(".npy")
+
+
+# The last LANDMARK_CACHE_ENTRIES landmark arrays the training sampler read, keyed by path, size,
+# modification time and inode: reading a 544-byte .npy file costs ~1 ms (header parsing and
+# several small reads), which was 8 % of a 32 px pose-flow training step (4 frames per item).
+LANDMARK_CACHE_ENTRIES = 200_000
+_landmarks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+
+def cached_landmarks(path: str | Path) -> tuple[np.ndarray | None, str]:
+    """:func:`read_landmarks`, with usable arrays kept (a copy is returned: the caller's to
+    change); a file that changed on disk since is read again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, "missing"
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    lm = _landmarks.get(key)
+    if lm is not None:
+        _landmarks.move_to_end(key)
+        return lm.copy(), ""
+    lm, reason = read_landmarks(path)
+    if lm is not None:
+        _landmarks[key] = lm.copy()
+        while len(_landmarks) > LANDMARK_CACHE_ENTRIES:
+            _landmarks.popitem(last=False)
+    return lm, reason
 
 
 def read_landmarks(path: str | Path) -> tuple[np.ndarray | None, str]:
@@ -185,11 +234,15 @@ class QuadrupletDataset(Dataset):
 
     An identity with a single frame is its own positive (the pair then only teaches the
     reconstruction terms); counted in ``single_frame_identities``. Needs two identities.
+    ``flip``: the probability that an item's four frames are mirrored left-right together
+    (:func:`mirror`); the draw comes from the item's generator, after its partners.
     """
 
-    def __init__(self, root: str | Path, img_size: int, cache: bool = True) -> None:
+    def __init__(self, root: str | Path, img_size: int, cache: bool = True,
+                 flip: float = 0.0) -> None:
         self.index = open_index(root, cache)
         self.img_size = img_size
+        self.flip = float(flip)
         ix = self.index
         if not ix.frames:
             raise PoseDataError(f"{root}: no frame with usable landmarks "
@@ -228,7 +281,7 @@ class QuadrupletDataset(Dataset):
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.index.frames[i]
-        lm, reason = read_landmarks(landmark_path(path))
+        lm, reason = cached_landmarks(landmark_path(path))
         if lm is None:  # changed since it was indexed
             raise PoseDataError(f"{landmark_path(path)}: landmarks now {reason}; "
                                 "re-run `python preprocess.py --landmarks DATA`")
@@ -241,4 +294,7 @@ class QuadrupletDataset(Dataset):
             g = torch.Generator().manual_seed(
                 (seed * 1_000_003 + epoch * 7919 + i * 104_729 + 1) % (2**63 - 1))
         items = [self.load(j) for j in self.indices(i, g)]
-        return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+        images, lm = torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+        if self.flip > 0 and float(torch.rand((), generator=g)) < self.flip:
+            images, lm = mirror(images, lm)
+        return images, lm

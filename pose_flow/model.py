@@ -24,6 +24,12 @@ first block sees it whole). A transfer is then ``warped + reverse(w prior mean, 
 prior means)``: it starts at the warp and the flow learns what a warp cannot draw (an opening
 mouth's inside, the shading of a turned head).
 
+``reference="warp_motion"`` is ``"warp"`` with the warp's motion in the condition too: two more
+channels beside the warped reference, the displacement from each output pixel to the point of
+the reference it was sampled from (``MOTION_SCALE`` x image units). The warp pins the image's
+border, so how far a turned head's hair and outline are off depends on where the face came from,
+which the target's landmarks and the warped image alone do not say.
+
 Everything the glow core provides is reused: ``glow.Flow`` (ActNorm with its ``initialized``
 buffer, LU 1x1 conv, fused eval path), ``glow.Coupling`` with an injected conditioner and a
 ``cond`` tensor, ``glow.ZeroConv2d`` (zero-initialised at construction, no lazy re-creation).
@@ -42,13 +48,16 @@ from glow import ActNorm, Coupling, Flow, gaussian_log_p, squeeze2d, unsqueeze2d
 from glow.fast import InvConv2dLU, ZeroConv2d, install, use_cache
 from glow.layers import conditioner_input
 
-from .conditions import cond_channels, condition
+from .conditions import cond_channels, condition, pixel_centres
 from .warp import piecewise_affine
 
 # The anchor's conditioner widths per level at 64 px: first block, 4 split blocks, 2 headers.
 ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
 PRIORS = ("learned", "standard")
-REFERENCES = ("none", "warp")
+REFERENCES = ("none", "warp", "warp_motion")
+# ``warp_motion``: the displacement channels are this many times the displacement in image units
+# (a head turn moves points by up to ~0.1 of the image: about the range of the other inputs)
+MOTION_SCALE = 10.0
 
 
 def _draw(mean: Tensor, log_sd: Tensor, temperature: float, eps: Tensor | None) -> Tensor:
@@ -239,7 +248,8 @@ class PoseBlock(nn.Module):
     """
 
     def __init__(self, in_channel: int, n_flow: int, hidden: int, cond_channel: int,
-                 squeeze: bool, split: bool, prior: str, size: int, affine: bool = True) -> None:
+                 squeeze: bool, split: bool, prior: str, size: int, affine: bool = True,
+                 prior_hidden: int = 0) -> None:
         super().__init__()
         c = in_channel * 4 if squeeze else in_channel
         self.squeeze, self.split, self.cond_channel = squeeze, split, cond_channel
@@ -250,7 +260,12 @@ class PoseBlock(nn.Module):
         self.prior = None
         if split and prior == "learned":
             kept = c - c // 2
-            self.prior = SmallMapZeroConv(kept + cond_channel, 2 * (c // 2))
+            # prior_hidden 0: one zero-initialised 3x3 convolution (the split prior is linear in
+            # the kept half and the condition); > 0: a conditioner network of that width (also
+            # zero at the start), so the prior mean can be a non-linear function of them
+            self.prior = (conditioner(kept + cond_channel, 2 * (c // 2), prior_hidden, kernel)
+                          if prior_hidden > 0
+                          else SmallMapZeroConv(kept + cond_channel, 2 * (c // 2)))
 
     def forward(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """x -> (kept or whole output, logdet [B], split latent or None)."""
@@ -292,7 +307,7 @@ class PoseFlow(nn.Module):
     def __init__(self, img_size: int = 64, n_flow: int = 16, n_block: int = 4, n_header: int = 2,
                  hidden: int = 0, sigma: float = 0.1, coord_below: int = 8,
                  prior: str = "learned", affine: bool = True, in_channel: int = 3,
-                 reference: str = "none") -> None:
+                 reference: str = "none", prior_hidden: int = 0) -> None:
         super().__init__()
         if n_block < 1 or n_header < 0 or n_flow < 1:
             raise ValueError("need n_block >= 1, n_header >= 0, n_flow >= 1")
@@ -302,10 +317,14 @@ class PoseFlow(nn.Module):
             raise ValueError(f"prior {prior!r}: choose one of {PRIORS}")
         if reference not in REFERENCES:
             raise ValueError(f"reference {reference!r}: choose one of {REFERENCES}")
+        if prior_hidden < 0 or (prior_hidden and prior != "learned"):
+            raise ValueError("prior_hidden must be >= 0 and needs the learned prior")
         self.img_size, self.n_flow, self.n_block, self.n_header = img_size, n_flow, n_block, n_header
         self.hidden, self.sigma, self.coord_below, self.prior = hidden, sigma, coord_below, prior
         self.affine, self.in_channel, self.reference = affine, in_channel, reference
-        ref = in_channel if reference == "warp" else 0  # reference channels before squeezing
+        self.prior_hidden = prior_hidden
+        # reference channels before squeezing: the warped image (and the warp's motion)
+        ref = {"none": 0, "warp": in_channel, "warp_motion": in_channel + 2}[reference]
         widths = self.level_widths()
         self.blocks = nn.ModuleList()
         c, size = in_channel, img_size
@@ -318,7 +337,7 @@ class PoseFlow(nn.Module):
             split = i < n_block
             self.blocks.append(PoseBlock(c, n_flow, widths[i + 1],
                                          cond_channels(size, coord_below) + 4 * ref, True, split,
-                                         prior, size, affine))
+                                         prior, size, affine, prior_hidden))
             c = c * 4 - (c * 4) // 2 if split else c * 4
         self.w_shape = (c, size, size)
         if prior == "learned":
@@ -362,12 +381,24 @@ class PoseFlow(nn.Module):
         ``landmarks`` (the piecewise-affine warp of :mod:`pose_flow.warp`)."""
         return piecewise_affine(ref, ref_landmarks, landmarks)
 
+    def reference_input(self, ref: Tensor, ref_landmarks: Tensor, landmarks: Tensor) -> Tensor:
+        """What the flow is given as ``ref=``: the warped reference (``"warp"``), with the warp's
+        displacement channels after it for ``"warp_motion"`` (the pixel centres warped the same
+        way, less the pixel centres: the bilinear sampling of a linear ramp is exact)."""
+        if self.reference != "warp_motion":
+            return self.warp_reference(ref, ref_landmarks, landmarks)
+        b, _, s, _ = ref.shape
+        centres = pixel_centres(s, ref).T.reshape(1, 2, s, s).expand(b, 2, s, s)
+        warped = self.warp_reference(torch.cat([ref, centres], 1), ref_landmarks, landmarks)
+        return torch.cat([warped[:, :ref.shape[1]],
+                          (warped[:, ref.shape[1]:] - centres) * MOTION_SCALE], 1)
+
     def _residual(self, x: Tensor, ref: Tensor | None, sign: int) -> Tensor:
         if self.reference == "none":
             return x
         if ref is None:
             raise ValueError("this pose flow models images given a reference: pass ref=")
-        return x + sign * ref
+        return x + sign * ref[:, :x.shape[1]]
 
     # -- density -------------------------------------------------------------------------------
 
@@ -444,7 +475,7 @@ class PoseFlow(nn.Module):
         ``temperature`` (0: the means)."""
         if self.reference == "none":
             return self.reverse(app["w"], self.conditions(target_landmarks), None, temperature)
-        ref = self.warp_reference(app["image"], app["landmarks"], target_landmarks)
+        ref = self.reference_input(app["image"], app["landmarks"], target_landmarks)
         w = self.prior_w(ref.shape[0], temperature)
         return self.reverse(w, self.conditions(target_landmarks, ref), None, temperature,
                             ref=ref)
@@ -489,4 +520,5 @@ class PoseFlow(nn.Module):
         return dict(img_size=self.img_size, n_flow=self.n_flow, n_block=self.n_block,
                     n_header=self.n_header, hidden=self.hidden, sigma=self.sigma,
                     coord_below=self.coord_below, prior=self.prior, affine=self.affine,
-                    in_channel=self.in_channel, reference=self.reference)
+                    in_channel=self.in_channel, reference=self.reference,
+                    prior_hidden=self.prior_hidden)

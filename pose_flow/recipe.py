@@ -40,7 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cliargs import grid_count, model_size, nonnegative, positive, positive_int, whole
+from cliargs import (
+    grid_count,
+    model_size,
+    nonnegative,
+    nonnegative_int,
+    positive,
+    positive_int,
+    real,
+    whole,
+)
 from glow import bits_per_dim, quantize
 from lrw.datasets import training_root
 from training.config import opt
@@ -74,8 +83,13 @@ class Config:
     reference: str = opt("none", "none: the anchor's model (w carries the appearance); warp: "
                          "model each frame given another frame of the face warped to its "
                          "landmarks (the flow learns what the warp cannot draw; use it with "
-                         "--additive, the demo adds --recc_weight 30; no quadruplet term)",
-                         choices=list(REFERENCES))
+                         "--additive, the demo adds --recc_weight 30; no quadruplet term); "
+                         "warp_motion: warp, with the warp's displacement field in the "
+                         "condition too", choices=list(REFERENCES))
+    prior_hidden: int = opt(0, "with --prior learned: 0, each split latent's prior is one "
+                            "3x3 convolution of the kept half and the condition (linear); N > 0, "
+                            "a conditioner network N channels wide (non-linear)",
+                            check=nonnegative_int)
     sigma: float = opt(0.1, "heatmap sigma as a fraction of the image", check=positive)
     coord_below: int = opt(8, "levels below this many px also get the landmark coordinates")
     n_bits: int = opt(8, "bits per colour channel after quantisation", check=whole(1, 8))
@@ -100,6 +114,9 @@ class Config:
                       "cross reconstructions (empty: off)")
     id_weight: float = opt(1.0, "weight of the identity loss (with --id_net)", check=nonnegative)
     id_size: int = opt(112, "input size of the face-embedding network", check=model_size)
+    flip: float = opt(0.0, "probability of mirroring a training quadruplet left-right "
+                      "(images and landmarks; 0.5 doubles the faces the flow sees)",
+                      check=real(0.0, 1.0, name="probability"))
     lr_min: float = opt(1e-7, "the cosine learning-rate decay ends at this rate (at --iter)",
                         check=nonnegative)
     n_sample: int = opt(4, "quadruplets in the sample grids", check=grid_count)
@@ -125,7 +142,7 @@ def partner_reference(m: PoseFlow, image: Tensor, lm: Tensor) -> Tensor | None:
     if m.reference == "none":
         return None
     k = cross_order(image.shape[0]).to(image.device)
-    return m.warp_reference(image[k], lm[k], lm)
+    return m.reference_input(image[k], lm[k], lm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +179,9 @@ class PoseFlowRecipe(Recipe):
             raise ValueError(f"--reference {cfg.reference}: choose one of {', '.join(REFERENCES)}")
         if cfg.sigma <= 0 or cfg.hidden < 0:
             raise ValueError("--sigma must be > 0 and --hidden >= 0")
+        if cfg.prior_hidden and cfg.prior != "learned":
+            raise ValueError("--prior_hidden needs --prior learned (the standard prior has no "
+                             "network); drop one of them")
         for name in ("quad_weight", "recs_weight", "recc_weight", "perc_weight", "id_weight",
                      "recon_temp", "margin_pos", "margin_neg", "lr_min"):
             if getattr(cfg, name) < 0:
@@ -171,7 +191,7 @@ class PoseFlowRecipe(Recipe):
                 raise ValueError(f"{flag} {path}: no such file")
 
     def dataset(self, cfg: Config, data_dir: Path):
-        ds = QuadrupletDataset(training_root(data_dir), cfg.img_size)
+        ds = QuadrupletDataset(training_root(data_dir), cfg.img_size, flip=cfg.flip)
         notes = [ds.index.skipped_summary()]
         if ds.single_frame_identities:
             notes.append(f"{ds.single_frame_identities} identities have a single frame (their "
@@ -184,7 +204,7 @@ class PoseFlowRecipe(Recipe):
         return PoseFlow(img_size=cfg.img_size, n_flow=cfg.n_flow, n_block=cfg.n_block,
                         n_header=cfg.n_header, hidden=cfg.hidden, sigma=cfg.sigma,
                         coord_below=cfg.coord_below, prior=cfg.prior, affine=cfg.affine,
-                        reference=cfg.reference)
+                        reference=cfg.reference, prior_hidden=cfg.prior_hidden)
 
     def initialize(self, model: PoseFlow, batch, ctx) -> None:
         """ActNorm data init from the *global* first batch, so every DDP rank starts identical

@@ -146,6 +146,41 @@ def test_split_block_prior_depends_on_the_condition():
     assert not torch.allclose(a, b)
 
 
+def test_non_linear_split_prior_starts_at_zero_and_stays_invertible():
+    """--prior_hidden N: each split prior is a conditioner network; at construction it gives
+    N(0, 1) like the linear one, after training it is a non-linear function of the condition,
+    and the flow still inverts exactly."""
+    torch.manual_seed(0)
+    m = PoseFlow(img_size=8, n_flow=1, n_block=2, n_header=1, hidden=8, prior_hidden=6).double()
+    priors = [b.prior for b in m.blocks if b.prior is not None]
+    assert len(priors) == 2 and all(isinstance(p, torch.nn.Sequential) for p in priors)
+    assert all(p[0].out_channels == 6 for p in priors)
+    lm = _face_lm(2).double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64) - 0.5
+    conds = m.conditions(lm)
+    out = x
+    for b, c in zip(m.blocks, conds, strict=True):
+        out, _, z = b(out, c)
+        if b.split:
+            mean, log_sd = b.prior_params(out, c)
+            assert float(mean.abs().max()) == 0 and float(log_sd.abs().max()) == 0
+    _perturb(m, x, lambda v: m.initialize(v, lm))
+    with torch.no_grad():
+        for p in priors:
+            p[4].conv.weight.normal_(0, 0.1)
+    _, _, w, splits, _ = m(x, conds=conds)
+    assert torch.allclose(m.reverse(w, conds, splits), x, atol=1e-10)
+    # the prior mean is not linear in the condition: f(a) + f(b) != f(a + b) - f(0)
+    b1 = m.blocks[1]
+    kept = torch.randn(2, 6, 4, 4, dtype=torch.float64)  # 12 channels at 4 px, half kept
+    ca, cb = conds[1], torch.randn_like(conds[1])
+    f = lambda c: b1.prior_params(kept, c)[0]  # noqa: E731
+    assert not torch.allclose(f(ca) + f(cb), f(ca + cb) + f(torch.zeros_like(ca)))
+    with pytest.raises(ValueError, match="prior_hidden"):
+        PoseFlow(img_size=8, n_flow=1, n_block=1, n_header=1, hidden=8, prior="standard",
+                 prior_hidden=4)
+
+
 # -- state: explicit init, buffers, zero convs ------------------------------------------------
 
 def test_initialized_state_survives_save_and_load(tmp_path):

@@ -183,6 +183,16 @@ def test_optional_vgg_and_identity_losses_from_local_files(pose_set, tmp_path):
         recipe.validate(recipe.Config(**TINY, vgg_weights=str(tmp_path / "nope.pt")))
 
 
+def test_prior_hidden_builds_network_priors_and_needs_the_learned_prior():
+    cfg = recipe.Config(**{**TINY, "prior_hidden": 4})
+    recipe.validate(cfg)
+    m = recipe.build(cfg)
+    assert m.config()["prior_hidden"] == 4
+    assert all(isinstance(b.prior, torch.nn.Sequential) for b in m.blocks if b.prior is not None)
+    with pytest.raises(ValueError, match="--prior_hidden needs --prior learned"):
+        recipe.validate(recipe.Config(**{**TINY, "prior_hidden": 4, "prior": "standard"}))
+
+
 # -- data and bad input ------------------------------------------------------------------------
 
 
@@ -200,6 +210,69 @@ def test_bad_landmark_files_are_skipped_and_counted(pose_set, tmp_path):
     assert len(ix.frames) == 9 and "id000" not in ix.identities
     assert (data / ".pose_index.json").is_file()
     assert open_index(data).skipped == ix.skipped  # from the cache
+
+
+def test_the_sampler_keeps_landmarks_and_reads_a_changed_file_again(pose_set, tmp_path):
+    from pose_flow import data as pose_data
+
+    root = tmp_path / "data"
+    shutil.copytree(pose_set / "train", root)
+    ds = QuadrupletDataset(root, 16)
+    frame = ds.index.frames[0]
+    _, lm = ds.load(0)
+    assert torch.equal(lm, torch.from_numpy(np.load(frame.with_suffix(".npy"))))
+    lm += 1  # the caller's copy: the kept array is not touched
+    assert torch.equal(ds.load(0)[1], torch.from_numpy(np.load(frame.with_suffix(".npy"))))
+    moved = np.load(frame.with_suffix(".npy")) * 0.5
+    np.save(frame.with_suffix(".npy"), moved)
+    assert torch.equal(ds.load(0)[1], torch.from_numpy(moved))  # the file changed: read again
+    np.save(frame.with_suffix(".npy"), np.zeros((5, 2), np.float32))
+    with pytest.raises(PoseDataError, match="landmarks now shape"):
+        ds.load(0)
+    frame.with_suffix(".npy").unlink()
+    with pytest.raises(PoseDataError, match="landmarks now missing"):
+        ds.load(0)
+    assert len(pose_data._landmarks) <= pose_data.LANDMARK_CACHE_ENTRIES
+
+
+def test_mirror_keeps_every_point_meaning_on_a_symmetric_face():
+    from pose_flow.data import MIRROR, mirror
+    from synthface.face import sample_identity
+    from synthface.landmarks import face_landmarks
+
+    assert sorted(MIRROR.tolist()) == list(range(68))
+    # the synthetic faces are drawn symmetric about x = 0.5: mirrored, every point lands on
+    # the point of the same meaning (a wrong pairing moves a point by a face's width)
+    lm = torch.from_numpy(np.stack([face_landmarks(sample_identity(np.random.default_rng(s)))
+                                    for s in range(3)]))
+    img = torch.rand(3, 3, 8, 8)
+    m_img, m_lm = mirror(img, lm)
+    assert torch.allclose(m_lm, lm, atol=1e-9)
+    assert torch.equal(m_img[..., 0], img[..., -1])
+    back_img, back_lm = mirror(m_img, m_lm + 0.01)  # twice: the identity (on any points)
+    assert torch.equal(back_img, img)
+    assert torch.allclose(back_lm, lm + torch.tensor([-0.01, 0.01]).double(), atol=1e-12)
+
+
+def test_flip_mirrors_whole_quadruplets_from_the_items_generator(pose_set):
+    from pose_flow.data import mirror
+
+    plain = QuadrupletDataset(pose_set / "train", 16)
+    always = QuadrupletDataset(pose_set / "train", 16, flip=1.0)
+    half = [QuadrupletDataset(pose_set / "train", 16, flip=0.5) for _ in range(2)]
+    for ds in (plain, always, *half):
+        ds.set_epoch(3, seed=1)
+    flipped = 0
+    for i in range(len(plain)):
+        img, lm = plain[i]
+        a_img, a_lm = always[i]
+        m_img, m_lm = mirror(img, lm)
+        assert torch.equal(a_img, m_img) and torch.equal(a_lm, m_lm)  # same partners, mirrored
+        h_img, h_lm = half[0][i]
+        assert torch.equal(h_img, half[1][i][0])  # the same draw on every instance
+        flipped += bool(torch.equal(h_img, m_img))
+        assert torch.equal(h_img, m_img) or torch.equal(h_img, img)
+    assert 0 < flipped < len(plain)
 
 
 def test_single_frame_identity_and_one_identity(pose_set, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from evaluation.pose import piecewise_affine_warp
-from pose_flow.model import PoseFlow
+from glow import ZeroConv2d
+from pose_flow.model import MOTION_SCALE, PoseFlow
 from pose_flow.warp import piecewise_affine
 from synthface.face import MouthState, render, sample_identity
 from synthface.landmarks import face_landmarks
@@ -60,7 +61,7 @@ def test_warp_is_batched_per_image():
 def _model(**kw) -> PoseFlow:
     torch.manual_seed(0)
     return PoseFlow(img_size=16, n_flow=1, n_block=2, n_header=1, hidden=8,
-                    reference="warp", **kw).double()
+                    **{"reference": "warp", **kw}).double()
 
 
 def _batch():
@@ -111,3 +112,44 @@ def test_transfer_to_the_own_pose_of_an_untrained_model_returns_the_image():
         moved = lm.roll(1, 0)
         torch.testing.assert_close(m.transfer(x, lm, moved),
                                    m.warp_reference(x, lm, moved), atol=1e-6, rtol=0)
+
+
+# -- --reference warp_motion: the warp's displacement in the condition -------------------------
+
+def test_warp_motion_is_the_warps_displacement_and_zero_at_rest():
+    m = _model(reference="warp_motion")
+    x, lm = _batch()
+    rest = m.reference_input(x, lm, lm)
+    assert rest.shape == (3, 5, 16, 16)
+    torch.testing.assert_close(rest[:, :3], x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(rest[:, 3:], torch.zeros_like(rest[:, 3:]), atol=1e-6, rtol=0)
+    shift = torch.tensor([0.05, -0.03], dtype=lm.dtype)
+    moved = m.reference_input(x, lm, lm + shift)
+    torch.testing.assert_close(moved[:, :3], m.warp_reference(x, lm, lm + shift))
+    # inside the face every triangle moves by the shift: each pixel came from shift away
+    for b in range(3):
+        cx, cy = ((lm[b, 30] + shift) * 16).floor().long().tolist()  # the nose tip's pixel
+        torch.testing.assert_close(moved[b, 3:, cy, cx], -shift * MOTION_SCALE, atol=1e-6,
+                                   rtol=0)
+
+
+def test_warp_motion_flow_inverts_and_starts_as_its_warp():
+    m = _model(reference="warp_motion")
+    x, lm = _batch()
+    ref = m.reference_input(x.roll(1, 0), lm.roll(1, 0), lm)
+    conds = m.conditions(lm, ref)
+    assert [c.shape[1] for c in conds] == [b.cond_channel for b in m.blocks]
+    moved = lm.roll(1, 0)
+    with torch.no_grad():  # untrained: the residual decodes to zero, a transfer is the warp
+        torch.testing.assert_close(m.transfer(x, lm, moved), m.warp_reference(x, lm, moved),
+                                   atol=1e-6, rtol=0)
+    m.initialize(x, lm, ref)
+    with torch.no_grad():  # as if trained: the zero-initialised outputs move
+        for z in m.modules():
+            if isinstance(z, ZeroConv2d):
+                z.conv.weight.normal_(0, 0.05)
+    log_p, logdet, w, splits, conds = m(x, lm, ref=ref)
+    torch.testing.assert_close(m.reverse(w, conds, splits, ref=ref), x, atol=1e-9, rtol=0)
+    # the motion reaches the flow: the same image warped with another motion scores otherwise
+    other = torch.cat([ref[:, :3], ref[:, 3:].flip(0)], 1)
+    assert not torch.allclose(m(x, lm, ref=other)[0], log_p)
