@@ -44,6 +44,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,31 @@ TARGET_DB = 1.0  # the issue's: at least 1 dB above its own warp
 
 
 def plan_of(args):
-    return TINY if args.tiny else FULL if args.plan == "demo" else LONG
+    plan = TINY if args.tiny else FULL if args.plan == "demo" else LONG
+    return replace(plan, model={**plan.model, **overrides(args)})
+
+
+def overrides(args) -> dict:
+    """``--model_set KEY=VALUE`` pairs as the plan's model options (numbers parsed)."""
+    out: dict = {}
+    for item in getattr(args, "model_set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--model_set {item}: write KEY=VALUE, e.g. --model_set n_flow=4")
+        for kind in (int, float):
+            try:
+                out[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+def run_tag(args) -> str:
+    """What ``--model_set`` adds to a run's name: ``_n_flow4`` for ``n_flow=4``."""
+    return "".join(f"_{k}{v}" for k, v in overrides(args).items())
 
 
 def sets(args, st: Steps) -> tuple[Path, Path]:
@@ -113,7 +138,8 @@ def read_metrics(path: Path, systems: dict = SYSTEMS) -> dict:
 def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -> dict:
     plan, out = plan_of(args), Path(args.out)
     it = args.iter or plan.train["iter"]
-    name = f"pose_{args.plan}_n{train.name.split('_')[-1]}_seed{seed}_t{threads}"
+    name = (f"pose_{args.plan}{run_tag(args)}_n{train.name.split('_')[-1]}_seed{seed}"
+            f"_t{threads}")
     ckdir, resdir = out / "checkpoint" / name, out / "result"
     rec: dict = {"name": name, "seed": seed, "threads": threads, "iter": it}
     last = ckdir / "p" / "last.pt"
@@ -298,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identities", type=int, default=0,
                    help="training identities (0: the plan's)")
     p.add_argument("--iter", type=int, default=0, help="iterations (0: the plan's)")
+    p.add_argument("--model_set", action="append", metavar="KEY=VALUE",
+                   help="change one of the plan's model options (repeatable), e.g. "
+                        "--model_set n_flow=4; the runs' names say it (use its own --out)")
     p.add_argument("--sets_only", action="store_true", help="write the sets and stop")
     p.add_argument("--table_only", action="store_true",
                    help="rewrite the table from OUT/runs/*.json and stop")

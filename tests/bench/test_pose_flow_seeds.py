@@ -50,3 +50,24 @@ def test_tiny_run_writes_one_scored_run_and_rebuilds_its_table(tmp_path):
     md.unlink()
     assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--table_only"]) == 0
     assert f"{run['over_own_warp_db']:+.2f}" in md.read_text()
+
+
+def test_model_set_changes_a_copy_of_the_plan_and_names_the_runs():
+    import argparse
+
+    import pose_flow_seeds
+
+    from pose_flow.demo import LONG
+
+    args = argparse.Namespace(tiny=False, plan="long",
+                              model_set=["n_flow=4", "reference=warp_motion", "sigma=0.05"])
+    plan = pose_flow_seeds.plan_of(args)
+    assert (plan.model["n_flow"], plan.model["reference"], plan.model["sigma"]) == \
+        (4, "warp_motion", 0.05)
+    assert plan.model["hidden"] == LONG.model["hidden"] and plan.train == LONG.train
+    assert LONG.model["n_flow"] == 2 and "sigma" not in LONG.model  # the plan itself unchanged
+    assert pose_flow_seeds.run_tag(args) == "_n_flow4_referencewarp_motion_sigma0.05"
+    args.model_set = None
+    assert pose_flow_seeds.plan_of(args) == LONG and pose_flow_seeds.run_tag(args) == ""
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        pose_flow_seeds.overrides(argparse.Namespace(model_set=["n_flow"]))

@@ -59,6 +59,10 @@ def test_without_jemalloc_large_blocks_stay_in_the_heap() -> None:
     # untouched: with the switch off, and for --low_memory (whose heap it would grow)
     assert _mmapped_bytes(["--iter", "5"], FLOWDIS_ALLOCATOR="system") >= 40 << 20
     assert _mmapped_bytes(["--low_memory"]) >= 40 << 20
+    # content-ae keeps glibc as it ships (less memory than the original; docs/performance.md)
+    assert _mmapped_bytes(["--model", "content-ae", "-n", "x"]) >= 40 << 20
+    assert _mmapped_bytes(["--model=content-ae"]) >= 40 << 20
+    assert _mmapped_bytes(["--model", "glow", "-n", "x"]) < 40 << 20
 
 
 def test_keep_freed_pages_leaves_other_allocators_alone(monkeypatch) -> None:
