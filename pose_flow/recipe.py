@@ -115,7 +115,8 @@ class Config:
     id_weight: float = opt(1.0, "weight of the identity loss (with --id_net)", check=nonnegative)
     id_size: int = opt(112, "input size of the face-embedding network", check=model_size)
     flip: float = opt(0.0, "probability of mirroring a training quadruplet left-right "
-                      "(images and landmarks; 0.5 doubles the faces the flow sees)",
+                      "(images, and landmarks renumbered; on the synthetic faces 0.5 changed "
+                      "nothing measurable: docs/pose_flow.md)",
                       check=real(0.0, 1.0, name="probability"))
     lr_min: float = opt(1e-7, "the cosine learning-rate decay ends at this rate (at --iter)",
                         check=nonnegative)
