@@ -359,10 +359,10 @@ class PoseFlow(nn.Module):
     # -- conditions ----------------------------------------------------------------------------
 
     def conditions(self, landmarks: Tensor, ref: Tensor | None = None) -> list[Tensor | None]:
-        """Per-block conditions of landmarks ``[B, 68, 2]`` (None for the first block). With
-        ``reference="warp"``, ``ref`` is the warped reference ``[B, 3, S, S]``
-        (:meth:`warp_reference`): the first block's condition, and squeezed to every other
-        block's resolution beside its landmark maps."""
+        """Per-block conditions of landmarks ``[B, 68, 2]`` (None for the first block). With a
+        reference, ``ref`` is :meth:`reference_input`'s ``[B, 3 (+2 with "warp_motion"), S, S]``:
+        the first block's condition, and squeezed to every other block's resolution beside its
+        landmark maps."""
         lm = landmarks.to(next(self.parameters()).dtype)
         maps = [condition(lm, b.size, self.sigma, self.coord_below) for b in self.blocks[1:]]
         if self.reference == "none":
@@ -404,8 +404,8 @@ class PoseFlow(nn.Module):
 
     def forward(self, x: Tensor, landmarks: Tensor | None = None,
                 conds: Sequence[Tensor | None] | None = None, ref: Tensor | None = None):
-        """``ref``: the warped reference (``reference="warp"`` only); the flow then runs on
-        ``x - ref`` (a shift, log-det 0)."""
+        """``ref``: :meth:`reference_input` (models with a reference only); the flow then runs
+        on ``x`` less the warped image (a shift, log-det 0)."""
         if conds is None:
             conds = self.conditions(landmarks, ref)
         logdet = x.new_zeros(x.shape[0])
@@ -437,8 +437,8 @@ class PoseFlow(nn.Module):
                 eps: Sequence[Tensor | None] | None = None, ref: Tensor | None = None) -> Tensor:
         """(w, conditions, split latents) -> images. A split given as None is drawn from its
         prior: ``mean + exp(log_sd) * temperature * eps`` (``eps[i]`` when given, fresh
-        standard-normal noise otherwise; ``temperature=0``: the prior mean). With
-        ``reference="warp"`` the warped reference ``ref`` is added back."""
+        standard-normal noise otherwise; ``temperature=0``: the prior mean). With a reference,
+        the warped image in ``ref`` (:meth:`reference_input`) is added back."""
         n_split = sum(1 for b in self.blocks if b.split)
         splits = list(splits) if splits is not None else [None] * n_split
         eps = list(eps) if eps is not None else [None] * n_split

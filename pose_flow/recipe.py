@@ -139,7 +139,8 @@ def cross_order(n: int) -> Tensor:
 
 
 def partner_reference(m: PoseFlow, image: Tensor, lm: Tensor) -> Tensor | None:
-    """With ``reference="warp"``: each frame's partner (same identity) warped to its landmarks."""
+    """With a reference: each frame's partner (same identity) warped to its landmarks, as the
+    flow takes it (:meth:`PoseFlow.reference_input`)."""
     if m.reference == "none":
         return None
     k = cross_order(image.shape[0]).to(image.device)
