@@ -150,6 +150,7 @@ class ADFlow(nn.Module):
         self.classifier = classifier
         self.words: list[str] | None = None
         self._query_cache: tuple | None = None
+        self._reference_lips: list[Tensor] | None = None  # transfer(relative=True)
 
     @property
     def glow(self) -> Glow:
@@ -234,24 +235,44 @@ class ADFlow(nn.Module):
                 float(query.double().sum()), weights)
 
     @torch.no_grad()
-    def transfer(self, query: Tensor, mix: Tensor) -> Tensor:
+    def begin_sequence(self) -> None:
+        """A new source sequence starts: the next relative :meth:`transfer` takes its first
+        mixed frame as the reference (test.py and evaluate.py call this before each source)."""
+        self._reference_lips = None
+
+    def transfer(self, query: Tensor, mix: Tensor, relative: bool = False) -> Tensor:
         """Query [1, 3, S, S] and mouth-mixed frames [T, 3, S, S] -> [T, 3, S, S].
 
-        Per level ``z = face(query) + lip(mix)``, inverted exactly by the Glow. On the first
-        call for a query it is encoded in one pass with these frames (one Glow pass less
-        before the first frame; every layer acts on each sample alone, so the values are those
-        of separate passes up to float rounding), and its face parts are cached.
+        Per level ``z = face(query) + lip(mix)`` (absolute motion, the thesis's), inverted
+        exactly by the Glow. ``relative``: ``z = z(query) + lip(mix_t) - lip(mix_0)``, the
+        query's own latents moved by the change of the mix's lip part since the sequence's
+        first frame (ours: the lip part's share of the source's lips and pose cancels; the
+        first frame stands for the query's state, so the source should start at rest, as
+        words and sentences do). The reference is the first frame after
+        :meth:`begin_sequence` or after a new query.
+
+        On the first call for a query it is encoded in one pass with these frames (one Glow
+        pass less before the first frame; every layer acts on each sample alone, so the values
+        are those of separate passes up to float rounding), and its parts are cached.
         """
         key = self._query_key(query)
         if self._query_cache is None or self._query_cache[0] != key:
             faces, lips = self.encoder.split(self.glow.encode(torch.cat([query, mix])))
             n = query.shape[0]  # (copies: the cache must not hold the chunk's latents)
-            self._query_cache = (key, [f[:n].clone() for f in faces])
+            self._query_cache = (key, [f[:n].clone() for f in faces],
+                                 [m[:n].clone() for m in lips])
+            self._reference_lips = None
             lips = [m[n:] for m in lips]
         else:
             _, lips = self.encoder.split(self.glow.encode(mix))
-        q_faces = self._query_cache[1]
-        z = [f + m for f, m in zip(q_faces, lips, strict=True)]
+        q_faces, q_lips = self._query_cache[1], self._query_cache[2]
+        if not relative:
+            z = [f + m for f, m in zip(q_faces, lips, strict=True)]
+        else:
+            if self._reference_lips is None:
+                self._reference_lips = [m[:1].clone() for m in lips]
+            z = [f + q + (m - r) for f, q, m, r in
+                 zip(q_faces, q_lips, lips, self._reference_lips, strict=True)]
         return self.glow.reverse(z, reconstruct=True)
 
 

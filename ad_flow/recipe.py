@@ -32,6 +32,8 @@ from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
 from .thesis import convert, is_thesis_checkpoint
 
 DEFAULT_GLOW = "glow_checkpoint.pt"
+MOTIONS = ("absolute", "relative")
+"""``--motion``: how the source's mouth reaches the query's latents (``ADFlow.transfer``)."""
 
 
 @dataclass
@@ -382,6 +384,12 @@ class ADFlowRecipe(Recipe):
                        help="assert that a thesis-format Glow uses affine coupling")
         g.add_argument("--no_lu", dest="conv_lu", action="store_false",
                        help="assert that a thesis-format Glow uses the plain 1x1 conv")
+        g.add_argument("--motion", choices=MOTIONS, default="absolute",
+                       help="absolute (default, the thesis's): each frame's latents are the "
+                            "query's face part plus the mouth mix's lip part; relative: the "
+                            "query's own latents plus the change of the mix's lip part since "
+                            "the source's first frame (the source should start with the mouth "
+                            "at rest). evaluate.py scores both")
 
     def load_for_test(self, args, device: torch.device | str = "cpu") -> ADFlow:
         """Our AD-flow checkpoint or the thesis's ``.tar`` dict, with its Glow, in eval mode.
@@ -446,9 +454,28 @@ class ADFlowRecipe(Recipe):
                  args=None) -> Tensor:
         """query [1, 3, S, S], mix [T, 3, S, S] (source unused) -> [T, 3, S, S] in [-0.5, 0.5].
 
-        The query's face parts are computed once and reused for every chunk of frames.
+        The query's parts are computed once and reused for every chunk of frames;
+        ``args.motion`` (``--motion``): ``absolute`` (default) or ``relative``
+        (:meth:`ADFlow.transfer`; the reference is the sequence's first frame, see
+        :meth:`begin_sequence`).
         """
-        return model.transfer(query, mix).clamp_(-0.5, 0.5)
+        relative = (getattr(args, "motion", None) or "absolute") == "relative"
+        return unwrap(model).transfer(query, mix, relative=relative).clamp_(-0.5, 0.5)
+
+    def builds_on_mix(self, args) -> bool:
+        """``--motion relative`` builds on the query's own latents: its change is the query's."""
+        return (getattr(args, "motion", None) or "absolute") != "relative"
+
+    def begin_sequence(self, model: ADFlow, args=None) -> None:
+        """A new source sequence: ``--motion relative`` takes its first frame as reference."""
+        unwrap(model).begin_sequence()
+
+    def eval_systems(self, model: ADFlow, args) -> list[tuple[str, argparse.Namespace]]:
+        """evaluate.py: AD-flow with both motions, "ad-flow" (absolute, the thesis's) and
+        "ad-flow (relative)"."""
+        return [(self.NAME, argparse.Namespace(**{**vars(args), "motion": "absolute"})),
+                (f"{self.NAME} (relative)",
+                 argparse.Namespace(**{**vars(args), "motion": "relative"}))]
 
     def eval_density(self, model: ADFlow, args) -> tuple[nn.Module, int, list[str]]:
         """evaluate.py: AD-flow's likelihood is its frozen Glow's, at that Glow's ``n_bits``."""

@@ -179,16 +179,20 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     f = rec["final"]
     rec["over_own_warp_db"] = f["model"]["psnr"] - f["own_warp"]["psnr"]
     rec["met"] = bool(rec["over_own_warp_db"] >= TARGET_DB)
-    # driving: the final checkpoint drives the drive set's held-out faces with --retarget
-    ck = ckdir / "p" / f"step_{it:07d}.pt"
-    ev = f"{name}_drive"
-    metrics = resdir / "eval" / ev / "metrics.csv"
-    if not (metrics.is_file() and metrics.stat().st_mtime >= ck.stat().st_mtime):
-        st.run(f"{ev}_eval", ["evaluate.py", "--model", "pose-flow", "--checkpoint", str(ck),
-                              str(held.parent / "drive"), "--pairs", "1", "--no_dlib",
-                              "--result_dir", str(resdir), "--name", ev, "--overwrite",
-                              "--no_progress"], threads)
-    rec["driven"] = read_metrics(metrics, DRIVEN)
+    # driving: every checkpoint drives the drive set's held-out faces with --retarget (the
+    # final one's figures are the table's; the others give the driving curve)
+    rec["driven_curve"] = {}
+    for ck in sorted((ckdir / "p").glob("step_*.pt")):
+        step = int(ck.stem.split("_")[1])
+        ev = f"{name}_drive" if step == it else f"{name}_step{step}_drive"
+        metrics = resdir / "eval" / ev / "metrics.csv"
+        if not (metrics.is_file() and metrics.stat().st_mtime >= ck.stat().st_mtime):
+            st.run(f"{ev}_eval", ["evaluate.py", "--model", "pose-flow", "--checkpoint",
+                                  str(ck), str(held.parent / "drive"), "--pairs", "1",
+                                  "--no_dlib", "--result_dir", str(resdir), "--name", ev,
+                                  "--overwrite", "--no_progress"], threads)
+        rec["driven_curve"][step] = read_metrics(metrics, DRIVEN)
+    rec["driven"] = rec["driven_curve"][it]
     rec["driven_over_own_warp_db"] = (rec["driven"]["model"]["psnr"]
                                       - rec["driven"]["own_warp"]["psnr"])
     rec["driven_met"] = bool(rec["driven_over_own_warp_db"] >= TARGET_DB)
@@ -246,16 +250,20 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
                   f"+{TARGET_DB:g} dB on **{sum(r['driven_met'] for r in driven)} of "
                   f"{len(driven)}** runs."]
     lines += ["", "| run | seed | threads | train s | skipped steps | PSNR over its own warp "
-              "at each quarter of the schedule, dB | at the end | driven, at the end | "
-              "L1 (own warp) |", "|---|---:|---:|---:|---:|---|---:|---:|---|"]
+              "at each quarter of the schedule, dB | at the end | driven, at each quarter | "
+              "driven, at the end | L1 (own warp) |",
+              "|---|---:|---:|---:|---:|---|---:|---|---:|---|"]
     for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
         curve = " / ".join(f"{c['model']['psnr'] - c['own_warp']['psnr']:+.2f}"
                            for _, c in sorted(r["curve"].items(), key=lambda kv: int(kv[0])))
+        dcurve = " / ".join(f"{c['model']['psnr'] - c['own_warp']['psnr']:+.2f}"
+                            for _, c in sorted((r.get("driven_curve") or {}).items(),
+                                               key=lambda kv: int(kv[0]))) or "–"
         tr = r["train"]
         wall = f"{tr['wall_s']:.0f}" if "wall_s" in tr else "reused"
         skipped = (r.get("end_of_training") or {}).get("skipped", "–")
         lines.append(f"| {r['name']} | {r['seed']} | {r['threads']} | {wall} | {skipped} | "
-                     f"{curve} | {r['over_own_warp_db']:+.2f} | "
+                     f"{curve} | {r['over_own_warp_db']:+.2f} | {dcurve} | "
                      + (f"{r['driven_over_own_warp_db']:+.2f}" if "driven" in r else "–")
                      + " | "
                      f"{r['final']['model']['l1']:.4f} ({r['final']['own_warp']['l1']:.4f}) |")
@@ -266,27 +274,36 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    """``pose_flow_seeds.png``: each run's PSNR over its own warp along its schedule, the 1 dB
-    target and the warp itself (0) as lines."""
+    """``pose_flow_seeds.png``: each run's PSNR over its own warp along its schedule, on the
+    held-out transfers (left) and driving with --retarget (right, where every checkpoint was
+    driven), the 1 dB target and the warp itself (0) as lines."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
-        pts = sorted((int(k), c["model"]["psnr"] - c["own_warp"]["psnr"])
-                     for k, c in r["curve"].items())
-        ax.plot(*zip(*pts, strict=True), marker="o", ls="-" if r["threads"] == 1 else "--",
-                color=f"C{r['seed'] % 10}",
-                label=f"seed {r['seed']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}")
-    ax.axhline(TARGET_DB, color="crimson", lw=1, label=f"target: +{TARGET_DB:g} dB")
-    ax.axhline(0, color="grey", lw=1, label="its own warp")
-    ax.set_xlabel("training iterations")
-    ax.set_ylabel("PSNR over its own warp, dB")
-    ax.set_title("pose-flow on held-out transfers", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    panels = [("curve", "held-out transfers")]
+    if any(r.get("driven_curve") for r in runs):
+        panels.append(("driven_curve", "driving held-out faces (--retarget)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.0), dpi=120,
+                             sharey=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
+            pts = sorted((int(k), c["model"]["psnr"] - c["own_warp"]["psnr"])
+                         for k, c in (r.get(key) or {}).items())
+            if not pts:
+                continue
+            ax.plot(*zip(*pts, strict=True), marker="o",
+                    ls="-" if r["threads"] == 1 else "--", color=f"C{r['seed'] % 10}",
+                    label=f"seed {r['seed']}, {r['threads']} "
+                          f"thread{'s' if r['threads'] > 1 else ''}")
+        ax.axhline(TARGET_DB, color="crimson", lw=1, label=f"target: +{TARGET_DB:g} dB")
+        ax.axhline(0, color="grey", lw=1, label="its own warp")
+        ax.set_xlabel("training iterations")
+        ax.set_title(f"pose-flow, {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel("PSNR over its own warp, dB")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)

@@ -42,8 +42,8 @@ from evaluation.report import read_csv  # noqa: E402
 
 RES = ("32 px", "256 px")
 VARIANTS = {  # checkpoints bench/oracle_ad_flow.py writes beside an AD-flow one: (file, label)
-    "ad-flow": [("matched_ad_flow.pt", "ad-flow, matched-pairs fit"),
-                ("oracle_ad_flow.pt", "ad-flow, oracle fit (upper bound)")],
+    "ad-flow": [("matched_ad_flow.pt", "{system}, matched-pairs fit"),
+                ("oracle_ad_flow.pt", "{system}, oracle fit (upper bound)")],
 }
 BETTER = {"motion_dev": -1, "psnr_mouth": 1, "dpsnr": 1}  # the three criteria
 
@@ -79,17 +79,24 @@ def mean_std(vals: list[float], digits: int) -> str:
 INITS = {  # runs trained with other flags: (tag suffix, label, budget or None for --budget,
     # the budget_curve.py flags that train it; {tag} is the run's tag)
     "ad-flow": [("", None, None, ""),
-                ("_matched", "ad-flow, --init matched", None, " --init matched")],
+                ("_matched", "{system}, --init matched", None, " --init matched")],
     # scored at 200 iterations (the demo's recipe)
     "mi-flow": [("", None, None, ""),
                 ("_m1000", "{system}, --matched_weight 1000, 200 iterations", 0.5,
                  " --budgets 0.5 --train_flags '--matched_weight 1000' --tag {tag}")],
 }
 LABELS = {"ad-flow, --init matched": "AD-flow, `--init matched` (the demo's recipe)",
+          "ad-flow (relative), --init matched":
+              "AD-flow, `--init matched`, `--motion relative`",
           "ad-flow": "AD-flow, `--init lstsq`",
+          "ad-flow (relative)": "AD-flow, `--init lstsq`, `--motion relative`",
           "ad-flow, matched-pairs fit": "AD-flow, matched-pairs fit "
                                         "(`bench/oracle_ad_flow.py --matched_pairs`)",
+          "ad-flow (relative), matched-pairs fit": "AD-flow, matched-pairs fit, "
+                                                   "`--motion relative`",
           "ad-flow, oracle fit (upper bound)": "AD-flow, oracle fit (upper bound, not trainable)",
+          "ad-flow (relative), oracle fit (upper bound)":
+              "AD-flow, oracle fit (upper bound), `--motion relative`",
           "mi-flow (thesis), --matched_weight 1000, 200 iterations":
               "MI-flow (thesis mode), `--matched_weight 1000`, 200 it (the demo's recipe)",
           "mi-flow (thesis)": "MI-flow (thesis mode), the thesis's objective",
@@ -204,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                                          str(path), str(data), "--result_dir",
                                          str(out / "result"), "--name", name, "--max_frames",
                                          "8", "--no_field_metrics", "--paste_back", "region",
-                                         "--overwrite", "--no_progress"])
+                                         "--precision", "float32", "--overwrite",
+                                         "--no_progress"])
                         rows.update(pick(csv, model.split("-")[0], label))
                     runs.append({"model": model, "set": kind, "seed": seed, "threads": threads,
                                  "iterations": iters, "csv": str(csv),

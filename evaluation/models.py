@@ -35,13 +35,16 @@ BASELINE_BLEND = "baseline: mouth blend"
 class System:
     """Something that turns (query, mix, source) into frames: a model, or a model in one mode.
 
-    ``fn(query [1,3,S,S], mix [T,3,S,S], source [T,3,S,S]) -> [T,3,S,S]``, all in [-0.5, 0.5].
+    ``fn(query [1,3,S,S], mix [T,3,S,S], source [T,3,S,S]) -> [T,3,S,S]``, all in [-0.5, 0.5],
+    called chunk by chunk in frame order; ``begin()`` (when given) before each source sequence's
+    first chunk (``Recipe.begin_sequence``).
     """
 
     label: str
     fn: Callable[[Tensor, Tensor, Tensor], Tensor]
     region: str = "mouth"  # what test.py pastes back (faces.paste.PasteRegion.named)
-    fed_mix: bool = False  # fn reads the mouth mix (test.py --paste_back region adds to it)
+    fed_mix: bool = False  # fn changes the mouth mix (test.py --paste_back region adds to it)
+    begin: Callable[[], None] | None = None  # called before each source sequence's frames
 
 
 @dataclass
@@ -92,7 +95,10 @@ def load_for_evaluation(kind: str, args: argparse.Namespace, device: torch.devic
     def system(label: str, run_args: argparse.Namespace) -> System:
         def fn(query: Tensor, mix: Tensor, source: Tensor) -> Tensor:
             return recipe.generate(model, query, mix if needs_mix else source, source, run_args)
-        return System(label, fn, region, needs_mix)
+
+        def begin() -> None:
+            recipe.begin_sequence(model, run_args)
+        return System(label, fn, region, needs_mix and recipe.builds_on_mix(run_args), begin)
 
     entries = recipe.eval_systems(model, args)
     density, n_bits, notes = recipe.eval_density(model, args)
@@ -131,6 +137,9 @@ def run_sequence(query256: np.ndarray, frames256: Sequence[np.ndarray], size: in
     outs.update({s.label: [] for s in systems})
     if paste:
         outs.update({pasted_label(k): [] for k in list(outs)})
+    for s in systems:
+        if s.begin is not None:
+            s.begin()
     for start in range(0, len(frames256), batch):
         chunk = list(frames256[start:start + batch])
         mixes256: list[np.ndarray] = []

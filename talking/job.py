@@ -308,6 +308,7 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
     bar = None
     if getattr(args, "progress", True):
         bar = progress(n, f"{source.name} -> {query_name}", unit="frame", file=sys.stderr)
+    recipe.begin_sequence(model, args)
     try:
         for start, stop in chunks(n, args.batch, getattr(args, "first_batch", 0)):
             chunk = [read_rgb(p) for p in frames[start:stop]]
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace, recipe: Recipe, say=print) -> dict:
             with torch.inference_mode():
                 out = recipe.generate(model, query, mix_t, src_t, args)
             out8 = to_uint8(out)
-            mix8 = to_uint8(mix_t) if fed_mix else None
+            mix8 = to_uint8(mix_t) if fed_mix and recipe.builds_on_mix(args) else None
             for k, img in enumerate(out8):
                 i = start + k
                 if paste != "none":

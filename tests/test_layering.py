@@ -108,7 +108,7 @@ def test_ad_flow_density_is_the_glow_load_for_test_loaded(tmp_path) -> None:
     assert ev.density is ev.model.glow
     assert ev.model.glow_path == ckdir / DEFAULT_GLOW
     assert ev.n_bits == 3
-    assert [s.label for s in ev.systems] == ["ad-flow"]
+    assert [s.label for s in ev.systems] == ["ad-flow", "ad-flow (relative)"]
     assert any("frozen Glow" in n for n in ev.notes)
 
 

@@ -146,6 +146,17 @@ class Recipe:
         """query [1, 3, S, S], mix and source [T, 3, S, S] in [-0.5, 0.5] -> [T, 3, S, S]."""
         raise ValueError(f"model '{self.NAME}' has no talking-face generation")
 
+    def builds_on_mix(self, args) -> bool:
+        """Whether the output is the mouth mix it was fed, changed (``--paste_back region`` then
+        adds the model's change to the mix made at 256 px); ``False``: it is built from the
+        query (the change is added to the query). ``NEEDS_MIX`` by default."""
+        return self.NEEDS_MIX
+
+    def begin_sequence(self, model: nn.Module, args) -> None:
+        """A new source sequence starts: test.py's job and evaluate.py call this before a
+        source's first chunk of frames, so a recipe that keeps per-sequence state (AD-flow's
+        ``--motion relative`` reference) resets it. Nothing by default."""
+
     def transfer_poses(self, model: nn.Module, images: Tensor, landmarks: Tensor,
                        target_landmarks: Tensor, temperature: float = 0.0) -> Tensor:
         """test.py --transfer_grid: faces [N, 3, S, S] in [-0.5, 0.5] with their landmarks

@@ -22,6 +22,7 @@ from ad_flow import (
 )
 from ad_flow.recipe import DEFAULT_GLOW, draw, from_glow
 from ad_flow.recipe import RECIPE as ad
+from evaluation.models import System, run_sequence
 from glow import CheckpointError, Glow
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
@@ -246,6 +247,93 @@ def test_query_is_encoded_once(tmp_path, monkeypatch) -> None:
             want = model.glow.reverse([f + m for f, m in zip(faces, lips, strict=True)],
                                       reconstruct=True).clamp(-0.5, 0.5)
             torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+
+
+def _random_split(model: ADFlow) -> None:
+    torch.manual_seed(3)
+    with torch.no_grad():  # a split that is neither "all face" nor "all lip"
+        for lvl in model.encoder.levels:
+            lvl.linear.weight.normal_(0, 0.3)
+            lvl.linear.bias.normal_(0, 0.1)
+
+
+def test_relative_motion_adds_the_lip_change_since_the_first_frame(tmp_path) -> None:
+    model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
+    _random_split(model)
+    torch.manual_seed(4)
+    query = torch.rand(1, 3, SIZE, SIZE) - 0.5
+    mix = torch.rand(5, 3, SIZE, SIZE) - 0.5
+    rel = SimpleNamespace(motion="relative")
+    model.begin_sequence()
+    out = ad.generate(model, query, mix, None, rel)
+    with torch.no_grad():  # z(query) + lip(mix_t) - lip(mix_0), from separate passes
+        zq = model.glow.encode(query)
+        _, lips = model.encoder.split(model.glow.encode(mix))
+        want = model.glow.reverse([q + m - m[:1] for q, m in zip(zq, lips, strict=True)],
+                                  reconstruct=True).clamp(-0.5, 0.5)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    # the first frame is the reference: the query itself comes back (the Glow is exact)
+    torch.testing.assert_close(out[:1], query.clamp(-0.5, 0.5), rtol=0, atol=1e-4)
+    # absolute motion is unchanged by the option: face(query) + lip(mix), bit for bit
+    absolute = ad.generate(model, query, mix, None, SimpleNamespace(motion="absolute"))
+    assert torch.equal(absolute, ad.generate(model, query, mix, None, None))
+    assert (absolute - out).abs().max() > 1e-3  # and the two differ
+
+
+def test_relative_motion_keeps_its_reference_across_chunks_until_a_new_sequence(tmp_path):
+    model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
+    _random_split(model)
+    torch.manual_seed(5)
+    query = torch.rand(1, 3, SIZE, SIZE) - 0.5
+    seq_a, seq_b = torch.rand(6, 3, SIZE, SIZE) - 0.5, torch.rand(4, 3, SIZE, SIZE) - 0.5
+    rel = SimpleNamespace(motion="relative")
+    ad.begin_sequence(model, rel)
+    whole = ad.generate(model, query, seq_a, None, rel)
+    ad.begin_sequence(model, rel)
+    chunked = torch.cat([ad.generate(model, query, seq_a[i:i + 2], None, rel)
+                         for i in range(0, 6, 2)])
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    # a new sequence takes its own first frame; without begin_sequence it would keep A's
+    ad.begin_sequence(model, rel)
+    b_fresh = ad.generate(model, query, seq_b, None, rel)
+    stale = ad.generate(model, query, seq_b, None, rel)  # no begin: B's first frame stays
+    torch.testing.assert_close(stale, b_fresh, rtol=0, atol=1e-5)
+    ad.begin_sequence(model, rel)
+    ad.generate(model, query, seq_a[:1], None, rel)
+    kept_a = ad.generate(model, query, seq_b, None, rel)  # A's reference, not B's
+    assert (kept_a - b_fresh).abs().max() > 1e-3
+    # a new query starts a new reference as well
+    other = torch.rand(1, 3, SIZE, SIZE) - 0.5
+    first = ad.generate(model, other, seq_b, None, rel)
+    torch.testing.assert_close(first[:1], other, rtol=0, atol=1e-4)
+
+
+def test_evaluation_scores_both_motions_and_starts_each_sequence_afresh(tmp_path) -> None:
+    model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
+    _random_split(model)
+    labels = [lab for lab, _ in ad.eval_systems(model, SimpleNamespace(motion="absolute"))]
+    assert labels == ["ad-flow", "ad-flow (relative)"]
+    args = SimpleNamespace(motion="relative")
+    calls = []
+
+    def fn(q, mix, src):
+        return ad.generate(model, q, mix, src, args)
+
+    def begin():
+        calls.append(1)
+        ad.begin_sequence(model, args)
+
+    rng = torch.Generator().manual_seed(6)
+    query = (torch.rand(256, 256, 3, generator=rng) * 255).byte().numpy()
+    frames = [(torch.rand(256, 256, 3, generator=rng) * 255).byte().numpy() for _ in range(5)]
+    system = System("rel", fn, begin=begin)
+    one = run_sequence(query, frames, SIZE, [system], batch=2)["rel"]
+    two = run_sequence(query, frames[2:], SIZE, [system], batch=2)["rel"]
+    assert len(calls) == 2  # once per sequence
+    # each sequence's first frame is its reference: the query comes back there
+    copy = run_sequence(query, frames[:1], SIZE, [])["baseline: copy query"][0]
+    for seq in (one, two):
+        assert abs(seq[0].astype(int) - copy.astype(int)).max() <= 1
 
 
 def test_build_refuses_an_uninitialised_glow_and_checks_given_flags(tmp_path) -> None:

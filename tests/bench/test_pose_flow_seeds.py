@@ -39,6 +39,9 @@ def test_tiny_run_writes_one_scored_run_and_rebuilds_its_table(tmp_path):
     for system in ("model", "own_warp", "copy"):
         assert math.isfinite(run["driven"][system]["psnr"]), system
     assert run["driven"]["own_warp"]["psnr"] > run["driven"]["copy"]["psnr"]
+    # every checkpoint is driven too (the driving curve); the table's figure is the last one's
+    assert list(run["driven_curve"]) == list(run["curve"])
+    assert run["driven"] == run["driven_curve"]["2"]
     assert run["driven_over_own_warp_db"] == pytest.approx(
         run["driven"]["model"]["psnr"] - run["driven"]["own_warp"]["psnr"])
     text = md.read_text()

@@ -291,7 +291,7 @@ def test_evaluate_ad_flow_and_compare(tiny_runs, synthetic):
                           str(synthetic), "--result_dir", str(res), "--max_frames", "4",
                           "--pairs", "1", "--name", "ad1", "--no_progress"]) == 0
     rows = {r["system"]: r for r in read_csv(res / "eval" / "ad1" / "metrics.csv")}
-    plain = {"ad-flow", BASELINE_COPY, BASELINE_BLEND}
+    plain = {"ad-flow", "ad-flow (relative)", BASELINE_COPY, BASELINE_BLEND}
     assert set(rows) == plain | {pasted_label(lab) for lab in plain}
     ad = rows["ad-flow"]
     assert ad["frames"] == 6 and 0 < ad["ssim"] <= 1 and 0 < ad["psnr"] < M.PSNR_CAP
@@ -303,7 +303,7 @@ def test_evaluate_ad_flow_and_compare(tiny_runs, synthetic):
     assert at256["dpsnr"] == pytest.approx(
         at256["psnr"] - rows[pasted_label(BASELINE_COPY)]["psnr"], abs=1e-3)
     with open(res / "eval" / "ad1" / "details.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 6
+        assert len(list(csv.DictReader(fh))) == 8  # 4 systems at two sizes
     assert evaluate.main(["--model", "ad-flow", "--checkpoint", str(tiny_runs["ad"]),
                           str(synthetic), "--result_dir", str(res), "--max_frames", "4",
                           "--pairs", "1", "--name", "ad0", "--no_progress",

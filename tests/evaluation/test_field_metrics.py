@@ -284,7 +284,7 @@ def test_evaluate_columns_present_with_their_file_absent_without(tiny_ad, synthe
                           "--syncnet", str(sync)]) == 0
     rows = {r["system"]: r for r in read_csv(tmp_path / "eval" / "with" / "metrics.csv")
             if "@256" not in r["system"]}  # (the pasted-back rows are scored apart)
-    assert set(rows) == {"ad-flow", BASELINE_COPY, BASELINE_BLEND}
+    assert set(rows) == {"ad-flow", "ad-flow (relative)", BASELINE_COPY, BASELINE_BLEND}
     for r in rows.values():  # every system and both baselines carry every column
         for k in ("lpips", "csim_arcface", "ms_ssim", "lmd", "akd", "csim_dlib", "sharp",
                   "jitter_err"):
@@ -394,7 +394,7 @@ def test_lse_columns_on_a_real_video_source_with_sound(tiny_ad, shared_faces, tm
     assert evaluate.main([*base, "--source", str(talk), "--name", "loud"]) == 0
     rows = {r["system"]: r for r in read_csv(tmp_path / "eval" / "loud" / "metrics.csv")
             if "@256" not in r["system"]}
-    assert set(rows) == {"ad-flow", BASELINE_COPY, BASELINE_BLEND}
+    assert set(rows) == {"ad-flow", "ad-flow (relative)", BASELINE_COPY, BASELINE_BLEND}
     for r in rows.values():
         assert np.isfinite(r["lse_c"]) and r["lse_d"] > 0, r
         assert -1 <= r["csim_dlib"] <= 1 + 1e-9 and r["sharp"] > 0, r  # on real sequences too

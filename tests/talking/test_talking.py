@@ -160,6 +160,30 @@ def test_job_writes_frames_video_grid_in_batches(tmp_path, capsys) -> None:
     assert len(frames) == 3 and fps == pytest.approx(12)
 
 
+def test_a_model_built_on_the_query_is_pasted_onto_the_query(tmp_path) -> None:
+    """--paste_back region adds a model's change to what it builds on: the mix for a model
+    that changes the mix, the query for one that does not (AD-flow's --motion relative).
+    Stand-in model: it returns the query unchanged, so built on the query it changes
+    nothing, while "built on the mix" its change (query - mix) lands on the 256 px mix."""
+    from talking import run
+
+    image_dir = _image_dir(tmp_path / "image", n_frames=4)
+    r = _fake_recipe(size=32)
+    r.generate = lambda model, query, mix, source, args: query.expand_as(mix).clone()
+    begun = []
+    r.begin_sequence = lambda model, args: begun.append(1)
+    query = np.asarray(Image.open(image_dir / "ref_img" / "anna_256.jpg").convert("RGB"))
+    frames = {}
+    for on_mix in (True, False):
+        r.builds_on_mix = lambda args, v=on_mix: v
+        out = Path(run(_args(image_dir, tmp_path, batch=2), r)["out_dir"])
+        frames[on_mix] = np.asarray(Image.open(out / "003.png")).astype(int)
+    assert begun == [1, 1]  # once per source sequence
+    assert frames[False].shape == query.shape
+    assert np.abs(frames[False] - query.astype(int)).max() <= 1
+    assert np.abs(frames[True] - query.astype(int)).max() > 20
+
+
 def test_chunks_cover_every_frame_once_with_a_small_first_pass() -> None:
     from talking.job import chunks
 
