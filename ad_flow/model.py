@@ -234,12 +234,12 @@ class ADFlow(nn.Module):
         return (query.data_ptr(), query._version, tuple(query.shape), query.device,
                 float(query.double().sum()), weights)
 
-    @torch.no_grad()
     def begin_sequence(self) -> None:
         """A new source sequence starts: the next relative :meth:`transfer` takes its first
         mixed frame as the reference (test.py and evaluate.py call this before each source)."""
         self._reference_lips = None
 
+    @torch.no_grad()
     def transfer(self, query: Tensor, mix: Tensor, relative: bool = False) -> Tensor:
         """Query [1, 3, S, S] and mouth-mixed frames [T, 3, S, S] -> [T, 3, S, S].
 

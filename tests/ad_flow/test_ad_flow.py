@@ -278,6 +278,10 @@ def test_relative_motion_adds_the_lip_change_since_the_first_frame(tmp_path) -> 
     absolute = ad.generate(model, query, mix, None, SimpleNamespace(motion="absolute"))
     assert torch.equal(absolute, ad.generate(model, query, mix, None, None))
     assert (absolute - out).abs().max() > 1e-3  # and the two differ
+    # transfer never builds a graph, in either motion (the encoders' weights want gradients)
+    assert any(p.requires_grad for p in model.encoder.parameters())
+    for relative in (False, True):
+        assert not model.transfer(query, mix, relative=relative).requires_grad
 
 
 def test_relative_motion_keeps_its_reference_across_chunks_until_a_new_sequence(tmp_path):
