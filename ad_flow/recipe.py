@@ -384,12 +384,12 @@ class ADFlowRecipe(Recipe):
                        help="assert that a thesis-format Glow uses affine coupling")
         g.add_argument("--no_lu", dest="conv_lu", action="store_false",
                        help="assert that a thesis-format Glow uses the plain 1x1 conv")
-        g.add_argument("--motion", choices=MOTIONS, default="absolute",
-                       help="absolute (default, the thesis's): each frame's latents are the "
-                            "query's face part plus the mouth mix's lip part; relative: the "
-                            "query's own latents plus the change of the mix's lip part since "
-                            "the source's first frame (the source should start with the mouth "
-                            "at rest). evaluate.py scores both")
+        g.add_argument("--motion", choices=MOTIONS, default=None,
+                       help="absolute (test.py's default, the thesis's): each frame's latents "
+                            "are the query's face part plus the mouth mix's lip part; "
+                            "relative: the query's own latents plus the change of the mix's "
+                            "lip part since the source's first frame (the source should start "
+                            "with the mouth at rest). evaluate.py scores both unless given")
 
     def load_for_test(self, args, device: torch.device | str = "cpu") -> ADFlow:
         """Our AD-flow checkpoint or the thesis's ``.tar`` dict, with its Glow, in eval mode.
@@ -471,11 +471,12 @@ class ADFlowRecipe(Recipe):
         unwrap(model).begin_sequence()
 
     def eval_systems(self, model: ADFlow, args) -> list[tuple[str, argparse.Namespace]]:
-        """evaluate.py: AD-flow with both motions, "ad-flow" (absolute, the thesis's) and
-        "ad-flow (relative)"."""
-        return [(self.NAME, argparse.Namespace(**{**vars(args), "motion": "absolute"})),
-                (f"{self.NAME} (relative)",
-                 argparse.Namespace(**{**vars(args), "motion": "relative"}))]
+        """evaluate.py: AD-flow with each motion, "ad-flow" (absolute, the thesis's) and
+        "ad-flow (relative)"; only the one ``--motion`` names when given."""
+        chosen = getattr(args, "motion", None)
+        return [(self.NAME if motion == "absolute" else f"{self.NAME} ({motion})",
+                 argparse.Namespace(**{**vars(args), "motion": motion}))
+                for motion in MOTIONS if chosen in (None, motion)]
 
     def eval_density(self, model: ADFlow, args) -> tuple[nn.Module, int, list[str]]:
         """evaluate.py: AD-flow's likelihood is its frozen Glow's, at that Glow's ``n_bits``."""

@@ -315,8 +315,10 @@ def test_relative_motion_keeps_its_reference_across_chunks_until_a_new_sequence(
 def test_evaluation_scores_both_motions_and_starts_each_sequence_afresh(tmp_path) -> None:
     model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt"))
     _random_split(model)
-    labels = [lab for lab, _ in ad.eval_systems(model, SimpleNamespace(motion="absolute"))]
-    assert labels == ["ad-flow", "ad-flow (relative)"]
+    def labels(motion):
+        return [lab for lab, _ in ad.eval_systems(model, SimpleNamespace(motion=motion))]
+    assert labels(None) == ["ad-flow", "ad-flow (relative)"]  # both unless --motion is given
+    assert labels("absolute") == ["ad-flow"] and labels("relative") == ["ad-flow (relative)"]
     args = SimpleNamespace(motion="relative")
     calls = []
 
