@@ -36,6 +36,11 @@ MOTIONS = ("absolute", "relative")
 """``--motion``: how the source's mouth reaches the query's latents (``ADFlow.transfer``)."""
 
 
+def _motion(args) -> str:
+    """``args.motion`` (``--motion``; absent or None: ``absolute``, test.py's default)."""
+    return getattr(args, "motion", None) or "absolute"
+
+
 @dataclass
 class Config:
     """AD-flow options (thesis defaults)."""
@@ -459,12 +464,12 @@ class ADFlowRecipe(Recipe):
         (:meth:`ADFlow.transfer`; the reference is the sequence's first frame, see
         :meth:`begin_sequence`).
         """
-        relative = (getattr(args, "motion", None) or "absolute") == "relative"
+        relative = _motion(args) == "relative"
         return unwrap(model).transfer(query, mix, relative=relative).clamp_(-0.5, 0.5)
 
     def builds_on_mix(self, args) -> bool:
         """``--motion relative`` builds on the query's own latents: its change is the query's."""
-        return (getattr(args, "motion", None) or "absolute") != "relative"
+        return _motion(args) != "relative"
 
     def begin_sequence(self, model: ADFlow, args=None) -> None:
         """A new source sequence: ``--motion relative`` takes its first frame as reference."""

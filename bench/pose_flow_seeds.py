@@ -199,6 +199,12 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     return rec
 
 
+def gains(curve: dict | None) -> list[tuple[int, float]]:
+    """``(step, PSNR over its own warp)`` of a run's curve (``{step: scores}``), by step."""
+    return sorted((int(k), c["model"]["psnr"] - c["own_warp"]["psnr"])
+                  for k, c in (curve or {}).items())
+
+
 def markdown(runs: list[dict], args, failures: list[dict]) -> str:
     plan, cpu = plan_of(args), cpu_info()
     model_flags = " ".join(flags(plan.model))
@@ -254,11 +260,8 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
               "driven, at the end | L1 (own warp) |",
               "|---|---:|---:|---:|---:|---|---:|---|---:|---|"]
     for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
-        curve = " / ".join(f"{c['model']['psnr'] - c['own_warp']['psnr']:+.2f}"
-                           for _, c in sorted(r["curve"].items(), key=lambda kv: int(kv[0])))
-        dcurve = " / ".join(f"{c['model']['psnr'] - c['own_warp']['psnr']:+.2f}"
-                            for _, c in sorted((r.get("driven_curve") or {}).items(),
-                                               key=lambda kv: int(kv[0]))) or "–"
+        curve = " / ".join(f"{g:+.2f}" for _, g in gains(r["curve"]))
+        dcurve = " / ".join(f"{g:+.2f}" for _, g in gains(r.get("driven_curve"))) or "–"
         tr = r["train"]
         wall = f"{tr['wall_s']:.0f}" if "wall_s" in tr else "reused"
         skipped = (r.get("end_of_training") or {}).get("skipped", "–")
@@ -289,8 +292,7 @@ def plot(runs: list[dict], path: Path) -> None:
                              sharey=True, squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         for r in sorted(runs, key=lambda r: (r["seed"], r["threads"])):
-            pts = sorted((int(k), c["model"]["psnr"] - c["own_warp"]["psnr"])
-                         for k, c in (r.get(key) or {}).items())
+            pts = gains(r.get(key))
             if not pts:
                 continue
             ax.plot(*zip(*pts, strict=True), marker="o",
