@@ -33,7 +33,11 @@ Outputs: ``OUT/pose_flow_seeds.png`` (every run's curve against the target),
 ``OUT/pose_flow_seeds.md`` (mean ± std over the runs of every system at the schedule's
 end, the runs whose PSNR is at least 1 dB above the flow's own warp, the thread-count spread,
 one row per run with its curve) and ``OUT/pose_flow_seeds.json`` (every run's figures at every
-checkpoint, timings), rewritten after every run.
+checkpoint, timings), rewritten after every run. ``--mirror`` scores the model mirror-averaged
+(``evaluate.py --mirror``) and writes ``pose_flow_seeds_mirror.*`` and ``runs/NAME_mirror.json``
+beside the plain ones, reusing the finished checkpoints:
+
+  python bench/pose_flow_seeds.py --out ../pose_seeds --model_set n_flow=4 --threads 1 --mirror
 """
 
 from __future__ import annotations
@@ -61,9 +65,11 @@ from pose_flow.demo import FULL, LONG, TINY, flags  # noqa: E402
 # (column in evaluate.py's metrics.csv, label, digits, better direction: +1 higher, -1 lower)
 FIGS = [("psnr", "PSNR dB", 2, 1), ("ssim", "SSIM", 4, 1), ("l1", "L1", 4, -1),
         ("lm_err", "landmark err", 4, -1)]
-SYSTEMS = {"pose-flow": "model", "warp source (the flow's own warp)": "own_warp",
-           "warp source": "warp", "copy source": "copy"}
+SYSTEMS = {"pose-flow": "model", "pose-flow (--mirror)": "model",
+           "warp source (the flow's own warp)": "own_warp", "warp source": "warp",
+           "copy source": "copy"}
 DRIVEN = {"driven: pose-flow (--retarget)": "model",
+          "driven: pose-flow (--retarget --mirror)": "model",
           "driven: its own warp (--retarget)": "own_warp", "driven: copy the query": "copy"}
 LABELS = {"model": "pose-flow", "own_warp": "its own warp (the flow's start)",
           "warp": "warp source, scikit-image (baseline)", "copy": "copy source (baseline)"}
@@ -91,6 +97,11 @@ def overrides(args) -> dict:
         else:
             out[key] = value
     return out
+
+
+def mirror_tag(args) -> str:
+    """What ``--mirror`` adds to evaluation, run-record and output names: ``_mirror``."""
+    return "_mirror" if getattr(args, "mirror", False) else ""
 
 
 def run_tag(args) -> str:
@@ -141,11 +152,15 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     name = (f"pose_{args.plan}{run_tag(args)}_n{train.name.split('_')[-1]}_seed{seed}"
             f"_t{threads}")
     ckdir, resdir = out / "checkpoint" / name, out / "result"
-    rec: dict = {"name": name, "seed": seed, "threads": threads, "iter": it}
+    rec: dict = {"name": name, "seed": seed, "threads": threads, "iter": it,
+                 "mirror": bool(args.mirror)}
+    mirror, tag = ["--mirror"] if args.mirror else [], mirror_tag(args)
     last = ckdir / "p" / "last.pt"
     if step_of(last) >= it:
         st.say(f"{name}: reusing the finished checkpoint {last}")
         before = out / "runs" / f"{name}.json"  # keep the training time an earlier run measured
+        if not before.is_file():
+            before = out / "runs" / f"{name}{tag}.json"
         earlier = json.loads(before.read_text()).get("train", {}) if before.is_file() else {}
         rec["train"] = {**earlier, "reused": True}
     else:
@@ -166,12 +181,13 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     rec["curve"] = {}
     for ck in sorted((ckdir / "p").glob("step_*.pt")):
         step = int(ck.stem.split("_")[1])
-        ev = f"{name}_step{step}"
+        ev = f"{name}_step{step}{tag}"
         metrics = resdir / "eval" / ev / "metrics.csv"
         if not (metrics.is_file() and metrics.stat().st_mtime >= ck.stat().st_mtime):
             st.run(f"{ev}_eval", ["evaluate.py", "--model", "pose-flow", "--checkpoint",
                                   str(ck), str(held), "--result_dir", str(resdir), "--name", ev,
-                                  "--no_drive", "--overwrite", "--no_progress"], threads)
+                                  "--no_drive", "--overwrite", "--no_progress", *mirror],
+                   threads)
         rec["curve"][step] = read_metrics(metrics)
     if it not in rec["curve"]:
         raise Failed(f"{name}: no checkpoint at iteration {it}")
@@ -184,13 +200,13 @@ def one_run(st: Steps, args, train: Path, held: Path, seed: int, threads: int) -
     rec["driven_curve"] = {}
     for ck in sorted((ckdir / "p").glob("step_*.pt")):
         step = int(ck.stem.split("_")[1])
-        ev = f"{name}_drive" if step == it else f"{name}_step{step}_drive"
+        ev = (f"{name}_drive" if step == it else f"{name}_step{step}_drive") + tag
         metrics = resdir / "eval" / ev / "metrics.csv"
         if not (metrics.is_file() and metrics.stat().st_mtime >= ck.stat().st_mtime):
             st.run(f"{ev}_eval", ["evaluate.py", "--model", "pose-flow", "--checkpoint",
                                   str(ck), str(held.parent / "drive"), "--pairs", "1",
                                   "--no_dlib", "--result_dir", str(resdir), "--name", ev,
-                                  "--overwrite", "--no_progress"], threads)
+                                  "--overwrite", "--no_progress", *mirror], threads)
         rec["driven_curve"][step] = read_metrics(metrics, DRIVEN)
     rec["driven"] = rec["driven_curve"][it]
     rec["driven_over_own_warp_db"] = (rec["driven"]["model"]["psnr"]
@@ -217,6 +233,9 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
              f"{'2 x 2' if args.tiny else '6 x 6'} held-out transfers (`--seed 7` set). Model "
              "rows: mean ± std over runs (seeds x thread counts); the warps and copying do not "
              "train. Target: PSNR at least 1 dB above the flow's own warp."
+             + (" The model is scored **with `--mirror`** (each output averaged with the "
+                "mirrored face's rendering, flipped back); the warps are not averaged."
+                if args.mirror else "")
              + (" **--tiny: a smoke run, the figures mean nothing.**" if args.tiny else "")]
     if not runs:
         return "\n".join(lines + ["", "no finished run"]) + "\n"
@@ -224,6 +243,7 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
                                                    for _, lab, _, d in FIGS) + " |",
               "|---|---:|" + "---:|" * len(FIGS)]
     for key, label in LABELS.items():
+        label += " (--mirror)" if key == "model" and args.mirror else ""
         n = len(runs) if key == "model" else 1
         lines.append(f"| {label} | {n} | " + " | ".join(
             fmt(stats([r["final"][key][k] for r in (runs if key == "model" else runs[:1])]),
@@ -244,7 +264,7 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
                   f"{'2' if args.tiny else '6'} held-out faces x 2 driving sequences, every frame "
                   "that moves), against `pose_flow.synthetic.driven_truth`:", "",
                   "| system | runs | PSNR dB ↑ | SSIM ↑ | L1 ↓ |", "|---|---:|---:|---:|---:|"]
-        for key, label in (("model", "pose-flow, driven (--retarget)"),
+        for key, label in (("model", f"pose-flow, driven (--retarget{' --mirror' * args.mirror})"),
                            ("own_warp", "its own warp, driven (--retarget)"),
                            ("copy", "copy the query (baseline)")):
             group = driven if key == "model" else driven[:1]
@@ -276,7 +296,7 @@ def markdown(runs: list[dict], args, failures: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict], path: Path, mirror: bool = False) -> None:
     """``pose_flow_seeds.png``: each run's PSNR over its own warp along its schedule, on the
     held-out transfers (left) and driving with --retarget (right, where every checkpoint was
     driven), the 1 dB target and the warp itself (0) as lines."""
@@ -302,7 +322,7 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.axhline(TARGET_DB, color="crimson", lw=1, label=f"target: +{TARGET_DB:g} dB")
         ax.axhline(0, color="grey", lw=1, label="its own warp")
         ax.set_xlabel("training iterations")
-        ax.set_title(f"pose-flow, {title}", fontsize=10)
+        ax.set_title(f"pose-flow{' --mirror' * mirror}, {title}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("PSNR over its own warp, dB")
@@ -316,17 +336,19 @@ def plot(runs: list[dict], path: Path) -> None:
 def write_outputs(args, failures: list[dict]) -> Path:
     out = Path(args.out)
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    runs = [r for r in runs if r.get("plan") == args.plan]
-    md = out / "pose_flow_seeds.md"
+    runs = [r for r in runs if r.get("plan") == args.plan
+            and bool(r.get("mirror", False)) == bool(args.mirror)]
+    stem = "pose_flow_seeds" + mirror_tag(args)
+    md = out / f"{stem}.md"
     for path, text in ((md, markdown(runs, args, failures)),
-                       (out / "pose_flow_seeds.json",
+                       (out / f"{stem}.json",
                         json.dumps({"cpu": cpu_info(), "runs": runs, "failures": failures},
                                    indent=1))):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
     if runs:
-        plot(runs, out / "pose_flow_seeds.png")
+        plot(runs, out / f"{stem}.png", args.mirror)
     return md
 
 
@@ -346,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model_set", action="append", metavar="KEY=VALUE",
                    help="change one of the plan's model options (repeatable), e.g. "
                         "--model_set n_flow=4; the runs' names say it (use its own --out)")
+    p.add_argument("--mirror", action="store_true",
+                   help="score the model with evaluate.py --mirror (mirror-averaged rendering); "
+                        "reuses finished checkpoints; writes OUT/pose_flow_seeds_mirror.* and "
+                        "OUT/runs/NAME_mirror.json beside the plain ones")
     p.add_argument("--sets_only", action="store_true", help="write the sets and stop")
     p.add_argument("--table_only", action="store_true",
                    help="rewrite the table from OUT/runs/*.json and stop")
@@ -377,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     st.failures.append({"step": str(exc), "rc": 1, "log": "-", "tail": []})
                 continue
             rec["plan"] = args.plan
-            path = out / "runs" / f"{rec['name']}.json"
+            path = out / "runs" / f"{rec['name']}{mirror_tag(args)}.json"
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(rec, indent=1))
             tmp.replace(path)

@@ -40,7 +40,7 @@ from faces.landmarks import LandmarkDetector
 from faces.metrics import recognizer
 from glow.io import CheckpointError
 from pose_flow.data import read_landmarks
-from pose_flow.driving import inter_ocular, landmarks_for, retarget
+from pose_flow.driving import add_mirror_arg, inter_ocular, landmarks_for, retarget
 from pose_flow.recipe import RECIPE
 from pose_flow.synthetic import driven_truth, is_pose_set
 from synthface.pose import render_posed
@@ -171,8 +171,10 @@ def field_values(img: np.ndarray, truth: np.ndarray, src: np.ndarray, nets=None,
 
 def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
                        pairs: int | None = None, examples: dict[str, list] | None = None,
-                       nets=None) -> tuple[list[dict], list[dict]]:
-    """(rows per system, one detail row per system and pair) on a pose set at ``root``.
+                       nets=None, mirror: bool = False) -> tuple[list[dict], list[dict]]:
+    """(rows per system, one detail row per system and pair) on a pose set at ``root``;
+    ``mirror``: the model's row is its mirror-averaged rendering (``--mirror``,
+    :func:`model_row`).
 
     ``examples``: when given, the first :data:`EXAMPLES` pairs' images are appended to it per
     row label (the source, the exact answer, every system), for the report."""
@@ -193,8 +195,8 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
         ls_t = torch.from_numpy(lm_s)[None].to(device)
         lt_t = torch.from_numpy(lm_t)[None].to(device)
         with torch.no_grad():
-            out = model.transfer(x, ls_t, lt_t)
-        outputs = {RECIPE.NAME: to_uint8(out)[0], "copy source": src,
+            out = model.transfer(x, ls_t, lt_t, mirror=mirror)
+        outputs = {model_row(mirror): to_uint8(out)[0], "copy source": src,
                    "warp source": piecewise_affine_warp(src, lm_s, lm_t)}
         if getattr(model, "reference", "none") != "none":
             # the flow's own starting point: what the flow adds is its row minus this one
@@ -218,23 +220,35 @@ def evaluate_synthetic(model, root: Path, device, scorer: FaceScorer | None,
     return _summarise(details), details
 
 
-DRIVEN = {"model": "driven: " + RECIPE.NAME + " (--retarget)",
-          "own_warp": "driven: its own warp (--retarget)",
-          "copy": "driven: copy the query"}
-"""Rows of the driving evaluation (:func:`evaluate_driving`)."""
+def model_row(mirror: bool = False) -> str:
+    """The model's row in a pose evaluation: ``pose-flow``, or ``pose-flow (--mirror)``."""
+    return RECIPE.NAME + (" (--mirror)" if mirror else "")
 
 
-def evaluate_driving(model, root: Path, device) -> list[dict]:
+def driven_rows(mirror: bool = False) -> dict[str, str]:
+    """Rows of the driving evaluation (:func:`evaluate_driving`) by role."""
+    return {"model": f"driven: {RECIPE.NAME} (--retarget{' --mirror' if mirror else ''})",
+            "own_warp": "driven: its own warp (--retarget)",
+            "copy": "driven: copy the query"}
+
+
+DRIVEN = driven_rows()
+"""Rows of the driving evaluation without ``--mirror``."""
+
+
+def evaluate_driving(model, root: Path, device, mirror: bool = False) -> list[dict]:
     """One detail row per system and driven frame: every held-out source of the pose set at
     ``root`` driven, as ``test.py --source DRIVE SOURCE --retarget`` drives it (the source's
     landmarks moved by the driver's landmark motion since its first frame), by every driving
     sequence of the set, against :func:`pose_flow.synthetic.driven_truth` (its pose fitted to
     the retargeted landmarks) rendered at the model's size. Frames where the driver's landmarks
-    are those of its first frame (no motion: the answer is the source itself) are not scored."""
+    are those of its first frame (no motion: the answer is the source itself) are not scored.
+    ``mirror``: the model's frames are mirror-averaged (``--mirror``)."""
     from .metrics import psnr, ssim  # deferred: scipy.stats, see piecewise_affine_warp
 
     man = json.loads((root / "manifest.json").read_text())
     size = model.img_size
+    rows = driven_rows(mirror)
     details: list[dict] = []
     for s in man["sources"]:
         src_path = root / "eval" / "sources" / f"{s}.png"
@@ -252,10 +266,11 @@ def evaluate_driving(model, root: Path, device) -> list[dict]:
                 truth = render_posed(*driven_truth(man, s, drive, t, targets[t]), size)[0]
                 lt_t = torch.from_numpy(targets[t])[None].to(device)
                 with torch.no_grad():
-                    outputs = {DRIVEN["model"]: to_uint8(model.transfer(x, ls_t, lt_t))[0],
-                               DRIVEN["copy"]: src}
+                    outputs = {rows["model"]: to_uint8(model.transfer(x, ls_t, lt_t,
+                                                                      mirror=mirror))[0],
+                               rows["copy"]: src}
                     if getattr(model, "reference", "none") != "none":
-                        outputs[DRIVEN["own_warp"]] = to_uint8(
+                        outputs[rows["own_warp"]] = to_uint8(
                             model.warp_reference(x, ls_t, lt_t))[0]
                 for name, img in outputs.items():
                     details.append({
@@ -289,7 +304,7 @@ def evaluate_real(model, args, device, scorer: FaceScorer) -> tuple[list[dict], 
         q_desc = scorer.descriptor(q256, q_lm)
         with torch.no_grad():
             app = model.appearance(_to_t([_resize(q256, size)], device),
-                                   torch.from_numpy(q_lm)[None].to(device))
+                                   torch.from_numpy(q_lm)[None].to(device), args.mirror)
         for sname in args.source:
             src = resolve_source(sname, args.image_dir)
             frames = src.frames[: args.seq_frames] if args.seq_frames else src.frames
@@ -302,7 +317,8 @@ def evaluate_real(model, args, device, scorer: FaceScorer) -> tuple[list[dict], 
                 for k, img in enumerate(to_uint8(out)):
                     tgt = targets[i + k]
                     details.append({
-                        "system": RECIPE.NAME + (" (retarget)" if args.retarget else ""),
+                        "system": model_row(args.mirror) + (" (retarget)" if args.retarget
+                                                            else ""),
                         "source": sname, "target": qname, "frame": i + k,
                         "lm_err": landmark_error(scorer.landmarks(img, tgt), tgt),
                         "id_dist": float(np.linalg.norm(scorer.descriptor(img, tgt) - q_desc))})
@@ -363,6 +379,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace RESULT_DIR/eval/NAME when "
                    "it holds an evaluation of another checkpoint or data (default: refuse)")
     p.add_argument("--retarget", action="store_true", help="real: retarget the landmarks")
+    add_mirror_arg(p)
     p.add_argument("--no_drive", dest="drive", action="store_false",
                    help="synthetic: skip the driving rows (each held-out source driven by the "
                         "set's driving sequences with --retarget, against the exact answer)")
@@ -405,11 +422,11 @@ def main(argv: list[str]) -> int:
         examples: dict[str, list] = {}
         for d in a.data:
             r, dt = evaluate_synthetic(model, Path(d), device, scorer, a.pairs,
-                                       examples if d == a.data[0] else None, nets)
+                                       examples if d == a.data[0] else None, nets, a.mirror)
             rows += r
             details += dt
             if a.drive:
-                dt = evaluate_driving(model, Path(d), device)
+                dt = evaluate_driving(model, Path(d), device, a.mirror)
                 rows += _summarise(dt)
                 details += dt
         if a.source and a.query:

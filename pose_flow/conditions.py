@@ -19,6 +19,7 @@ pixel ``(i, j)`` has its centre at ``((j + 0.5) / r, (i + 0.5) / r)``:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -99,3 +100,31 @@ def condition(landmarks: Tensor, size: int, sigma: float = 0.1, coord_below: int
     if size < coord_below:
         parts.append(coordinate_maps(landmarks, size))
     return torch.cat(parts, 1)
+
+
+# Where each of dlib's 68 points goes when the face is mirrored left-right (iBUG 300-W order:
+# jaw 0-16, brows 17-21 / 22-26, nose bridge 27-30, nose base 31-35, eyes 36-41 / 42-47, outer
+# lips 48-59, inner lips 60-67): MIRROR[i] is the index of the point that lands on point i.
+MIRROR = np.array([*range(16, -1, -1),                       # jaw
+                   *range(26, 21, -1), *range(21, 16, -1),   # brows
+                   27, 28, 29, 30,                           # nose bridge
+                   35, 34, 33, 32, 31,                       # nose base
+                   45, 44, 43, 42, 47, 46,                   # one eye ...
+                   39, 38, 37, 36, 41, 40,                   # ... and the other
+                   54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,  # outer lips
+                   64, 63, 62, 61, 60, 67, 66, 65])          # inner lips
+
+
+def mirror_landmarks(landmarks: Tensor) -> Tensor:
+    """Landmarks ``[..., 68, 2]`` (x in 0..1) of the face mirrored left-right: at ``1 - x`` and
+    renumbered so each point keeps its meaning (the mirrored face's left eye is its left eye
+    again)."""
+    lm = landmarks[..., torch.from_numpy(MIRROR).to(landmarks.device), :].clone()
+    lm[..., 0] = 1 - lm[..., 0]
+    return lm
+
+
+def mirror(images: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
+    """Faces mirrored left-right: images ``[..., 3, S, S]`` flipped along the width, landmarks
+    by :func:`mirror_landmarks`."""
+    return images.flip(-1), mirror_landmarks(landmarks)

@@ -24,6 +24,8 @@ from torch.utils.data import Dataset
 from faces.io import umask_mode
 from lrw.datasets import load_image
 
+from .conditions import mirror
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_NAME = ".pose_index.json"
 CACHE_FORMAT = "flowdisentangle-pose-index/1"
@@ -32,28 +34,6 @@ CACHE_FORMAT = "flowdisentangle-pose-index/1"
 class PoseDataError(ValueError):
     """The pose data cannot be used; the message is one line naming the file or folder and the
     fix."""
-
-
-# Where each of dlib's 68 points goes when the face is mirrored left-right (iBUG 300-W order:
-# jaw 0-16, brows 17-21 / 22-26, nose bridge 27-30, nose base 31-35, eyes 36-41 / 42-47, outer
-# lips 48-59, inner lips 60-67): MIRROR[i] is the index of the point that lands on point i.
-MIRROR = np.array([*range(16, -1, -1),                       # jaw
-                   *range(26, 21, -1), *range(21, 16, -1),   # brows
-                   27, 28, 29, 30,                           # nose bridge
-                   35, 34, 33, 32, 31,                       # nose base
-                   45, 44, 43, 42, 47, 46,                   # one eye ...
-                   39, 38, 37, 36, 41, 40,                   # ... and the other
-                   54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55,  # outer lips
-                   64, 63, 62, 61, 60, 67, 66, 65])          # inner lips
-
-
-def mirror(images: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Faces mirrored left-right: images ``[..., 3, S, S]`` flipped along the width, landmarks
-    ``[..., 68, 2]`` (x in 0..1) at ``1 - x`` and renumbered so each point keeps its meaning
-    (the mirrored face's left eye is its left eye again)."""
-    lm = landmarks[..., torch.from_numpy(MIRROR), :].clone()
-    lm[..., 0] = 1 - lm[..., 0]
-    return images.flip(-1), lm
 
 
 def landmark_path(frame: Path) -> Path:

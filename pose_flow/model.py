@@ -48,8 +48,12 @@ from glow import ActNorm, Coupling, Flow, gaussian_log_p, squeeze2d, unsqueeze2d
 from glow.fast import InvConv2dLU, ZeroConv2d, install, use_cache
 from glow.layers import conditioner_input
 
-from .conditions import cond_channels, condition, pixel_centres
+from .conditions import cond_channels, condition, mirror_landmarks, pixel_centres
+from .conditions import mirror as mirror_faces
 from .warp import piecewise_affine
+
+MIRRORED = "mirrored "
+"""Key prefix of the mirrored faces' appearance in :meth:`PoseFlow.appearance` (``mirror=True``)."""
 
 # The anchor's conditioner widths per level at 64 px: first block, 4 split blocks, 2 headers.
 ANCHOR_HIDDEN = (64, 128, 128, 256, 256, 512, 512)
@@ -456,10 +460,19 @@ class PoseFlow(nn.Module):
             out = block.reverse(out, c, z)
         return self._residual(out, ref, 1)
 
-    def appearance(self, x: Tensor, landmarks: Tensor) -> dict:
+    def appearance(self, x: Tensor, landmarks: Tensor, mirror: bool = False) -> dict:
         """What a transfer keeps of faces ``x`` [B, 3, S, S] (landmarks [B, 68, 2]): their
         ``w`` (``reference="none"``), or the images and landmarks themselves (``"warp"``).
-        ``select_appearance`` picks and repeats rows; ``render`` re-poses."""
+        ``select_appearance`` picks and repeats rows; ``render`` re-poses. With ``mirror`` the
+        mirrored faces' appearance is kept beside it (keys prefixed ``MIRRORED``), and
+        ``render`` averages the two renderings (:meth:`render`)."""
+        app = self._appearance(x, landmarks)
+        if mirror:
+            xm, lm = mirror_faces(x, landmarks)
+            app.update({MIRRORED + k: v for k, v in self._appearance(xm, lm).items()})
+        return app
+
+    def _appearance(self, x: Tensor, landmarks: Tensor) -> dict:
         if self.reference == "none":
             return {"w": self.encode(x, landmarks)[0]}
         return {"image": x, "landmarks": landmarks}
@@ -472,7 +485,21 @@ class PoseFlow(nn.Module):
     def render(self, app: dict, target_landmarks: Tensor, temperature: float = 0.0) -> Tensor:
         """An appearance (:meth:`appearance`) at ``target_landmarks`` [B, 68, 2]: the target's
         conditions, split latents (and with a reference, ``w``) from their priors at
-        ``temperature`` (0: the means)."""
+        ``temperature`` (0: the means).
+
+        An appearance made with ``mirror=True`` renders twice, as given and mirrored (the
+        mirrored faces at the mirrored target landmarks, flipped back), and returns the mean:
+        test-time augmentation that halves the part of the flow's error that is not
+        left-right symmetric (twice the work; docs/pose_flow.md, "Mirror-averaged rendering")."""
+        plain = {k: v for k, v in app.items() if not k.startswith(MIRRORED)}
+        out = self._render(plain, target_landmarks, temperature)
+        if len(plain) == len(app):
+            return out
+        mirrored = {k[len(MIRRORED):]: v for k, v in app.items() if k.startswith(MIRRORED)}
+        back = self._render(mirrored, mirror_landmarks(target_landmarks), temperature).flip(-1)
+        return (out + back) / 2
+
+    def _render(self, app: dict, target_landmarks: Tensor, temperature: float) -> Tensor:
         if self.reference == "none":
             return self.reverse(app["w"], self.conditions(target_landmarks), None, temperature)
         ref = self.reference_input(app["image"], app["landmarks"], target_landmarks)
@@ -481,9 +508,10 @@ class PoseFlow(nn.Module):
                             ref=ref)
 
     def transfer(self, x: Tensor, landmarks: Tensor, target_landmarks: Tensor,
-                 temperature: float = 0.0) -> Tensor:
-        """Re-pose ``x`` [B, 3, S, S] (landmarks [B, 68, 2]) to ``target_landmarks``."""
-        return self.render(self.appearance(x, landmarks), target_landmarks, temperature)
+                 temperature: float = 0.0, mirror: bool = False) -> Tensor:
+        """Re-pose ``x`` [B, 3, S, S] (landmarks [B, 68, 2]) to ``target_landmarks``
+        (``mirror``: average with the mirrored rendering, :meth:`render`)."""
+        return self.render(self.appearance(x, landmarks, mirror), target_landmarks, temperature)
 
     def split_shapes(self, img_size: int | None = None) -> list[tuple[int, int, int]]:
         """Shapes (C, H, W) of the split latents."""

@@ -309,9 +309,10 @@ class PoseFlowRecipe(Recipe):
 
     @torch.no_grad()
     def transfer_poses(self, model: PoseFlow, images, landmarks, target_landmarks,
-                       temperature: float = 0.0) -> Tensor:
-        """Each face's appearance (its ``w``) under every target's landmarks."""
-        app = model.appearance(images, landmarks)
+                       temperature: float = 0.0, mirror: bool = False) -> Tensor:
+        """Each face's appearance (its ``w``) under every target's landmarks (``mirror``:
+        averaged with the mirrored rendering, :meth:`PoseFlow.render`)."""
+        app = model.appearance(images, landmarks, mirror)
         n = target_landmarks.shape[0]
         return torch.stack([model.render(model.select_appearance(app, i, n), target_landmarks,
                                          temperature) for i in range(images.shape[0])])

@@ -15,7 +15,7 @@ from PIL import Image
 from cliargs import MAX_SIZE, add_no_progress, check_fits, error_exit, image_size, nonnegative
 from faces.io import note_non_square, save_pil
 from glow.io import CheckpointError
-from pose_flow.driving import landmarks_for
+from pose_flow.driving import add_mirror_arg, landmarks_for
 from training import registry
 from training.cli import check_folder_flags
 from training.distributed import resolve_device
@@ -37,7 +37,8 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def transfer_grid(recipe: Recipe, model, sources: list[Path], targets: list[Path], device,
-                  temperature: float = 0.0, out_size: int | None = None) -> np.ndarray:
+                  temperature: float = 0.0, out_size: int | None = None,
+                  mirror: bool = False) -> np.ndarray:
     """The anchor's grid: top row blank + targets, then per source: the source and its
     transfers to every target's landmarks. uint8 [H, W, 3]."""
     size = model.img_size
@@ -45,7 +46,7 @@ def transfer_grid(recipe: Recipe, model, sources: list[Path], targets: list[Path
     tgt_lm = torch.from_numpy(np.stack([landmarks_for(p, "target") for p in targets])).to(device)
     src = to_tensor([read_rgb(p) for p in sources], size).to(device)
     tgt = to_tensor([read_rgb(p) for p in targets], size).to(device)
-    out = recipe.transfer_poses(model, src, src_lm, tgt_lm, temperature)
+    out = recipe.transfer_poses(model, src, src_lm, tgt_lm, temperature, mirror)
     rows = [[np.full((size, size, 3), 255, np.uint8), *to_uint8(tgt)]]
     rows += [[to_uint8(src[i:i + 1])[0], *to_uint8(out[i])] for i in range(len(sources))]
     tile = out_size or max(MIN_TILE, size)  # cells a person can see, whatever the model's size
@@ -69,6 +70,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--name", default="grid", help="file name of the grid (default: grid)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--temp", type=nonnegative, default=0.0, help="split-latent temperature")
+    add_mirror_arg(p)
     p.add_argument("--out_size", type=image_size, default=None,
                    help=f"each cell's size (default: the model's, at least 128; at most "
                         f"{MAX_SIZE}; the grid must fit "
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
             cells = (len(srcs) + 1) * (len(tgts) + 1)
             check_fits(cells * a.out_size ** 2 * 3 * 2, f"--out_size {a.out_size} for a grid of "
                        f"{cells} cells", "lower --out_size or give fewer faces")
-        grid = transfer_grid(recipe, model, srcs, tgts, device, a.temp, a.out_size)
+        grid = transfer_grid(recipe, model, srcs, tgts, device, a.temp, a.out_size, a.mirror)
         out = Path(a.result_dir) / "transfer_grid" / f"{a.name}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         save_pil(Image.fromarray(grid), out)

@@ -158,10 +158,11 @@ class Recipe:
         ``--motion relative`` reference) resets it. Nothing by default."""
 
     def transfer_poses(self, model: nn.Module, images: Tensor, landmarks: Tensor,
-                       target_landmarks: Tensor, temperature: float = 0.0) -> Tensor:
+                       target_landmarks: Tensor, temperature: float = 0.0,
+                       mirror: bool = False) -> Tensor:
         """test.py --transfer_grid: faces [N, 3, S, S] in [-0.5, 0.5] with their landmarks
         [N, 68, 2] (x, y in 0..1), each re-posed to every target's landmarks [M, 68, 2]
-        -> [N, M, 3, S, S]."""
+        -> [N, M, 3, S, S] (``mirror``: averaged with the mirrored faces' rendering)."""
         raise ValueError(f"model '{self.NAME}' has no pose transfer")
 
     def eval_systems(self, model: nn.Module, args) -> list[tuple[str, argparse.Namespace]]:

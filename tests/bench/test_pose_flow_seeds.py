@@ -53,6 +53,21 @@ def test_tiny_run_writes_one_scored_run_and_rebuilds_its_table(tmp_path):
     md.unlink()
     assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--table_only"]) == 0
     assert f"{run['over_own_warp_db']:+.2f}" in md.read_text()
+    # --mirror: the same checkpoint (not trained again) scored mirror-averaged, beside the
+    # plain figures, which stay as they were
+    plain_md = md.read_text()
+    assert pose_flow_seeds.main(["--tiny", "--out", str(out), "--seeds", "0", "--threads", "1",
+                                 "--mirror"]) == 0
+    assert md.read_text() == plain_md and json.loads(js.read_text())["runs"] == [run]
+    mrun = json.loads((out / "runs" / f"{run['name']}_mirror.json").read_text())
+    assert mrun["mirror"] is True and mrun["train"]["reused"] is True
+    assert mrun["final"]["own_warp"] == run["final"]["own_warp"]
+    assert mrun["driven"]["own_warp"] == run["driven"]["own_warp"]
+    assert mrun["final"]["model"]["psnr"] != run["final"]["model"]["psnr"]
+    mtext = (out / "pose_flow_seeds_mirror.md").read_text()
+    assert "with `--mirror`" in mtext and f"{mrun['over_own_warp_db']:+.2f}" in mtext
+    assert "pose-flow, driven (--retarget --mirror)" in mtext
+    assert (out / "pose_flow_seeds_mirror.png").stat().st_size > 1000
 
 
 def test_model_set_changes_a_copy_of_the_plan_and_names_the_runs():

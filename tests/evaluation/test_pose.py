@@ -30,6 +30,27 @@ def test_evaluate_scores_the_model_and_both_baselines(pose_set, pose_trained, tm
     assert rc == 1 and "not a pose set" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_evaluate_mirror_names_the_model_rows_and_keeps_the_baselines(pose_set, pose_trained,
+                                                                      tmp_path):
+    import csv
+
+    def rows(name, *extra):
+        assert evaluate.main(["--model", "pose-flow", str(pose_set), "--checkpoint",
+                              str(pose_trained["ckpt"]), "--result_dir", str(tmp_path),
+                              "--name", name, "--pairs", "2", "--no_dlib", *extra]) == 0
+        with open(tmp_path / "eval" / name / "metrics.csv", newline="") as fh:
+            return {r["system"]: float(r["psnr"]) for r in csv.DictReader(fh)}
+
+    plain, mirrored = rows("plain"), rows("mirror", "--mirror")
+    assert "pose-flow (--mirror)" in mirrored and "pose-flow" not in mirrored
+    assert "driven: pose-flow (--retarget --mirror)" in mirrored
+    # the baselines are not averaged: the same rows, the same scores
+    for name in ("copy source", "warp source", "driven: copy the query"):
+        assert mirrored[name] == plain[name]
+    assert mirrored["pose-flow (--mirror)"] != plain["pose-flow"]
+
+
 def test_driven_truth_starts_at_the_source_and_fits_the_retargeted_landmarks(pose_set):
     import json
 

@@ -262,3 +262,49 @@ def test_factor_lu_conv_matches_glow_values_gradients_and_inverse(shape):
     for a, b in zip(*res, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-10)
     np.testing.assert_allclose(fast.reverse(res[1][0]).detach().numpy(), x.numpy(), atol=1e-10)
+
+
+# -- mirror-averaged rendering (--mirror) ------------------------------------------------------
+
+@pytest.mark.parametrize("reference", ["none", "warp"])
+def test_mirror_averaged_transfer_is_exactly_mirror_equivariant(reference):
+    from pose_flow.conditions import mirror, mirror_landmarks
+
+    torch.manual_seed(0)
+    m = PoseFlow(img_size=16, n_flow=1, n_block=2, n_header=1, hidden=8,
+                 reference=reference).double().eval()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64) - 0.5
+    ls, lt = _face_lm(2, 0).double(), _face_lm(2, 5).double()
+    with torch.no_grad():
+        # ActNorm's data-dependent start, then weights that no symmetry keeps
+        m.encode(x, ls, ref=None if reference == "none" else m.reference_input(x, ls, ls))
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        xm, lsm = mirror(x, ls)
+        ltm = mirror_landmarks(lt)
+        plain, plain_m = m.transfer(x, ls, lt), m.transfer(xm, lsm, ltm)
+        avg, avg_m = m.transfer(x, ls, lt, mirror=True), m.transfer(xm, lsm, ltm, mirror=True)
+    # the flow alone is not equivariant: mirroring the input does not mirror its output ...
+    assert (plain_m - plain.flip(-1)).abs().max() > 1e-3
+    # ... the average of both renderings is, to rounding, and it is their mean
+    torch.testing.assert_close(avg_m, avg.flip(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(avg, (plain + plain_m.flip(-1)) / 2, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        # off: the rendering as before, bit for bit
+        assert torch.equal(m.transfer(x, ls, lt, mirror=False), plain)
+        # the driving path (one appearance, rows picked and repeated) renders the same frames
+        app = m.appearance(x, ls, mirror=True)
+        rows = m.render(m.select_appearance(app, 1, 2), lt)
+    torch.testing.assert_close(rows[1], avg[1], rtol=0, atol=1e-12)
+
+
+def test_mirror_landmarks_is_an_involution_that_keeps_meanings():
+    from pose_flow.conditions import mirror_landmarks
+
+    lm = _face_lm(3)
+    back = mirror_landmarks(mirror_landmarks(lm))
+    torch.testing.assert_close(back, lm, rtol=0, atol=1e-7)
+    m = mirror_landmarks(lm)
+    # the mirrored face's left eye (36-41) is the image-mirrored right eye (42-47)
+    torch.testing.assert_close(m[:, 36:42, 0].mean(1), 1 - lm[:, 42:48, 0].mean(1), rtol=0,
+                               atol=1e-6)

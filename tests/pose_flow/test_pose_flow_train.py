@@ -236,7 +236,7 @@ def test_the_sampler_keeps_landmarks_and_reads_a_changed_file_again(pose_set, tm
 
 
 def test_mirror_keeps_every_point_meaning_on_a_symmetric_face():
-    from pose_flow.data import MIRROR, mirror
+    from pose_flow.conditions import MIRROR, mirror
     from synthface.face import sample_identity
     from synthface.landmarks import face_landmarks
 
@@ -315,6 +315,15 @@ def test_driving_writes_every_frame_a_video_and_a_grid(pose_set, pose_trained, t
     frames, fps = read_video(out / "video.mp4")
     assert len(frames) == n and fps == pytest.approx(25)
     assert (out / "grid.png").is_file()
+    # --mirror reaches the model: the same frames, each averaged with the mirrored rendering
+    rc = test_script.main(["--model", "pose-flow", "--source", str(src), str(query),
+                           "--checkpoint", str(ck), "--result_dir", str(tmp_path / "m"),
+                           "--no_progress", "--retarget", "--batch", "2", "--mirror"])
+    mout = tmp_path / "m" / "target_img" / "drive00" / "ev00_16"
+    plain = [np.asarray(Image.open(f)) for f in sorted(out.glob("[0-9]*.png"))]
+    mirrored = [np.asarray(Image.open(f)) for f in sorted(mout.glob("[0-9]*.png"))]
+    assert rc == 0 and len(mirrored) == n
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, mirrored, strict=True))
 
 
 def test_source_without_landmarks_is_a_one_line_error(pose_set, pose_trained, tmp_path, capsys):
