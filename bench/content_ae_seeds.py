@@ -135,8 +135,8 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
     """Train, choose P and score one (attribute, seed, threads); fills ``record`` as it goes."""
     data = out / "data" / f"{attr}_seed{seed}"
     ckdir, resdir = out / "checkpoint", out / "result"
-    name = f"cae_{attr}_seed{seed}_t{threads}"
-    record.update(name=name, data=str(data))
+    name = f"cae_{attr}_seed{seed}_t{threads}{iter_tag(plan)}"
+    record.update(name=name, data=str(data), iter=plan["iter"])
     common = ["--model", "content-ae", "--checkpoint_dir", str(ckdir), "--result_dir",
               str(resdir)]
     last = ckdir / name / "last.pt"
@@ -149,6 +149,8 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
                 "--batch", str(plan["batch"]), "--lr", plan["lr"], "--disc_lr", plan["lr"],
                 "--seed", str(seed), "--sample_every", str(max(plan["iter"] // 2, 1)),
                 "--log_every", "50", "--workers", "0", "--no_progress", "--force"]
+        if plan["iter"] > plan["demo_iter"]:  # the budget curve: a checkpoint every demo budget
+            argv += ["--save_every", str(plan["demo_iter"])]
         record["train"] = st.run(f"{name}_train", argv, threads)
     end = last_log(resdir / f"sample_{name}" / "log.jsonl")
     record["end_of_training"] = {k: end.get(k) for k in ("step", "time", "mask_l1", "mask_b",
@@ -157,14 +159,17 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
 
     select = selection_set(data, train_pairs)
 
-    def evaluate(split: str, p: float) -> dict:
-        ename = f"{name}_{split}_p{ptag(p)}"
+    def evaluate(split: str, p: float, ck: Path | None = None) -> dict:
+        """One evaluation of the run's last checkpoint (or of ``ck``, a saved step)."""
+        ename = f"{name}_{split}_p{ptag(p)}" if ck is None else \
+            f"{name}_step{ck_step(ck)}_{split}_p{ptag(p)}"
         mj = resdir / "eval" / ename / "metrics.json"
-        if reusable(mj, ck_mtime, train_pairs if split == "train" else 0):
+        if reusable(mj, ck_mtime if ck is None else ck.stat().st_mtime,
+                    train_pairs if split == "train" else 0):
             say(f"{ename}: reusing {mj}")
         else:
             argv = ["evaluate.py", str(select if split == "train" else data), *common,
-                    "--checkpoint", name, "--name", ename,
+                    "--checkpoint", name if ck is None else str(ck), "--name", ename,
                     "--mask_power", ptag(p), "--overwrite", "--no_progress"]
             if split == "train":
                 argv += ["--split", "train", "--max_pairs", str(train_pairs)]
@@ -189,12 +194,32 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
         record["held_out_pairs"] = f["info"].get("pairs")
     record["criterion"] = criterion(record, "chosen")
     record["criterion_default"] = criterion(record, "default")
+    # the budget curve (--iter above the demo's): every saved checkpoint on the held-out pairs
+    # at the default P (no choice on training identities per point: one fixed rule)
+    steps = sorted(ckdir.joinpath(name).glob("step_*.pt"), key=ck_step)
+    if plan["iter"] > plan["demo_iter"] and steps:
+        record["curve"] = {}
+        for ck in steps:
+            f = evaluate("test", DEFAULT_P, ck)
+            record["curve"][str(ck_step(ck))] = {**f["model"],
+                                                 "criterion": criterion({**f, "m": f["model"]},
+                                                                        "m")}
     say(f"{name}: held out at P {ptag(best)}: transfer {record['chosen']['transfer']:.2f} "
         f"(copy {record['copy']['transfer']:.2f}, paste {record['paste']['transfer']:.2f}), "
         f"region {record['chosen']['region']:.2f}, outside cost "
         f"{record['chosen']['outside_cost']:.3f} (paste {record['paste']['outside_cost']:.3f}), "
         f"removal {record['chosen']['removal']:.2f} (copy {record['copy']['removal']:.2f}); "
         f"criterion {'met' if record['criterion'] else 'not met'}")
+
+
+def ck_step(path: Path) -> int:
+    """The iteration of a saved ``step_0000800.pt``, from its name."""
+    return int(path.stem.split("_")[1])
+
+
+def iter_tag(plan: dict) -> str:
+    """What ``--iter`` adds to a run's name: ``_i6400``; nothing at the demo's budget."""
+    return "" if plan["iter"] == plan["demo_iter"] else f"_i{plan['iter']}"
 
 
 def criterion(r: dict, which: str) -> bool:
@@ -260,7 +285,8 @@ def train_wall(tr: dict) -> str:
 
 def markdown(runs: list[dict], summaries: dict, args, failures: list[dict], cmd: str,
              wall: float) -> str:
-    plan = TINY if args.tiny else FULL
+    plan = {**(TINY if args.tiny else FULL)}
+    plan["iter"] = args.iter or plan["iter"]
     cpu = cpu_info()
     lines = [
         "## content-AE over seeds and thread counts (`bench/content_ae_seeds.py`)", "",
@@ -331,11 +357,62 @@ def markdown(runs: list[dict], summaries: dict, args, failures: list[dict], cmd:
             f"{'yes' if r['criterion'] else 'no'} / {'yes' if r['criterion_default'] else 'no'}"
             f" | {'–' if mask is None else f'{mask:.3f}'} | "
             f"{train_wall(tr)} |")
+    curves = [r for r in runs if r.get("curve")]
+    if curves:
+        lines += ["", f"### Against training budget (held out, P = {ptag(DEFAULT_P)}; a "
+                  f"checkpoint every {(TINY if args.tiny else FULL)['iter']} iterations of one "
+                  "run, constant learning rate)", "",
+                  "| attribute | seed | threads | iterations | transfer PSNR dB (copy / paste) "
+                  "| region PSNR dB (paste) | outside cost dB (paste) | criterion |",
+                  "|---|---:|---:|---:|---|---|---|---|"]
+        for r in curves:
+            c, pa = r["copy"], r["paste"]
+            for step, m in sorted(r["curve"].items(), key=lambda kv: int(kv[0])):
+                lines.append(
+                    f"| {r['attribute']} | {r['seed']} | {r['threads']} | {step} | "
+                    f"{m['transfer']:.2f} ({c['transfer']:.2f} / {pa['transfer']:.2f}) | "
+                    f"{m['region']:.2f} ({pa['region']:.2f}) | {m['outside_cost']:.3f} "
+                    f"({pa['outside_cost']:.3f}) | {'met' if m['criterion'] else 'no'} |")
     if failures:
         lines += ["", f"**{len(failures)} failed step(s):** " + "; ".join(
             f"{f['step']} (exit {f['rc']}, {f['log']})" for f in failures)]
     lines += ["", f"Command: `{cmd}` ({wall / 60:.1f} min wall this invocation)."]
     return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    """``content_ae_curve.png``: transfer PSNR and outside cost of every curve run against
+    iterations, with copying and pasting as flat lines (they do not train)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.0), dpi=120)
+    for i, r in enumerate(runs):
+        pts = sorted((int(k), v) for k, v in r["curve"].items())
+        xs = [x for x, _ in pts]
+        lab = f"{r['attribute']}, seed {r['seed']}, {r['threads']} thread(s)"
+        for ax, key in zip(axes, ("transfer", "outside_cost"), strict=True):
+            ax.plot(xs, [v[key] for _, v in pts], marker="o", color=f"C{i}",
+                    label=f"content-ae, {lab}")
+            ax.axhline(r["paste"][key], color=f"C{i}", ls="--", lw=1,
+                       label=f"paste region, {lab}")
+            if key == "transfer":
+                ax.axhline(r["copy"][key], color=f"C{i}", ls=":", lw=1,
+                           label=f"copy target, {lab}")
+    axes[0].set_ylabel("held-out transfer PSNR dB (higher is better)")
+    axes[1].set_ylabel("outside cost dB (lower is better)")
+    for ax in axes:
+        ax.set_xlabel("training iterations")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"content-ae against training budget (P = {ptag(DEFAULT_P)})", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate.py --max_pairs of the training-split evaluations that choose P "
                         "(default: 200; evaluate.py takes the first pairs in donor order, so 200 "
                         "of a 400 x 400 split are the first donor with 200 targets)")
+    p.add_argument("--iter", type=int, default=0,
+                   help="training iterations (default 0: the demo's 800); a longer run saves a "
+                        "checkpoint every 800 and scores each on the held-out pairs at P = 1.5: "
+                        "the quality-against-budget curve (runs named ..._iN)")
     p.add_argument("--tiny", action="store_true",
                    help="content_ae.demo.TINY sizes: seconds, for a test (figures meaningless)")
     args = p.parse_args(argv)
@@ -364,10 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--powers must be positive")
     if any(t < 1 for t in args.threads):
         p.error("--threads must be at least 1")
+    if args.iter < 0:
+        p.error("--iter must be positive (0: the demo's)")
     t_start = time.time()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plan = TINY if args.tiny else FULL
+    base = TINY if args.tiny else FULL
+    plan = {**base, "demo_iter": base["iter"], "iter": args.iter or base["iter"]}
     cmd = "python bench/content_ae_seeds.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     st = Steps(out, "content_ae_seeds")
@@ -378,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         summaries = {a: summarise(runs, a) for a in args.attributes}
         md = markdown(runs, summaries, args, st.failures, cmd, time.time() - t_start)
         (out / "content_ae_seeds.md").write_text(md)
+        curves = [r for r in runs if r.get("curve")]
+        if curves:
+            plot_curves(curves, out / "content_ae_curve.png")
         (out / "content_ae_seeds.json").write_text(json.dumps(no_nan(
             {"command": cmd, "cpu": cpu_info(), "torch": torch.__version__, "tiny": args.tiny,
              "plan": plan, "model_flags": MODEL, "powers": args.powers,

@@ -48,3 +48,30 @@ def test_tiny_run_writes_one_scored_run(tmp_path):
     text = md.read_text()
     assert "### glasses" in text and "copy target (baseline)" in text
     assert "--tiny" in text and "CPU:" in text
+
+
+@pytest.mark.slow
+def test_iter_above_the_demo_scores_every_saved_checkpoint_as_a_budget_curve(tmp_path):
+    import content_ae_seeds
+
+    out = tmp_path / "out"
+    assert content_ae_seeds.main(["--tiny", "--out", str(out), "--attributes", "beard",
+                                  "--seeds", "0", "--threads", "1", "--powers", "1.5",
+                                  "--iter", "8"]) == 0
+    data = json.loads((out / "content_ae_seeds.json").read_text())
+    assert data["failures"] == []
+    run = data["runs"][0]
+    # a run of its own name, a checkpoint every demo budget (TINY: 4 iterations), each scored
+    assert run["name"] == "cae_beard_seed0_t1_i8" and run["iter"] == 8
+    assert sorted(run["curve"], key=int) == ["4", "8"]
+    for step, m in run["curve"].items():
+        for key in ("transfer", "region", "outside_cost"):
+            assert math.isfinite(m[key]), (step, key)
+        assert m["criterion"] == bool(m["transfer"] > run["copy"]["transfer"]
+                                      and m["transfer"] > run["paste"]["transfer"]
+                                      and m["outside_cost"] < run["paste"]["outside_cost"])
+    # the curve's last point is the run's last checkpoint at P = 1.5: the default row
+    assert run["curve"]["8"]["transfer"] == pytest.approx(run["default"]["transfer"])
+    text = (out / "content_ae_seeds.md").read_text()
+    assert "Against training budget" in text and "| beard | 0 | 1 | 4 |" in text
+    assert (out / "content_ae_curve.png").stat().st_size > 1000
