@@ -47,7 +47,7 @@ def add_mirror_arg(parser) -> None:
     parser.add_argument("--mirror", action="store_true",
                         help="average every output with the rendering of the mirrored face "
                              "at the mirrored landmarks, flipped back (twice the rendering "
-                             "time; +0.03 dB on held-out transfers, +0.09 dB driving; "
+                             "time; +0.04 dB on held-out transfers, +0.09 dB driving; "
                              "docs/pose_flow.md)")
 
 

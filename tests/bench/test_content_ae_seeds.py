@@ -75,3 +75,19 @@ def test_iter_above_the_demo_scores_every_saved_checkpoint_as_a_budget_curve(tmp
     text = (out / "content_ae_seeds.md").read_text()
     assert "Against training budget" in text and "| beard | 0 | 1 | 4 |" in text
     assert (out / "content_ae_curve.png").stat().st_size > 1000
+
+
+def test_choose_power_by_transfer_or_by_both_parts_of_the_criterion():
+    from content_ae_seeds import choose_power
+
+    split = {"1": {"transfer": 26.9, "outside_cost": 1.8, "paste_outside_cost": 0.8},
+             "3": {"transfer": 26.8, "outside_cost": 0.7, "paste_outside_cost": 0.8},
+             "6": {"transfer": 25.9, "outside_cost": 0.2, "paste_outside_cost": 0.8}}
+    assert choose_power(split, [1.0, 3.0, 6.0]) == 1.0
+    # only 3 and 6 keep the outside below pasting's; of those, 3 transfers better
+    assert choose_power(split, [1.0, 3.0, 6.0], "criterion") == 3.0
+    # none below pasting's: the lowest outside cost
+    worse = {k: {**v, "paste_outside_cost": 0.1} for k, v in split.items()}
+    assert choose_power(worse, [1.0, 3.0, 6.0], "criterion") == 6.0
+    with pytest.raises(ValueError, match="unknown rule"):
+        choose_power(split, [1.0], "psnr")
