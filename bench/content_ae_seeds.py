@@ -81,10 +81,13 @@ def figures(metrics_json: Path) -> dict:
     return out
 
 
-def selection_set(data: Path, max_pairs: int) -> Path:
+def selection_set(data: Path, max_pairs: int, spread: int = 0) -> Path:
     """The set ``evaluate.py --split train --max_pairs N`` chooses P on: ``data`` itself, or,
     when the first N pairs need only the first few donors, a copy of its manifest
-    (``DATA_selectN``) holding only those trainA donors and every trainB face.
+    (``DATA_selectN``) holding only those trainA donors and every trainB face. ``spread`` D > 0
+    (``--train_donors``): the first D donors with the first ceil(N / D) trainB faces each
+    (``DATA_selectN_dD``), a selection shaped like the held-out donors x targets instead of one
+    donor's.
 
     evaluate.py takes pairs in donor order (A_0 with every B, then A_1, ...); past
     ``--max_pairs`` it makes no more transfers but still scores every donor's removal, whose
@@ -95,12 +98,16 @@ def selection_set(data: Path, max_pairs: int) -> Path:
         return data
     manifest = json.loads((data / "manifest.json").read_text())
     sets = manifest["sets"]
-    donors = -(-max_pairs // len(sets["trainB"]))
-    if donors >= len(sets["trainA"]):
-        return data
-    manifest["sets"] = {**sets, "trainA": sets["trainA"][:donors]}
-    manifest["selection_of"] = {"root": str(data), "max_pairs": max_pairs}
-    sel = data.with_name(f"{data.name}_select{max_pairs}")
+    if spread:
+        manifest["sets"] = {**sets, "trainA": sets["trainA"][:spread],
+                            "trainB": sets["trainB"][:-(-max_pairs // spread)]}
+    else:
+        donors = -(-max_pairs // len(sets["trainB"]))
+        if donors >= len(sets["trainA"]):
+            return data
+        manifest["sets"] = {**sets, "trainA": sets["trainA"][:donors]}
+    manifest["selection_of"] = {"root": str(data), "max_pairs": max_pairs, "donors": spread}
+    sel = data.with_name(f"{data.name}_select{max_pairs}" + (f"_d{spread}" if spread else ""))
     text = json.dumps(manifest)
     if not (sel / "manifest.json").is_file() or (sel / "manifest.json").read_text() != text:
         sel.mkdir(parents=True, exist_ok=True)
@@ -158,12 +165,15 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
                                                          "disc_acc", "rec_a", "rec_b")}
     ck_mtime = last.stat().st_mtime
 
-    select = selection_set(data, train_pairs)
+    spread = int(plan.get("train_donors", 0))
+    select = selection_set(data, train_pairs, spread)
 
     def evaluate(split: str, p: float, ck: Path | None = None) -> dict:
         """One evaluation of the run's last checkpoint (or of ``ck``, a saved step)."""
         ename = f"{name}_{split}_p{ptag(p)}" if ck is None else \
             f"{name}_step{ck_step(ck)}_{split}_p{ptag(p)}"
+        if split == "train" and spread:
+            ename += f"_d{spread}"
         mj = resdir / "eval" / ename / "metrics.json"
         if reusable(mj, ck_mtime if ck is None else ck.stat().st_mtime,
                     train_pairs if split == "train" else 0):
@@ -318,8 +328,10 @@ def markdown(runs: list[dict], summaries: dict, args, failures: list[dict], cmd:
         + f" (`content_ae.demo.MODEL`, `--iter {plan['iter']} --batch {plan['batch']} --lr "
         f"{plan['lr']} --disc_lr {plan['lr']} --workers 0 --seed S`) trained with "
         "OMP_NUM_THREADS=MKL_NUM_THREADS=T. P chosen per run on TRAINING identities "
-        f"(`evaluate.py --split train --max_pairs {args.train_pairs}`: the first pairs in donor "
-        "order) among "
+        + (f"(`evaluate.py --split train --max_pairs {args.train_pairs}`: the first pairs in "
+           "donor order) among " if not args.train_donors else
+           f"(`evaluate.py --split train` on the first {args.train_donors} training donors x the "
+           f"first {-(-args.train_pairs // args.train_donors)} training targets) among ")
         + ", ".join(ptag(p) for p in args.powers)
         + (" by whole-image transfer PSNR" if args.choose == "transfer" else
            " by `--choose criterion`: the best whole-image transfer PSNR among the powers whose "
@@ -463,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="training iterations (default 0: the demo's 800); a longer run saves a "
                         "checkpoint every 800 and scores each on the held-out pairs at P = 1.5: "
                         "the quality-against-budget curve (runs named ..._iN)")
+    p.add_argument("--train_donors", type=int, default=0,
+                   help="choose P on the first D training donors x the first "
+                        "ceil(TRAIN_PAIRS / D) training targets (default 0: the first pairs in "
+                        "donor order, i.e. one donor with 200 targets)")
     p.add_argument("--choose", choices=CHOICES, default="transfer",
                    help="how P is chosen on training identities: transfer (default): the best "
                         "transfer PSNR; criterion: the best transfer PSNR among the powers whose "
@@ -482,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base = TINY if args.tiny else FULL
     plan = {**base, "demo_iter": base["iter"], "iter": args.iter or base["iter"],
-            "choose": args.choose}
+            "choose": args.choose, "train_donors": args.train_donors}
     cmd = "python bench/content_ae_seeds.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     st = Steps(out, "content_ae_seeds")

@@ -91,3 +91,24 @@ def test_choose_power_by_transfer_or_by_both_parts_of_the_criterion():
     assert choose_power(worse, [1.0, 3.0, 6.0], "criterion") == 6.0
     with pytest.raises(ValueError, match="unknown rule"):
         choose_power(split, [1.0], "psnr")
+
+
+def test_selection_spread_over_donors_keeps_the_first_donors_and_targets(tmp_path):
+    from content_ae_seeds import selection_set
+
+    data = tmp_path / "beard_seed0"
+    data.mkdir()
+    sets = {"trainA": [f"a{i}" for i in range(20)], "trainB": [f"b{i}" for i in range(300)],
+            "testA": ["x"], "testB": ["y"]}
+    (data / "manifest.json").write_text(json.dumps({"sets": sets, "kind": "beard"}))
+    # default: the first pairs in donor order need one donor (300 targets >= 200 pairs)
+    one = json.loads((selection_set(data, 200) / "manifest.json").read_text())
+    assert one["sets"]["trainA"] == ["a0"] and len(one["sets"]["trainB"]) == 300
+    # spread over 8 donors: 8 x ceil(200 / 8) = 8 x 25, the rest of the manifest kept
+    sel = selection_set(data, 200, 8)
+    assert sel.name == "beard_seed0_select200_d8"
+    spread = json.loads((sel / "manifest.json").read_text())
+    assert spread["sets"]["trainA"] == sets["trainA"][:8]
+    assert spread["sets"]["trainB"] == sets["trainB"][:25]
+    assert spread["sets"]["testA"] == ["x"] and spread["kind"] == "beard"
+    assert spread["selection_of"] == {"root": str(data), "max_pairs": 200, "donors": 8}
