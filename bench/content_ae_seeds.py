@@ -419,32 +419,43 @@ def markdown(runs: list[dict], summaries: dict, args, failures: list[dict], cmd:
 
 def plot_curves(runs: list[dict], path: Path) -> None:
     """``content_ae_curve.png``: transfer PSNR and outside cost of every curve run against
-    iterations, with copying and pasting as flat lines (they do not train)."""
+    iterations (a colour per attribute and seed; solid: one thread, dashed: more), with
+    pasting as a flat dotted line per attribute and seed: it does not train (copying, far
+    below, is in the table)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.0), dpi=120)
-    for i, r in enumerate(runs):
+    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.4), dpi=120)
+    keys = sorted({(r["attribute"], r["seed"]) for r in runs})
+    for r in sorted(runs, key=lambda r: (r["attribute"], r["seed"], r["threads"])):
+        colour = f"C{keys.index((r['attribute'], r['seed'])) % 10}"
         pts = sorted((int(k), v) for k, v in r["curve"].items())
         xs = [x for x, _ in pts]
-        lab = f"{r['attribute']}, seed {r['seed']}, {r['threads']} thread(s)"
+        lab = f"{r['attribute']}, seed {r['seed']}"
         for ax, key in zip(axes, ("transfer", "outside_cost"), strict=True):
-            ax.plot(xs, [v[key] for _, v in pts], marker="o", color=f"C{i}",
-                    label=f"content-ae, {lab}")
-            ax.axhline(r["paste"][key], color=f"C{i}", ls="--", lw=1,
-                       label=f"paste region, {lab}")
-            if key == "transfer":
-                ax.axhline(r["copy"][key], color=f"C{i}", ls=":", lw=1,
-                           label=f"copy target, {lab}")
+            ax.plot(xs, [v[key] for _, v in pts], marker="o", color=colour,
+                    ls="-" if r["threads"] == 1 else "--",
+                    label=f"content-ae, {lab}, {r['threads']} thread(s)")
+    seen = set()
+    for r in runs:
+        k = (r["attribute"], r["seed"])
+        if k in seen:
+            continue
+        seen.add(k)
+        colour = f"C{keys.index(k) % 10}"
+        for ax, key in zip(axes, ("transfer", "outside_cost"), strict=True):
+            ax.axhline(r["paste"][key], color=colour, ls=":", lw=1.5,
+                       label=f"paste region, {k[0]}, seed {k[1]}")
     axes[0].set_ylabel("held-out transfer PSNR dB (higher is better)")
     axes[1].set_ylabel("outside cost dB (lower is better)")
     for ax in axes:
         ax.set_xlabel("training iterations")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"content-ae against training budget (P = {ptag(DEFAULT_P)})", fontsize=10)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"content-ae against training budget, P = {ptag(DEFAULT_P)} (dotted: pasting "
+                 "the donor's region, which does not train)", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)
