@@ -427,7 +427,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.4), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(12.8, 6.0), dpi=120)
     keys = sorted({(r["attribute"], r["seed"]) for r in runs})
     for r in sorted(runs, key=lambda r: (r["attribute"], r["seed"], r["threads"])):
         colour = f"C{keys.index((r['attribute'], r['seed'])) % 10}"
@@ -453,10 +453,11 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("training iterations")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(f"content-ae against training budget, P = {ptag(DEFAULT_P)} (dotted: pasting "
                  "the donor's region, which does not train)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(labels) / 3), 1, 1))
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
