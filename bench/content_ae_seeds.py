@@ -23,6 +23,16 @@ counted and skips the rest of its run; the script exits 1 when any step failed.
   python bench/content_ae_seeds.py --attributes beard --seeds 0 --threads 1
   python bench/content_ae_seeds.py --tiny --out ../cae_tiny           # seconds: a smoke run
 
+Longer runs and another choice of P: ``--iter N`` trains N iterations (runs named ``..._iN``),
+saves a checkpoint every 800 and scores each on the held-out pairs at P = 1.5 (the table's
+"Against training budget" section and ``content_ae_curve.png``); ``--choose criterion`` picks
+the best training-split transfer PSNR among the powers whose outside cost is below pasting's
+there; ``--train_donors D`` chooses on D training donors x ceil(TRAIN_PAIRS / D) targets
+instead of the first donor's pairs:
+
+  python bench/content_ae_seeds.py --attributes beard --iter 2400 --choose criterion
+      --train_donors 8 --powers 1.5 2 3 4 6 --out ../cae_beard_2400     # (one command)
+
 Outputs under ``--out`` (default ``bench_quality/content_ae_seeds``): ``content_ae_seeds.json``
 (every run: the chosen P, the training-split transfer PSNR per P, the held-out figures of the
 model at the chosen P and at 1.5 and of both baselines, A's mask mean at the end of training,
@@ -505,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--threads must be at least 1")
     if args.iter < 0:
         p.error("--iter must be positive (0: the demo's)")
+    if args.train_donors < 0:
+        p.error("--train_donors must be positive (0: the first pairs in donor order)")
     t_start = time.time()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
