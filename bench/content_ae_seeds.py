@@ -116,7 +116,8 @@ def selection_set(data: Path, max_pairs: int, spread: int = 0) -> Path:
         if donors >= len(sets["trainA"]):
             return data
         manifest["sets"] = {**sets, "trainA": sets["trainA"][:donors]}
-    manifest["selection_of"] = {"root": str(data), "max_pairs": max_pairs, "donors": spread}
+    manifest["selection_of"] = {"root": str(data), "max_pairs": max_pairs,
+                                **({"donors": spread} if spread else {})}
     sel = data.with_name(f"{data.name}_select{max_pairs}" + (f"_d{spread}" if spread else ""))
     text = json.dumps(manifest)
     if not (sel / "manifest.json").is_file() or (sel / "manifest.json").read_text() != text:
@@ -223,9 +224,7 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
         record["curve"] = {}
         for ck in steps:
             f = evaluate("test", DEFAULT_P, ck)
-            record["curve"][str(ck_step(ck))] = {**f["model"],
-                                                 "criterion": criterion({**f, "m": f["model"]},
-                                                                        "m")}
+            record["curve"][str(ck_step(ck))] = {**f["model"], "criterion": criterion(f, "model")}
     say(f"{name}: held out at P {ptag(best)}: transfer {record['chosen']['transfer']:.2f} "
         f"(copy {record['copy']['transfer']:.2f}, paste {record['paste']['transfer']:.2f}), "
         f"region {record['chosen']['region']:.2f}, outside cost "
@@ -324,10 +323,8 @@ def train_wall(tr: dict) -> str:
     return f"{tr['train_py_wall_s']:.0f} (reused)" if "train_py_wall_s" in tr else "reused"
 
 
-def markdown(runs: list[dict], summaries: dict, args, failures: list[dict], cmd: str,
-             wall: float) -> str:
-    plan = {**(TINY if args.tiny else FULL)}
-    plan["iter"] = args.iter or plan["iter"]
+def markdown(runs: list[dict], summaries: dict, args, plan: dict, failures: list[dict],
+             cmd: str, wall: float) -> str:
     cpu = cpu_info()
     lines = [
         "## content-AE over seeds and thread counts (`bench/content_ae_seeds.py`)", "",
@@ -407,7 +404,7 @@ def markdown(runs: list[dict], summaries: dict, args, failures: list[dict], cmd:
     curves = [r for r in runs if r.get("curve")]
     if curves:
         lines += ["", f"### Against training budget (held out, P = {ptag(DEFAULT_P)}; a "
-                  f"checkpoint every {(TINY if args.tiny else FULL)['iter']} iterations of one "
+                  f"checkpoint every {plan['demo_iter']} iterations of one "
                   "run, constant learning rate)", "",
                   "| attribute | seed | threads | iterations | transfer PSNR dB (copy / paste) "
                   "| region PSNR dB (paste) | outside cost dB (paste) | criterion |",
@@ -531,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write() -> str:
         summaries = {a: summarise(runs, a) for a in args.attributes}
-        md = markdown(runs, summaries, args, st.failures, cmd, time.time() - t_start)
+        md = markdown(runs, summaries, args, plan, st.failures, cmd, time.time() - t_start)
         (out / "content_ae_seeds.md").write_text(md)
         curves = [r for r in runs if r.get("curve")]
         if curves:
