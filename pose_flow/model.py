@@ -490,7 +490,7 @@ class PoseFlow(nn.Module):
         An appearance made with ``mirror=True`` renders twice, as given and mirrored (the
         mirrored faces at the mirrored target landmarks, flipped back), and returns the mean:
         test-time augmentation that halves the part of the flow's error that is not
-        left-right symmetric (twice the work; docs/pose_flow.md, "Mirror-averaged rendering")."""
+        left-right symmetric (twice the work; docs/pose_flow.md, "Round 3")."""
         plain = {k: v for k, v in app.items() if not k.startswith(MIRRORED)}
         out = self._render(plain, target_landmarks, temperature)
         if len(plain) == len(app):
