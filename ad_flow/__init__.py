@@ -6,6 +6,7 @@ from .model import (
     ADFlow,
     ConvEncoder,
     FeatureEncoder,
+    FullEncoder,
     LinearEncoder,
     MLPEncoder,
     SequenceClassifier,
@@ -16,6 +17,7 @@ from .model import (
 )
 
 __all__ = [
-    "ADFlow", "ConvEncoder", "ENCODERS", "FeatureEncoder", "LinearEncoder", "MLPEncoder",
+    "ADFlow", "ConvEncoder", "ENCODERS", "FeatureEncoder", "FullEncoder",
+    "LinearEncoder", "MLPEncoder",
     "SequenceClassifier", "cycle_loss", "reconstruction_loss", "roll_time", "structural_loss",
 ]

@@ -5,7 +5,8 @@ Why: the thesis trains the encoders from a random initialisation with Adam. Its 
 part is the frame's deviation from its clip's mean (the motion), the face part the clip's mean
 (the identity). That target is linear in ``z``, so for the linear encoder (one ``h*h x h*h`` map
 per level, shared by the channels, plus a bias) its ridge-regularised minimiser has a closed
-form over the training clips::
+form over the training clips (``--encoder full``: one map over a level's whole latent, with
+``x`` every frame's ``C*h*h`` vector; :attr:`FullEncoder.vectors`)::
 
     W = C_yx (C_xx + lambda I)^-1,   b = mean(y) - W mean(x),   y = x - mean_t x
 
@@ -23,13 +24,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .model import ADFlow, LinearEncoder
+from .model import CLOSED_FORM, ADFlow
 
 __all__ = ["LevelStats", "PairStats", "fit_linear_encoders", "install_fit"]
 
 
 class LevelStats:
-    """Running sums of one level's position vectors ``x`` [n, P] and targets ``y`` (float64)."""
+    """Running sums of one level's vectors ``x`` [n, P] and targets ``y`` (float64): a
+    position vector per (frame, channel) for the thesis's map, a frame's whole latent for
+    ``--encoder full``."""
 
     def __init__(self, p: int) -> None:
         self.n = 0
@@ -38,9 +41,9 @@ class LevelStats:
         self.sxx = torch.zeros(p, p, dtype=torch.float64)
         self.syx = torch.zeros(p, p, dtype=torch.float64)
 
-    def add_clip(self, z: Tensor) -> None:
-        """One clip's latents of this level [T, C, h, w]."""
-        x = z.detach().double().flatten(2).cpu()  # [T, C, P]
+    def add_clip(self, x: Tensor) -> None:
+        """One clip's vectors of this level ``[T, ..., P]`` (the encoder's ``vectors(z)``)."""
+        x = x.detach().double().cpu()  # [T, C, P] or [T, P]
         y = x - x.mean(0, keepdim=True)
         x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         self.n += x.shape[0]
@@ -141,10 +144,10 @@ def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float
     share of the target's variance the fit explains).
     """
     levels = model.encoder.levels
-    if not all(isinstance(m, LinearEncoder) for m in levels):
-        raise ValueError("--init lstsq needs --encoder linear (the closed form is for a linear "
-                         "map); use --init random with mlp or conv encoders")
-    stats = [LevelStats(m.size * m.size) for m in levels]
+    if not all(isinstance(m, CLOSED_FORM) for m in levels):
+        raise ValueError("--init lstsq needs --encoder linear or full (the closed form is for "
+                         "a linear map); use --init random with mlp or conv encoders")
+    stats = [LevelStats(m.features) for m in levels]
     device = next(model.encoder.parameters()).device
     t0 = time.time()
     seen = 0
@@ -157,8 +160,8 @@ def fit_linear_encoders(model: ADFlow, clips: Callable[[], object], ridge: float
             return
         lengths = [c.shape[0] for c in pending]
         zs = model.encode_frames(torch.cat(pending).to(device))
-        for st, z in zip(stats, zs, strict=True):
-            for part in torch.split(z, lengths):
+        for st, enc, z in zip(stats, levels, zs, strict=True):
+            for part in torch.split(enc.vectors(z), lengths):
                 st.add_clip(part)
         pending.clear()
 

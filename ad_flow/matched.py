@@ -7,8 +7,8 @@ The thesis's terms (and ``--init lstsq``) only ever see a clip with its own lips
 learns what another person's lips in the query's face should become. The matched pairs of
 :mod:`lrw.matched` say it: for a query frame of speaker A and a source frame ``B_t`` of another
 speaker, the answer is A's own training frame whose mouth reads nearest ``B_t``'s. The fit is the
-ridge regression, over (pair, frame, channel) position vectors, of ``z_answer - z_q`` on
-``z_mix - z_q`` (uncentred; ``lambda = ridge x tr(S_xx) / P``), with the mix made as ``test.py``
+ridge regression, over (pair, frame, channel) position vectors (``--encoder full``: over
+(pair, frame) vectors of the whole level), of ``z_answer - z_q`` on ``z_mix - z_q`` (uncentred; ``lambda = ridge x tr(S_xx) / P``), with the mix made as ``test.py``
 makes it.
 """
 
@@ -24,7 +24,7 @@ from lrw.datasets import ClipDataset
 from lrw.matched import MatchedPairs, model_tensor
 
 from .init import PairStats, install_fit
-from .model import ADFlow, LinearEncoder
+from .model import CLOSED_FORM, ADFlow
 
 __all__ = ["fit_matched_encoders"]
 
@@ -36,13 +36,13 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
     returns facts for the log. ``ValueError`` (one line) when the data has no mouth readings
     or fewer than two speakers with them."""
     levels = model.encoder.levels
-    if not all(isinstance(m, LinearEncoder) for m in levels):
-        raise ValueError("--init matched needs --encoder linear (the closed form is for a "
-                         "linear map); use --init random with mlp or conv encoders")
+    if not all(isinstance(m, CLOSED_FORM) for m in levels):
+        raise ValueError("--init matched needs --encoder linear or full (the closed form is "
+                         "for a linear map); use --init random with mlp or conv encoders")
     matched = MatchedPairs(ds, root, pairs, seed)
     size = int(model.img_size)
     device = next(model.encoder.parameters()).device
-    stats = [PairStats(m.size * m.size) for m in levels]
+    stats = [PairStats(m.features) for m in levels]
     t0 = last = time.time()
     n_frames = 0
     for k, q, mixes, answers in matched.iterate(rank, world, size=size):
@@ -50,8 +50,8 @@ def fit_matched_encoders(model: ADFlow, ds: ClipDataset, root: str | Path, pairs
         x = model_tensor([q, *mixes, *answers], size).to(device)
         with torch.no_grad():
             zs = model.encode_frames(x)
-        for st, z in zip(stats, zs, strict=True):
-            z = z.double().flatten(2).cpu()  # [1 + 2T, C, P]
+        for st, enc, z in zip(stats, levels, zs, strict=True):
+            z = enc.vectors(z).double().cpu()  # [1 + 2T, C, P], or [1 + 2T, P] for full
             st.add((z[1:1 + t] - z[:1]).reshape(-1, z.shape[-1]),
                    (z[1 + t:] - z[:1]).reshape(-1, z.shape[-1]))
         n_frames += t

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from glow import Glow
 
-ENCODERS = ("linear", "conv", "mlp")
+ENCODERS = ("linear", "full", "conv", "mlp")
 
 
 class LinearEncoder(nn.Module):
@@ -30,11 +30,45 @@ class LinearEncoder(nn.Module):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
-        self.linear = nn.Linear(size * size, size * size)
+        self.features = size * size
+        self.linear = nn.Linear(self.features, self.features)
 
     def forward(self, z: Tensor) -> Tensor:
         """[N, C, h, h] -> [N, C, h, h]"""
         return self.linear(z.flatten(2)).view_as(z)
+
+    @staticmethod
+    def vectors(z: Tensor) -> Tensor:
+        """[N, C, h, h] -> the vectors the map acts on, [N, C, h*h] (one per channel)."""
+        return z.flatten(2)
+
+
+class FullEncoder(nn.Module):
+    """One linear map over the whole level, every channel and position (``C*h*h`` square; ours).
+
+    The thesis's map is shared by the channels, so it cannot treat the Glow's channels
+    differently; this one can. It has ``C`` times the inputs and ``C**2`` times the weights
+    (32 px, three levels: 3.5 M; 64 px: 52 M). Fitted in closed form by ``--init matched``
+    or ``--init lstsq``, exactly as the thesis's map is."""
+
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.features = channels * size * size
+        self.linear = nn.Linear(self.features, self.features)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.linear(z.flatten(1)).view_as(z)
+
+    @staticmethod
+    def vectors(z: Tensor) -> Tensor:
+        """[N, C, h, h] -> the vectors the map acts on, [N, C*h*h] (one per frame)."""
+        return z.flatten(1)
+
+
+CLOSED_FORM = (LinearEncoder, FullEncoder)
+"""Encoders with a closed-form fit (``--init lstsq`` / ``matched``): a ``linear`` layer over
+``vectors(z)``."""
 
 
 class MLPEncoder(nn.Module):
@@ -62,11 +96,20 @@ class ConvEncoder(nn.Module):
         return self.conv(z)
 
 
+def _encoder(kind: str, channels: int, size: int) -> nn.Module:
+    """One level's encoder of ``kind`` for latents ``[N, channels, size, size]``."""
+    if kind == "linear":
+        return LinearEncoder(size)
+    if kind == "full":
+        return FullEncoder(channels, size)
+    return MLPEncoder(size) if kind == "mlp" else ConvEncoder(channels)
+
+
 class FeatureEncoder(nn.Module):
     """Per-level encoders splitting Glow latents into (face, lip) parts.
 
     ``z_shapes``: the Glow's latent shapes ``(C, h, h)`` per level. ``kind``: ``linear``
-    (thesis), ``conv`` or ``mlp``. ``target``: what the encoder outputs, ``lip`` (default:
+    (thesis), ``full`` (ours: channels mixed too), ``conv`` or ``mlp``. ``target``: what the encoder outputs, ``lip`` (default:
     ``lip = E(z), face = z - lip``) or ``face`` (``face = E(z), lip = z - face``).
     """
 
@@ -79,9 +122,7 @@ class FeatureEncoder(nn.Module):
             raise ValueError(f"encoder target must be 'lip' or 'face', not {target!r}")
         self.kind, self.target = kind, target
         self.z_shapes = [tuple(int(v) for v in s) for s in z_shapes]
-        self.levels = nn.ModuleList(
-            LinearEncoder(h) if kind == "linear" else MLPEncoder(h) if kind == "mlp"
-            else ConvEncoder(c) for c, h, _ in self.z_shapes)
+        self.levels = nn.ModuleList(_encoder(kind, c, h) for c, h, _ in self.z_shapes)
 
     def split_level(self, i: int, z: Tensor) -> tuple[Tensor, Tensor]:
         """Level ``i``: z [N, C, h, h] -> (face, lip), each [N, C, h, h]."""

@@ -57,8 +57,9 @@ class Config:
     img_size: int | None = opt(None, "image size (default: the Glow checkpoint's; a "
                                "thesis-format Glow: 64). A different value is an error for a "
                                "project Glow checkpoint", check=model_size)
-    encoder: str = opt("linear", "feature encoder: linear (thesis), conv or mlp (ablations)",
-                       choices=list(ENCODERS))
+    encoder: str = opt("linear", "feature encoder: linear (thesis: one map over positions, "
+                       "shared by the channels), full (ours: one map over a level's channels "
+                       "and positions), conv or mlp (thesis ablations)", choices=list(ENCODERS))
     encoder_target: str = opt("lip", "what the encoder outputs: lip (lip = E(z), face = z - lip)"
                               " or face (the thesis's conv ablation)", choices=["lip", "face"])
     n_frames: int = opt(29, "frames per clip (LRW clips have 29)", check=whole(2))
@@ -79,7 +80,7 @@ class Config:
                     "the structural term over the training clips), matched (ours: fitted to "
                     "the test's task, a query speaker's own frame nearest in mouth reading as "
                     "the answer to a mix with another speaker's mouth; needs landmarks, see "
-                    "docs/ad_flow.md), both for linear encoders, or random (the thesis)",
+                    "docs/ad_flow.md), both for linear and full encoders, or random (the thesis)",
                     choices=["lstsq", "matched", "random"])
     init_ridge: float = opt(0.01, "ridge of the least-squares init, relative to the latents' "
                             "mean variance (larger: the lip part moves less, the face is kept "
@@ -257,8 +258,8 @@ class ADFlowRecipe(Recipe):
         _hidden(cfg)
         if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
             raise ValueError("loss weights must not be negative")
-        if cfg.init in ("lstsq", "matched") and cfg.encoder != "linear":
-            raise ValueError(f"--init {cfg.init} is the closed form of a linear encoder; with "
+        if cfg.init in ("lstsq", "matched") and cfg.encoder not in ("linear", "full"):
+            raise ValueError(f"--init {cfg.init} is the closed form of a linear map; with "
                              f"--encoder {cfg.encoder} use --init random")
         if cfg.init_ridge <= 0:
             raise ValueError(f"--init_ridge {cfg.init_ridge} must be positive")

@@ -13,8 +13,10 @@ train: their figures are per seed.
   python bench/budget_curve.py --seed S --threads T --budgets 1    # for each S, T (and mi-flow)
   python bench/seed_table.py                                        # this table
 
-AD-flow runs trained with ``--init matched`` (``budget_curve.py --init matched``: the demo's
-recipe) are scored beside those with ``--init lstsq``, and MI-flow runs trained with the
+AD-flow runs trained with ``--encoder full --init matched`` (``budget_curve.py --init matched
+--train_flags '--encoder full --lr 1e-4' --tag ad-flow_frontal_seedS_tT_matched_full``: the
+demo's recipe) are scored beside the thesis's linear encoder with ``--init matched`` and with
+``--init lstsq``, and MI-flow runs trained with the
 matched-pairs term (``budget_curve.py --model mi-flow --train_flags '--matched_weight 1000'
 --tag mi-flow_frontal_seedS_tT_m1000``) beside the thesis's objective. Beside an AD-flow checkpoint, the fits ``bench/oracle_ad_flow.py`` writes (``matched_ad_flow.pt``:
 the matched-pairs fit; ``oracle_ad_flow.pt``: the oracle, an upper bound) are scored as rows
@@ -79,13 +81,19 @@ def mean_std(vals: list[float], digits: int) -> str:
 INITS = {  # runs trained with other flags: (tag suffix, label, budget or None for --budget,
     # the budget_curve.py flags that train it; {tag} is the run's tag)
     "ad-flow": [("", None, None, ""),
-                ("_matched", "{system}, --init matched", None, " --init matched")],
+                ("_matched", "{system}, --init matched", None, " --init matched"),
+                ("_matched_full", "{system}, --encoder full --init matched", None,
+                 " --init matched --train_flags '--encoder full --lr 1e-4' --tag {tag}")],
     # scored at 200 iterations (the demo's recipe)
     "mi-flow": [("", None, None, ""),
                 ("_m1000", "{system}, --matched_weight 1000, 200 iterations", 0.5,
                  " --budgets 0.5 --train_flags '--matched_weight 1000' --tag {tag}")],
 }
-LABELS = {"ad-flow, --init matched": "AD-flow, `--init matched` (the demo's recipe)",
+LABELS = {"ad-flow, --encoder full --init matched":
+              "AD-flow, `--encoder full --init matched` (the demo's recipe)",
+          "ad-flow (relative), --encoder full --init matched":
+              "AD-flow, `--encoder full --init matched`, `--motion relative`",
+          "ad-flow, --init matched": "AD-flow, `--init matched` (the thesis's linear encoder)",
           "ad-flow (relative), --init matched":
               "AD-flow, `--init matched`, `--motion relative`",
           "ad-flow": "AD-flow, `--init lstsq`",

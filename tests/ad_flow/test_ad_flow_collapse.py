@@ -71,7 +71,7 @@ def degenerate(z: torch.Tensor) -> dict[str, FeatureEncoder]:
 def closed_form(z: torch.Tensor) -> FeatureEncoder:
     st = LevelStats(H * H)
     for clip in z:
-        st.add_clip(clip)
+        st.add_clip(clip.flatten(2))
     w, b = st.solve(1e-6)
     return encoder(w.float(), b.float())
 

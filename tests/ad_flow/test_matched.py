@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+import ad_flow.recipe as ad
 from ad_flow.init import PairStats
 from ad_flow.matched import fit_matched_encoders
+from ad_flow.model import FullEncoder, LinearEncoder
 from ad_flow.recipe import from_glow
 from faces.metrics import mouth_reading
 from lrw.datasets import ClipDataset
@@ -166,3 +168,60 @@ def test_real_frames_with_their_landmark_files(shared_faces: Path, tmp_path: Pat
     model = from_glow(tiny_glow(), tiny_cfg(tmp_path / "g.pt", n_frames=8))
     facts = fit_matched_encoders(model, ds, root, pairs=4, ridge=0.01)
     assert facts["skipped"] == 0 and all(0 < facts[f"explained_l{i}"] <= 1 for i in range(2))
+
+
+def test_full_map_learns_what_a_map_shared_by_the_channels_cannot():
+    """``--encoder full``: one map over a level's channels and positions. A target that
+    mixes channels (here: channel 0 takes channel 1's latent) is out of reach of the
+    thesis's map, which treats every channel alike; the full map recovers it."""
+    c, h = 3, 4
+    full, shared = FullEncoder(c, h), LinearEncoder(h)
+    assert full.features == c * h * h and shared.features == h * h
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, c, h, h, generator=g, dtype=torch.float64)
+    y = x.clone()
+    y[:, 0] = x[:, 1]
+    fits = {}
+    for name, enc in (("full", full), ("shared", shared)):
+        st = PairStats(enc.features)
+        xv, yv = enc.vectors(x), enc.vectors(y)
+        st.add(xv.reshape(-1, enc.features), yv.reshape(-1, enc.features))
+        fits[name] = st.explained(st.solve(1e-9)[0])
+    assert fits["full"] > 0.999999 and fits["shared"] < 0.9, fits
+    # the thesis's map is the full map's special case: the same weights per channel
+    with torch.no_grad():
+        shared.linear.weight.normal_(generator=g)
+        shared.linear.bias.normal_(generator=g)
+        full.linear.weight.copy_(torch.block_diag(*[shared.linear.weight] * c))
+        full.linear.bias.copy_(shared.linear.bias.repeat(c))
+    z = torch.randn(2, c, h, h, generator=g)
+    assert torch.allclose(full(z), shared(z), atol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["matched", "lstsq"])
+def test_train_py_encoder_full(syn: Path, tmp_path: Path, capsys, init: str):
+    """train.py fits the full map in closed form; test.py's loader rebuilds it from the
+    checkpoint with the same outputs."""
+    glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
+    args = ["--model", "ad-flow", "-n", "f", str(syn / "train"), "--glow", str(glow_path),
+            "--img_size", str(SIZE), "--n_frames", "6", "--cls_hidden", "24", "--iter", "0",
+            "--batch", "2", "--workers", "0", "--no_progress", "--init", init,
+            "--init_pairs", "4", "--encoder", "full", "--save_every", "0", "--sample_every",
+            "0", "--checkpoint_dir", str(tmp_path / "ck"), "--result_dir", str(tmp_path / "res")]
+    assert train_cli.main(args) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "explained per level" in x)
+    assert ("matched init from 4 pairs" if init == "matched" else "least-squares init") in line
+    explained = [float(v) for v in line.rsplit(":", 1)[1].split(",")]
+    assert len(explained) == 2 and all(0.5 < e <= 1 for e in explained), line
+    ck = torch.load(tmp_path / "ck/f/last.pt", weights_only=True)
+    assert ck["config"]["model"]["encoder"] == "full"
+    model = ad.ADFlowRecipe().from_checkpoint(ck, tmp_path / "ck/f/last.pt")
+    shapes = model.glow.z_shapes()
+    for i, (ch, h, w) in enumerate(shapes):
+        weight = ck["weights"][f"encoder.levels.{i}.linear.weight"]
+        assert weight.shape == (ch * h * w, ch * h * w)
+        assert isinstance(model.encoder.levels[i], FullEncoder)
+        assert torch.equal(model.encoder.levels[i].linear.weight, weight)
+        if init == "matched":  # the uncentred fit has no bias (nn.Linear starts with one)
+            assert torch.count_nonzero(ck["weights"][f"encoder.levels.{i}.linear.bias"]) == 0
