@@ -24,18 +24,29 @@ from glow import Glow
 ENCODERS = ("linear", "full", "conv", "mlp")
 
 
-class LinearEncoder(nn.Module):
-    """One linear map over the ``h*h`` flattened positions, shared by every channel (thesis)."""
+class _LinearMap(nn.Module):
+    """``Linear(features, features)`` over the vectors ``vectors(z)`` of a level's latent."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, features: int) -> None:
         super().__init__()
         self.size = size
-        self.features = size * size
-        self.linear = nn.Linear(self.features, self.features)
+        self.features = features
+        self.linear = nn.Linear(features, features)
+
+    @staticmethod
+    def vectors(z: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, z: Tensor) -> Tensor:
         """[N, C, h, h] -> [N, C, h, h]"""
-        return self.linear(z.flatten(2)).view_as(z)
+        return self.linear(self.vectors(z)).view_as(z)
+
+
+class LinearEncoder(_LinearMap):
+    """One linear map over the ``h*h`` flattened positions, shared by every channel (thesis)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size, size * size)
 
     @staticmethod
     def vectors(z: Tensor) -> Tensor:
@@ -43,7 +54,7 @@ class LinearEncoder(nn.Module):
         return z.flatten(2)
 
 
-class FullEncoder(nn.Module):
+class FullEncoder(_LinearMap):
     """One linear map over the whole level, every channel and position (``C*h*h`` square; ours).
 
     The thesis's map is shared by the channels, so it cannot treat the Glow's channels
@@ -52,13 +63,7 @@ class FullEncoder(nn.Module):
     or ``--init lstsq``, exactly as the thesis's map is."""
 
     def __init__(self, channels: int, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.features = channels * size * size
-        self.linear = nn.Linear(self.features, self.features)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.linear(z.flatten(1)).view_as(z)
+        super().__init__(size, channels * size * size)
 
     @staticmethod
     def vectors(z: Tensor) -> Tensor:
