@@ -28,7 +28,8 @@ saves a checkpoint every 800 and scores each on the held-out pairs at P = 1.5 (t
 "Against training budget" section and ``content_ae_curve.png``); ``--choose criterion`` picks
 the best training-split transfer PSNR among the powers whose outside cost is below pasting's
 there; ``--train_donors D`` chooses on D training donors x ceil(TRAIN_PAIRS / D) targets
-instead of the first donor's pairs:
+instead of the first donor's pairs; ``--donor_mask`` evaluates every transfer gated by the
+donor's own mask (``evaluate.py --donor_mask``), as evaluations of their own:
 
   python bench/content_ae_seeds.py --attributes beard --iter 2400 --choose criterion
       --train_donors 8 --powers 1.5 2 3 4 6 --out ../cae_beard_2400     # (one command)
@@ -185,6 +186,8 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
             f"{name}_step{ck_step(ck)}_{split}_p{ptag(p)}"
         if split == "train" and spread:
             ename += f"_d{spread}"
+        if plan.get("donor_mask"):  # another output: its own evaluation, never the plain one's
+            ename += "_dm"
         mj = resdir / "eval" / ename / "metrics.json"
         if reusable(mj, ck_mtime if ck is None else ck.stat().st_mtime,
                     train_pairs if split == "train" else 0):
@@ -195,6 +198,8 @@ def one_run(st: Steps, out: Path, attr: str, seed: int, threads: int, powers: li
                     "--mask_power", ptag(p), "--overwrite", "--no_progress"]
             if split == "train":
                 argv += ["--split", "train", "--max_pairs", str(train_pairs)]
+            if plan.get("donor_mask"):
+                argv.append("--donor_mask")
             st.run(ename, argv, threads)
         return figures(mj)
 
@@ -343,6 +348,8 @@ def markdown(runs: list[dict], summaries: dict, args, plan: dict, failures: list
         + (" by whole-image transfer PSNR" if args.choose == "transfer" else
            " by `--choose criterion`: the best whole-image transfer PSNR among the powers whose "
            "outside cost is below pasting's on those pairs")
+        + ("; every transfer gated by the donor's own mask (`--donor_mask`)"
+           if plan.get("donor_mask") else "")
         + "; scored on the held-out "
         f"{plan['test']} x {plan['test']} pairs. Model rows: mean ± std over the runs (seeds x "
         "thread counts); baselines do not train: over seeds. Criterion (the issue's): transfer "
@@ -503,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
                         "transfer PSNR; criterion: the best transfer PSNR among the powers whose "
                         "outside cost is below pasting's there (else the lowest outside cost); "
                         "the checkpoints and evaluations are shared, the table says the rule")
+    p.add_argument("--donor_mask", action="store_true",
+                   help="evaluate with evaluate.py --donor_mask (a transfer changes only where "
+                        "the donor's own mask marks the attribute); the checkpoints are shared, "
+                        "the evaluations are their own (names ending in _dm)")
     p.add_argument("--tiny", action="store_true",
                    help="content_ae.demo.TINY sizes: seconds, for a test (figures meaningless)")
     args = p.parse_args(argv)
@@ -519,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     base = TINY if args.tiny else FULL
     plan = {**base, "demo_iter": base["iter"], "iter": args.iter or base["iter"],
-            "choose": args.choose, "train_donors": args.train_donors}
+            "choose": args.choose, "train_donors": args.train_donors,
+            "donor_mask": args.donor_mask}
     cmd = "python bench/content_ae_seeds.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     st = Steps(out, "content_ae_seeds")

@@ -15,7 +15,12 @@ With a mask, a transfer or removal blends ``m**p * Dec(...) + (1 - m**p) * input
 ``p = ContentAE.mask_power`` (:data:`MASK_POWER` unless a script's ``--mask_power`` says
 otherwise). Training uses the mask as it is (``p = 1``); raising it at test time keeps the
 confident part of the mask and drops its soft fringe, which is where a short run's mask
-reaches beyond the attribute (docs/content_ae.md measures 1 to 4).
+reaches beyond the attribute (docs/content_ae.md measures 1 to 4). With
+``ContentAE.donor_mask`` (``--donor_mask``) a transfer's mask is also multiplied by the donor's
+own mask, the mask of ``Dec(E1(a) ⊕ E2(a))``: where the model itself places the attribute on
+the donor. The transfer then changes only what both masks mark, not the hair or background a
+transfer's mask spills onto (the faces are aligned, so the donor's attribute sits where the
+target's will).
 """
 
 from __future__ import annotations
@@ -230,6 +235,7 @@ class ContentAE(nn.Module):
         self.arch = arch
         self.img_size = arch.img_size
         self.mask_power = MASK_POWER  # an inference setting, not a weight: not in the state dict
+        self.donor_mask = False  # transfer: also gate by the donor's own mask (inference only)
         common = arch.code - arch.sep
         if arch.arch == "original":
             self.e1 = ConvEncoder([*arch.e1_widths, *[common] * (arch.n_down - len(arch.e1_widths))])
@@ -266,8 +272,13 @@ class ContentAE(nn.Module):
 
     def transfer(self, a: Tensor, b: Tensor) -> Tensor:
         """``[B, 3, S, S]``: each ``b`` with the matching ``a``'s attribute,
-        ``Dec(E1(b) ⊕ E2(a))``; with a mask, only the masked region of ``b`` changes."""
-        img, mask = self.decode(self.e1(b), self.e2(a))
+        ``Dec(E1(b) ⊕ E2(a))``; with a mask, only the masked region of ``b`` changes (with
+        :attr:`donor_mask`, only where ``a``'s own mask also marks its attribute)."""
+        specific = self.e2(a)
+        img, mask = self.decode(self.e1(b), specific)
+        if self.donor_mask and mask is not None:
+            _, own = self.decode(self.e1(a), specific)
+            mask = mask * own
         return self.blend(img, mask, b)
 
     def remove(self, a: Tensor) -> Tensor:

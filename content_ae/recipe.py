@@ -307,6 +307,11 @@ class ContentAERecipe(Recipe):
         parser.add_argument("--mask_power", type=finite, default=MASK_POWER, metavar="P",
                             help="models trained with --mask: blend with mask**P (1: the mask as "
                                  f"trained; higher drops its soft fringe; default: {MASK_POWER})")
+        parser.add_argument("--donor_mask", action="store_true",
+                            help="models trained with --mask: a transfer changes only where the "
+                                 "donor's own mask (of its own code) also marks the attribute, "
+                                 "not the hair or background the transfer's mask spills onto "
+                                 "(docs/content_ae.md; costs one more decoding)")
 
     def from_checkpoint(self, ckpt: dict, path: str | Path = "checkpoint",
                         args: argparse.Namespace | None = None) -> ContentAE:
@@ -317,6 +322,7 @@ class ContentAERecipe(Recipe):
         model = super().from_checkpoint(ckpt, path)
         if args is not None:
             model.mask_power = args.mask_power
+            model.donor_mask = bool(getattr(args, "donor_mask", False))
         return model
 
     def transfer(self, model: ContentAE, a: Tensor, b: Tensor) -> Tensor:
@@ -341,7 +347,8 @@ class ContentAERecipe(Recipe):
         return torch.cat(tiles)
 
     def transfer_info(self, model: ContentAE) -> dict:
-        return {"mask_power": model.mask_power if model.arch.mask else None}
+        return {"mask_power": model.mask_power if model.arch.mask else None,
+                "donor_mask": bool(model.donor_mask) if model.arch.mask else None}
 
 
 RECIPE = ContentAERecipe()

@@ -197,6 +197,7 @@ def run(args: argparse.Namespace, say=print) -> dict:
         f"{info['kind']}, {info['split']} split, {info['a']} A x {info['b']} B faces at "
         f"{info['size']} px"
         + (f", mask power {info['mask_power']:g}" if info.get("mask_power") is not None else "")
+        + (", gated by the donor's own mask" if info.get("donor_mask") else "")
         + f"\n\n{text}\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report = _html(out, name, examples, args)

@@ -48,6 +48,22 @@ def test_tiny_run_writes_one_scored_run(tmp_path):
     text = md.read_text()
     assert "### glasses" in text and "copy target (baseline)" in text
     assert "--tiny" in text and "CPU:" in text
+    # --donor_mask: the same checkpoint, evaluations of its own (never the plain ones reused)
+    ck = out / "checkpoint/cae_glasses_seed0_t1/last.pt"
+    mtime = ck.stat().st_mtime
+    assert content_ae_seeds.main(["--tiny", "--out", str(out), "--attributes", "glasses",
+                                  "--seeds", "0", "--threads", "1", "--powers",
+                                  *(f"{p:g}" for p in POWERS), "--donor_mask"]) == 0
+    assert ck.stat().st_mtime == mtime
+    gated = {p.name for p in (out / "result/eval").iterdir() if p.name.endswith("_dm")}
+    chosen = json.loads(js.read_text())["runs"][0]["P"]
+    assert gated == {f"cae_glasses_seed0_t1_{split}_p{p:g}_dm"  # training split per P, held out
+                     for split, ps in (("train", POWERS), ("test", [chosen, 1.5])) for p in ps}
+    for name in gated:
+        info = json.loads((out / "result/eval" / name / "metrics.json").read_text())["_info"]
+        assert info["donor_mask"] is True, name
+    assert "gated by the donor's own mask" in md.read_text()
+    assert json.loads(js.read_text())["plan"]["donor_mask"] is True
 
 
 @pytest.mark.slow

@@ -118,6 +118,49 @@ def test_mask_power_blends_with_the_raised_mask():
                                                                       plain.e2(a))[0])
 
 
+def test_donor_mask_gates_a_transfer_by_the_donors_own_mask():
+    """``donor_mask``: the transfer's mask times the donor's own (``Dec(E1(a) ⊕ E2(a))``'s),
+    so no pixel moves further from the target than without it, and some move less."""
+    torch.manual_seed(1)
+    m = recipe.build(tiny_cfg(mask=True)).eval()
+    a, b = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        img, mask = m.decode(m.e1(b), m.e2(a))
+        _, own = m.decode(m.e1(a), m.e2(a))
+        plain = m.transfer(a, b)
+        m.donor_mask = True
+        for p in (1.0, 1.5):
+            m.mask_power = p
+            g = (mask * own) ** p
+            torch.testing.assert_close(m.transfer(a, b), g * img + (1 - g) * b)
+        gated = m.transfer(a, b)
+        removed_plain = m.remove(a)
+    assert torch.all((gated - b).abs() <= (plain - b).abs() + 1e-6)
+    assert float((plain - b).abs().sum() - (gated - b).abs().sum()) > 1e-3
+    m.donor_mask = False
+    with torch.no_grad():  # removal is untouched by the setting
+        torch.testing.assert_close(m.remove(a), removed_plain)
+    assert "donor_mask" not in " ".join(m.state_dict())
+
+
+def test_evaluate_donor_mask_keeps_more_of_the_outside(synth, tmp_path):
+    assert _train(tmp_path, synth, "m", "--iter", "6", "--sample_every", "0", "--mask") == 0
+    out = {}
+    for name, extra in (("plain", []), ("gated", ["--donor_mask"])):
+        assert cli("evaluate")(["--model", "content-ae", "--checkpoint", "m", str(synth),
+                                "--checkpoint_dir", str(tmp_path / "ck"), "--name", name,
+                                "--result_dir", str(tmp_path / "res"), *extra]) == 0
+        out[name] = json.loads((tmp_path / f"res/eval/{name}/metrics.json").read_text())
+    assert out["gated"]["_info"]["donor_mask"] is True
+    assert out["plain"]["_info"]["donor_mask"] is False
+    assert "gated by the donor's own mask" in (tmp_path / "res/eval/gated/table.md").read_text()
+    g, p = out["gated"]["model"]["transfer"], out["plain"]["model"]["transfer"]
+    assert g["outside_psnr"] >= p["outside_psnr"] and g["psnr"] != p["psnr"]
+    # the removal and both baselines do not depend on it
+    assert out["gated"]["model"]["removal"] == out["plain"]["model"]["removal"]
+    assert out["gated"]["paste region"] == out["plain"]["paste region"]
+
+
 # ---------------------------------------------------------------------------- losses
 
 @pytest.mark.parametrize("arch", ["original", "improved"])
