@@ -8,8 +8,9 @@ learns what another person's lips in the query's face should become. The matched
 :mod:`lrw.matched` say it: for a query frame of speaker A and a source frame ``B_t`` of another
 speaker, the answer is A's own training frame whose mouth reads nearest ``B_t``'s. The fit is the
 ridge regression, over (pair, frame, channel) position vectors (``--encoder full``: over
-(pair, frame) vectors of the whole level), of ``z_answer - z_q`` on ``z_mix - z_q`` (uncentred; ``lambda = ridge x tr(S_xx) / P``), with the mix made as ``test.py``
-makes it.
+(pair, frame) vectors of the whole level), of ``z_answer - z_q`` on ``z_mix - z_q``
+(uncentred; ``lambda = ridge x tr(S_xx) / P``, ``P`` the vectors' length), with the mix made
+as ``test.py`` makes it.
 """
 
 from __future__ import annotations

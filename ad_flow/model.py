@@ -114,8 +114,9 @@ class FeatureEncoder(nn.Module):
     """Per-level encoders splitting Glow latents into (face, lip) parts.
 
     ``z_shapes``: the Glow's latent shapes ``(C, h, h)`` per level. ``kind``: ``linear``
-    (thesis), ``full`` (ours: channels mixed too), ``conv`` or ``mlp``. ``target``: what the encoder outputs, ``lip`` (default:
-    ``lip = E(z), face = z - lip``) or ``face`` (``face = E(z), lip = z - face``).
+    (thesis), ``full`` (ours: channels mixed too), ``conv`` or ``mlp``. ``target``: what the
+    encoder outputs, ``lip`` (default: ``lip = E(z), face = z - lip``) or ``face`` (``face =
+    E(z), lip = z - face``).
     """
 
     def __init__(self, z_shapes: Sequence[tuple[int, int, int]], kind: str = "linear",

@@ -201,7 +201,7 @@ def test_full_map_learns_what_a_map_shared_by_the_channels_cannot():
 @pytest.mark.parametrize("init", ["matched", "lstsq"])
 def test_train_py_encoder_full(syn: Path, tmp_path: Path, capsys, init: str):
     """train.py fits the full map in closed form; test.py's loader rebuilds it from the
-    checkpoint with the same outputs."""
+    checkpoint with the same weights."""
     glow_path = save_glow(tmp_path / "glow.pt", tiny_glow())
     args = ["--model", "ad-flow", "-n", "f", str(syn / "train"), "--glow", str(glow_path),
             "--img_size", str(SIZE), "--n_frames", "6", "--cls_hidden", "24", "--iter", "0",
