@@ -74,6 +74,8 @@ class FullEncoder(_LinearMap):
 CLOSED_FORM = (LinearEncoder, FullEncoder)
 """Encoders with a closed-form fit (``--init lstsq`` / ``matched``): a ``linear`` layer over
 ``vectors(z)``."""
+CLOSED_FORM_KINDS = ("linear", "full")
+"""The ``--encoder`` names of :data:`CLOSED_FORM`."""
 
 
 class MLPEncoder(nn.Module):

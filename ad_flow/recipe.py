@@ -28,7 +28,7 @@ from training.recipe_helpers import dequantised, unwrap
 
 from .init import fit_linear_encoders
 from .matched import fit_matched_encoders
-from .model import ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
+from .model import CLOSED_FORM_KINDS, ENCODERS, ADFlow, FeatureEncoder, SequenceClassifier
 from .thesis import convert, is_thesis_checkpoint
 
 DEFAULT_GLOW = "glow_checkpoint.pt"
@@ -258,7 +258,7 @@ class ADFlowRecipe(Recipe):
         _hidden(cfg)
         if min(cfg.w_rec, cfg.w_struct, cfg.w_cycle, cfg.w_cls) < 0:
             raise ValueError("loss weights must not be negative")
-        if cfg.init in ("lstsq", "matched") and cfg.encoder not in ("linear", "full"):
+        if cfg.init in ("lstsq", "matched") and cfg.encoder not in CLOSED_FORM_KINDS:
             raise ValueError(f"--init {cfg.init} is the closed form of a linear map; with "
                              f"--encoder {cfg.encoder} use --init random")
         if cfg.init_ridge <= 0:

@@ -49,7 +49,7 @@ from glow.fast import InvConv2dLU, ZeroConv2d, install, use_cache
 from glow.layers import conditioner_input
 
 from .conditions import cond_channels, condition, mirror_landmarks, pixel_centres
-from .conditions import mirror as mirror_faces
+from .conditions import mirror as mirror_faces  # "mirror" is render()'s flag
 from .warp import piecewise_affine
 
 MIRRORED = "mirrored "
