@@ -33,6 +33,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("motion", "state err", "lower", 3,
            "mouth-state error: the read-back states vs the true ones, normalised by the query's "
            "neutral state (1 = copying the query; a mouth held still half open scores below 1)"),
+    Metric("motion_fit", "reader fit", "lower", 2,
+           "how well the mouth reader explains the output's mouth box as some state of the "
+           "query's mouth, RMS grey levels (the truth about 0.3; far above a few levels the "
+           "mouth shown is not the query's and both motion errors are guesses)"),
     Metric("psnr", "PSNR dB", "higher", 2,
            "PSNR of the mean squared error against the synthetic ground truth (identity)"),
     Metric("dpsnr", "dPSNR vs copy", "higher", 2,

@@ -12,7 +12,10 @@ Columns (per system, pooled over every scored frame of every pair):
   deviations from their temporal mean against the truth's: 1 = any static mouth, whatever state
   it holds, as copying the query; 0 = the true motion), ``motion_px`` its pixel counterpart.
   These are what every static mouth fails. ``motion``: the state error beside them (read-back
-  states against the true ones, normalised by the query's neutral state).
+  states against the true ones, normalised by the query's neutral state). ``motion_fit``: the
+  mouth reader's fit error (RMS grey levels over the frames), which says whether the motion
+  errors read a mouth at all: near the truth's 0.3, the output shows some state of the query's
+  mouth; far above a few levels, it does not and the read states are guesses.
 * ``psnr``, ``ssim``: whole-frame fidelity to the truth (identity preservation), ``dpsnr`` the
   PSNR minus copying the query's, ``psnr_mouth`` the PSNR inside the mouth box.
 """
@@ -88,7 +91,7 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     if paste:
         labels += [pasted_label(lab) for lab in base_labels]
     keys = ("mse", "ssim", "mse_mouth", "motion_num", "motion_den", "dev_num", "dev_den",
-            "mpx_num", "mpx_den")
+            "mpx_num", "mpx_den", "fit_sq")
     per_frame: dict[str, dict[str, list[float]]] = {lab: {k: [] for k in keys} for lab in labels}
     details: list[dict] = []
 
@@ -177,11 +180,11 @@ def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader
     ``truth``, ``states``: one whole sequence, whose temporal means the motion errors use).
     ``read_size``: the mouth states are read from ``out`` brought to this size."""
     if reader is None:
-        est = np.full_like(states, np.nan)
+        est, fit = np.full_like(states, np.nan), np.full(len(states), np.nan)
     elif read_size is not None and out.shape[1] != read_size:
-        est = reader.read(np.stack([like_model_input(o, read_size) for o in out]))
+        est, fit = reader.read(np.stack([like_model_input(o, read_size) for o in out]), fit=True)
     else:
-        est = reader.read(out)
+        est, fit = reader.read(out, fit=True)
     m_num = ((est - states) ** 2).sum(1)
     m_den = (states**2).sum(1)  # the query's own mouth is neutral, (0, 0)
     de, ds = est - est.mean(0, keepdims=True), states - states.mean(0, keepdims=True)
@@ -195,7 +198,7 @@ def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader
             "motion_num": list(m_num), "motion_den": list(m_den),
             "dev_num": list(((de - ds) ** 2).sum(1)), "dev_den": list((ds**2).sum(1)),
             "mpx_num": list(((do - dg) ** 2).sum((1, 2, 3))),
-            "mpx_den": list((dg**2).sum((1, 2, 3)))}
+            "mpx_den": list((dg**2).sum((1, 2, 3))), "fit_sq": list(fit**2)}
 
 
 def _summary(vals: dict[str, list[float]]) -> dict[str, float]:
@@ -205,4 +208,5 @@ def _summary(vals: dict[str, list[float]]) -> dict[str, float]:
             "motion": ratio(sum(vals["motion_num"]), sum(vals["motion_den"])),
             "motion_px": ratio(sum(vals["mpx_num"]), sum(vals["mpx_den"])),
             "psnr": psnr_from_mse(mean_finite(vals["mse"])), "ssim": mean_finite(vals["ssim"]),
-            "psnr_mouth": psnr_from_mse(mean_finite(vals["mse_mouth"]))}
+            "psnr_mouth": psnr_from_mse(mean_finite(vals["mse_mouth"])),
+            "motion_fit": float(np.sqrt(mean_finite(vals["fit_sq"])))}

@@ -19,6 +19,7 @@ from evaluation.motion import (
     state_array,
 )
 from evaluation.synthetic import evaluate_synthetic
+from faces.blend import mouth_box
 from lrw.synthetic import SyntheticConfig, SyntheticSet, generate
 from synthface.face import MouthState, render, sample_identity
 
@@ -37,9 +38,28 @@ def test_reader_recovers_rendered_states(size):
     states = [MouthState(0.0, 0.0), MouthState(0.3, 0.2), MouthState(0.8, -0.6),
               MouthState(0.55, 0.7), MouthState(0.12, -0.3)]
     imgs = np.stack([like_model_input(render(ident, s, 256), size) for s in states])
-    est = mouth_reader(ident, size).read(imgs)
+    est, fit = mouth_reader(ident, size).read(imgs, fit=True)
     assert np.abs(est - state_array(states)).max() < 0.06
     assert np.abs(est[0]).max() < 1e-9  # the neutral mouth reads back exactly
+    # the fit error of renders of the reader's own identity: the 8-bit rounding, under a grey level
+    assert fit.shape == (len(states),) and fit.max() < 1.0, fit
+    np.testing.assert_array_equal(mouth_reader(ident, size).read(imgs), est)
+
+
+def test_reader_fit_is_the_best_grid_states_error():
+    """``fit`` is the root mean square, over the mouth box's values, of the error of the grid
+    state the reading starts from; noise added to the box raises it by about its own RMS."""
+    ident = sample_identity(np.random.default_rng(11))
+    reader = mouth_reader(ident, 32)
+    img = like_model_input(render(ident, MouthState(0.4, 0.3), 256), 32)
+    noisy = img.astype(np.float64)
+    r0, r1, c0, c1 = mouth_box(32)
+    noisy[r0:r1, c0:c1] += np.random.default_rng(0).normal(0, 8, noisy[r0:r1, c0:c1].shape)
+    noisy = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+    _, fit = reader.read(np.stack([img, noisy]), fit=True)
+    crop = noisy[r0:r1, c0:c1].reshape(-1, 3).astype(np.float64)
+    assert fit[1] == pytest.approx(np.sqrt(reader._errors(crop).min() / crop.size))
+    assert fit[0] < 1.0 and 6.0 < fit[1] < 9.0, fit
 
 
 def test_reader_reads_geometry_in_another_lip_colour():
