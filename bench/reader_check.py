@@ -6,7 +6,13 @@ mouth (``evaluation.motion.MouthReader``). This script reads the gain-matched mo
 the ground truth of every held-out pair of a synthetic set (at the model's size, as
 ``evaluate.py`` does) and reports, for each: how often a frame whose true mouth is closed
 (open < 0.1) reads fully open (>= 0.95), the correlation of the read opening with the true one,
-the motion error and the reader fit (RMS grey levels of the best state's fit error).
+the motion error, the opening's alone, and the reader fit (RMS grey levels of the best state's
+fit error). On a hard set it also measures what the sources' aligned crops carry of the mouth's
+width: the crop is scaled to the mouth's width (``faces.align``, as real faces are; its
+parameters smoothed over 5 frames), so the width's motion comes through damped and late. Per
+source sequence, from the exact landmarks: the mouth corners' distance in the crop against the
+same on the frontal face, as the ratio of their relative variations (std over mean) and their
+correlations with the true width state.
 
   python bench/reader_check.py SET [SET ...] [--size 32] [--pairs N] [--out FILE.json]
 
@@ -39,19 +45,52 @@ from evaluation.motion import (  # noqa: E402
     state_array,
 )
 from lrw.synthetic import SyntheticSet  # noqa: E402
+from synthface.landmarks import face_landmarks  # noqa: E402
+from synthface.scene import landmarks_px  # noqa: E402
 from talking.inputs import read_rgb, resolve_source  # noqa: E402
 
 CLOSED = 0.1  # a true opening below this is a closed mouth
 OPEN = 0.95  # a read opening at or above this is a mouth held fully open
 
 
+def width_in_crops(syn: SyntheticSet) -> dict[str, float] | None:
+    """How much of the sources' mouth-width motion their aligned crops keep (module docstring):
+    means over the source sequences; None for a frontal set."""
+    if not syn.hard:
+        return None
+    ratios, corr_crop, corr_face = [], [], []
+    for name in syn.source_names:
+        ident = syn.identity(syn.manifest["sources"][name]["speaker"])
+        states, shots = syn.source_states(name), syn.source_shots(name)
+        crop_w, face_w = [], []
+        for m, shot in zip(states, shots, strict=True):
+            lm = landmarks_px(ident, m, shot.pose)
+            mat = np.asarray(shot.matrix)
+            c = lm @ mat[:, :2].T + mat[:, 2]
+            crop_w.append(np.hypot(*(c[54] - c[48])))
+            f = face_landmarks(ident, m)
+            face_w.append(np.hypot(*(f[54] - f[48])))
+        crop_w, face_w = np.asarray(crop_w), np.asarray(face_w)
+        width = state_array(states)[:, 1]
+        if width.std() == 0 or face_w.std() == 0:
+            continue
+        # relative variation (std over mean): the crop's scale differs from the face's
+        ratios.append((crop_w.std() / crop_w.mean()) / (face_w.std() / face_w.mean()))
+        corr_crop.append(np.corrcoef(crop_w, width)[0, 1])
+        corr_face.append(np.corrcoef(face_w, width)[0, 1])
+    return {"std_ratio": float(np.mean(ratios)), "corr_crop": float(np.mean(corr_crop)),
+            "corr_face": float(np.mean(corr_face)), "sequences": len(ratios)}
+
+
 def check_set(root: str | Path, size: int = 32, pairs: int | None = None) -> dict[str, dict]:
-    """``{"truth": {...}, "blend": {...}}`` for the set at ``root`` (module docstring)."""
+    """``{"truth": {...}, "blend": {...}}`` for the set at ``root`` (module docstring), and
+    ``"width"`` (:func:`width_in_crops`) for a hard set."""
     syn = SyntheticSet.load(root)
     todo = list(itertools.product(syn.query_names, syn.source_names))[:pairs or None]
     est: dict[str, list[np.ndarray]] = {"truth": [], "blend": []}
     fits: dict[str, list[np.ndarray]] = {"truth": [], "blend": []}
     dev = {"truth": [0.0, 0.0], "blend": [0.0, 0.0]}
+    dev_open = {"truth": [0.0, 0.0], "blend": [0.0, 0.0]}
     true_states = []
     for q, s in todo:
         source = resolve_source(str(syn.source_folder(s)), syn.root / "image")
@@ -69,6 +108,9 @@ def check_set(root: str | Path, size: int = 32, pairs: int | None = None) -> dic
             num, den = motion_deviation_error(e, states)
             dev[name][0] += num
             dev[name][1] += den
+            num, den = motion_deviation_error(e[:, :1], states[:, :1])
+            dev_open[name][0] += num
+            dev_open[name][1] += den
         true_states.append(states)
     t = np.concatenate(true_states)
     closed = t[:, 0] < CLOSED
@@ -82,8 +124,12 @@ def check_set(root: str | Path, size: int = 32, pairs: int | None = None) -> dic
             "open_corr": float(np.corrcoef(e[:, 0], t[:, 0])[0, 1]) if e[:, 0].std() > 0 else
             float("nan"),
             "motion_dev": ratio(*dev[name]),
+            "motion_open": ratio(*dev_open[name]),
             "reader_fit": float(np.sqrt(np.mean(f**2))),
         }
+    width = width_in_crops(syn)
+    if width is not None:
+        out["width"] = width
     return out
 
 
@@ -106,10 +152,17 @@ def main(argv: list[str] | None = None) -> int:
             return error_exit(ValueError(f"{root}: {exc}"))
         print(f"{root} ({r['truth']['frames']} frames, {r['truth']['closed_frames']} closed in "
               f"the truth; {time.time() - t0:.0f} s)")
-        for name, v in r.items():
+        for name in ("truth", "blend"):
+            v = r[name]
             print(f"  {name:5s}  closed frames read fully open {v['closed_read_open']:6.1%}  "
                   f"corr(read open, true open) {v['open_corr']:+.2f}  "
-                  f"motion err {v['motion_dev']:.3f}  reader fit {v['reader_fit']:.2f}")
+                  f"motion err {v['motion_dev']:.3f}  open err {v['motion_open']:.3f}  "
+                  f"reader fit {v['reader_fit']:.2f}")
+        if "width" in r:
+            w = r["width"]
+            print(f"  the sources' aligned crops keep {w['std_ratio']:.0%} of the mouth width's "
+                  f"variation; its correlation with the true width state {w['corr_crop']:+.2f} "
+                  f"(frontal faces {w['corr_face']:+.2f}; {w['sequences']} sequences)")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -30,6 +30,9 @@ METRICS: tuple[Metric, ...] = (
            "mouth-motion error: the mouth states read back from the output, as deviations from "
            "their temporal mean, vs the truth's (1 = any static mouth, whatever state it holds; "
            "0 = the true motion)"),
+    Metric("motion_open", "open err", "lower", 3,
+           "the motion error of the mouth's opening alone (its width left out): 1 = any static "
+           "mouth, 0 = the true opening's motion"),
     Metric("motion", "state err", "lower", 3,
            "mouth-state error: the read-back states vs the true ones, normalised by the query's "
            "neutral state (1 = copying the query; a mouth held still half open scores below 1)"),

@@ -16,6 +16,10 @@ Columns (per system, pooled over every scored frame of every pair):
   mouth reader's fit error (RMS grey levels over the frames), which says whether the motion
   errors read a mouth at all: near the truth's 0.3, the output shows some state of the query's
   mouth; far above a few levels, it does not and the read states are guesses.
+  ``motion_open``: the motion error of the opening alone (the width left out): on the hard set
+  the sources' crops, aligned by the mouth's width as real faces are, carry only a damped,
+  lagging copy of the width's motion, so no system fed them can get the width right there,
+  while the opening comes through whole.
 * ``psnr``, ``ssim``: whole-frame fidelity to the truth (identity preservation), ``dpsnr`` the
   PSNR minus copying the query's, ``psnr_mouth`` the PSNR inside the mouth box.
 """
@@ -91,7 +95,7 @@ def evaluate_synthetic(root: str | Path, systems: Sequence[System], size: int,
     if paste:
         labels += [pasted_label(lab) for lab in base_labels]
     keys = ("mse", "ssim", "mse_mouth", "motion_num", "motion_den", "dev_num", "dev_den",
-            "mpx_num", "mpx_den", "fit_sq")
+            "mpx_num", "mpx_den", "fit_sq", "open_num", "open_den")
     per_frame: dict[str, dict[str, list[float]]] = {lab: {k: [] for k in keys} for lab in labels}
     details: list[dict] = []
 
@@ -197,6 +201,7 @@ def _frame_values(out: np.ndarray, truth: np.ndarray, states: np.ndarray, reader
                           zip(truth, out, strict=True)],
             "motion_num": list(m_num), "motion_den": list(m_den),
             "dev_num": list(((de - ds) ** 2).sum(1)), "dev_den": list((ds**2).sum(1)),
+            "open_num": list((de[:, 0] - ds[:, 0]) ** 2), "open_den": list(ds[:, 0] ** 2),
             "mpx_num": list(((do - dg) ** 2).sum((1, 2, 3))),
             "mpx_den": list((dg**2).sum((1, 2, 3))), "fit_sq": list(fit**2)}
 
@@ -205,6 +210,7 @@ def _summary(vals: dict[str, list[float]]) -> dict[str, float]:
     """PSNR of the mean MSE (whole image and mouth box), the mean SSIM and the pooled motion
     errors of some frames."""
     return {"motion_dev": ratio(sum(vals["dev_num"]), sum(vals["dev_den"])),
+            "motion_open": ratio(sum(vals["open_num"]), sum(vals["open_den"])),
             "motion": ratio(sum(vals["motion_num"]), sum(vals["motion_den"])),
             "motion_px": ratio(sum(vals["mpx_num"]), sum(vals["mpx_den"])),
             "psnr": psnr_from_mse(mean_finite(vals["mse"])), "ssim": mean_finite(vals["ssim"]),

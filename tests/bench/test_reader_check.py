@@ -35,8 +35,14 @@ def test_truth_reads_and_the_hard_blend_does_not(sets, capsys):
     assert hard["blend"]["closed_read_open"] > 0.3
     # the read opening does not follow the truth's (NaN: it reads one opening in every frame)
     assert not hard["blend"]["open_corr"] > front["blend"]["open_corr"] - 0.3
+    assert hard["truth"]["motion_open"] < 0.02 and hard["blend"]["motion_open"] > 0.9
+    # the sources' crops are scaled to the mouth's width: its motion comes through damped
+    assert "width" not in front and hard["width"]["sequences"] == 2
+    assert hard["width"]["std_ratio"] < 0.8, hard["width"]
+    assert hard["width"]["corr_crop"] < hard["width"]["corr_face"], hard["width"]
     printed = capsys.readouterr().out
     assert "closed frames read fully open" in printed and "reader fit" in printed
+    assert "aligned crops keep" in printed
 
 
 def test_a_missing_set_is_one_line_and_exit_1(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import evaluation.synthetic as es
 from evaluation.models import System, like_model_input
 from evaluation.motion import (
     OPEN_GRID,
@@ -139,6 +140,7 @@ def test_table_orders_copy_blend_and_wrong_face(synth):
     copy, blend, wrong = (rows["baseline: copy query"], rows["baseline: mouth blend"],
                           rows["source frames"])
     assert copy["motion_dev"] == 1.0  # exactly: one read-back state in every frame
+    assert copy["motion_open"] == 1.0 and 0.0 < blend["motion_open"] < 1.0
     assert copy["motion"] == pytest.approx(1.0)
     assert copy["motion_px"] == pytest.approx(1.0)
     assert copy["dpsnr"] == 0.0
@@ -147,6 +149,24 @@ def test_table_orders_copy_blend_and_wrong_face(synth):
     assert wrong["dpsnr"] < -8.0 and wrong["ssim"] < copy["ssim"] - 0.2
     assert len(details) == 3 * len(synth.query_names) * len(synth.source_names)
     assert all("motion_dev" in d and "motion" in d and "dpsnr" in d for d in details)
+
+
+def test_open_err_scores_the_opening_alone(synth):
+    """A mouth that opens exactly as the truth's but holds its width scores about 0 on the open
+    err and well above it on the motion err (which counts the width); a static one 1 on both."""
+    q, s = synth.query_names[0], synth.source_names[0]
+    ident, reader = synth.identity(q), mouth_reader(synth.identity(q), 32)
+    states = state_array(synth.source_states(s))
+    assert states[:, 1].std() > 0.05  # the truth's width moves
+    truth = np.stack([like_model_input(synth.ground_truth(q, s, t), 32)
+                      for t in range(len(states))])
+    held_width = np.stack([like_model_input(render(ident, MouthState(float(o), 0.0), 256), 32)
+                           for o in states[:, 0]])
+    row = es._summary(es._frame_values(held_width, truth, states, reader))
+    assert row["motion_open"] < 0.02 and row["motion_dev"] > 0.2, row
+    static = np.repeat(held_width[:1], len(states), 0)
+    row = es._summary(es._frame_values(static, truth, states, reader))
+    assert row["motion_open"] == pytest.approx(1.0) and row["motion_dev"] == pytest.approx(1.0)
 
 
 def test_generator_output_runs_through_the_scorer(synth):
