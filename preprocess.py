@@ -28,6 +28,7 @@ from content_ae.celeba import cli as celeba_cli
 from faces.align import align_face
 from faces.io import find_images, read_image, write_bytes_atomic, write_image
 from faces.landmarks import ModelFileError, shared_detector
+from faces.sequence import ANCHORS
 from lrw.convert import convert_lrw
 from lrw.video import TruncatedVideoError
 from pose_flow.preprocess import cli as pose_cli
@@ -76,6 +77,7 @@ class PreprocessConfig:
     detect_width: int = 640
     fps: float = 25.0
     smooth: int = 5
+    anchor: str = "head"
     detect_every: int = 2
     border: str = "reflect"
     progress: bool = True
@@ -130,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--smooth", type=positive_int, default=5,
                      help="moving-average window over time for the crop, in frames; 1 turns "
                           "smoothing off (default: %(default)s)")
+    seq.add_argument("--anchor", choices=ANCHORS, default="head",
+                     help="what the crops follow: head (the eyes' position and distance, so "
+                          "the mouth's opening and width stay in the frames) or mouth (each "
+                          "frame cropped around its mouth, as a photo is: a spreading mouth is "
+                          "scaled back to a fixed width) (default: %(default)s)")
     seq.add_argument("--detect_every", type=positive_int, default=2,
                      help="run the face detector every N frames and follow the face in "
                           "between (default: %(default)s)")
@@ -170,8 +177,8 @@ def parse_config(argv: list[str] | None) -> tuple[PreprocessConfig, bool]:
         paths=list(args.paths), source=args.source, lrw=args.lrw, out=args.out,
         split=args.split, workers=args.workers, image_dir=args.image_dir, size=args.size,
         landmarks=args.landmarks, detect_width=args.detect_width, fps=args.fps,
-        smooth=args.smooth, detect_every=args.detect_every, border=args.border,
-        progress=args.progress)
+        smooth=args.smooth, anchor=args.anchor, detect_every=args.detect_every,
+        border=args.border, progress=args.progress)
     return cfg, args.dry_run
 
 
@@ -297,6 +304,7 @@ def run_source(cfg: PreprocessConfig) -> int:
     try:
         result = write_sequence(frames, out_dir, cfg.size, smooth=cfg.smooth,
                                 detect_every=cfg.detect_every, border=cfg.border,
+                                anchor=cfg.anchor,
                                 detector=detector, progress=cfg.progress)
     except TruncatedVideoError as err:
         _error(str(err))

@@ -6,6 +6,18 @@ the predictor follows the face from the previous frame's landmarks), take the cr
 face by linear interpolation between their neighbours (the ends copy the nearest frame), and
 smooth the parameters with a centred moving average of ``smooth`` frames. Smoothing the
 transform, not the pixels, keeps the mouth motion and removes the crop's frame-to-frame shake.
+
+**Anchored to the head, not the mouth** (``anchor="head"``, the default). A single image is
+cropped around its mouth: centred on the mouth box, scaled to the mouth's width. Done per frame
+of a talking sequence, that crop follows the mouth's own motion: a mouth that spreads is scaled
+back to the fixed width, one that opens moves the crop down by half the opening, and smoothing
+over a few frames only delays it. So each frame's centre and scale are taken from the eyes
+instead (their midpoint and distance, which speech does not move), placed where the sequence's
+mouth sits on average: the mouth-box centre's offset from the eyes' midpoint and the mouth's
+width, both in eye distances (eye-levelled frame), are the medians over the frames with a
+face. The median frame is framed as a mouth-anchored crop frames every one, and the mouth's
+opening and width motion stay in the crops. ``anchor="mouth"`` is the per-frame mouth crop of before (the hard
+synthetic set, ``lrw.synthetic --hard``, is cut that way).
 """
 
 from __future__ import annotations
@@ -18,8 +30,12 @@ import numpy as np
 from faces.align import UPSCALE_WARN, alignment_params, crop_with_params
 from faces.landmarks import LandmarkDetector, as_rgb, box_from_landmarks, box_relation
 
-__all__ = ["SequencePlan", "SequenceReport", "SequenceResult", "align_sequence", "crops_of",
-           "plan_sequence", "smooth_params", "track_landmarks"]
+__all__ = ["ANCHORS", "SequencePlan", "SequenceReport", "SequenceResult", "align_sequence",
+           "crops_of", "head_anchored", "plan_sequence", "sequence_params", "smooth_params",
+           "track_landmarks"]
+
+ANCHORS = ("head", "mouth")
+"""What a sequence's crops follow (module docstring)."""
 
 
 @dataclass
@@ -141,6 +157,58 @@ def smooth_params(params: np.ndarray, valid: np.ndarray, window: int = 5) -> np.
     return work
 
 
+def _eyes(lm: np.ndarray) -> tuple[np.ndarray, float]:
+    """The eyes' midpoint and distance (landmarks 36-41 and 42-47)."""
+    left, right = lm[36:42].mean(axis=0), lm[42:48].mean(axis=0)
+    return (left + right) / 2, float(np.hypot(*(right - left)))
+
+
+def head_anchored(raw: np.ndarray, landmarks: Sequence[np.ndarray | None]) -> np.ndarray:
+    """``raw`` per-frame ``(cx, cy, mouth_width, angle)`` re-anchored to the eyes (module
+    docstring): the angle kept, the centre and width from each frame's eyes and the medians,
+    over the frames with landmarks, of the centre's offset and the width in eye distances.
+    Rows without landmarks are returned as given."""
+    raw = np.asarray(raw, dtype=np.float64)
+    out = raw.copy()
+    rows = [i for i, lm in enumerate(landmarks) if lm is not None]
+    if not rows:
+        return out
+    offsets, widths, eyes = [], [], {}
+    for i in rows:
+        mid, dist = _eyes(np.asarray(landmarks[i], dtype=np.float64))
+        dist = max(dist, 1e-6)
+        cos, sin = np.cos(raw[i, 3]), np.sin(raw[i, 3])
+        rot = np.array([[cos, sin], [-sin, cos]])  # to the eye-levelled frame (faces.align)
+        offsets.append(((raw[i, :2] - mid) @ rot.T) / dist)
+        widths.append(raw[i, 2] / dist)
+        eyes[i] = (mid, dist, rot)
+    offset, width = np.median(offsets, axis=0), float(np.median(widths))
+    for i in rows:
+        mid, dist, rot = eyes[i]
+        out[i, :2] = mid + (offset * dist) @ rot
+        out[i, 2] = width * dist
+    return out
+
+
+def sequence_params(landmarks: Sequence[np.ndarray | None], smooth: int = 5,
+                    anchor: str = "head") -> tuple[np.ndarray, np.ndarray]:
+    """``(params [N, 4], valid [N])``: the smoothed crop parameters of a sequence's landmarks
+    (``None`` where a frame has no face), anchored as ``anchor`` says (module docstring).
+    ``ValueError`` when no frame has landmarks or the anchor is unknown."""
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+    valid = np.array([lm is not None for lm in landmarks], dtype=bool)
+    if not valid.any():
+        raise ValueError(f"no face found in any of the {len(landmarks)} frames")
+    raw = np.zeros((len(landmarks), 4))
+    for i, lm in enumerate(landmarks):
+        if lm is not None:
+            raw[i] = alignment_params(lm)
+    if anchor == "head":
+        raw = head_anchored(raw, landmarks)
+    return smooth_params(raw, valid, smooth), valid
+
+
 @dataclass
 class SequencePlan:
     """Pass one of a streamed sequence (:func:`plan_sequence`): the smoothed crop parameters of
@@ -153,23 +221,17 @@ class SequencePlan:
 
 def plan_sequence(frames: Iterable[np.ndarray], detector: LandmarkDetector | None = None,
                   smooth: int = 5, detect_every: int = 1,
-                  progress: Callable[[int], None] | None = None) -> SequencePlan:
+                  progress: Callable[[int], None] | None = None,
+                  anchor: str = "head") -> SequencePlan:
     """Landmarks and smoothed crop parameters for a stream of frames, holding one frame at a
-    time (a long video never sits in memory whole). ``ValueError`` when there is no frame or
-    no frame has a face."""
+    time (a long video never sits in memory whole); ``anchor``: module docstring.
+    ``ValueError`` when there is no frame or no frame has a face."""
     if detector is None:
         detector = LandmarkDetector()
     landmarks, several = track_landmarks(frames, detector, detect_every, progress)
     if not landmarks:
         raise ValueError("the sequence has no frames")
-    valid = np.array([lm is not None for lm in landmarks])
-    if not valid.any():
-        raise ValueError(f"no face found in any of the {len(landmarks)} frames")
-    raw = np.zeros((len(landmarks), 4))
-    for i, lm in enumerate(landmarks):
-        if lm is not None:
-            raw[i] = alignment_params(lm)
-    params = smooth_params(raw, valid, smooth)
+    params, valid = sequence_params(landmarks, smooth, anchor)
     missing = [int(i) for i in np.flatnonzero(~valid)]
     report = SequenceReport(frames=len(landmarks), detected=int(valid.sum()),
                             missing=len(missing), missing_frames=missing,
@@ -195,12 +257,14 @@ def crops_of(frames: Iterable[np.ndarray], plan: SequencePlan, out_size: int = 2
 def align_sequence(frames: Sequence[np.ndarray], detector: LandmarkDetector | None = None,
                    out_size: int = 256, smooth: int = 5, detect_every: int = 1,
                    border: str = "reflect",
-                   progress: Callable[[int], None] | None = None) -> SequenceResult:
+                   progress: Callable[[int], None] | None = None,
+                   anchor: str = "head") -> SequenceResult:
     """Aligned, temporally smoothed crops for ``frames`` (RGB ``uint8 [H, W, 3]`` each).
 
     Exactly one crop per input frame. Frames without a face take the interpolated geometry of
     their neighbours and are counted in ``result.report``. Raises ``ValueError`` when no frame
-    has a face. ``progress`` is called with 1 per frame for the landmark pass.
+    has a face. ``progress`` is called with 1 per frame for the landmark pass; ``anchor``:
+    module docstring.
     """
     if detector is None:
         detector = LandmarkDetector()
@@ -208,14 +272,7 @@ def align_sequence(frames: Sequence[np.ndarray], detector: LandmarkDetector | No
     if not frames:
         raise ValueError("the sequence has no frames")
     landmarks, several = track_landmarks(frames, detector, detect_every, progress)
-    valid = np.array([lm is not None for lm in landmarks])
-    if not valid.any():
-        raise ValueError(f"no face found in any of the {len(frames)} frames")
-    raw = np.zeros((len(frames), 4))
-    for i, lm in enumerate(landmarks):
-        if lm is not None:
-            raw[i] = alignment_params(lm)
-    params = smooth_params(raw, valid, smooth)
+    params, valid = sequence_params(landmarks, smooth, anchor)
     crops = []
     matrices = np.zeros((len(frames), 2, 3))
     for i, frame in enumerate(frames):

@@ -19,7 +19,7 @@ code, closer to real use (:mod:`synthface.scene`): every frame is a posed (yaw, 
 translation of :mod:`synthface.pose`), lit (brightness gradient, colour tint, offset) face, cut
 to the aligned crop by ``faces.align`` from its exact landmarks, as real faces are. Sources turn
 their heads while they speak (a slow sway about a base pose, the crop parameters smoothed over
-5 frames like ``faces.sequence.align_sequence``); queries hold another pose (``HARD_POSES``:
+5 frames as ``faces.sequence`` cuts a video with ``anchor="mouth"``); queries hold another pose (``HARD_POSES``:
 queries turn and roll one way, sources the other, at other scales) under other light (lit
 from the other side); lips differ strongly between the roles
 (``synthface.scene.LIP_ROLES``: queries wide, thin and pale, sources narrow, thick and dark;
@@ -214,7 +214,7 @@ the other, swaying while they speak (yaw +-0.08, roll +-0.04, scale +-0.02, tran
 over the clip); so a query and a source differ by at least 0.32 rad of yaw in every frame.
 Training speakers take either side at random."""
 
-SMOOTH_FRAMES = 5  # faces.sequence.align_sequence's default window for the crop parameters
+SMOOTH_FRAMES = 5  # faces.sequence's default window for the crop parameters (anchor="mouth")
 
 
 def _hard_pose(rng: np.random.Generator, role: str) -> tuple[HeadPose, float]:

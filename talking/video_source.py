@@ -74,15 +74,17 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def write_sequence(src: FrameSource, out_dir: str | Path, size: int = 256, smooth: int = 5,
                    detect_every: int = 2, border: str = "reflect", detector=None,
-                   progress: bool = False, landmarks: bool = False, extra: dict | None = None):
+                   progress: bool = False, landmarks: bool = False, extra: dict | None = None,
+                   anchor: str = "head"):
     """Align ``src`` into ``out_dir/000.jpg ...`` plus ``fps.txt`` (and, with ``landmarks``,
     ``000.npy ...``: the frame's 68 landmarks in the crop, in [0, 1], for the pose flow; and
-    ``extra`` as ``source.json``). Returns the ``faces.sequence.SequencePlan`` (its
+    ``extra`` as ``source.json``); ``anchor``: what the crops follow
+    (``faces.sequence``). Returns the ``faces.sequence.SequencePlan`` (its
     ``report`` says what was found). ``ValueError`` when no frame has a face or the video is
     truncated; ``out_dir`` is then left as it was."""
     out_dir = Path(out_dir)
     with _progress(src.count, "landmarks", progress) as bar:
-        plan = plan_sequence(src.passes(), detector, smooth, detect_every, bar.update)
+        plan = plan_sequence(src.passes(), detector, smooth, detect_every, bar.update, anchor)
     n = plan.report.frames
     digits = max(3, len(str(n - 1)))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
