@@ -47,7 +47,7 @@ from PIL import Image
 from cliargs import add_no_progress, error_exit, image_size, model_size, positive_int, seed
 from faces.align import alignment_params, similarity_matrix
 from faces.io import write_bytes_atomic
-from faces.sequence import smooth_params
+from faces.sequence import ANCHORS, head_anchored, smooth_params
 from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's public names)
     CLOSED_MOUTH_WIDTH_256,
     MOUTH_BOX_256,
@@ -180,6 +180,9 @@ class SyntheticConfig:
     query_size: int = 256
     workers: int = 1
     hard: bool = False
+    # what a hard set's sequences' crops follow (faces.sequence.ANCHORS): "mouth", each frame
+    # cropped around its mouth (the sets made before), or "head", as preprocess.py now cuts
+    anchor: str = "mouth"
     # "downsized" (TRAIN_FRAMES) or "direct": drawn at ``size`` as sets made before were
     # (the hard set's at twice the size, area-resized), to make those sets again
     train_render: str = "downsized"
@@ -191,6 +194,8 @@ class SyntheticConfig:
         d.pop("workers")
         if not self.hard:
             d.pop("hard")  # frontal sets keep the manifests they had before --hard existed
+        if not self.hard or self.anchor == "mouth":
+            d.pop("anchor")  # so do the hard sets made before --anchor existed
         if d.pop("train_render") == "downsized":
             d["train_frames"] = TRAIN_FRAMES  # sets drawn the old way are made again
         return d
@@ -245,9 +250,10 @@ def _query_shot(ident_d: dict, rng: np.random.Generator) -> dict:
 
 
 def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.Generator,
-                    role: str) -> list[dict]:
+                    role: str, anchor: str = "mouth") -> list[dict]:
     """Per-frame shots of a talking sequence: a base pose swaying over the clip, one lighting,
-    crop parameters from each frame's exact landmarks smoothed as real sequences are."""
+    crop parameters from each frame's exact landmarks, anchored (``faces.sequence``) and
+    smoothed as ``preprocess.py --anchor ANCHOR`` does to a real sequence."""
     ident = Identity.from_dict(ident_d)
     base, side = _hard_pose(rng, role)
     light = sample_lighting(rng, side if HARD_POSES[role]["side"] else 0.0)
@@ -263,6 +269,9 @@ def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.
                               scale=round4(base.scale + d[2]), tx=round4(base.tx + d[3]),
                               ty=round4(base.ty + d[4])))
     raw = np.stack([_crop_matrix(ident, m, p) for m, p in zip(states, poses, strict=True)])
+    if anchor == "head":
+        raw = head_anchored(raw, [landmarks_px(ident, m, p)
+                                  for m, p in zip(states, poses, strict=True)])
     params = smooth_params(raw, np.ones(n, dtype=bool), SMOOTH_FRAMES)
     return [_shot_dict(p, light, q) for p, q in zip(poses, params, strict=True)]
 
@@ -270,6 +279,11 @@ def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.
 def _build_manifest(cfg: SyntheticConfig) -> dict:
     if cfg.words > len(WORDS):
         raise ValueError(f"--words {cfg.words}: at most {len(WORDS)} words are available")
+    if cfg.anchor not in ANCHORS:
+        raise ValueError(f"--anchor {cfg.anchor}: choose one of {', '.join(ANCHORS)}")
+    if cfg.anchor != "mouth" and not cfg.hard:
+        raise ValueError(f"--anchor {cfg.anchor} needs --hard (a frontal set is not cropped "
+                         "from posed photos)")
     for name in ("words", "speakers", "clips", "frames", "size", "query_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -299,7 +313,8 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
                               "mouth": [[m.open, m.width] for m in states]})
                 if cfg.hard:
                     clips[-1]["shots"] = _sequence_shots(
-                        identities[spk], states, _rng(cfg.seed, 7, wi, si, k), "train")
+                        identities[spk], states, _rng(cfg.seed, 7, wi, si, k), "train",
+                        cfg.anchor)
     sources = {}
     for i, spk in enumerate(source_spk):
         w = words[i % len(words)]
@@ -311,7 +326,7 @@ def _build_manifest(cfg: SyntheticConfig) -> dict:
                          "mouth": [[m.open, m.width] for m in states]}
         if cfg.hard:
             sources[name]["shots"] = _sequence_shots(identities[spk], states,
-                                                     _rng(cfg.seed, 8, i), "source")
+                                                     _rng(cfg.seed, 8, i), "source", cfg.anchor)
     manifest = {
         "format": FORMAT,
         "config": cfg.generation_key(),
@@ -590,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the hard set: posed, lit, aligned crops; sources move their heads, "
                         "queries hold other poses under other light, lips differ strongly "
                         "between queries and sources (same layout, same evaluate.py)")
+    p.add_argument("--anchor", choices=ANCHORS, default="mouth",
+                   help="with --hard: what the sequences' crops follow, as preprocess.py "
+                        "--anchor: mouth (each frame cropped around its mouth, which scales a "
+                        "spreading mouth back to a fixed width; the sets of the README's "
+                        "tables) or head (preprocess.py's default) (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="regenerate even when up to date")
     add_no_progress(p, "accepted in every script; this job shows no progress bar")
     args = p.parse_args(argv)
@@ -597,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
                           queries=args.queries, sources=args.sources,
                           query_size=args.query_size, workers=args.workers, hard=args.hard,
-                          train_render=args.train_render)
+                          train_render=args.train_render, anchor=args.anchor)
     try:
         generate(cfg, force=args.force)
     except (ValueError, OSError) as e:  # 1, as every script (2: argparse's usage error)

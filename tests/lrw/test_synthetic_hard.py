@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import evaluation.synthetic as es
+from bench.reader_check import width_in_crops
 from evaluation.models import like_model_input
 from evaluation.motion import motion_deviation_error, motion_error, mouth_reader, ratio, state_array
 from faces.align import (
@@ -184,3 +185,32 @@ def test_cli_writes_the_hard_set(tmp_path, capsys):
     syn = SyntheticSet.load(out)
     assert syn.hard and syn.query_shot(syn.query_names[0]) is not None
     assert len(list((out / "train").rglob("*.jpg"))) == 3
+
+
+def test_head_anchored_sources_keep_the_width_motion(sets, tmp_path, capsys):
+    """``--anchor head`` cuts the hard set's sequences as preprocess.py now cuts a real video:
+    the crops follow the head, so the mouth's width varies in them as on the face; the default
+    (each frame cropped around its mouth, the sets of before) damps it, and keeps the manifest
+    of before. The truth reads back either way."""
+    hard, _ = sets
+    assert "anchor" not in json.loads((hard.root / "manifest.json").read_text())["config"]
+    out = tmp_path / "head"
+    generate(SyntheticConfig(out=str(out), hard=True, anchor="head", **SMALL),
+             log=lambda *_: None)
+    head = SyntheticSet.load(out)
+    assert json.loads((out / "manifest.json").read_text())["config"]["anchor"] == "head"
+    kept_head, kept_mouth = width_in_crops(head), width_in_crops(hard)
+    # (7 frames: the 5-frame smoothing damps the mouth crop's width less than on longer clips)
+    assert kept_head["std_ratio"] > 0.95, kept_head
+    assert kept_mouth["std_ratio"] < kept_head["std_ratio"] - 0.1, (kept_head, kept_mouth)
+    assert kept_head["corr_crop"] > kept_mouth["corr_crop"]
+    q = head.query_names[0]
+    reader = mouth_reader(head.identity(q), 32, head.query_shot(q))
+    for s in head.source_names:
+        states = state_array(head.source_states(s))
+        truth = np.stack([like_model_input(head.ground_truth(q, s, t), 32)
+                          for t in range(len(states))])
+        assert ratio(*motion_deviation_error(reader.read(truth), states)) < 0.02
+    assert main([str(tmp_path / "f"), "--anchor", "head", "--words", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--anchor head needs --hard" in err[0]
