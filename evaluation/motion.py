@@ -129,7 +129,7 @@ class MouthReader:
     def read(self, images: np.ndarray, fit: bool = False
              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 images [T, S, S, 3] -> estimated states [T, 2] (open, width); with ``fit``
-        also each frame's fit error [T] (:meth:`fit_error`)."""
+        also each frame's fit error [T] (the module docstring's reader fit)."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]

@@ -16,10 +16,10 @@ Columns (per system, pooled over every scored frame of every pair):
   mouth reader's fit error (RMS grey levels over the frames), which says whether the motion
   errors read a mouth at all: near the truth's 0.3, the output shows some state of the query's
   mouth; far above a few levels, it does not and the read states are guesses.
-  ``motion_open``: the motion error of the opening alone (the width left out): on the hard set
-  the sources' crops, aligned by the mouth's width as real faces are, carry only a damped,
-  lagging copy of the width's motion, so no system fed them can get the width right there,
-  while the opening comes through whole.
+  ``motion_open``: the motion error of the opening alone (the width left out): on the default
+  hard set the sources' crops, cut around each frame's mouth (``faces.sequence``, anchor
+  "mouth"), carry only a damped, lagging copy of the width's motion, so no system fed them can
+  get the width right there, while the opening comes through whole.
 * ``psnr``, ``ssim``: whole-frame fidelity to the truth (identity preservation), ``dpsnr`` the
   PSNR minus copying the query's, ``psnr_mouth`` the PSNR inside the mouth box.
 """

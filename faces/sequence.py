@@ -13,11 +13,12 @@ of a talking sequence, that crop follows the mouth's own motion: a mouth that sp
 back to the fixed width, one that opens moves the crop down by half the opening, and smoothing
 over a few frames only delays it. So each frame's centre and scale are taken from the eyes
 instead (their midpoint and distance, which speech does not move), placed where the sequence's
-mouth sits on average: the mouth-box centre's offset from the eyes' midpoint and the mouth's
-width, both in eye distances (eye-levelled frame), are the medians over the frames with a
-face. The median frame is framed as a mouth-anchored crop frames every one, and the mouth's
-opening and width motion stay in the crops. ``anchor="mouth"`` is the per-frame mouth crop of before (the hard
-synthetic set, ``lrw.synthetic --hard``, is cut that way).
+mouth sits in its median frame: the mouth-box centre's offset from the eyes' midpoint and the
+mouth's width, both in eye distances (eye-levelled frame), are the medians over the frames
+with a face. The median frame is framed as a mouth-anchored crop frames every one, and the
+mouth's opening and width motion stay in the crops. ``anchor="mouth"`` is the per-frame mouth
+crop of before (``preprocess.py --anchor mouth``; the hard synthetic set, ``lrw.synthetic
+--hard``, is cut that way unless ``--anchor head``).
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ code, closer to real use (:mod:`synthface.scene`): every frame is a posed (yaw, 
 translation of :mod:`synthface.pose`), lit (brightness gradient, colour tint, offset) face, cut
 to the aligned crop by ``faces.align`` from its exact landmarks, as real faces are. Sources turn
 their heads while they speak (a slow sway about a base pose, the crop parameters smoothed over
-5 frames as ``faces.sequence`` cuts a video with ``anchor="mouth"``); queries hold another pose (``HARD_POSES``:
-queries turn and roll one way, sources the other, at other scales) under other light (lit
+5 frames as ``faces.sequence`` cuts a video with ``anchor="mouth"``, or with ``--anchor head``
+as it now cuts one by default); queries hold another pose (``HARD_POSES``: queries turn and
+roll one way, sources the other, at other scales) under other light (lit
 from the other side); lips differ strongly between the roles
 (``synthface.scene.LIP_ROLES``: queries wide, thin and pale, sources narrow, thick and dark;
 training speakers span both). The ground truth stays exact: the query's identity in the query's
