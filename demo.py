@@ -420,8 +420,11 @@ class Demo:
             lines += ["", "Scores on held-out identities of the synthetic set, against the exact "
                       "ground truth. 'motion err' compares the mouth states read back from "
                       "the output, as deviations from their temporal mean, with the truth's (1 "
-                      "= any static mouth; 0 = the true motion); 'state err' compares the "
-                      "states themselves; 'PSNR' and 'dPSNR vs copy' say how well "
+                      "= any static mouth; 0 = the true motion), 'open err' the same for the "
+                      "mouth's opening alone; 'state err' compares the states themselves; "
+                      "'reader fit' says how well the reader explains the mouth (grey levels: "
+                      "the truth 0.3; far above a few, the mouth is not the query's and the "
+                      "readings are guesses); 'PSNR' and 'dPSNR vs copy' say how well "
                       "the face is kept. Baselines: copying the query unchanged, and the mouth "
                       "blend the models start from.", "",
                       format_table(_short(rows), label_keys).rstrip(), "",

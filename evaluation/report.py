@@ -180,7 +180,9 @@ def plot(path: Path, rows: Sequence[dict], label_keys: Sequence[str], title: str
     if not keys:
         axes.flat[0].text(0.5, 0.5, "no metric", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # the suptitle's own band (0.4 inch) kept free: tight_layout alone lays the first row's
+    # titles over it
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))
     tmp = Path(path).with_name(f".{Path(path).stem}.part.png")
     try:
         fig.savefig(tmp, dpi=100)
