@@ -36,6 +36,20 @@ NO_FACE = ".no_face.txt"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
+
+DONE_MARK = "ok anchor=head\n"
+"""A converted video's ``.done`` marker: its crops follow the head (``faces.sequence``). A
+folder whose marker says otherwise (``ok``: cut around each frame's mouth, before) is cut
+again, so one set never mixes the two framings."""
+
+
+def _done(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished conversion with today's crops."""
+    try:
+        return (folder / ".done").read_text() == DONE_MARK
+    except OSError:
+        return False
+
 def save_landmarks(path: Path, lm: np.ndarray) -> None:
     """Write ``lm`` atomically (a crash never leaves a truncated .npy behind)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
@@ -161,7 +175,7 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
     for ident in sorted(d for d in videos.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for video in sorted(v for v in ident.iterdir() if v.suffix.lower() in VIDEO_EXTENSIONS):
             folder = out / ident.name / video.stem
-            if (folder / ".done").is_file():
+            if _done(folder):
                 counts["videos"] += 1
                 done_before += 1
                 continue
@@ -181,7 +195,7 @@ def from_videos(videos: str | Path, out: str | Path, size: int = 64, smooth: int
                     write_image(tmp / f"{i:05d}.png", crop)
                     save_landmarks(tmp / f"{i:05d}.npy", pts)
                     frames += 1
-                (tmp / ".done").write_text("ok\n")
+                (tmp / ".done").write_text(DONE_MARK)
                 if folder.exists():
                     shutil.rmtree(folder)
                 os.replace(tmp, folder)

@@ -24,7 +24,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FPS = 25.0
 THESIS_SIZE = 256  # query and source frames are brought to 256 x 256, as the thesis did
 CACHE_DIR = ".video"  # test.py --source VIDEO: IMAGE_DIR/source_img/.video/ holds the crops
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the crops follow the head (faces.sequence); version 1's followed the
+#                    mouth, and a cache of them is cut again
 
 
 class TalkingError(ValueError):

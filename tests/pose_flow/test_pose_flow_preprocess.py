@@ -75,6 +75,17 @@ def test_from_video_writes_aligned_frames_with_landmarks(shared_faces, tmp_path)
     # aligned crop: the mouth centre lands near the crop's (0.5, 0.625)
     assert np.allclose(lm[48:68].mean(0), (0.5, 0.625), atol=0.06)
     assert np.asarray(Image.open(out[0])).shape == (64, 64, 3)
+    # a finished video is skipped on the next run; one cut before the crops followed the head
+    # (its marker says "ok") is cut again, so a set never mixes the two framings
+    done = tmp_path / "data" / "ellen" / "talk" / ".done"
+    first = done.stat().st_mtime_ns
+    from pose_flow.preprocess import from_videos
+
+    from_videos(tmp_path / "videos", tmp_path / "data", size=64, say=lambda *_: None)
+    assert done.stat().st_mtime_ns == first
+    done.write_text("ok\n")
+    from_videos(tmp_path / "videos", tmp_path / "data", size=64, say=lambda *_: None)
+    assert done.read_text() != "ok\n" and len(list(done.parent.glob("*.png"))) == 6
 
 
 def test_from_video_counts_a_truncated_video_and_leaves_nothing(shared_faces, tmp_path):

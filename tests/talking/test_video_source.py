@@ -91,6 +91,24 @@ def test_video_source_with_sound_in_sync_and_cached(clips) -> None:
         assert np.array_equal(a, b)
 
 
+def test_crops_cached_by_an_older_version_are_cut_again(clips) -> None:
+    """A cache written before the crops followed the head (version 1) is not reused."""
+    import json
+
+    from talking.inputs import CACHE_VERSION, RECORD, cache_folder
+
+    _run(clips, str(clips["silent"]), "a")
+    record = cache_folder(Path(clips["silent"]), clips["image"]) / RECORD
+    rec = json.loads(record.read_text())
+    assert rec["version"] == CACHE_VERSION >= 2
+    _, lines = _run(clips, str(clips["silent"]), "b")
+    assert not any("finding the face" in line for line in lines)  # the current cache is used
+    record.write_text(json.dumps(dict(rec, version=1)))
+    _, lines = _run(clips, str(clips["silent"]), "c")
+    assert any("finding the face" in line for line in lines)
+    assert json.loads(record.read_text())["version"] == CACHE_VERSION
+
+
 def test_video_source_equals_its_pre_extracted_frames(clips) -> None:
     from preprocess import main as preprocess
 
