@@ -44,6 +44,7 @@ from evaluation.motion import (  # noqa: E402
     ratio,
     state_array,
 )
+from faces.align import alignment_params, apply_transform  # noqa: E402
 from lrw.synthetic import SyntheticSet  # noqa: E402
 from synthface.landmarks import face_landmarks  # noqa: E402
 from synthface.scene import landmarks_px  # noqa: E402
@@ -64,12 +65,9 @@ def width_in_crops(syn: SyntheticSet) -> dict[str, float] | None:
         states, shots = syn.source_states(name), syn.source_shots(name)
         crop_w, face_w = [], []
         for m, shot in zip(states, shots, strict=True):
-            lm = landmarks_px(ident, m, shot.pose)
-            mat = np.asarray(shot.matrix)
-            c = lm @ mat[:, :2].T + mat[:, 2]
-            crop_w.append(np.hypot(*(c[54] - c[48])))
-            f = face_landmarks(ident, m)
-            face_w.append(np.hypot(*(f[54] - f[48])))
+            crop = apply_transform(landmarks_px(ident, m, shot.pose), np.asarray(shot.matrix))
+            crop_w.append(alignment_params(crop)[2])  # the mouth width the alignment measures
+            face_w.append(alignment_params(face_landmarks(ident, m))[2])
         crop_w, face_w = np.asarray(crop_w), np.asarray(face_w)
         width = state_array(states)[:, 1]
         if width.std() == 0 or face_w.std() == 0:

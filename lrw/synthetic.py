@@ -48,7 +48,7 @@ from PIL import Image
 from cliargs import add_no_progress, error_exit, image_size, model_size, positive_int, seed
 from faces.align import alignment_params, similarity_matrix
 from faces.io import write_bytes_atomic
-from faces.sequence import ANCHORS, head_anchored, smooth_params
+from faces.sequence import ANCHORS, sequence_params
 from synthface.face import (  # noqa: F401  (re-exported: the talking-face set's public names)
     CLOSED_MOUTH_WIDTH_256,
     MOUTH_BOX_256,
@@ -269,11 +269,8 @@ def _sequence_shots(ident_d: dict, states: Sequence[MouthState], rng: np.random.
         poses.append(HeadPose(yaw=round4(base.yaw + d[0]), roll=round4(base.roll + d[1]),
                               scale=round4(base.scale + d[2]), tx=round4(base.tx + d[3]),
                               ty=round4(base.ty + d[4])))
-    raw = np.stack([_crop_matrix(ident, m, p) for m, p in zip(states, poses, strict=True)])
-    if anchor == "head":
-        raw = head_anchored(raw, [landmarks_px(ident, m, p)
-                                  for m, p in zip(states, poses, strict=True)])
-    params = smooth_params(raw, np.ones(n, dtype=bool), SMOOTH_FRAMES)
+    lms = [landmarks_px(ident, m, p) for m, p in zip(states, poses, strict=True)]
+    params, _ = sequence_params(lms, SMOOTH_FRAMES, anchor)
     return [_shot_dict(p, light, q) for p, q in zip(poses, params, strict=True)]
 
 

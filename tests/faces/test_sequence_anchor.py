@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import preprocess
-from faces.align import MOUTH_WIDTH_256, alignment_params, similarity_matrix
+from faces.align import MOUTH_WIDTH_256, alignment_params, apply_transform, similarity_matrix
 from faces.io import read_image, sorted_frames
 from faces.landmarks import shared_detector
 from faces.sequence import head_anchored, sequence_params, track_landmarks
@@ -22,8 +22,7 @@ STATES = [MouthState(0.0, 0.0), MouthState(0.3, 0.5), MouthState(0.8, 1.0),
 
 
 def _in_crop(lm: np.ndarray, params: np.ndarray) -> np.ndarray:
-    m = similarity_matrix(params, 256)
-    return lm @ m[:, :2].T + m[:, 2]
+    return apply_transform(lm, similarity_matrix(params, 256))
 
 
 def _width(c: np.ndarray) -> float:
