@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import preprocess
+from bench.sequence_anchor import measure
 from faces.align import MOUTH_WIDTH_256, alignment_params, apply_transform, similarity_matrix
 from faces.io import read_image, sorted_frames
 from faces.landmarks import shared_detector
@@ -90,14 +91,8 @@ def test_real_driving_video_keeps_the_width_motion(shared_faces):
     files = sorted_frames(shared_faces / "source_img" / "ellen")[:90]
     lms, _ = track_landmarks([read_image(f) for f in files], shared_detector())
     assert all(lm is not None for lm in lms)
-    own = np.array([_width(lm) / np.linalg.norm(_eyes(lm)[2:] - _eyes(lm)[:2]) for lm in lms])
-    stats = {}
-    for anchor in ("head", "mouth"):
-        params, _ = sequence_params(lms, 5, anchor)
-        crops = [_in_crop(lm, p) for lm, p in zip(lms, params, strict=True)]
-        w = np.array([_width(c) for c in crops])
-        e = np.array([np.linalg.norm(_eyes(c)[2:] - _eyes(c)[:2]) for c in crops])
-        stats[anchor] = (w.std() / w.mean(), e.std() / e.mean(), np.corrcoef(w, own)[0, 1])
+    figures = measure(lms)  # what bench/sequence_anchor.py prints
+    stats = {a: (v["width_cv"], v["eye_cv"], v["width_corr"]) for a, v in figures.items()}
     (hw, he, hc), (mw, me, mc) = stats["head"], stats["mouth"]
     assert hw > 2 * mw and he < me / 2 and hc > 0.9 and hc > mc + 0.3, stats
 
